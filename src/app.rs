@@ -1,0 +1,233 @@
+//! Wiring: build the state, bind the ports, serve gRPC (with health and reflection) and HTTP,
+//! and shut down with a bounded drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+
+use crate::auth::CallerKeys;
+use crate::config::Config;
+use crate::grpc::layers::{AuthLayer, ObserveLayer};
+use crate::grpc::pb::rollout_admin_service_server::RolloutAdminServiceServer;
+use crate::grpc::pb::session_gate_service_server::SessionGateServiceServer;
+use crate::grpc::rollout::RolloutAdminApi;
+use crate::grpc::session::SessionGateApi;
+use crate::grpc::{HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
+use crate::store::keys::Keys;
+use crate::store::{Store, StoreError, StoreKind};
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub keys: Keys,
+    pub callers: Arc<CallerKeys>,
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// A built, bound, not yet serving sessiongate.
+pub struct App {
+    state: Arc<AppState>,
+    grpc: TcpListener,
+    http: TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl App {
+    /// Builds the state and binds both ports (port 0 picks a free one: see
+    /// [`App::grpc_addr`]). Nothing is served until [`App::run`].
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
+        let store = crate::store::from_config(config.env, &config.store)?;
+        if store.kind() == StoreKind::Redis {
+            // Not fatal: Redis may come up after us. JWT validation works without it;
+            // whatever needs it answers UNAVAILABLE until it is back.
+            if let Err(e) = store.ping().await {
+                tracing::warn!(error = %e, "Redis is not reachable yet; continuing");
+            }
+        }
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { what, addr, source })
+        };
+        let grpc = bind("gRPC", config.server.grpc_addr).await?;
+        let http = bind("HTTP", config.server.http_addr).await?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| AppError::Bind { what, addr, source })
+        };
+        let grpc_addr = local(&grpc, "gRPC", config.server.grpc_addr)?;
+        let http_addr = local(&http, "HTTP", config.server.http_addr)?;
+        let state = Arc::new(AppState {
+            keys: Keys::new(config.env),
+            callers: Arc::new(CallerKeys::new(&config.clients)),
+            store,
+            config: Arc::new(config),
+        });
+        Ok(Self {
+            state,
+            grpc,
+            http,
+            grpc_addr,
+            http_addr,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then: health NOT_SERVING, stop accepting, let
+    /// in-flight calls finish within `server.drain_grace`, return.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let cfg = self.state.config.clone();
+        let max = cfg.server.max_message_bytes;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<SessionGateServiceServer<SessionGateApi>>()
+            .await;
+
+        // v1 and v1alpha: grpcurl 1.8 (and Postman, evans, Kreya for a long time) speak only
+        // v1alpha. Only the public services are advertised.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(SESSION_GATE_SERVICE)
+                .with_service_name(ROLLOUT_ADMIN_SERVICE)
+                .with_service_name(HEALTH_SERVICE)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let session = SessionGateServiceServer::new(SessionGateApi::new(self.state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let admin = RolloutAdminServiceServer::new(RolloutAdminApi::new(self.state.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+
+        // Observe outermost, so that rejected callers are counted too.
+        let layers = ServiceBuilder::new()
+            .layer(ObserveLayer)
+            .layer(AuthLayer::new(self.state.callers.clone()))
+            .into_inner();
+
+        let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let grpc = Server::builder()
+            // A gRPC client multiplexes everything over one connection: recycling
+            // connections lets new replicas (scale-up, rollout) receive traffic.
+            .max_connection_age(Duration::from_secs(300))
+            .max_connection_age_grace(Duration::from_secs(30))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(layers)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(session)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = grpc_stopped.await;
+            });
+
+        let metrics = crate::telemetry::metrics();
+        let upkeep = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    metrics.run_upkeep();
+                }
+            })
+        };
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = tokio::spawn(
+            axum::serve(self.http, crate::http::router(metrics))
+                .with_graceful_shutdown(async {
+                    let _ = http_stopped.await;
+                })
+                .into_future(),
+        );
+
+        tracing::info!(
+            grpc_addr = %self.grpc_addr,
+            http_addr = %self.http_addr,
+            env = cfg.env.as_str(),
+            store = ?self.state.store.kind(),
+            "sessiongate serving"
+        );
+
+        tokio::pin!(grpc);
+        let result = tokio::select! {
+            r = &mut grpc => r.map_err(AppError::from),
+            () = shutdown => {
+                // Readiness first, so load balancers stop sending before we stop accepting.
+                tracing::info!("shutdown requested: NOT_SERVING, draining in-flight calls");
+                health
+                    .set_service_status(SESSION_GATE_SERVICE, ServingStatus::NotServing)
+                    .await;
+                health.set_service_status("", ServingStatus::NotServing).await;
+                let _ = stop_grpc.send(());
+                // tonic waits for every connection to close with no upper bound: bound it.
+                match tokio::time::timeout(cfg.server.drain_grace, &mut grpc).await {
+                    Ok(r) => r.map_err(AppError::from),
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_seconds = cfg.server.drain_grace.as_secs(),
+                            "drain grace elapsed; closing the remaining connections"
+                        );
+                        Ok(())
+                    }
+                }
+            }
+        };
+        drop(stop_http);
+        upkeep.abort();
+        match tokio::time::timeout(Duration::from_secs(1), http).await {
+            Ok(Ok(Err(e))) => return Err(AppError::Http(e)),
+            Ok(_) | Err(_) => {}
+        }
+        tracing::info!("sessiongate stopped");
+        result
+    }
+}

@@ -1,0 +1,141 @@
+//! The command line: `sessiongate [serve]`, `check-config`, `apikey`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ProcessEnv};
+
+/// Exit code for a bad configuration or command line (sysexits' EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "Validates any session — native, legacy or external — over gRPC, while a fleet migrates auth providers.",
+    long_about = "Validates any session — sessiongate's own, a legacy provider's or an external new \
+provider's — over gRPC, migrates legacy sessions without logging anyone out, and resolves \
+rolling-deployment login flows.\n\n\
+Configuration: a TOML file at SESSIONGATE_CONFIG (optional), `.env-<env>` in the working \
+directory, and these environment variables (real ones win):\n  \
+SESSIONGATE_ENV         test | live (default test)\n  \
+SESSIONGATE_CONFIG      path of sessiongate.toml\n  \
+SESSIONGATE_GRPC_ADDR   gRPC listen address (default 0.0.0.0:50051)\n  \
+SESSIONGATE_HTTP_ADDR   HTTP listen address for /metrics and /.well-known/jwks.json (default 0.0.0.0:8080)\n  \
+REDIS_URL               Redis for shared state; unset = embedded in-memory store (test only)\n  \
+SESSIONGATE_LOG_FORMAT  human | json (default human)\n  \
+RUST_LOG                log filter (default info)\n\n\
+With no configuration at all it starts in `test` with an embedded store: the quick start."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default when no command is given).
+    Serve {
+        /// Configuration file; overrides SESSIONGATE_CONFIG.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print what was understood (secrets redacted).
+    /// Exits 64 and names the file, key and fix of every problem when it is invalid.
+    CheckConfig {
+        /// Configuration file; default: SESSIONGATE_CONFIG, else built-in defaults.
+        file: Option<PathBuf>,
+    },
+    /// Generate a caller API key and the SHA-256 to configure for it in [[clients]].
+    Apikey {
+        /// The client's name in the printed [[clients]] entry.
+        #[arg(long, default_value = "my-service")]
+        name: String,
+    },
+}
+
+/// Runs the command line; the returned code is the process' exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { file } => check_config(file),
+        Command::Apikey { name } => {
+            let (key, hash) = crate::auth::new_api_key();
+            println!("# Give the key to the calling service (it sends `authorization: Bearer <key>`):");
+            println!("# {key}");
+            println!("# and put only its hash into sessiongate.toml:");
+            println!("[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\nscopes = [\"validate\"]");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(file: Option<PathBuf>) -> Result<config::Config, ExitCode> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    config::load(&ProcessEnv, &cwd, file.as_deref()).map_err(|e| {
+        eprintln!("sessiongate: {e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+fn check_config(file: Option<PathBuf>) -> ExitCode {
+    let cfg = match load(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("{}", cfg.describe());
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "configuration OK ({})",
+        cfg.file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into())
+    );
+    ExitCode::SUCCESS
+}
+
+fn serve(file: Option<PathBuf>) -> ExitCode {
+    let cfg = match load(file) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::telemetry::init_logging(cfg.log_format);
+    // Worker threads: tokio reads TOKIO_WORKER_THREADS itself (set it from the pod's CPU
+    // request in Kubernetes), else one per available core.
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sessiongate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let app = crate::App::build(cfg).await?;
+        app.run(crate::shutdown::signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "sessiongate failed");
+            eprintln!("sessiongate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1249 @@
+//! Typed configuration from `sessiongate.toml`, `.env-<env>` and the process environment,
+//! validated once at start-up (DESIGN.md §6).
+//!
+//! Precedence, highest first: real environment variables, the `.env-<env>` file of the chosen
+//! env (in the working directory), the TOML file at `SESSIONGATE_CONFIG`, built-in defaults.
+//! With no file at all the service starts in `test` with an embedded store and no providers,
+//! which is what the quick start runs.
+//!
+//! Everything that reads the environment goes through [`Vars`], so tests feed a map and never
+//! call `std::env::set_var` (linkerd's testable config seam). Unknown keys are refused: a typo
+//! must never silently fall back to a default.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+// === Environment variable names (contract) ===
+
+pub const ENV_ENV: &str = "SESSIONGATE_ENV";
+pub const ENV_CONFIG: &str = "SESSIONGATE_CONFIG";
+pub const ENV_GRPC_ADDR: &str = "SESSIONGATE_GRPC_ADDR";
+pub const ENV_HTTP_ADDR: &str = "SESSIONGATE_HTTP_ADDR";
+pub const ENV_REDIS_URL: &str = "REDIS_URL";
+pub const ENV_LOG_FORMAT: &str = "SESSIONGATE_LOG_FORMAT";
+
+/// A source of environment variables: the process, or a map in tests.
+pub trait Vars {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Vars for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<K: std::borrow::Borrow<str> + Eq + std::hash::Hash, V: AsRef<str>> Vars for HashMap<K, V> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).map(|v| v.as_ref().to_owned())
+    }
+}
+
+/// `.env-<env>` values under the real environment: real variables win.
+struct Layered<'a> {
+    top: &'a dyn Vars,
+    dotenv: HashMap<String, String>,
+}
+
+impl Vars for Layered<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.top
+            .get(name)
+            .or_else(|| self.dotenv.get(name).cloned())
+    }
+}
+
+// === Errors ===
+
+/// One thing wrong with the configuration: where, which key, what and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file or variable the value came from.
+    pub origin: String,
+    /// The key, as a dotted path (`server.grpc_addr`, `providers[1].issuer`).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: `{}`: {}", self.origin, self.key, self.message)
+    }
+}
+
+/// Every problem found, reported together so one edit can fix them all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(origin: impl Into<String>, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                origin: origin.into(),
+                key: key.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+// === Secrets ===
+
+/// A secret string whose `Debug`, `Display` and `Serialize` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+// === The typed configuration ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Env {
+    Test,
+    Live,
+}
+
+impl Env {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Env::Test => "test",
+            Env::Live => "live",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "test" => Some(Env::Test),
+            "live" => Some(Env::Live),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The validated configuration the service runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub env: Env,
+    /// Where the file part came from (`None`: built-in defaults).
+    pub file: Option<PathBuf>,
+    /// The `.env-<env>` file that was read, if any.
+    pub dotenv_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub native: NativeConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub flows: Vec<FlowConfig>,
+    pub unleash_features_file: Option<PathBuf>,
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Tokens larger than this are INVALID/TOO_LARGE without being decoded.
+    pub max_token_bytes: usize,
+    /// Largest gRPC message accepted (DESIGN.md §7: 64 KiB).
+    pub max_message_bytes: usize,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub drain_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreConfig {
+    /// `None`: the embedded in-memory store.
+    pub redis_url: Option<Secret>,
+    /// Upper bound on any one store call, reconnects included: a down Redis answers
+    /// `UNAVAILABLE` within this, never hangs a request.
+    pub command_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NativeConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwt_ttl: Duration,
+    pub session_duration_minutes: u32,
+    pub leeway: Duration,
+    /// PEM or JWK files; the first signs, all are published.
+    pub signing_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Legacy,
+    External,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    Jwt,
+    Opaque,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Accept,
+    Upgrade,
+    Reject,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub issuer: String,
+    pub jwks_url: Option<url::Url>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub userinfo_url: Option<url::Url>,
+    pub token_format: TokenFormat,
+    pub policy: Policy,
+    pub allowed_client_ids: Vec<String>,
+    pub link_verified_email: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stickiness {
+    User,
+    Device,
+    Default,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowConfig {
+    pub name: String,
+    pub percentage: u32,
+    pub stickiness: Stickiness,
+    pub kill_switch: bool,
+    pub rollback_epoch: u32,
+    pub allow_users: Vec<String>,
+    pub deny_users: Vec<String>,
+    pub allow_devices: Vec<String>,
+    pub deny_devices: Vec<String>,
+    pub allow_cidrs: Vec<IpNet>,
+    pub deny_cidrs: Vec<IpNet>,
+    pub countries: Vec<String>,
+    pub min_app_versions: BTreeMap<String, semver::Version>,
+    /// Unleash-shaped strategies; `None` when the flow uses the simple form only.
+    pub strategies: Option<Vec<StrategyConfig>>,
+}
+
+/// One strategy in Unleash's client-API shape.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    pub constraints: Vec<ConstraintConfig>,
+}
+
+/// One constraint in Unleash's client-API shape (camelCase keys, as Unleash writes them).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConstraintConfig {
+    pub context_name: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub inverted: bool,
+    #[serde(default)]
+    pub case_insensitive: bool,
+}
+
+/// The scopes a caller key can hold, one per RPC family (DESIGN.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Validate,
+    Migrate,
+    Flow,
+    Issue,
+    Revoke,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Validate => "validate",
+            Scope::Migrate => "migrate",
+            Scope::Flow => "flow",
+            Scope::Issue => "issue",
+            Scope::Revoke => "revoke",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientConfig {
+    pub name: String,
+    /// SHA-256 of the API key; the key itself is never configured.
+    #[serde(serialize_with = "hex_serialize")]
+    pub key_sha256: [u8; 32],
+    pub scopes: BTreeSet<Scope>,
+}
+
+fn hex_serialize<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(v))
+}
+
+// === The file format ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    env: Option<Env>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    redis: RawRedis,
+    #[serde(default)]
+    native: RawNative,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    flows: Vec<RawFlow>,
+    unleash_features_file: Option<PathBuf>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    grpc_addr: Option<String>,
+    http_addr: Option<String>,
+    max_token_bytes: Option<u32>,
+    max_message_bytes: Option<u32>,
+    drain_grace_seconds: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    command_timeout_ms: Option<u32>,
+    connect_timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNative {
+    issuer: Option<String>,
+    audiences: Option<Vec<String>>,
+    jwt_ttl_seconds: Option<u32>,
+    session_duration_minutes: Option<u32>,
+    leeway_seconds: Option<u32>,
+    #[serde(default)]
+    signing_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    kind: ProviderKind,
+    issuer: String,
+    jwks_url: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    userinfo_url: Option<String>,
+    token_format: Option<TokenFormat>,
+    policy: Option<Policy>,
+    #[serde(default)]
+    allowed_client_ids: Vec<String>,
+    #[serde(default)]
+    link_verified_email: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    name: String,
+    #[serde(default)]
+    percentage: u32,
+    stickiness: Option<Stickiness>,
+    #[serde(default)]
+    kill_switch: bool,
+    #[serde(default)]
+    rollback_epoch: u32,
+    #[serde(default)]
+    allow_users: Vec<String>,
+    #[serde(default)]
+    deny_users: Vec<String>,
+    #[serde(default)]
+    allow_devices: Vec<String>,
+    #[serde(default)]
+    deny_devices: Vec<String>,
+    #[serde(default)]
+    allow_cidrs: Vec<String>,
+    #[serde(default)]
+    deny_cidrs: Vec<String>,
+    #[serde(default)]
+    countries: Vec<String>,
+    #[serde(default)]
+    min_app_versions: BTreeMap<String, String>,
+    strategies: Option<Vec<StrategyConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    key_sha256: String,
+    scopes: Vec<Scope>,
+}
+
+// === Defaults ===
+
+pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+const DEFAULT_MAX_TOKEN_BYTES: u32 = 8 * 1024;
+const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 * 1024;
+const DEFAULT_DRAIN_GRACE_SECONDS: u32 = 20;
+const DEFAULT_COMMAND_TIMEOUT_MS: u32 = 500;
+const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 250;
+const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
+const DEFAULT_SESSION_MINUTES: u32 = 60;
+const DEFAULT_LEEWAY_SECONDS: u32 = 30;
+/// Session length bounds: 5 minutes to one year (366 days).
+pub const SESSION_MINUTES_MIN: u32 = 5;
+pub const SESSION_MINUTES_MAX: u32 = 527_040;
+/// Algorithms a provider may allow. HMAC is absent on purpose: a shared secret cannot be
+/// published in a JWKS, and HS* with a public key is the classic confusion attack.
+pub const ASYMMETRIC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+const UNLEASH_OPERATORS: &[&str] = &[
+    "IN",
+    "NOT_IN",
+    "STR_CONTAINS",
+    "STR_STARTS_WITH",
+    "STR_ENDS_WITH",
+    "NUM_EQ",
+    "NUM_GT",
+    "NUM_GTE",
+    "NUM_LT",
+    "NUM_LTE",
+    "DATE_AFTER",
+    "DATE_BEFORE",
+    "SEMVER_EQ",
+    "SEMVER_GT",
+    "SEMVER_LT",
+    "SEMVER_GTE",
+    "SEMVER_LTE",
+    "IN_CIDR",
+];
+const UNLEASH_STRATEGIES: &[&str] = &["flexibleRollout", "userWithId", "remoteAddress", "default"];
+
+// === Loading ===
+
+/// Loads the configuration the way `sessiongate serve` does: the file named by
+/// `SESSIONGATE_CONFIG` (or `file`, which wins), the `.env-<env>` file in `cwd`, the
+/// environment in `vars`.
+pub fn load(vars: &dyn Vars, cwd: &Path, file: Option<&Path>) -> Result<Config, ConfigError> {
+    let explicit_file = file
+        .map(Path::to_path_buf)
+        .or_else(|| vars.get(ENV_CONFIG).map(PathBuf::from));
+    let mut raw_file = match &explicit_file {
+        Some(path) => Some((path.clone(), read_file(path)?)),
+        None => None,
+    };
+
+    // Which env? SESSIONGATE_ENV wins over the file's `env`; the default is test.
+    let env = match vars.get(ENV_ENV) {
+        Some(v) => Env::parse(&v).ok_or_else(|| {
+            ConfigError::one(
+                format!("environment variable {ENV_ENV}"),
+                ENV_ENV,
+                format!("`{v}` is not an env; use `test` or `live`"),
+            )
+        })?,
+        None => raw_file
+            .as_ref()
+            .and_then(|(_, f)| f.env)
+            .unwrap_or(Env::Test),
+    };
+
+    let dotenv_path = cwd.join(format!(".env-{}", env.as_str()));
+    let dotenv = read_dotenv(&dotenv_path)?;
+    if let Some(v) = dotenv.get(ENV_ENV)
+        && Env::parse(v) != Some(env)
+    {
+        return Err(ConfigError::one(
+            dotenv_path.display().to_string(),
+            ENV_ENV,
+            format!(
+                "says `{v}` but this is the `.env-{}` file: remove the line",
+                env.as_str()
+            ),
+        ));
+    }
+    let dotenv_file = (!dotenv.is_empty() || dotenv_path.is_file()).then_some(dotenv_path.clone());
+    let vars = Layered { top: vars, dotenv };
+
+    // A config file named only in `.env-<env>`.
+    if raw_file.is_none()
+        && let Some(path) = vars.get(ENV_CONFIG)
+    {
+        let path = PathBuf::from(path);
+        let f = read_file(&path)?;
+        if let Some(file_env) = f.env
+            && file_env != env
+        {
+            return Err(ConfigError::one(
+                path.display().to_string(),
+                "env",
+                format!(
+                    "the file is for `{}` but it was named by `.env-{}`",
+                    file_env.as_str(),
+                    env.as_str()
+                ),
+            ));
+        }
+        raw_file = Some((path, f));
+    }
+
+    let (file, raw) = match raw_file {
+        Some((p, f)) => (Some(p), f),
+        None => (None, RawFile::default()),
+    };
+    let mut cfg = build(env, file, raw, &vars)?;
+    cfg.dotenv_file = dotenv_file;
+    Ok(cfg)
+}
+
+fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(&origin, "(file)", format!("cannot read the file: {e}")))?;
+    parse_toml(&origin, &text)
+}
+
+/// Parses the TOML text of a config file, naming the offending key on error.
+fn parse_toml(origin: &str, text: &str) -> Result<RawFile, ConfigError> {
+    let de = toml::de::Deserializer::parse(text)
+        .map_err(|e| ConfigError::one(origin, "(syntax)", one_line(&e.to_string())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { "(top level)".into() } else { key };
+        ConfigError::one(origin, key, one_line(&e.into_inner().to_string()))
+    })
+}
+
+/// toml's messages carry a multi-line source excerpt; keep the gist on one line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let excerpt = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+            !l.is_empty() && !excerpt.starts_with('|') && !l.chars().all(|c| c == '^')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    if !path.is_file() {
+        return Ok(HashMap::new());
+    }
+    let origin = path.display().to_string();
+    let iter = dotenvy::from_path_iter(path)
+        .map_err(|e| ConfigError::one(&origin, "(file)", format!("cannot read: {e}")))?;
+    let mut out = HashMap::new();
+    for item in iter {
+        let (k, v) = item.map_err(|e| ConfigError::one(&origin, "(syntax)", e.to_string()))?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+// === Validation ===
+
+/// Collects problems instead of stopping at the first.
+struct Check {
+    origin: String,
+    problems: Vec<Problem>,
+}
+
+impl Check {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            origin: self.origin.clone(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn fail_at(&mut self, origin: &str, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            origin: origin.into(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Result<Config, ConfigError> {
+    let origin = file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    let mut c = Check {
+        origin,
+        problems: Vec::new(),
+    };
+
+    // --- server ---
+    let grpc_addr = addr(&mut c, vars, ENV_GRPC_ADDR, "server.grpc_addr", raw.server.grpc_addr, DEFAULT_GRPC_ADDR);
+    let http_addr = addr(&mut c, vars, ENV_HTTP_ADDR, "server.http_addr", raw.server.http_addr, DEFAULT_HTTP_ADDR);
+    if grpc_addr == http_addr && grpc_addr.port() != 0 {
+        c.fail("server.http_addr", "must differ from server.grpc_addr");
+    }
+    let max_token_bytes = raw.server.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    if !(512..=65_536).contains(&max_token_bytes) {
+        c.fail("server.max_token_bytes", format!("{max_token_bytes} is out of range 512..=65536"));
+    }
+    let max_message_bytes = raw.server.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    if !(4_096..=4 * 1024 * 1024).contains(&max_message_bytes) {
+        c.fail("server.max_message_bytes", format!("{max_message_bytes} is out of range 4096..=4194304"));
+    } else if max_message_bytes < max_token_bytes + 1024 {
+        c.fail("server.max_message_bytes", "must exceed server.max_token_bytes by at least 1024");
+    }
+    let drain = raw.server.drain_grace_seconds.unwrap_or(DEFAULT_DRAIN_GRACE_SECONDS);
+    if drain > 300 {
+        c.fail("server.drain_grace_seconds", format!("{drain} is more than 300"));
+    }
+
+    // --- store ---
+    let redis_url = vars.get(ENV_REDIS_URL).filter(|s| !s.is_empty());
+    if let Some(u) = &redis_url
+        && !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://") || u.starts_with("unix://"))
+    {
+        // Never echo the URL: it may carry a password.
+        c.fail_at(&format!("environment variable {ENV_REDIS_URL}"), ENV_REDIS_URL, "must start with redis://, rediss:// or unix://");
+    }
+    let command_timeout_ms = raw.redis.command_timeout_ms.unwrap_or(DEFAULT_COMMAND_TIMEOUT_MS);
+    let connect_timeout_ms = raw.redis.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+    for (key, v) in [("redis.command_timeout_ms", command_timeout_ms), ("redis.connect_timeout_ms", connect_timeout_ms)] {
+        if !(10..=30_000).contains(&v) {
+            c.fail(key, format!("{v} is out of range 10..=30000"));
+        }
+    }
+
+    // --- native ---
+    let issuer = raw
+        .native
+        .issuer
+        .unwrap_or_else(|| format!("urn:sessiongate:{}", env.as_str()));
+    if issuer.trim().is_empty() {
+        c.fail("native.issuer", "must not be empty");
+    }
+    let audiences = raw.native.audiences.unwrap_or_else(|| vec!["sessiongate".into()]);
+    if audiences.is_empty() || audiences.iter().any(|a| a.is_empty()) {
+        c.fail("native.audiences", "needs at least one non-empty audience");
+    }
+    let jwt_ttl = raw.native.jwt_ttl_seconds.unwrap_or(DEFAULT_JWT_TTL_SECONDS);
+    if !(30..=3_600).contains(&jwt_ttl) {
+        c.fail("native.jwt_ttl_seconds", format!("{jwt_ttl} is out of range 30..=3600 (a session_jwt is meant to be short)"));
+    }
+    let session_minutes = raw.native.session_duration_minutes.unwrap_or(DEFAULT_SESSION_MINUTES);
+    if !(SESSION_MINUTES_MIN..=SESSION_MINUTES_MAX).contains(&session_minutes) {
+        c.fail("native.session_duration_minutes", format!("{session_minutes} is out of range {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"));
+    }
+    let leeway = raw.native.leeway_seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
+    if leeway > 300 {
+        c.fail("native.leeway_seconds", format!("{leeway} is more than 300"));
+    }
+
+    // --- providers ---
+    let mut providers = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut issuers = BTreeSet::from([issuer.clone()]);
+    for (i, p) in raw.providers.into_iter().enumerate() {
+        let k = |f: &str| format!("providers[{i}].{f}");
+        if p.name.is_empty() || p.name == "native" {
+            c.fail(k("name"), "must be non-empty and not `native` (reserved for sessiongate's own sessions)");
+        } else if !names.insert(p.name.clone()) {
+            c.fail(k("name"), format!("`{}` is used twice", p.name));
+        }
+        if p.issuer.is_empty() {
+            c.fail(k("issuer"), "must not be empty");
+        } else if !issuers.insert(p.issuer.clone()) {
+            c.fail(k("issuer"), format!("`{}` is already the issuer of another provider or of native sessions; tokens are routed by issuer, so each must be unique", p.issuer));
+        }
+        let jwks_url = url_field(&mut c, env, &k("jwks_url"), p.jwks_url);
+        let userinfo_url = url_field(&mut c, env, &k("userinfo_url"), p.userinfo_url);
+        let algorithms = p.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
+        if algorithms.is_empty() {
+            c.fail(k("algorithms"), "needs at least one algorithm");
+        }
+        for a in &algorithms {
+            if !ASYMMETRIC_ALGORITHMS.contains(&a.as_str()) {
+                c.fail(k("algorithms"), format!("`{a}` is not allowed; use one of {}", ASYMMETRIC_ALGORITHMS.join(", ")));
+            }
+        }
+        let token_format = p.token_format.unwrap_or(TokenFormat::Jwt);
+        if p.kind == ProviderKind::External && token_format != TokenFormat::Jwt {
+            c.fail(k("token_format"), "an external provider is validated by its JWTs only: use `jwt`");
+        }
+        if p.kind == ProviderKind::Legacy && token_format != TokenFormat::Jwt && userinfo_url.is_none() && !p.issuer.starts_with("http") {
+            c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url, or an https issuer to discover it from");
+        }
+        if p.kind == ProviderKind::External && p.policy.is_some() {
+            c.fail(k("policy"), "applies to legacy providers only; external tokens are always NEW");
+        }
+        providers.push(ProviderConfig {
+            name: p.name,
+            kind: p.kind,
+            issuer: p.issuer,
+            jwks_url,
+            audiences: p.audiences,
+            algorithms,
+            userinfo_url,
+            token_format,
+            policy: p.policy.unwrap_or(Policy::Accept),
+            allowed_client_ids: p.allowed_client_ids,
+            link_verified_email: p.link_verified_email,
+        });
+    }
+
+    // --- flows ---
+    let mut flows = Vec::new();
+    let mut flow_names = BTreeSet::new();
+    for (i, f) in raw.flows.into_iter().enumerate() {
+        flows.push(flow(&mut c, i, f, &mut flow_names));
+    }
+    if let Some(p) = &raw.unleash_features_file
+        && !flows.is_empty()
+    {
+        c.fail("unleash_features_file", format!("`{}` and [[flows]] both define flows: use one or the other", p.display()));
+    }
+
+    // --- clients ---
+    let mut clients = Vec::new();
+    let mut client_names = BTreeSet::new();
+    let mut hashes = BTreeSet::new();
+    for (i, cl) in raw.clients.into_iter().enumerate() {
+        let k = |f: &str| format!("clients[{i}].{f}");
+        if cl.name.is_empty() {
+            c.fail(k("name"), "must not be empty");
+        } else if !client_names.insert(cl.name.clone()) {
+            c.fail(k("name"), format!("`{}` is used twice", cl.name));
+        }
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(cl.key_sha256.trim(), &mut key).is_err() {
+            c.fail(k("key_sha256"), "must be 64 hex characters: the SHA-256 of the API key (`sessiongate apikey` makes one)");
+        } else if !hashes.insert(key) {
+            c.fail(k("key_sha256"), "the same key is configured twice");
+        }
+        if cl.scopes.is_empty() {
+            c.fail(k("scopes"), "needs at least one scope: validate, migrate, flow, issue, revoke or admin");
+        }
+        clients.push(ClientConfig {
+            name: cl.name,
+            key_sha256: key,
+            scopes: cl.scopes.into_iter().collect(),
+        });
+    }
+
+    let log_format = match vars.get(ENV_LOG_FORMAT).as_deref() {
+        Some("json") => LogFormat::Json,
+        Some("human") | Some("") => LogFormat::Human,
+        None => raw.log_format.unwrap_or(LogFormat::Human),
+        Some(other) => {
+            c.fail_at(&format!("environment variable {ENV_LOG_FORMAT}"), ENV_LOG_FORMAT, format!("`{other}` is not a log format; use `human` or `json`"));
+            LogFormat::Human
+        }
+    };
+
+    // --- what `live` refuses (DESIGN.md §5, §7) ---
+    if env == Env::Live {
+        if redis_url.is_none() {
+            c.fail_at("env live", ENV_REDIS_URL, "live refuses the embedded store (nothing would survive a restart or be shared between replicas): set REDIS_URL=redis://… in the environment or in .env-live");
+        }
+        if raw.native.signing_keys.is_empty() {
+            c.fail("native.signing_keys", "live refuses generated signing keys: create one with `sessiongate keygen > key.pem` and list it in native.signing_keys");
+        }
+        if clients.is_empty() {
+            c.fail("clients", "live refuses to run without caller keys: add a [[clients]] entry (name, key_sha256, scopes); `sessiongate apikey` makes a key and its hash");
+        }
+    }
+
+    if !c.problems.is_empty() {
+        return Err(ConfigError { problems: c.problems });
+    }
+    Ok(Config {
+        env,
+        file,
+        dotenv_file: None,
+        log_format,
+        server: ServerConfig {
+            grpc_addr,
+            http_addr,
+            max_token_bytes: max_token_bytes as usize,
+            max_message_bytes: max_message_bytes as usize,
+            drain_grace: Duration::from_secs(drain.into()),
+        },
+        store: StoreConfig {
+            redis_url: redis_url.map(Secret::new),
+            command_timeout: Duration::from_millis(command_timeout_ms.into()),
+            connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
+        },
+        native: NativeConfig {
+            issuer,
+            audiences,
+            jwt_ttl: Duration::from_secs(jwt_ttl.into()),
+            session_duration_minutes: session_minutes,
+            leeway: Duration::from_secs(leeway.into()),
+            signing_keys: raw.native.signing_keys,
+        },
+        providers,
+        flows,
+        unleash_features_file: raw.unleash_features_file,
+        clients,
+    })
+}
+
+fn addr(c: &mut Check, vars: &dyn Vars, var: &str, key: &str, file: Option<String>, default: &str) -> SocketAddr {
+    let (origin, value) = match vars.get(var) {
+        Some(v) => (Some(format!("environment variable {var}")), v),
+        None => (None, file.unwrap_or_else(|| default.into())),
+    };
+    value.parse().unwrap_or_else(|_| {
+        let msg = format!("`{value}` is not an address like 0.0.0.0:50051");
+        match origin {
+            Some(o) => c.fail_at(&o, var, msg),
+            None => c.fail(key, msg),
+        }
+        default.parse().expect("default address parses")
+    })
+}
+
+fn url_field(c: &mut Check, env: Env, key: &str, value: Option<String>) -> Option<url::Url> {
+    let value = value?;
+    match url::Url::parse(&value) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        // Plain http is for fakes on loopback in tests; never for a live issuer.
+        Ok(u) if u.scheme() == "http" && env == Env::Test => Some(u),
+        Ok(_) => {
+            c.fail(key, format!("`{value}` must be an https URL (http only in test)"));
+            None
+        }
+        Err(e) => {
+            c.fail(key, format!("`{value}` is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+fn cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn flow(c: &mut Check, i: usize, f: RawFlow, names: &mut BTreeSet<String>) -> FlowConfig {
+    let k = |field: &str| format!("flows[{i}].{field}");
+    if f.name.is_empty() || f.name.len() > 256 {
+        c.fail(k("name"), "must be 1 to 256 bytes");
+    } else if !names.insert(f.name.clone()) {
+        c.fail(k("name"), format!("`{}` is defined twice", f.name));
+    }
+    if f.percentage > 100 {
+        c.fail(k("percentage"), format!("{} is more than 100", f.percentage));
+    }
+    let mut nets = |field: &str, list: Vec<String>| -> Vec<IpNet> {
+        list.iter()
+            .filter_map(|s| {
+                let n = cidr(s);
+                if n.is_none() {
+                    c.fail(k(field), format!("`{s}` is not an IP address or CIDR"));
+                }
+                n
+            })
+            .collect()
+    };
+    let allow_cidrs = nets("allow_cidrs", f.allow_cidrs);
+    let deny_cidrs = nets("deny_cidrs", f.deny_cidrs);
+    let mut countries = Vec::new();
+    for cc in f.countries {
+        let up = cc.trim().to_ascii_uppercase();
+        if up.len() != 2 || !up.chars().all(|ch| ch.is_ascii_alphabetic()) {
+            c.fail(k("countries"), format!("`{cc}` is not an ISO 3166-1 alpha-2 code"));
+        } else {
+            countries.push(up);
+        }
+    }
+    let mut min_app_versions = BTreeMap::new();
+    for (app, v) in f.min_app_versions {
+        match semver::Version::parse(&v) {
+            Ok(ver) => {
+                min_app_versions.insert(app, ver);
+            }
+            Err(e) => c.fail(k(&format!("min_app_versions.{app}")), format!("`{v}` is not a semantic version: {e}")),
+        }
+    }
+    if let Some(strategies) = &f.strategies {
+        if strategies.is_empty() {
+            // Unleash treats a feature without strategies as ON for everyone: written by
+            // hand that is almost always a mistake, so it is refused here.
+            c.fail(k("strategies"), "an empty list would turn the flow on for everyone (Unleash semantics): remove it or add a strategy");
+        }
+        for (j, s) in strategies.iter().enumerate() {
+            let sk = format!("flows[{i}].strategies[{j}]");
+            if !UNLEASH_STRATEGIES.contains(&s.name.as_str()) {
+                c.fail(format!("{sk}.name"), format!("`{}` is not supported; use one of {}", s.name, UNLEASH_STRATEGIES.join(", ")));
+            }
+            for (n, con) in s.constraints.iter().enumerate() {
+                if !UNLEASH_OPERATORS.contains(&con.operator.as_str()) {
+                    c.fail(format!("{sk}.constraints[{n}].operator"), format!("`{}` is not an Unleash operator", con.operator));
+                }
+            }
+        }
+    }
+    FlowConfig {
+        name: f.name,
+        percentage: f.percentage,
+        stickiness: f.stickiness.unwrap_or(Stickiness::Default),
+        kill_switch: f.kill_switch,
+        rollback_epoch: f.rollback_epoch,
+        allow_users: f.allow_users,
+        deny_users: f.deny_users,
+        allow_devices: f.allow_devices,
+        deny_devices: f.deny_devices,
+        allow_cidrs,
+        deny_cidrs,
+        countries,
+        min_app_versions,
+        strategies: f.strategies,
+    }
+}
+
+impl Config {
+    /// Things that are allowed but worth a loud line in the log at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.store.redis_url.is_none() {
+            w.push("no REDIS_URL: using the embedded in-memory store; nothing survives a restart and replicas share nothing".into());
+        }
+        if self.clients.is_empty() {
+            w.push("no [[clients]] keys configured: validate, migrate, flow and revoke run OPEN (test only); issue and admin stay closed".into());
+        }
+        w
+    }
+
+    /// What `check-config` prints: the effective configuration, secrets redacted.
+    pub fn describe(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("(cannot render: {e})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn from_toml(text: &str, v: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let raw = parse_toml("sessiongate.toml", text)?;
+        let env = match v.iter().find(|(k, _)| *k == ENV_ENV) {
+            Some((_, e)) => Env::parse(e).unwrap(),
+            None => raw.env.unwrap_or(Env::Test),
+        };
+        build(env, Some("sessiongate.toml".into()), raw, &vars(v))
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn no_file_gives_test_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load(&vars(&[]), dir.path(), None).unwrap();
+        assert_eq!(cfg.env, Env::Test);
+        assert_eq!(cfg.server.grpc_addr, DEFAULT_GRPC_ADDR.parse().unwrap());
+        assert_eq!(cfg.server.http_addr, DEFAULT_HTTP_ADDR.parse().unwrap());
+        assert_eq!(cfg.server.max_token_bytes, 8192);
+        assert!(cfg.store.redis_url.is_none());
+        assert_eq!(cfg.native.issuer, "urn:sessiongate:test");
+        assert_eq!(cfg.native.jwt_ttl, Duration::from_secs(300));
+        assert!(cfg.providers.is_empty() && cfg.clients.is_empty());
+        assert_eq!(cfg.warnings().len(), 2);
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let text = format!(
+            r#"
+env = "test"
+[server]
+grpc_addr = "0.0.0.0:50051"
+http_addr = "0.0.0.0:8080"
+max_token_bytes = 8192
+[native]
+issuer = "https://sessions.example.com/test"
+audiences = ["example-app"]
+jwt_ttl_seconds = 300
+session_duration_minutes = 60
+leeway_seconds = 30
+signing_keys = ["/etc/sessiongate/keys/2026-11.pem"]
+[[providers]]
+name = "auth0"
+kind = "legacy"
+issuer = "https://example.auth0.com/"
+jwks_url = "https://example.auth0.com/.well-known/jwks.json"
+audiences = ["https://api.example.com"]
+algorithms = ["RS256"]
+userinfo_url = "https://example.auth0.com/userinfo"
+token_format = "both"
+policy = "upgrade"
+allowed_client_ids = ["abc123"]
+link_verified_email = true
+[[flows]]
+name = "login"
+percentage = 10
+stickiness = "device"
+kill_switch = false
+rollback_epoch = 0
+allow_users = []
+deny_users = []
+allow_cidrs = ["10.20.0.0/16"]
+deny_cidrs = ["192.0.2.7"]
+countries = ["no", "SE"]
+min_app_versions = {{ ios = "5.12.0", android = "5.10.0" }}
+[[flows.strategies]]
+name = "flexibleRollout"
+parameters = {{ rollout = "25", stickiness = "default", groupId = "login" }}
+constraints = [ {{ contextName = "country", operator = "IN", values = ["NO", "SE"] }} ]
+[[clients]]
+name = "checkout-service"
+key_sha256 = "{HASH}"
+scopes = ["validate", "flow"]
+"#
+        );
+        let cfg = from_toml(&text, &[]).unwrap();
+        assert_eq!(cfg.providers[0].policy, Policy::Upgrade);
+        assert_eq!(cfg.providers[0].token_format, TokenFormat::Both);
+        let f = &cfg.flows[0];
+        assert_eq!(f.percentage, 10);
+        assert_eq!(f.countries, ["NO", "SE"]);
+        assert_eq!(f.deny_cidrs[0].to_string(), "192.0.2.7/32");
+        assert_eq!(f.min_app_versions["ios"], semver::Version::new(5, 12, 0));
+        assert_eq!(f.strategies.as_ref().unwrap()[0].constraints[0].context_name, "country");
+        assert_eq!(cfg.clients[0].scopes, BTreeSet::from([Scope::Validate, Scope::Flow]));
+    }
+
+    fn problem(text: &str, v: &[(&str, &str)]) -> Vec<Problem> {
+        from_toml(text, v).expect_err("must be refused").problems
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_path() {
+        let p = problem("[server]\ngrpc_adr = \"0.0.0.0:1\"\n", &[]);
+        assert_eq!(p[0].origin, "sessiongate.toml");
+        assert!(p[0].key.contains("grpc_adr") || p[0].key == "server", "{p:?}");
+        assert!(p[0].message.contains("unknown field `grpc_adr`"), "{p:?}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let p = problem("[[flows]]\nname = \"login\"\npercentage = \"ten\"\n", &[]);
+        assert_eq!(p[0].key, "flows[0].percentage");
+        assert!(p[0].message.contains("invalid type"), "{p:?}");
+    }
+
+    #[test]
+    fn fractional_percentage_is_refused() {
+        let p = problem("[[flows]]\nname = \"login\"\npercentage = 10.5\n", &[]);
+        assert_eq!(p[0].key, "flows[0].percentage");
+    }
+
+    #[test]
+    fn impossible_values_are_refused_together() {
+        let p = problem(
+            "[[flows]]\nname = \"login\"\npercentage = 101\nallow_cidrs = [\"10.0.0.0/33\"]\nstrategies = []\n[native]\nsession_duration_minutes = 1\n",
+            &[],
+        );
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"flows[0].percentage"), "{keys:?}");
+        assert!(keys.contains(&"flows[0].allow_cidrs"), "{keys:?}");
+        assert!(keys.contains(&"flows[0].strategies"), "{keys:?}");
+        assert!(keys.contains(&"native.session_duration_minutes"), "{keys:?}");
+    }
+
+    #[test]
+    fn hmac_algorithms_are_refused_for_providers() {
+        let p = problem(
+            "[[providers]]\nname = \"a\"\nkind = \"legacy\"\nissuer = \"https://a/\"\nalgorithms = [\"HS256\"]\n",
+            &[],
+        );
+        assert_eq!(p[0].key, "providers[0].algorithms");
+    }
+
+    #[test]
+    fn duplicate_issuers_are_refused() {
+        let p = problem(
+            "[[providers]]\nname = \"a\"\nkind = \"legacy\"\nissuer = \"https://a/\"\n[[providers]]\nname = \"b\"\nkind = \"external\"\nissuer = \"https://a/\"\n",
+            &[],
+        );
+        assert_eq!(p[0].key, "providers[1].issuer");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let cfg = from_toml(
+            "[server]\ngrpc_addr = \"127.0.0.1:1\"\n",
+            &[(ENV_GRPC_ADDR, "127.0.0.1:2"), (ENV_REDIS_URL, "redis://127.0.0.1:6379"), (ENV_LOG_FORMAT, "json")],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.grpc_addr.port(), 2);
+        assert_eq!(cfg.store.redis_url.as_ref().unwrap().expose(), "redis://127.0.0.1:6379");
+        assert_eq!(cfg.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let p = problem("", &[(ENV_GRPC_ADDR, "nope")]);
+        assert_eq!(p[0].origin, "environment variable SESSIONGATE_GRPC_ADDR");
+        assert_eq!(p[0].key, ENV_GRPC_ADDR);
+    }
+
+    #[test]
+    fn live_refuses_test_conveniences_and_names_each_fix() {
+        let p = problem("env = \"live\"\n", &[]);
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["REDIS_URL", "native.signing_keys", "clients"]);
+        assert!(p[0].message.contains("set REDIS_URL"));
+        assert!(p[1].message.contains("sessiongate keygen"));
+        assert!(p[2].message.contains("[[clients]]"));
+    }
+
+    #[test]
+    fn live_with_everything_starts() {
+        let text = format!(
+            "env = \"live\"\n[native]\nsigning_keys = [\"k.pem\"]\n[[clients]]\nname = \"a\"\nkey_sha256 = \"{HASH}\"\nscopes = [\"validate\"]\n"
+        );
+        let cfg = from_toml(&text, &[(ENV_REDIS_URL, "redis://r:6379")]).unwrap();
+        assert_eq!(cfg.env, Env::Live);
+        assert!(cfg.warnings().is_empty());
+    }
+
+    #[test]
+    fn redis_url_is_never_printed() {
+        let cfg = from_toml("", &[(ENV_REDIS_URL, "redis://:hunter2@r:6379")]).unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert!(!cfg.describe().contains("hunter2"));
+        let p = problem("", &[(ENV_REDIS_URL, "http://:hunter2@r")]);
+        assert!(!p[0].to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn dotenv_of_the_chosen_env_is_read_and_real_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env-live"),
+            "REDIS_URL=redis://from-dotenv:6379\nSESSIONGATE_GRPC_ADDR=127.0.0.1:7\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(".env-test"), "SESSIONGATE_GRPC_ADDR=127.0.0.1:9\n").unwrap();
+        // test: only .env-test applies.
+        let cfg = load(&vars(&[]), dir.path(), None).unwrap();
+        assert_eq!(cfg.server.grpc_addr.port(), 9);
+        assert!(cfg.store.redis_url.is_none());
+        // live: .env-live applies, the real environment wins over it; live still refuses
+        // without keys, which shows the dotenv REDIS_URL was taken.
+        let err = load(
+            &vars(&[(ENV_ENV, "live"), (ENV_GRPC_ADDR, "127.0.0.1:8")]),
+            dir.path(),
+            None,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["native.signing_keys", "clients"]);
+    }
+
+    #[test]
+    fn config_file_from_env_var_and_its_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[native]\nleeway_seconds = -1\n").unwrap();
+        let err = load(&vars(&[(ENV_CONFIG, path.to_str().unwrap())]), dir.path(), None).unwrap_err();
+        assert_eq!(err.problems[0].origin, path.display().to_string());
+        assert_eq!(err.problems[0].key, "native.leeway_seconds");
+        let missing = load(&vars(&[(ENV_CONFIG, "/nonexistent/x.toml")]), dir.path(), None).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/x.toml"));
+    }
+
+    #[test]
+    fn client_keys_must_be_hashes() {
+        let p = problem("[[clients]]\nname = \"a\"\nkey_sha256 = \"plain-key\"\nscopes = [\"validate\"]\n", &[]);
+        assert_eq!(p[0].key, "clients[0].key_sha256");
+        let p = problem(&format!("[[clients]]\nname = \"a\"\nkey_sha256 = \"{HASH}\"\nscopes = [\"root\"]\n"), &[]);
+        assert_eq!(p[0].key, "clients[0].scopes[0]");
+    }
+}

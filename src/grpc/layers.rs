@@ -1,0 +1,170 @@
+//! Tower layers in front of every RPC: caller authentication and per-RPC metrics/tracing.
+//!
+//! They work on HTTP requests (the path names the RPC), before any message is decoded, so an
+//! unauthenticated caller costs no protobuf decoding and no domain work.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::future::{Either, Ready, ready};
+use http::header::AUTHORIZATION;
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+
+use super::method;
+use crate::auth::CallerKeys;
+
+// === Auth ===
+
+/// Checks the caller's API key against the RPC's scope and puts the [`crate::auth::Caller`]
+/// into the request's extensions. Health and reflection pass untouched.
+#[derive(Clone)]
+pub struct AuthLayer {
+    keys: Arc<CallerKeys>,
+}
+
+impl AuthLayer {
+    pub fn new(keys: Arc<CallerKeys>) -> Self {
+        Self { keys }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    keys: Arc<CallerKeys>,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Auth<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let m = method(req.uri().path());
+        if let Some(scope) = m.scope {
+            let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+            match self.keys.authorize(header, scope) {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
+                }
+                Err(e) => {
+                    metrics::counter!("sessiongate_caller_rejections_total", "method" => m.name, "reason" => e.reason)
+                        .increment(1);
+                    return Either::Left(ready(Ok(tonic::Status::from(e).into_http())));
+                }
+            }
+        }
+        Either::Right(self.inner.call(req))
+    }
+}
+
+// === Observe ===
+
+/// Counts every RPC by method and status code, records its latency, and runs it inside a
+/// `grpc` span that carries the method name.
+#[derive(Clone, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let name = method(req.uri().path()).name;
+        let span = tracing::info_span!("grpc", rpc.method = name, grpc.code = tracing::field::Empty);
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let res = fut.await;
+                let code = match &res {
+                    // Errors are sent trailers-only, so their status is in the headers; a
+                    // unary success carries `grpc-status: 0` in the trailers instead.
+                    Ok(resp) => resp
+                        .headers()
+                        .get("grpc-status")
+                        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+                        .unwrap_or(tonic::Code::Ok),
+                    Err(_) => tonic::Code::Unknown,
+                };
+                let code = code_name(code);
+                tracing::Span::current().record("grpc.code", code);
+                let elapsed = start.elapsed();
+                metrics::counter!("sessiongate_grpc_requests_total", "method" => name, "code" => code)
+                    .increment(1);
+                metrics::histogram!("sessiongate_grpc_request_duration_seconds", "method" => name)
+                    .record(elapsed.as_secs_f64());
+                tracing::debug!(code, micros = elapsed.as_micros() as u64, "rpc done");
+                res
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// A `&'static` name per code, for metric labels.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

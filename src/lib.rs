@@ -1,0 +1,24 @@
+//! sessiongate: one gRPC call that validates any session — sessiongate's own, a legacy
+//! provider's or an external new provider's — while a fleet migrates from the legacy auth
+//! provider to a new session system without logging anyone out.
+//!
+//! Data flows one way: [`grpc`] → domain → [`store`]. `grpc` is the only module that knows the
+//! generated protobuf types; [`error`] maps every call-level error to a `tonic::Status` in one
+//! place. See `DESIGN.md`-facing docs in the README for the contract.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

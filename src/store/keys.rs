@@ -1,0 +1,157 @@
+//! Every key name the store uses, built in one place.
+//!
+//! [`Key`] can only be made here, and the builders take ids sessiongate minted or a
+//! [`Digest`] — never a token — so a token can never end up in a key name, in Redis' SLOWLOG
+//! or in `MONITOR` output. Keys that change together share a hash tag (`{…}`) so that atomic
+//! batches stay on one slot in Redis Cluster.
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::config::Env;
+
+/// A store key. Only this module constructs one.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.0)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// SHA-256 of a secret (a token, an API key). What the store and the logs may see instead of
+/// the secret itself.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    pub fn of(secret: &[u8]) -> Self {
+        Self(Sha256::digest(secret).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 8 hex characters: enough to correlate log lines, useless to an attacker.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({}…)", self.fingerprint())
+    }
+}
+
+/// Key builders for one env: every key starts with `sg:<env>:`, so a test and a live
+/// deployment that were pointed at the same Redis by mistake still never share state.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(env: Env) -> Self {
+        Self {
+            prefix: format!("sg:{}:", env.as_str()),
+        }
+    }
+
+    fn key(&self, rest: fmt::Arguments<'_>) -> Key {
+        Key(format!("{}{}", self.prefix, rest))
+    }
+
+    /// The invalidation pub/sub channel.
+    pub fn channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
+    /// A session record, found by the digest of its opaque token.
+    pub fn session_by_token(&self, token: &Digest) -> Key {
+        self.key(format_args!("tok:{}", token.to_hex()))
+    }
+
+    /// A session record by session id.
+    pub fn session(&self, session_id: &str) -> Key {
+        self.key(format_args!("{{s:{session_id}}}:session"))
+    }
+
+    /// What is left of a revoked session until its original expiry.
+    pub fn tombstone(&self, session_id: &str) -> Key {
+        self.key(format_args!("{{s:{session_id}}}:tombstone"))
+    }
+
+    /// A user record.
+    pub fn user(&self, user_id: &str) -> Key {
+        self.key(format_args!("{{u:{user_id}}}:user"))
+    }
+
+    /// The set of a user's session ids.
+    pub fn user_sessions(&self, user_id: &str) -> Key {
+        self.key(format_args!("{{u:{user_id}}}:sessions"))
+    }
+
+    /// The set of revoked native session ids (`sid`s) still inside their JWT lifetime.
+    pub fn revoked_sids(&self) -> Key {
+        self.key(format_args!("revoked-sids"))
+    }
+
+    /// A fixed-window rate-limit counter for `subject` (a digest: subjects may be tokens).
+    pub fn rate(&self, bucket: &str, subject: &Digest) -> Key {
+        self.key(format_args!("rate:{bucket}:{}", subject.to_hex()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_env_and_never_the_secret() {
+        let k = Keys::new(Env::Live);
+        let token = b"sgs_supersecret";
+        let key = k.session_by_token(&Digest::of(token));
+        assert!(key.as_str().starts_with("sg:live:tok:"));
+        assert!(!key.as_str().contains("supersecret"));
+        assert_eq!(key.as_str().len(), "sg:live:tok:".len() + 64);
+        assert_eq!(Keys::new(Env::Test).session("s1").as_str(), "sg:test:{s:s1}:session");
+    }
+
+    #[test]
+    fn related_keys_share_a_hash_tag() {
+        let k = Keys::new(Env::Test);
+        let tag = |key: &Key| {
+            let s = key.as_str();
+            s[s.find('{').unwrap()..=s.find('}').unwrap()].to_owned()
+        };
+        assert_eq!(tag(&k.session("a")), tag(&k.tombstone("a")));
+        assert_eq!(tag(&k.user("u")), tag(&k.user_sessions("u")));
+    }
+
+    #[test]
+    fn digest_fingerprint_is_eight_hex() {
+        let d = Digest::of(b"hello");
+        assert_eq!(d.fingerprint(), "2cf24dba");
+        assert!(!format!("{d:?}").contains("hello"));
+    }
+}

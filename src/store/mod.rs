@@ -1,0 +1,160 @@
+//! The shared store: sessions, tombstones, users, revocations, replay records, cached
+//! upstream answers, flow overrides, events and the invalidation channel (DESIGN.md §5).
+//!
+//! Two implementations behave the same (one behavioural test suite runs against both):
+//! [`redis::RedisStore`] when `REDIS_URL` is set, [`memory::MemoryStore`] otherwise.
+//!
+//! The trait is a handful of primitives with exact semantics rather than one method per
+//! domain operation, so domain logic lives once (in `session/`, `flow/`) and the backends
+//! stay small. Keys are a [`Key`] type that only [`keys`] can build, so a raw token can never
+//! become part of a key name.
+//!
+//! Failure role: every call fails closed with [`StoreError::Unavailable`] within the
+//! configured command timeout. Callers decide what that means (the JWT verdict cache fails
+//! open; opaque lookups and revocations answer `UNAVAILABLE`).
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use keys::Key;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time. Safe to retry.
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this build cannot read (a bug or a foreign writer).
+    #[error("the session store returned unexpected data: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => crate::error::Error::unavailable(
+                "STORE_UNAVAILABLE",
+                "the session store is unavailable; retry shortly",
+            ),
+            StoreError::Corrupt(detail) => crate::error::Error::internal(detail),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Set `key` to `value`; `ttl` `None` keeps it until deleted.
+    Put {
+        key: Key,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    },
+    /// Delete `key` (any type).
+    Delete { key: Key },
+    /// Add `member` to the set at `key`; `ttl` (if any) becomes the set's TTL, extended only
+    /// (a set holding a long-lived member keeps its longer TTL).
+    SetAdd {
+        key: Key,
+        member: Vec<u8>,
+        ttl: Option<Duration>,
+    },
+    /// Remove `member` from the set at `key`.
+    SetRemove { key: Key, member: Vec<u8> },
+}
+
+/// What arrives on the invalidation channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A payload some replica published (domain-encoded).
+    Message(Arc<[u8]>),
+    /// The subscription was re-established after an outage: messages may have been missed,
+    /// so in-process state fed by the channel must be resynchronised from the store.
+    Resync,
+}
+
+/// Which backend is serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+/// The store primitives. All calls are bounded in time.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn kind(&self) -> StoreKind;
+
+    /// Round trip to the backend.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// The value at `key`, or `None` if absent or expired.
+    async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>>;
+
+    /// The values at `keys`, in order, in one round trip.
+    async fn get_many(&self, keys: &[Key]) -> StoreResult<Vec<Option<Vec<u8>>>>;
+
+    /// Set `key` only if it does not exist; `true` if this call set it. The primitive behind
+    /// locks, single-flight and "create exactly once" across replicas.
+    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>)
+    -> StoreResult<bool>;
+
+    /// Apply `writes` atomically: every reader sees all of them or none.
+    async fn write(&self, writes: Vec<Write>) -> StoreResult<()>;
+
+    /// Add one to the counter at `key` and return the new value; a new counter expires after
+    /// `ttl` (fixed window: later increments do not extend it). For rate limits.
+    async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64>;
+
+    /// The members of the set at `key` (empty if absent).
+    async fn set_members(&self, key: &Key) -> StoreResult<Vec<Vec<u8>>>;
+
+    /// Remaining time to live of `key`: `None` if absent, `Some(None)` if it never expires.
+    async fn ttl(&self, key: &Key) -> StoreResult<Option<Option<Duration>>>;
+
+    /// Publish on the invalidation channel, to every replica (this one included).
+    async fn publish(&self, payload: &[u8]) -> StoreResult<()>;
+
+    /// Receive what is published on the invalidation channel from now on.
+    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+
+    /// Append one event (a JSON object) to the event stream; the stream is bounded.
+    async fn append_event(&self, event: &serde_json::Value) -> StoreResult<()>;
+
+    /// The newest `count` events, oldest first.
+    async fn recent_events(&self, count: usize) -> StoreResult<Vec<serde_json::Value>>;
+}
+
+/// The event stream's name in Redis (contract).
+pub const EVENTS_STREAM: &str = "sessiongate:events";
+/// How many events the stream keeps (approximately, in Redis).
+pub const EVENTS_MAX_LEN: usize = 100_000;
+/// How many events the embedded store keeps.
+pub const MEMORY_EVENTS_MAX_LEN: usize = 10_000;
+
+/// Builds the configured store: Redis when `REDIS_URL` is set, else the embedded one.
+pub fn from_config(
+    env: crate::config::Env,
+    cfg: &crate::config::StoreConfig,
+) -> StoreResult<Arc<dyn Store>> {
+    Ok(match &cfg.redis_url {
+        Some(url) => Arc::new(redis::RedisStore::connect(
+            url.expose(),
+            env,
+            redis::Timeouts {
+                command: cfg.command_timeout,
+                connect: cfg.connect_timeout,
+            },
+        )?),
+        None => Arc::new(memory::MemoryStore::new(env)),
+    })
+}
