@@ -131,6 +131,8 @@ impl App {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc.ErrorInfo & co., so grpcurl can decode error details.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name(SESSION_GATE_SERVICE)
                 .with_service_name(ROLLOUT_ADMIN_SERVICE)
                 .with_service_name(HEALTH_SERVICE)
@@ -223,9 +225,8 @@ impl App {
         };
         drop(stop_http);
         upkeep.abort();
-        match tokio::time::timeout(Duration::from_secs(1), http).await {
-            Ok(Ok(Err(e))) => return Err(AppError::Http(e)),
-            Ok(_) | Err(_) => {}
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), http).await {
+            return Err(AppError::Http(e));
         }
         tracing::info!("sessiongate stopped");
         result

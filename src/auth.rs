@@ -39,7 +39,9 @@ impl Caller {
             Err(Error::new(
                 ErrorCode::Unauthenticated,
                 "CALLER_UNAUTHENTICATED",
-                format!("{what} is never open: call with `authorization: Bearer <key>` of a configured [[clients]] key"),
+                format!(
+                    "{what} is never open: call with `authorization: Bearer <key>` of a configured [[clients]] key"
+                ),
             ))
         }
     }
@@ -102,7 +104,8 @@ impl CallerKeys {
             }
             return Err(unauthenticated("missing `authorization: Bearer <key>`"));
         };
-        let key = bearer(header).ok_or_else(|| unauthenticated("`authorization` must be `Bearer <key>`"))?;
+        let key = bearer(header)
+            .ok_or_else(|| unauthenticated("`authorization` must be `Bearer <key>`"))?;
         // Looking the hash up leaks, through timing, at most something about the *hash* of
         // the presented key, which does not help to guess a valid key.
         let client = self
@@ -175,7 +178,10 @@ mod tests {
         assert_eq!(&*caller.name, "checkout");
         assert!(caller.authenticated);
         // The scheme is case-insensitive (RFC 9110).
-        assert!(keys.authorize(Some(format!("bearer {key}").as_bytes()), Scope::Validate).is_ok());
+        assert!(
+            keys.authorize(Some(format!("bearer {key}").as_bytes()), Scope::Validate)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -184,14 +190,24 @@ mod tests {
         let e = keys
             .authorize(Some(format!("Bearer {key}").as_bytes()), Scope::Admin)
             .unwrap_err();
-        assert_eq!((e.code, e.reason), (ErrorCode::PermissionDenied, "SCOPE_MISSING"));
-        for h in [None, Some(&b"Bearer nope"[..]), Some(b"Basic abc"), Some(b"Bearer ")] {
+        assert_eq!(
+            (e.code, e.reason),
+            (ErrorCode::PermissionDenied, "SCOPE_MISSING")
+        );
+        for h in [
+            None,
+            Some(&b"Bearer nope"[..]),
+            Some(b"Basic abc"),
+            Some(b"Bearer "),
+        ] {
             let e = keys.authorize(h, Scope::Validate).unwrap_err();
             assert_eq!(e.code, ErrorCode::Unauthenticated, "{h:?}");
             assert_eq!(e.reason, "CALLER_UNAUTHENTICATED");
         }
         // Never echo the presented key.
-        let e = keys.authorize(Some(b"Bearer secret-123"), Scope::Validate).unwrap_err();
+        let e = keys
+            .authorize(Some(b"Bearer secret-123"), Scope::Validate)
+            .unwrap_err();
         assert!(!e.message.contains("secret-123"));
     }
 
@@ -203,8 +219,15 @@ mod tests {
             assert!(!keys.authorize(None, s).unwrap().authenticated);
         }
         for s in [Scope::Issue, Scope::Admin] {
-            assert_eq!(keys.authorize(None, s).unwrap_err().code, ErrorCode::Unauthenticated);
+            assert_eq!(
+                keys.authorize(None, s).unwrap_err().code,
+                ErrorCode::Unauthenticated
+            );
         }
-        assert!(Caller::anonymous().require_authenticated("RevokeSession by user").is_err());
+        assert!(
+            Caller::anonymous()
+                .require_authenticated("RevokeSession by user")
+                .is_err()
+        );
     }
 }

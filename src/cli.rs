@@ -64,10 +64,14 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(file),
         Command::Apikey { name } => {
             let (key, hash) = crate::auth::new_api_key();
-            println!("# Give the key to the calling service (it sends `authorization: Bearer <key>`):");
+            println!(
+                "# Give the key to the calling service (it sends `authorization: Bearer <key>`):"
+            );
             println!("# {key}");
             println!("# and put only its hash into sessiongate.toml:");
-            println!("[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\nscopes = [\"validate\"]");
+            println!(
+                "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\nscopes = [\"validate\"]"
+            );
             ExitCode::SUCCESS
         }
     }
@@ -108,7 +112,10 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     crate::telemetry::init_logging(cfg.log_format);
     // Worker threads: tokio reads TOKIO_WORKER_THREADS itself (set it from the pod's CPU
     // request in Kubernetes), else one per available core.
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sessiongate: cannot start the runtime: {e}");

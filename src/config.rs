@@ -589,7 +589,11 @@ fn parse_toml(origin: &str, text: &str) -> Result<RawFile, ConfigError> {
         .map_err(|e| ConfigError::one(origin, "(syntax)", one_line(&e.to_string())))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." { "(top level)".into() } else { key };
+        let key = if key == "." {
+            "(top level)".into()
+        } else {
+            key
+        };
         ConfigError::one(origin, key, one_line(&e.into_inner().to_string()))
     })
 }
@@ -647,7 +651,12 @@ impl Check {
     }
 }
 
-fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Result<Config, ConfigError> {
+fn build(
+    env: Env,
+    file: Option<PathBuf>,
+    raw: RawFile,
+    vars: &dyn Vars,
+) -> Result<Config, ConfigError> {
     let origin = file
         .as_ref()
         .map(|p| p.display().to_string())
@@ -658,37 +667,88 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
     };
 
     // --- server ---
-    let grpc_addr = addr(&mut c, vars, ENV_GRPC_ADDR, "server.grpc_addr", raw.server.grpc_addr, DEFAULT_GRPC_ADDR);
-    let http_addr = addr(&mut c, vars, ENV_HTTP_ADDR, "server.http_addr", raw.server.http_addr, DEFAULT_HTTP_ADDR);
+    let grpc_addr = addr(
+        &mut c,
+        vars,
+        ENV_GRPC_ADDR,
+        "server.grpc_addr",
+        raw.server.grpc_addr,
+        DEFAULT_GRPC_ADDR,
+    );
+    let http_addr = addr(
+        &mut c,
+        vars,
+        ENV_HTTP_ADDR,
+        "server.http_addr",
+        raw.server.http_addr,
+        DEFAULT_HTTP_ADDR,
+    );
     if grpc_addr == http_addr && grpc_addr.port() != 0 {
         c.fail("server.http_addr", "must differ from server.grpc_addr");
     }
-    let max_token_bytes = raw.server.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    let max_token_bytes = raw
+        .server
+        .max_token_bytes
+        .unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
     if !(512..=65_536).contains(&max_token_bytes) {
-        c.fail("server.max_token_bytes", format!("{max_token_bytes} is out of range 512..=65536"));
+        c.fail(
+            "server.max_token_bytes",
+            format!("{max_token_bytes} is out of range 512..=65536"),
+        );
     }
-    let max_message_bytes = raw.server.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let max_message_bytes = raw
+        .server
+        .max_message_bytes
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
     if !(4_096..=4 * 1024 * 1024).contains(&max_message_bytes) {
-        c.fail("server.max_message_bytes", format!("{max_message_bytes} is out of range 4096..=4194304"));
+        c.fail(
+            "server.max_message_bytes",
+            format!("{max_message_bytes} is out of range 4096..=4194304"),
+        );
     } else if max_message_bytes < max_token_bytes + 1024 {
-        c.fail("server.max_message_bytes", "must exceed server.max_token_bytes by at least 1024");
+        c.fail(
+            "server.max_message_bytes",
+            "must exceed server.max_token_bytes by at least 1024",
+        );
     }
-    let drain = raw.server.drain_grace_seconds.unwrap_or(DEFAULT_DRAIN_GRACE_SECONDS);
+    let drain = raw
+        .server
+        .drain_grace_seconds
+        .unwrap_or(DEFAULT_DRAIN_GRACE_SECONDS);
     if drain > 300 {
-        c.fail("server.drain_grace_seconds", format!("{drain} is more than 300"));
+        c.fail(
+            "server.drain_grace_seconds",
+            format!("{drain} is more than 300"),
+        );
     }
 
     // --- store ---
     let redis_url = vars.get(ENV_REDIS_URL).filter(|s| !s.is_empty());
     if let Some(u) = &redis_url
-        && !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://") || u.starts_with("unix://"))
+        && !(u.starts_with("redis://")
+            || u.starts_with("rediss://")
+            || u.starts_with("redis+unix://")
+            || u.starts_with("unix://"))
     {
         // Never echo the URL: it may carry a password.
-        c.fail_at(&format!("environment variable {ENV_REDIS_URL}"), ENV_REDIS_URL, "must start with redis://, rediss:// or unix://");
+        c.fail_at(
+            &format!("environment variable {ENV_REDIS_URL}"),
+            ENV_REDIS_URL,
+            "must start with redis://, rediss:// or unix://",
+        );
     }
-    let command_timeout_ms = raw.redis.command_timeout_ms.unwrap_or(DEFAULT_COMMAND_TIMEOUT_MS);
-    let connect_timeout_ms = raw.redis.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
-    for (key, v) in [("redis.command_timeout_ms", command_timeout_ms), ("redis.connect_timeout_ms", connect_timeout_ms)] {
+    let command_timeout_ms = raw
+        .redis
+        .command_timeout_ms
+        .unwrap_or(DEFAULT_COMMAND_TIMEOUT_MS);
+    let connect_timeout_ms = raw
+        .redis
+        .connect_timeout_ms
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+    for (key, v) in [
+        ("redis.command_timeout_ms", command_timeout_ms),
+        ("redis.connect_timeout_ms", connect_timeout_ms),
+    ] {
         if !(10..=30_000).contains(&v) {
             c.fail(key, format!("{v} is out of range 10..=30000"));
         }
@@ -702,21 +762,41 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
     if issuer.trim().is_empty() {
         c.fail("native.issuer", "must not be empty");
     }
-    let audiences = raw.native.audiences.unwrap_or_else(|| vec!["sessiongate".into()]);
+    let audiences = raw
+        .native
+        .audiences
+        .unwrap_or_else(|| vec!["sessiongate".into()]);
     if audiences.is_empty() || audiences.iter().any(|a| a.is_empty()) {
         c.fail("native.audiences", "needs at least one non-empty audience");
     }
-    let jwt_ttl = raw.native.jwt_ttl_seconds.unwrap_or(DEFAULT_JWT_TTL_SECONDS);
+    let jwt_ttl = raw
+        .native
+        .jwt_ttl_seconds
+        .unwrap_or(DEFAULT_JWT_TTL_SECONDS);
     if !(30..=3_600).contains(&jwt_ttl) {
-        c.fail("native.jwt_ttl_seconds", format!("{jwt_ttl} is out of range 30..=3600 (a session_jwt is meant to be short)"));
+        c.fail(
+            "native.jwt_ttl_seconds",
+            format!("{jwt_ttl} is out of range 30..=3600 (a session_jwt is meant to be short)"),
+        );
     }
-    let session_minutes = raw.native.session_duration_minutes.unwrap_or(DEFAULT_SESSION_MINUTES);
+    let session_minutes = raw
+        .native
+        .session_duration_minutes
+        .unwrap_or(DEFAULT_SESSION_MINUTES);
     if !(SESSION_MINUTES_MIN..=SESSION_MINUTES_MAX).contains(&session_minutes) {
-        c.fail("native.session_duration_minutes", format!("{session_minutes} is out of range {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"));
+        c.fail(
+            "native.session_duration_minutes",
+            format!(
+                "{session_minutes} is out of range {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"
+            ),
+        );
     }
     let leeway = raw.native.leeway_seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
     if leeway > 300 {
-        c.fail("native.leeway_seconds", format!("{leeway} is more than 300"));
+        c.fail(
+            "native.leeway_seconds",
+            format!("{leeway} is more than 300"),
+        );
     }
 
     // --- providers ---
@@ -726,7 +806,10 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
     for (i, p) in raw.providers.into_iter().enumerate() {
         let k = |f: &str| format!("providers[{i}].{f}");
         if p.name.is_empty() || p.name == "native" {
-            c.fail(k("name"), "must be non-empty and not `native` (reserved for sessiongate's own sessions)");
+            c.fail(
+                k("name"),
+                "must be non-empty and not `native` (reserved for sessiongate's own sessions)",
+            );
         } else if !names.insert(p.name.clone()) {
             c.fail(k("name"), format!("`{}` is used twice", p.name));
         }
@@ -743,18 +826,34 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
         }
         for a in &algorithms {
             if !ASYMMETRIC_ALGORITHMS.contains(&a.as_str()) {
-                c.fail(k("algorithms"), format!("`{a}` is not allowed; use one of {}", ASYMMETRIC_ALGORITHMS.join(", ")));
+                c.fail(
+                    k("algorithms"),
+                    format!(
+                        "`{a}` is not allowed; use one of {}",
+                        ASYMMETRIC_ALGORITHMS.join(", ")
+                    ),
+                );
             }
         }
         let token_format = p.token_format.unwrap_or(TokenFormat::Jwt);
         if p.kind == ProviderKind::External && token_format != TokenFormat::Jwt {
-            c.fail(k("token_format"), "an external provider is validated by its JWTs only: use `jwt`");
+            c.fail(
+                k("token_format"),
+                "an external provider is validated by its JWTs only: use `jwt`",
+            );
         }
-        if p.kind == ProviderKind::Legacy && token_format != TokenFormat::Jwt && userinfo_url.is_none() && !p.issuer.starts_with("http") {
+        if p.kind == ProviderKind::Legacy
+            && token_format != TokenFormat::Jwt
+            && userinfo_url.is_none()
+            && !p.issuer.starts_with("http")
+        {
             c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url, or an https issuer to discover it from");
         }
         if p.kind == ProviderKind::External && p.policy.is_some() {
-            c.fail(k("policy"), "applies to legacy providers only; external tokens are always NEW");
+            c.fail(
+                k("policy"),
+                "applies to legacy providers only; external tokens are always NEW",
+            );
         }
         providers.push(ProviderConfig {
             name: p.name,
@@ -780,7 +879,13 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
     if let Some(p) = &raw.unleash_features_file
         && !flows.is_empty()
     {
-        c.fail("unleash_features_file", format!("`{}` and [[flows]] both define flows: use one or the other", p.display()));
+        c.fail(
+            "unleash_features_file",
+            format!(
+                "`{}` and [[flows]] both define flows: use one or the other",
+                p.display()
+            ),
+        );
     }
 
     // --- clients ---
@@ -801,7 +906,10 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
             c.fail(k("key_sha256"), "the same key is configured twice");
         }
         if cl.scopes.is_empty() {
-            c.fail(k("scopes"), "needs at least one scope: validate, migrate, flow, issue, revoke or admin");
+            c.fail(
+                k("scopes"),
+                "needs at least one scope: validate, migrate, flow, issue, revoke or admin",
+            );
         }
         clients.push(ClientConfig {
             name: cl.name,
@@ -815,7 +923,11 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
         Some("human") | Some("") => LogFormat::Human,
         None => raw.log_format.unwrap_or(LogFormat::Human),
         Some(other) => {
-            c.fail_at(&format!("environment variable {ENV_LOG_FORMAT}"), ENV_LOG_FORMAT, format!("`{other}` is not a log format; use `human` or `json`"));
+            c.fail_at(
+                &format!("environment variable {ENV_LOG_FORMAT}"),
+                ENV_LOG_FORMAT,
+                format!("`{other}` is not a log format; use `human` or `json`"),
+            );
             LogFormat::Human
         }
     };
@@ -834,7 +946,9 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
     }
 
     if !c.problems.is_empty() {
-        return Err(ConfigError { problems: c.problems });
+        return Err(ConfigError {
+            problems: c.problems,
+        });
     }
     Ok(Config {
         env,
@@ -868,7 +982,14 @@ fn build(env: Env, file: Option<PathBuf>, raw: RawFile, vars: &dyn Vars) -> Resu
     })
 }
 
-fn addr(c: &mut Check, vars: &dyn Vars, var: &str, key: &str, file: Option<String>, default: &str) -> SocketAddr {
+fn addr(
+    c: &mut Check,
+    vars: &dyn Vars,
+    var: &str,
+    key: &str,
+    file: Option<String>,
+    default: &str,
+) -> SocketAddr {
     let (origin, value) = match vars.get(var) {
         Some(v) => (Some(format!("environment variable {var}")), v),
         None => (None, file.unwrap_or_else(|| default.into())),
@@ -890,7 +1011,10 @@ fn url_field(c: &mut Check, env: Env, key: &str, value: Option<String>) -> Optio
         // Plain http is for fakes on loopback in tests; never for a live issuer.
         Ok(u) if u.scheme() == "http" && env == Env::Test => Some(u),
         Ok(_) => {
-            c.fail(key, format!("`{value}` must be an https URL (http only in test)"));
+            c.fail(
+                key,
+                format!("`{value}` must be an https URL (http only in test)"),
+            );
             None
         }
         Err(e) => {
@@ -914,7 +1038,10 @@ fn flow(c: &mut Check, i: usize, f: RawFlow, names: &mut BTreeSet<String>) -> Fl
         c.fail(k("name"), format!("`{}` is defined twice", f.name));
     }
     if f.percentage > 100 {
-        c.fail(k("percentage"), format!("{} is more than 100", f.percentage));
+        c.fail(
+            k("percentage"),
+            format!("{} is more than 100", f.percentage),
+        );
     }
     let mut nets = |field: &str, list: Vec<String>| -> Vec<IpNet> {
         list.iter()
@@ -933,7 +1060,10 @@ fn flow(c: &mut Check, i: usize, f: RawFlow, names: &mut BTreeSet<String>) -> Fl
     for cc in f.countries {
         let up = cc.trim().to_ascii_uppercase();
         if up.len() != 2 || !up.chars().all(|ch| ch.is_ascii_alphabetic()) {
-            c.fail(k("countries"), format!("`{cc}` is not an ISO 3166-1 alpha-2 code"));
+            c.fail(
+                k("countries"),
+                format!("`{cc}` is not an ISO 3166-1 alpha-2 code"),
+            );
         } else {
             countries.push(up);
         }
@@ -944,7 +1074,10 @@ fn flow(c: &mut Check, i: usize, f: RawFlow, names: &mut BTreeSet<String>) -> Fl
             Ok(ver) => {
                 min_app_versions.insert(app, ver);
             }
-            Err(e) => c.fail(k(&format!("min_app_versions.{app}")), format!("`{v}` is not a semantic version: {e}")),
+            Err(e) => c.fail(
+                k(&format!("min_app_versions.{app}")),
+                format!("`{v}` is not a semantic version: {e}"),
+            ),
         }
     }
     if let Some(strategies) = &f.strategies {
@@ -956,11 +1089,21 @@ fn flow(c: &mut Check, i: usize, f: RawFlow, names: &mut BTreeSet<String>) -> Fl
         for (j, s) in strategies.iter().enumerate() {
             let sk = format!("flows[{i}].strategies[{j}]");
             if !UNLEASH_STRATEGIES.contains(&s.name.as_str()) {
-                c.fail(format!("{sk}.name"), format!("`{}` is not supported; use one of {}", s.name, UNLEASH_STRATEGIES.join(", ")));
+                c.fail(
+                    format!("{sk}.name"),
+                    format!(
+                        "`{}` is not supported; use one of {}",
+                        s.name,
+                        UNLEASH_STRATEGIES.join(", ")
+                    ),
+                );
             }
             for (n, con) in s.constraints.iter().enumerate() {
                 if !UNLEASH_OPERATORS.contains(&con.operator.as_str()) {
-                    c.fail(format!("{sk}.constraints[{n}].operator"), format!("`{}` is not an Unleash operator", con.operator));
+                    c.fail(
+                        format!("{sk}.constraints[{n}].operator"),
+                        format!("`{}` is not an Unleash operator", con.operator),
+                    );
                 }
             }
         }
@@ -1007,7 +1150,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn from_toml(text: &str, v: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -1094,8 +1240,14 @@ scopes = ["validate", "flow"]
         assert_eq!(f.countries, ["NO", "SE"]);
         assert_eq!(f.deny_cidrs[0].to_string(), "192.0.2.7/32");
         assert_eq!(f.min_app_versions["ios"], semver::Version::new(5, 12, 0));
-        assert_eq!(f.strategies.as_ref().unwrap()[0].constraints[0].context_name, "country");
-        assert_eq!(cfg.clients[0].scopes, BTreeSet::from([Scope::Validate, Scope::Flow]));
+        assert_eq!(
+            f.strategies.as_ref().unwrap()[0].constraints[0].context_name,
+            "country"
+        );
+        assert_eq!(
+            cfg.clients[0].scopes,
+            BTreeSet::from([Scope::Validate, Scope::Flow])
+        );
     }
 
     fn problem(text: &str, v: &[(&str, &str)]) -> Vec<Problem> {
@@ -1106,7 +1258,10 @@ scopes = ["validate", "flow"]
     fn unknown_key_is_refused_with_its_path() {
         let p = problem("[server]\ngrpc_adr = \"0.0.0.0:1\"\n", &[]);
         assert_eq!(p[0].origin, "sessiongate.toml");
-        assert!(p[0].key.contains("grpc_adr") || p[0].key == "server", "{p:?}");
+        assert!(
+            p[0].key.contains("grpc_adr") || p[0].key == "server",
+            "{p:?}"
+        );
         assert!(p[0].message.contains("unknown field `grpc_adr`"), "{p:?}");
     }
 
@@ -1133,7 +1288,10 @@ scopes = ["validate", "flow"]
         assert!(keys.contains(&"flows[0].percentage"), "{keys:?}");
         assert!(keys.contains(&"flows[0].allow_cidrs"), "{keys:?}");
         assert!(keys.contains(&"flows[0].strategies"), "{keys:?}");
-        assert!(keys.contains(&"native.session_duration_minutes"), "{keys:?}");
+        assert!(
+            keys.contains(&"native.session_duration_minutes"),
+            "{keys:?}"
+        );
     }
 
     #[test]
@@ -1158,11 +1316,18 @@ scopes = ["validate", "flow"]
     fn env_overrides_file() {
         let cfg = from_toml(
             "[server]\ngrpc_addr = \"127.0.0.1:1\"\n",
-            &[(ENV_GRPC_ADDR, "127.0.0.1:2"), (ENV_REDIS_URL, "redis://127.0.0.1:6379"), (ENV_LOG_FORMAT, "json")],
+            &[
+                (ENV_GRPC_ADDR, "127.0.0.1:2"),
+                (ENV_REDIS_URL, "redis://127.0.0.1:6379"),
+                (ENV_LOG_FORMAT, "json"),
+            ],
         )
         .unwrap();
         assert_eq!(cfg.server.grpc_addr.port(), 2);
-        assert_eq!(cfg.store.redis_url.as_ref().unwrap().expose(), "redis://127.0.0.1:6379");
+        assert_eq!(
+            cfg.store.redis_url.as_ref().unwrap().expose(),
+            "redis://127.0.0.1:6379"
+        );
         assert_eq!(cfg.log_format, LogFormat::Json);
     }
 
@@ -1210,7 +1375,11 @@ scopes = ["validate", "flow"]
             "REDIS_URL=redis://from-dotenv:6379\nSESSIONGATE_GRPC_ADDR=127.0.0.1:7\n",
         )
         .unwrap();
-        std::fs::write(dir.path().join(".env-test"), "SESSIONGATE_GRPC_ADDR=127.0.0.1:9\n").unwrap();
+        std::fs::write(
+            dir.path().join(".env-test"),
+            "SESSIONGATE_GRPC_ADDR=127.0.0.1:9\n",
+        )
+        .unwrap();
         // test: only .env-test applies.
         let cfg = load(&vars(&[]), dir.path(), None).unwrap();
         assert_eq!(cfg.server.grpc_addr.port(), 9);
@@ -1232,18 +1401,34 @@ scopes = ["validate", "flow"]
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[native]\nleeway_seconds = -1\n").unwrap();
-        let err = load(&vars(&[(ENV_CONFIG, path.to_str().unwrap())]), dir.path(), None).unwrap_err();
+        let err = load(
+            &vars(&[(ENV_CONFIG, path.to_str().unwrap())]),
+            dir.path(),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err.problems[0].origin, path.display().to_string());
         assert_eq!(err.problems[0].key, "native.leeway_seconds");
-        let missing = load(&vars(&[(ENV_CONFIG, "/nonexistent/x.toml")]), dir.path(), None).unwrap_err();
+        let missing = load(
+            &vars(&[(ENV_CONFIG, "/nonexistent/x.toml")]),
+            dir.path(),
+            None,
+        )
+        .unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/x.toml"));
     }
 
     #[test]
     fn client_keys_must_be_hashes() {
-        let p = problem("[[clients]]\nname = \"a\"\nkey_sha256 = \"plain-key\"\nscopes = [\"validate\"]\n", &[]);
+        let p = problem(
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"plain-key\"\nscopes = [\"validate\"]\n",
+            &[],
+        );
         assert_eq!(p[0].key, "clients[0].key_sha256");
-        let p = problem(&format!("[[clients]]\nname = \"a\"\nkey_sha256 = \"{HASH}\"\nscopes = [\"root\"]\n"), &[]);
+        let p = problem(
+            &format!("[[clients]]\nname = \"a\"\nkey_sha256 = \"{HASH}\"\nscopes = [\"root\"]\n"),
+            &[],
+        );
         assert_eq!(p[0].key, "clients[0].scopes[0]");
     }
 }

@@ -78,7 +78,11 @@ impl Error {
     /// An internal error. `detail` is logged here and never sent to the caller.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        Self::new(ErrorCode::Internal, "INTERNAL", "internal error; see the server logs")
+        Self::new(
+            ErrorCode::Internal,
+            "INTERNAL",
+            "internal error; see the server logs",
+        )
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
@@ -100,8 +104,11 @@ impl From<Error> for tonic::Status {
             ErrorCode::Unimplemented => tonic::Code::Unimplemented,
             ErrorCode::Internal => tonic::Code::Internal,
         };
-        let mut details =
-            ErrorDetails::with_error_info(err.reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+        let mut details = ErrorDetails::with_error_info(
+            err.reason,
+            ERROR_DOMAIN,
+            HashMap::<String, String>::new(),
+        );
         let mut metadata = tonic::metadata::MetadataMap::new();
         if let Some(after) = err.retry_after {
             details.set_retry_info(Some(after));

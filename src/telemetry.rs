@@ -33,8 +33,8 @@ pub fn init_logging(format: LogFormat) {
 /// Latency buckets in seconds: sessiongate answers in microseconds, upstream calls in
 /// milliseconds to seconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
 ];
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -50,7 +50,9 @@ pub fn metrics() -> PrometheusHandle {
             // Fails only if another recorder was installed first (an embedding program's):
             // then ours renders empty rather than stealing theirs.
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics shows only its own view");
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only its own view"
+                );
             }
             handle
         })

@@ -114,7 +114,8 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let name = method(req.uri().path()).name;
-        let span = tracing::info_span!("grpc", rpc.method = name, grpc.code = tracing::field::Empty);
+        let span =
+            tracing::info_span!("grpc", rpc.method = name, grpc.code = tracing::field::Empty);
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(

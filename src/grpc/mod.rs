@@ -34,14 +34,46 @@ pub struct Method {
 
 /// Every RPC sessiongate serves: path, metric label, scope.
 const METHODS: &[(&str, &str, Option<Scope>)] = &[
-    ("/sessiongate.v1.SessionGateService/ValidateSession", "SessionGateService/ValidateSession", Some(Scope::Validate)),
-    ("/sessiongate.v1.SessionGateService/MigrateSession", "SessionGateService/MigrateSession", Some(Scope::Migrate)),
-    ("/sessiongate.v1.SessionGateService/ResolveFlow", "SessionGateService/ResolveFlow", Some(Scope::Flow)),
-    ("/sessiongate.v1.SessionGateService/CreateSession", "SessionGateService/CreateSession", Some(Scope::Issue)),
-    ("/sessiongate.v1.SessionGateService/RevokeSession", "SessionGateService/RevokeSession", Some(Scope::Revoke)),
-    ("/sessiongate.v1.RolloutAdminService/GetRollout", "RolloutAdminService/GetRollout", Some(Scope::Admin)),
-    ("/sessiongate.v1.RolloutAdminService/ListRollouts", "RolloutAdminService/ListRollouts", Some(Scope::Admin)),
-    ("/sessiongate.v1.RolloutAdminService/UpdateRollout", "RolloutAdminService/UpdateRollout", Some(Scope::Admin)),
+    (
+        "/sessiongate.v1.SessionGateService/ValidateSession",
+        "SessionGateService/ValidateSession",
+        Some(Scope::Validate),
+    ),
+    (
+        "/sessiongate.v1.SessionGateService/MigrateSession",
+        "SessionGateService/MigrateSession",
+        Some(Scope::Migrate),
+    ),
+    (
+        "/sessiongate.v1.SessionGateService/ResolveFlow",
+        "SessionGateService/ResolveFlow",
+        Some(Scope::Flow),
+    ),
+    (
+        "/sessiongate.v1.SessionGateService/CreateSession",
+        "SessionGateService/CreateSession",
+        Some(Scope::Issue),
+    ),
+    (
+        "/sessiongate.v1.SessionGateService/RevokeSession",
+        "SessionGateService/RevokeSession",
+        Some(Scope::Revoke),
+    ),
+    (
+        "/sessiongate.v1.RolloutAdminService/GetRollout",
+        "RolloutAdminService/GetRollout",
+        Some(Scope::Admin),
+    ),
+    (
+        "/sessiongate.v1.RolloutAdminService/ListRollouts",
+        "RolloutAdminService/ListRollouts",
+        Some(Scope::Admin),
+    ),
+    (
+        "/sessiongate.v1.RolloutAdminService/UpdateRollout",
+        "RolloutAdminService/UpdateRollout",
+        Some(Scope::Admin),
+    ),
     ("/grpc.health.v1.Health/Check", "Health/Check", None),
     ("/grpc.health.v1.Health/Watch", "Health/Watch", None),
 ];
@@ -49,14 +81,23 @@ const METHODS: &[(&str, &str, Option<Scope>)] = &[
 /// Classifies a request path (`/package.Service/Method`).
 pub fn method(path: &str) -> Method {
     if let Some((_, name, scope)) = METHODS.iter().find(|(p, _, _)| *p == path) {
-        return Method { name, scope: *scope };
+        return Method {
+            name,
+            scope: *scope,
+        };
     }
     if path.starts_with("/grpc.reflection.") {
-        return Method { name: "ServerReflection", scope: None };
+        return Method {
+            name: "ServerReflection",
+            scope: None,
+        };
     }
     // Anything else is answered UNIMPLEMENTED by the router; still require a caller key so
     // that probing unknown names tells an outsider nothing.
-    Method { name: "unknown", scope: Some(Scope::Admin) }
+    Method {
+        name: "unknown",
+        scope: Some(Scope::Admin),
+    }
 }
 
 #[cfg(test)]
@@ -68,10 +109,19 @@ mod tests {
         let m = method("/sessiongate.v1.SessionGateService/CreateSession");
         assert_eq!(m.name, "SessionGateService/CreateSession");
         assert_eq!(m.scope, Some(Scope::Issue));
-        assert_eq!(method("/sessiongate.v1.RolloutAdminService/UpdateRollout").scope, Some(Scope::Admin));
+        assert_eq!(
+            method("/sessiongate.v1.RolloutAdminService/UpdateRollout").scope,
+            Some(Scope::Admin)
+        );
         assert_eq!(method("/grpc.health.v1.Health/Check").scope, None);
-        assert_eq!(method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").scope, None);
-        assert_eq!(method("/sessiongate.v1.SessionGateService/Nope").scope, Some(Scope::Admin));
+        assert_eq!(
+            method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").scope,
+            None
+        );
+        assert_eq!(
+            method("/sessiongate.v1.SessionGateService/Nope").scope,
+            Some(Scope::Admin)
+        );
         assert_eq!(method("garbage").name, "unknown");
     }
 }

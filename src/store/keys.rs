@@ -134,7 +134,10 @@ mod tests {
         assert!(key.as_str().starts_with("sg:live:tok:"));
         assert!(!key.as_str().contains("supersecret"));
         assert_eq!(key.as_str().len(), "sg:live:tok:".len() + 64);
-        assert_eq!(Keys::new(Env::Test).session("s1").as_str(), "sg:test:{s:s1}:session");
+        assert_eq!(
+            Keys::new(Env::Test).session("s1").as_str(),
+            "sg:test:{s:s1}:session"
+        );
     }
 
     #[test]

@@ -13,9 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{
-    Key, MEMORY_EVENTS_MAX_LEN, Notice, Store, StoreError, StoreKind, StoreResult, Write,
-};
+use super::{Key, MEMORY_EVENTS_MAX_LEN, Notice, Store, StoreError, StoreKind, StoreResult, Write};
 use crate::config::Env;
 
 /// Sweep expired entries after this many writes.
@@ -331,12 +329,27 @@ mod tests {
         }])
         .await
         .unwrap();
-        assert_eq!(s.incr(&k.session("c"), Duration::from_secs(5)).await.unwrap(), 1);
+        assert_eq!(
+            s.incr(&k.session("c"), Duration::from_secs(5))
+                .await
+                .unwrap(),
+            1
+        );
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(s.incr(&k.session("c"), Duration::from_secs(5)).await.unwrap(), 2);
+        assert_eq!(
+            s.incr(&k.session("c"), Duration::from_secs(5))
+                .await
+                .unwrap(),
+            2
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         // The window did not slide with the second increment.
-        assert_eq!(s.incr(&k.session("c"), Duration::from_secs(5)).await.unwrap(), 1);
+        assert_eq!(
+            s.incr(&k.session("c"), Duration::from_secs(5))
+                .await
+                .unwrap(),
+            1
+        );
         assert!(s.get(&k.session("a")).await.unwrap().is_some());
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(s.get(&k.session("a")).await.unwrap().is_none());

@@ -105,8 +105,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Set `key` only if it does not exist; `true` if this call set it. The primitive behind
     /// locks, single-flight and "create exactly once" across replicas.
-    async fn put_if_absent(&self, key: &Key, value: &[u8], ttl: Option<Duration>)
-    -> StoreResult<bool>;
+    async fn put_if_absent(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StoreResult<bool>;
 
     /// Apply `writes` atomically: every reader sees all of them or none.
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()>;

@@ -18,7 +18,9 @@ use redis::{AsyncCommands, ErrorKind, RedisError};
 use tokio::sync::broadcast;
 
 use super::keys::Keys;
-use super::{EVENTS_MAX_LEN, EVENTS_STREAM, Key, Notice, Store, StoreError, StoreKind, StoreResult, Write};
+use super::{
+    EVENTS_MAX_LEN, EVENTS_STREAM, Key, Notice, Store, StoreError, StoreKind, StoreResult, Write,
+};
 use crate::config::Env;
 
 /// Time bounds for Redis calls.
@@ -69,11 +71,16 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(classify)?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(classify)?;
         let channel = Keys::new(env).channel();
         let notices = broadcast::channel(1024).0;
-        let subscriber = tokio::spawn(subscribe_forever(client, channel.clone(), notices.clone(), timeouts));
+        let subscriber = tokio::spawn(subscribe_forever(
+            client,
+            channel.clone(),
+            notices.clone(),
+            timeouts,
+        ));
         Ok(Self {
             conn,
             timeouts,
@@ -150,7 +157,8 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
-        self.run(|mut c| async move { c.get(key.as_str()).await }).await
+        self.run(|mut c| async move { c.get(key.as_str()).await })
+            .await
     }
 
     async fn get_many(&self, keys: &[Key]) -> StoreResult<Vec<Option<Vec<u8>>>> {
@@ -162,7 +170,8 @@ impl Store for RedisStore {
         for k in keys {
             pipe.get(k.as_str());
         }
-        self.run(|mut c| async move { pipe.query_async(&mut c).await }).await
+        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
     }
 
     async fn put_if_absent(
@@ -176,7 +185,9 @@ impl Store for RedisStore {
         if let Some(t) = ttl {
             cmd.arg("PX").arg(ttl_ms(t));
         }
-        let reply: Option<String> = self.run(|mut c| async move { cmd.query_async(&mut c).await }).await?;
+        let reply: Option<String> = self
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
         Ok(reply.is_some())
     }
 
@@ -204,8 +215,16 @@ impl Store for RedisStore {
                         // NX sets the TTL of a new set, GT extends an existing one: the set
                         // lives as long as its longest-lived member needs (Redis >= 7.0).
                         let ms = ttl_ms(*t);
-                        pipe.cmd("PEXPIRE").arg(key.as_str()).arg(ms).arg("NX").ignore();
-                        pipe.cmd("PEXPIRE").arg(key.as_str()).arg(ms).arg("GT").ignore();
+                        pipe.cmd("PEXPIRE")
+                            .arg(key.as_str())
+                            .arg(ms)
+                            .arg("NX")
+                            .ignore();
+                        pipe.cmd("PEXPIRE")
+                            .arg(key.as_str())
+                            .arg(ms)
+                            .arg("GT")
+                            .ignore();
                     }
                 }
                 Write::SetRemove { key, member } => {
@@ -213,7 +232,8 @@ impl Store for RedisStore {
                 }
             }
         }
-        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await
+        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
+            .await
     }
 
     async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64> {
@@ -225,16 +245,21 @@ impl Store for RedisStore {
             .arg(ttl_ms(ttl))
             .arg("NX")
             .ignore();
-        let (n,): (u64,) = self.run(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let (n,): (u64,) = self
+            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
         Ok(n)
     }
 
     async fn set_members(&self, key: &Key) -> StoreResult<Vec<Vec<u8>>> {
-        self.run(|mut c| async move { c.smembers(key.as_str()).await }).await
+        self.run(|mut c| async move { c.smembers(key.as_str()).await })
+            .await
     }
 
     async fn ttl(&self, key: &Key) -> StoreResult<Option<Option<Duration>>> {
-        let ms: i64 = self.run(|mut c| async move { c.pttl(key.as_str()).await }).await?;
+        let ms: i64 = self
+            .run(|mut c| async move { c.pttl(key.as_str()).await })
+            .await?;
         Ok(match ms {
             -2 => None,
             -1 => Some(None),
@@ -270,14 +295,22 @@ impl Store for RedisStore {
 
     async fn recent_events(&self, count: usize) -> StoreResult<Vec<serde_json::Value>> {
         let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(EVENTS_STREAM).arg("+").arg("-").arg("COUNT").arg(count);
-        let entries: Vec<(String, Vec<(String, String)>)> =
-            self.run(|mut c| async move { cmd.query_async(&mut c).await }).await?;
+        cmd.arg(EVENTS_STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count);
+        let entries: Vec<(String, Vec<(String, String)>)> = self
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
         let mut out = Vec::with_capacity(entries.len());
         for (_, fields) in entries.into_iter().rev() {
             for (name, value) in fields {
                 if name == "event" {
-                    out.push(serde_json::from_str(&value).map_err(|e| StoreError::Corrupt(format!("event: {e}")))?);
+                    out.push(
+                        serde_json::from_str(&value)
+                            .map_err(|e| StoreError::Corrupt(format!("event: {e}")))?,
+                    );
                 }
             }
         }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Smoke test of the real binary with the real grpcurl (1.8.6: reflection v1alpha only).
+# Usage: tests/contract/grpcurl.sh [path/to/sessiongate]
+set -euo pipefail
+
+bin=${1:-target/debug/sessiongate}
+work=$(mktemp -d)
+pass=0 fail=0
+server_pid=
+
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ok()   { pass=$((pass + 1)); echo "  ok   $*"; }
+bad()  { fail=$((fail + 1)); echo "  FAIL $*"; }
+check() { # check NAME PATTERN TEXT
+  if grep -qE -- "$2" <<<"$3"; then ok "$1"; else bad "$1: expected /$2/ in:"; sed 's/^/       /' <<<"$3"; fi
+}
+
+# A caller key, configured only by its SHA-256.
+key=grpcurl-smoke-key
+hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+cat >"$work/sessiongate.toml" <<TOML
+[[clients]]
+name = "smoke"
+key_sha256 = "$hash"
+scopes = ["validate", "admin"]
+TOML
+
+# Start on free ports and read the addresses it reports; reading the log line blocks until
+# the server is up, so nothing here sleeps.
+mkfifo "$work/log"
+(cd "$work" && exec env -u REDIS_URL SESSIONGATE_CONFIG="$work/sessiongate.toml" \
+  SESSIONGATE_GRPC_ADDR=127.0.0.1:0 SESSIONGATE_HTTP_ADDR=127.0.0.1:0 \
+  SESSIONGATE_LOG_FORMAT=json RUST_LOG=info "$OLDPWD/$bin" 2>"$work/log") &
+server_pid=$!
+exec 3<"$work/log"
+addr=
+while IFS= read -r -t 30 line <&3; do
+  printf '%s\n' "$line" >>"$work/head.log"
+  if [[ $line == *'"sessiongate serving"'* ]]; then
+    addr=$(grep -oE '"grpc_addr":"[^"]+"' <<<"$line" | cut -d'"' -f4)
+    break
+  fi
+done
+[ -n "$addr" ] || { echo "sessiongate did not start"; exit 1; }
+cat <&3 >"$work/rest.log" &   # keep draining the log so the server never blocks on it
+drain_pid=$!
+echo "sessiongate at $addr"
+
+g() { grpcurl -plaintext -max-time 10 "$@" 2>&1 || true; }
+
+out=$(g "$addr" list)
+check "list shows SessionGateService" '^sessiongate\.v1\.SessionGateService$' "$out"
+check "list shows RolloutAdminService" '^sessiongate\.v1\.RolloutAdminService$' "$out"
+check "list shows grpc.health.v1.Health" '^grpc\.health\.v1\.Health$' "$out"
+[ "$(wc -l <<<"$out")" -eq 3 ] && ok "list shows nothing else" || bad "list shows more: $out"
+
+out=$(g "$addr" describe sessiongate.v1.SessionGateService)
+for rpc in ValidateSession MigrateSession ResolveFlow CreateSession RevokeSession; do
+  check "describe shows $rpc" "rpc $rpc " "$out"
+done
+out=$(g "$addr" describe sessiongate.v1.RolloutAdminService)
+for rpc in GetRollout ListRollouts UpdateRollout; do
+  check "describe shows $rpc" "rpc $rpc " "$out"
+done
+out=$(g "$addr" describe sessiongate.v1.UpdateRolloutRequest)
+check "describe shows proto3 optional fields" 'optional uint32 percentage = 2' "$out"
+
+out=$(g "$addr" grpc.health.v1.Health/Check)
+check "health overall SERVING" '"status": "SERVING"' "$out"
+out=$(g -d '{"service":"sessiongate.v1.SessionGateService"}' "$addr" grpc.health.v1.Health/Check)
+check "health of the service SERVING" '"status": "SERVING"' "$out"
+
+out=$(g -d '{}' "$addr" sessiongate.v1.RolloutAdminService/ListRollouts)
+check "no key: UNAUTHENTICATED" 'Code: Unauthenticated' "$out"
+check "no key: ErrorInfo reason decoded" 'CALLER_UNAUTHENTICATED' "$out"
+out=$(g -H "authorization: Bearer wrong" -d '{}' "$addr" sessiongate.v1.RolloutAdminService/ListRollouts)
+check "wrong key: UNAUTHENTICATED" 'Code: Unauthenticated' "$out"
+out=$(g -H "authorization: Bearer $key" -d '{}' "$addr" sessiongate.v1.SessionGateService/ResolveFlow)
+check "key without the scope: PERMISSION_DENIED" 'Code: PermissionDenied' "$out"
+out=$(g -H "authorization: Bearer $key" -d '{}' "$addr" sessiongate.v1.RolloutAdminService/ListRollouts)
+check "key with the scope passes auth" 'Code: Unimplemented|"rollouts"' "$out"
+
+# SIGTERM: exit 0 within the drain grace.
+kill -TERM "$server_pid"
+if wait "$server_pid"; then ok "SIGTERM exits 0"; else bad "SIGTERM exit code $?"; fi
+server_pid=
+wait "$drain_pid" || true   # the log ends with the process
+grep -q 'NOT_SERVING' "$work/rest.log" && ok "shutdown logs NOT_SERVING first" || bad "no NOT_SERVING line in the log"
+grep -qi "$key" "$work/head.log" "$work/rest.log" && bad "the API key reached the log" || ok "the API key never reaches the log"
+
+echo "grpcurl: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,266 @@
+//! The server around the RPCs: health, reflection, caller auth, errors, metrics, shutdown.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use sessiongate::grpc::pb;
+use tonic::Request;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::support::{Setup, reason, spawn_app};
+
+// sha256("test-validate-key") and sha256("test-admin-key")
+const VALIDATE_KEY: &str = "test-validate-key";
+const ADMIN_KEY: &str = "test-admin-key";
+
+fn sha(s: &str) -> String {
+    sessiongate::store::keys::Digest::of(s.as_bytes()).to_hex()
+}
+
+fn with_keys() -> Setup {
+    Setup::new().toml(&format!(
+        "[[clients]]\nname = \"checkout\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\"]\n\
+         [[clients]]\nname = \"ops\"\nkey_sha256 = \"{}\"\nscopes = [\"admin\"]\n",
+        sha(VALIDATE_KEY),
+        sha(ADMIN_KEY)
+    ))
+}
+
+fn bearer<T>(msg: T, key: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn health_is_serving_overall_and_for_the_service() {
+    let app = spawn_app().await;
+    let mut h = app.health();
+    for service in ["", "sessiongate.v1.SessionGateService"] {
+        let r = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+    // An unknown service is NOT_FOUND (a probe misconfigured that way fails loudly).
+    let e = h
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+async fn reflected_services_v1(app: &crate::support::TestApp) -> BTreeSet<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut c = ServerReflectionClient::new(app.channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    match stream.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn reflected_services_v1alpha(app: &crate::support::TestApp) -> BTreeSet<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let mut c = ServerReflectionClient::new(app.channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    match stream.next().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_only_the_public_services() {
+    // Reflection needs no key even when keys are configured.
+    let app = with_keys().spawn().await;
+    let want: BTreeSet<String> = [
+        "grpc.health.v1.Health",
+        "sessiongate.v1.RolloutAdminService",
+        "sessiongate.v1.SessionGateService",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(reflected_services_v1(&app).await, want);
+    assert_eq!(reflected_services_v1alpha(&app).await, want);
+}
+
+#[tokio::test]
+async fn scoped_rpcs_need_a_key_with_the_scope() {
+    let app = with_keys().spawn().await;
+    let mut admin = app.admin();
+    let req = || pb::ListRolloutsRequest {};
+
+    let e = admin.list_rollouts(req()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(reason(&e), "CALLER_UNAUTHENTICATED");
+
+    let e = admin
+        .list_rollouts(bearer(req(), "not-a-key"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    let e = admin
+        .list_rollouts(bearer(req(), VALIDATE_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert_eq!(reason(&e), "SCOPE_MISSING");
+    assert!(
+        e.message().contains("checkout") && e.message().contains("admin"),
+        "{}",
+        e.message()
+    );
+
+    // The right key gets through the auth layer to the handler.
+    let e = admin
+        .list_rollouts(bearer(req(), ADMIN_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+
+    // Health stays open.
+    app.health()
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn open_test_mode_never_opens_issue_or_admin() {
+    let app = spawn_app().await;
+    let e = app
+        .session()
+        .create_session(pb::CreateSessionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = app
+        .admin()
+        .list_rollouts(pb::ListRolloutsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_what_is_missing() {
+    let app = spawn_app().await;
+    let e = app
+        .session()
+        .migrate_session(pb::MigrateSessionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert!(e.message().contains("UserInfo"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused() {
+    let app = spawn_app().await;
+    let e = app
+        .session()
+        .migrate_session(pb::MigrateSessionRequest {
+            legacy_token: "x".repeat(100 * 1024),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+}
+
+#[tokio::test]
+async fn metrics_count_rpcs_by_method_and_code() {
+    let app = with_keys().spawn().await;
+    app.health()
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    let _ = app
+        .admin()
+        .get_rollout(pb::GetRolloutRequest::default())
+        .await;
+    let (status, body) = app.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#"sessiongate_grpc_requests_total{method="Health/Check",code="OK"}"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"sessiongate_grpc_requests_total{method="RolloutAdminService/GetRollout",code="UNAUTHENTICATED"}"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("sessiongate_grpc_request_duration_seconds_bucket"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_flips_health_first_then_drains_within_the_grace() {
+    let app = Setup::new()
+        .toml("[server]\ndrain_grace_seconds = 1\n")
+        .spawn()
+        .await;
+    let mut watch = app
+        .health()
+        .watch(HealthCheckRequest {
+            service: "sessiongate.v1.SessionGateService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    let stopped = tokio::spawn(app.stop());
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    // The open Watch stream is an in-flight call that never ends by itself: the drain
+    // grace bounds it, and the stop is still clean.
+    let started = std::time::Instant::now();
+    stopped.await.unwrap().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}

@@ -1,0 +1,295 @@
+//! The store's behaviour, checked identically on the embedded store and on a real Redis.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sessiongate::config::Env;
+use sessiongate::store::keys::{Digest, Keys};
+use sessiongate::store::memory::MemoryStore;
+use sessiongate::store::redis::{RedisStore, Timeouts};
+use sessiongate::store::{Notice, Store, StoreError, Write};
+
+use crate::support::{RedisServer, eventually};
+
+const TIMEOUTS: Timeouts = Timeouts {
+    command: Duration::from_millis(500),
+    connect: Duration::from_millis(250),
+};
+
+fn redis_store(r: &RedisServer) -> Arc<dyn Store> {
+    Arc::new(RedisStore::connect(&r.url(), Env::Test, TIMEOUTS).expect("valid URL"))
+}
+
+/// The behavioural suite both implementations must pass.
+async fn suite(s: Arc<dyn Store>) {
+    let k = Keys::new(Env::Test);
+    s.ping().await.unwrap();
+
+    // get / put / delete in atomic batches.
+    let (a, b) = (k.session("a"), k.session("b"));
+    assert_eq!(s.get(&a).await.unwrap(), None);
+    s.write(vec![
+        Write::Put {
+            key: a.clone(),
+            value: b"one".to_vec(),
+            ttl: None,
+        },
+        Write::Put {
+            key: b.clone(),
+            value: b"two".to_vec(),
+            ttl: Some(Duration::from_secs(60)),
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&a).await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(
+        s.get_many(&[a.clone(), k.session("none"), b.clone()])
+            .await
+            .unwrap(),
+        vec![Some(b"one".to_vec()), None, Some(b"two".to_vec())]
+    );
+    assert_eq!(s.ttl(&a).await.unwrap(), Some(None));
+    let ttl = s.ttl(&b).await.unwrap().unwrap().unwrap();
+    assert!(
+        ttl > Duration::from_secs(58) && ttl <= Duration::from_secs(60),
+        "{ttl:?}"
+    );
+    assert_eq!(s.ttl(&k.session("none")).await.unwrap(), None);
+    s.write(vec![Write::Delete { key: a.clone() }])
+        .await
+        .unwrap();
+    assert_eq!(s.get(&a).await.unwrap(), None);
+
+    // Binary values survive untouched.
+    let bin: Vec<u8> = (0..=255).collect();
+    s.write(vec![Write::Put {
+        key: a.clone(),
+        value: bin.clone(),
+        ttl: None,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&a).await.unwrap(), Some(bin));
+
+    // put_if_absent: exactly one winner, even when many race.
+    let lock = k.session("lock");
+    let racers = (0..20).map(|i| {
+        let s = s.clone();
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            s.put_if_absent(
+                &lock,
+                format!("{i}").as_bytes(),
+                Some(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap()
+        })
+    });
+    let wins = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(wins, 1);
+    assert!(s.ttl(&lock).await.unwrap().unwrap().is_some());
+
+    // A zero TTL expires at once rather than living forever.
+    s.write(vec![Write::Put {
+        key: b.clone(),
+        value: b"x".to_vec(),
+        ttl: Some(Duration::ZERO),
+    }])
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(1), || async {
+        s.get(&b).await.unwrap().is_none().then_some(())
+    })
+    .await;
+
+    // Sets: add, remove, TTL only grows; an emptied set disappears.
+    let set = k.revoked_sids();
+    let add = |m: &str, secs| Write::SetAdd {
+        key: set.clone(),
+        member: m.as_bytes().to_vec(),
+        ttl: Some(Duration::from_secs(secs)),
+    };
+    s.write(vec![add("s1", 100), add("s2", 10)]).await.unwrap();
+    let mut members = s.set_members(&set).await.unwrap();
+    members.sort();
+    assert_eq!(members, vec![b"s1".to_vec(), b"s2".to_vec()]);
+    let ttl = s.ttl(&set).await.unwrap().unwrap().unwrap();
+    assert!(ttl > Duration::from_secs(98), "set TTL shrank to {ttl:?}");
+    s.write(vec![add("s3", 300)]).await.unwrap();
+    assert!(s.ttl(&set).await.unwrap().unwrap().unwrap() > Duration::from_secs(298));
+    s.write(vec![
+        Write::SetRemove {
+            key: set.clone(),
+            member: b"s1".to_vec(),
+        },
+        Write::SetRemove {
+            key: set.clone(),
+            member: b"s2".to_vec(),
+        },
+        Write::SetRemove {
+            key: set.clone(),
+            member: b"s3".to_vec(),
+        },
+    ])
+    .await
+    .unwrap();
+    assert!(s.set_members(&set).await.unwrap().is_empty());
+    assert_eq!(s.ttl(&set).await.unwrap(), None);
+
+    // A type mismatch is data corruption, not an outage.
+    let e = s.set_members(&a).await.unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+
+    // Counters: fixed window, one per subject.
+    let rate = k.rate("migrate", &Digest::of(b"caller"));
+    for want in 1..=3 {
+        assert_eq!(s.incr(&rate, Duration::from_secs(60)).await.unwrap(), want);
+    }
+    assert!(s.ttl(&rate).await.unwrap().unwrap().unwrap() <= Duration::from_secs(60));
+
+    // Events: appended in order, newest last.
+    for i in 0..5 {
+        s.append_event(&serde_json::json!({"type": "test.event", "n": i}))
+            .await
+            .unwrap();
+    }
+    let ev = s.recent_events(3).await.unwrap();
+    assert_eq!(
+        ev.iter()
+            .map(|e| e["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+
+    // Invalidation channel: what is published arrives at subscribers. Redis delivers only
+    // once the background subscription is up, so publish until it arrives.
+    let mut rx = s.subscribe();
+    let want = Notice::Message(Arc::from(&b"drop:session-1"[..]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    'delivered: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publish never arrived"
+        );
+        s.publish(b"drop:session-1").await.unwrap();
+        let round = tokio::time::Instant::now() + Duration::from_millis(100);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(round, rx.recv()).await {
+            if n == want {
+                break 'delivered;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    suite(Arc::new(MemoryStore::new(Env::Test))).await;
+}
+
+#[tokio::test]
+async fn redis_store_passes_the_suite() {
+    let redis = RedisServer::start().await;
+    suite(redis_store(&redis)).await;
+}
+
+#[tokio::test]
+async fn redis_outage_fails_fast_and_recovers_without_restart() {
+    let mut redis = RedisServer::start().await;
+    let s = redis_store(&redis);
+    let key = Keys::new(Env::Test).session("outage");
+    s.write(vec![Write::Put {
+        key: key.clone(),
+        value: b"v".to_vec(),
+        ttl: None,
+    }])
+    .await
+    .unwrap();
+
+    redis.kill().await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let e = s.get(&key).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        // Bounded by the command timeout (500 ms), not by reconnect backoff or TCP.
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // What a gRPC caller sees.
+    let status: tonic::Status = sessiongate::error::Error::from(s.ping().await.unwrap_err()).into();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(crate::support::reason(&status), "STORE_UNAVAILABLE");
+
+    redis.restart().await;
+    // The same store object reconnects by itself (no persistence here: the key is gone).
+    eventually(Duration::from_secs(3), || async { s.ping().await.ok() }).await;
+    s.write(vec![Write::Put {
+        key: key.clone(),
+        value: b"w".to_vec(),
+        ttl: None,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"w"[..]));
+}
+
+#[tokio::test]
+async fn hung_redis_answers_unavailable_within_the_timeout() {
+    let redis = RedisServer::start().await;
+    let s = redis_store(&redis);
+    s.ping().await.unwrap();
+    redis.pause();
+    let started = Instant::now();
+    let e = s.get(&Keys::new(Env::Test).session("x")).await.unwrap_err();
+    let took = started.elapsed();
+    redis.resume();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(900),
+        "took {took:?}"
+    );
+    eventually(Duration::from_secs(3), || async { s.ping().await.ok() }).await;
+}
+
+#[tokio::test]
+async fn redis_with_aof_keeps_data_across_a_crash() {
+    let mut redis = RedisServer::start_with_aof().await;
+    let s = redis_store(&redis);
+    let key = Keys::new(Env::Test).session("durable");
+    s.write(vec![Write::Put {
+        key: key.clone(),
+        value: b"kept".to_vec(),
+        ttl: Some(Duration::from_secs(600)),
+    }])
+    .await
+    .unwrap();
+    // Redis write(2)s the AOF before it replies, so a killed *process* loses nothing it
+    // acknowledged; `everysec` bounds the loss to ~1 s only when the whole machine dies.
+    // Check that AOF is really on, or this test would prove nothing.
+    assert!(aof_enabled(redis.port()).await, "AOF is not enabled");
+    redis.kill().await;
+    redis.restart().await;
+    eventually(Duration::from_secs(3), || async { s.ping().await.ok() }).await;
+    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"kept"[..]));
+}
+
+/// True if Redis runs with AOF on and its last AOF write succeeded.
+async fn aof_enabled(port: u16) -> bool {
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = ::redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    info.lines().any(|l| l.trim() == "aof_enabled:1")
+        && info.lines().any(|l| l.trim() == "aof_last_write_status:ok")
+}

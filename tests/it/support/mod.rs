@@ -1,0 +1,198 @@
+//! Test support: real redis-server processes, the app on `127.0.0.1:0`, typed clients.
+#![allow(dead_code)] // shared helpers: not every test binary module uses each one
+
+pub mod redis;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sessiongate::app::{AppError, AppState};
+use sessiongate::grpc::pb::rollout_admin_service_client::RolloutAdminServiceClient;
+use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+pub use self::redis::RedisServer;
+
+/// A running sessiongate, stopped (and drained) on drop or by [`TestApp::stop`].
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), AppError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// How to configure a test app: TOML text and environment variables (never the process
+/// environment).
+#[derive(Default, Clone)]
+pub struct Setup {
+    pub toml: String,
+    pub vars: HashMap<String, String>,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn toml(mut self, toml: &str) -> Self {
+        self.toml = toml.to_owned();
+        self
+    }
+
+    pub fn var(mut self, k: &str, v: &str) -> Self {
+        self.vars.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn redis(self, r: &RedisServer) -> Self {
+        self.var("REDIS_URL", &r.url())
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sessiongate.toml");
+        std::fs::write(&path, &self.toml).expect("write config");
+        let mut vars = self.vars;
+        vars.entry("SESSIONGATE_GRPC_ADDR".into())
+            .or_insert("127.0.0.1:0".into());
+        vars.entry("SESSIONGATE_HTTP_ADDR".into())
+            .or_insert("127.0.0.1:0".into());
+        let cfg =
+            sessiongate::config::load(&vars, dir.path(), Some(&path)).expect("valid test config");
+        let app = sessiongate::App::build(cfg).await.expect("app builds");
+        let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
+        let state = app.state().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        // The listener is bound already: connecting needs no waiting.
+        let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the app");
+        TestApp {
+            grpc_addr,
+            http_addr,
+            state,
+            channel,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+}
+
+/// The app with built-in defaults (embedded store, open test mode).
+pub async fn spawn_app() -> TestApp {
+    Setup::new().spawn().await
+}
+
+impl TestApp {
+    pub fn session(&self) -> SessionGateServiceClient<Channel> {
+        SessionGateServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> RolloutAdminServiceClient<Channel> {
+        RolloutAdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
+    }
+
+    /// Signals shutdown and waits for the drain to finish.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        let _ = self.stop.take().map(|s| s.send(()));
+        self.task.take().expect("running").await.expect("app task")
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_addr, path).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh TCP connection: enough for /metrics and the JWKS,
+/// without pulling an HTTP client into the test build.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The reason in a status' `google.rpc.ErrorInfo`.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// Retries `check` until it returns `Some` or `within` has passed. For conditions that
+/// become true through a process we do not control (a reconnect): each attempt is a real
+/// request, the pause between attempts is backoff, not synchronisation.
+pub async fn eventually<T, F, Fut>(within: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+    }
+}

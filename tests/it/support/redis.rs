@@ -1,0 +1,171 @@
+//! A real `redis-server` per test, on a free loopback port in its own temp dir, so a test can
+//! kill, pause and restart it without touching anyone else's.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    aof: bool,
+}
+
+fn binary() -> PathBuf {
+    std::env::var_os("REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+fn free_port() -> u16 {
+    // Bind-and-release: redis-server cannot report the port it picked, so pick one for it.
+    // A race with another process is possible; `start_on` retries with a new port then.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl RedisServer {
+    /// A throwaway Redis: no persistence.
+    pub async fn start() -> Self {
+        Self::launch(false).await
+    }
+
+    /// A Redis with AOF (`appendfsync everysec`), as the shipped manifest runs it: what was
+    /// written survives [`RedisServer::kill`] + [`RedisServer::restart`].
+    pub async fn start_with_aof() -> Self {
+        Self::launch(true).await
+    }
+
+    async fn launch(aof: bool) -> Self {
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let mut server = Self {
+                child: None,
+                port: free_port(),
+                dir,
+                aof,
+            };
+            if server.spawn().await {
+                return server;
+            }
+            dir = server.dir;
+        }
+        panic!("redis-server did not start on any of 5 ports");
+    }
+
+    /// Starts the process and waits for "Ready to accept connections"; false if it exited
+    /// first (e.g. the port was taken).
+    async fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new(binary());
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .args(["--protected-mode", "no", "--loglevel", "notice"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args([
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "cannot run {}: {e}. Install it (apt-get install -y redis-server) or run ./scripts/test, which does",
+                binary().display()
+            ),
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        // Keep draining the log after start-up: a full pipe would block redis-server.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut ready = Some(ready_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Ready to accept connections")
+                    && let Some(tx) = ready.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        match tokio::time::timeout(Duration::from_secs(20), ready_rx).await {
+            Ok(Ok(())) => {
+                self.child = Some(child);
+                true
+            }
+            // The log closed without "Ready": it exited (port in use?).
+            Ok(Err(_)) => {
+                let _ = child.kill().await;
+                false
+            }
+            Err(_) => panic!("redis-server did not become ready within 20 s"),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("redis-server is running")
+    }
+
+    /// SIGKILL, as a crash would: no shutdown save, AOF keeps what `everysec` had flushed.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    /// Starts it again on the same port and directory (AOF, if on, is replayed).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        // The same port must be free again; after SIGKILL the kernel releases it at once
+        // (redis sets SO_REUSEADDR), so one attempt suffices.
+        assert!(
+            self.spawn().await,
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// SIGSTOP: the socket stays open but nothing answers (a hung server).
+    pub fn pause(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {sig} {pid} failed");
+}
