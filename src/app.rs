@@ -13,6 +13,9 @@ use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
 use crate::auth::CallerKeys;
+use crate::clock::{Clock, SystemClock};
+use crate::keys::{KeyError, SigningKeys};
+use crate::session::SessionService;
 use crate::config::Config;
 use crate::grpc::layers::{AuthLayer, ObserveLayer};
 use crate::grpc::pb::rollout_admin_service_server::RolloutAdminServiceServer;
@@ -29,6 +32,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Keys,
     pub callers: Arc<CallerKeys>,
+    pub clock: Arc<dyn Clock>,
+    pub signing: Arc<SigningKeys>,
+    pub sessions: SessionService,
 }
 
 /// Why the service could not start or stopped with an error.
@@ -42,6 +48,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
@@ -63,6 +71,11 @@ impl App {
     /// Builds the state and binds both ports (port 0 picks a free one: see
     /// [`App::grpc_addr`]). Nothing is served until [`App::run`].
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`App::build`] with a given clock (tests move time instead of waiting).
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, AppError> {
         for w in config.warnings() {
             tracing::warn!("{w}");
         }
@@ -74,6 +87,27 @@ impl App {
                 tracing::warn!(error = %e, "Redis is not reachable yet; continuing");
             }
         }
+        let signing = Arc::new(SigningKeys::load_or_generate(&config.native.signing_keys)?);
+        if signing.is_generated() {
+            // `config` refuses this in live; in test it is the quick start's convenience.
+            tracing::warn!(
+                kid = signing.active().kid(),
+                "no native.signing_keys configured: generated a signing key for this process only; \
+                 its JWTs stop verifying at restart and no other replica can verify them"
+            );
+        }
+        let sessions = SessionService::new(&config, store.clone(), clock.clone(), signing.clone());
+        // Revocations other replicas made before we started (best effort: if the store is
+        // down, the listener reloads once it is subscribed).
+        if let Err(e) = sessions.revoked().reload(&*store, &Keys::new(config.env), &*clock).await {
+            tracing::warn!(error = %e, "cannot load revoked sessions yet");
+        }
+        crate::session::revocation::spawn_listener(
+            sessions.revoked().clone(),
+            store.clone(),
+            Keys::new(config.env),
+            clock.clone(),
+        );
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -90,6 +124,9 @@ impl App {
         let state = Arc::new(AppState {
             keys: Keys::new(config.env),
             callers: Arc::new(CallerKeys::new(&config.clients)),
+            clock,
+            signing,
+            sessions,
             store,
             config: Arc::new(config),
         });
@@ -184,7 +221,7 @@ impl App {
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = tokio::spawn(
-            axum::serve(self.http, crate::http::router(metrics))
+            axum::serve(self.http, crate::http::router(metrics, self.state.signing.clone()))
                 .with_graceful_shutdown(async {
                     let _ = http_stopped.await;
                 })

@@ -1,4 +1,4 @@
-//! The command line: `sessiongate [serve]`, `check-config`, `apikey`.
+//! The command line: `sessiongate [serve]`, `check-config`, `keygen`, `apikey`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +48,12 @@ enum Command {
         /// Configuration file; default: SESSIONGATE_CONFIG, else built-in defaults.
         file: Option<PathBuf>,
     },
+    /// Print a new signing key (PKCS#8 PEM) for native.signing_keys; its kid goes to stderr.
+    Keygen {
+        /// Key type: rs256 (RSA 2048, verifiable everywhere), es256 (EC P-256) or eddsa (Ed25519).
+        #[arg(long, value_enum, default_value = "rs256")]
+        alg: crate::keys::KeyKind,
+    },
     /// Generate a caller API key and the SHA-256 to configure for it in [[clients]].
     Apikey {
         /// The client's name in the printed [[clients]] entry.
@@ -62,6 +68,23 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { file } => check_config(file),
+        Command::Keygen { alg } => {
+            let made = crate::keys::signing::generate_pem(alg).and_then(|pem| {
+                let key = crate::keys::SigningKey::from_pem(pem.as_bytes(), std::path::Path::new("(generated)"))?;
+                Ok((pem, key.kid().to_owned()))
+            });
+            match made {
+                Ok((pem, kid)) => {
+                    print!("{pem}");
+                    eprintln!("kid {kid}: keep the file secret (e.g. a Kubernetes Secret) and list its path in native.signing_keys");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sessiongate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Apikey { name } => {
             let (key, hash) = crate::auth::new_api_key();
             println!(

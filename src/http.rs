@@ -6,10 +6,32 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+
+use crate::keys::SigningKeys;
 
 /// The HTTP routes.
-pub fn router(metrics: PrometheusHandle) -> Router {
-    Router::new().route(
+pub fn router(metrics: PrometheusHandle, signing: Arc<SigningKeys>) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/jwks.json",
+            get(move || {
+                let signing = signing.clone();
+                async move {
+                    (
+                        StatusCode::OK,
+                        [
+                            (header::CONTENT_TYPE, "application/jwk-set+json"),
+                            // Verifiers may cache it; a rotation publishes the new key well
+                            // before it signs (see keys::signing).
+                            (header::CACHE_CONTROL, "public, max-age=300"),
+                        ],
+                        signing.jwks_json().to_owned(),
+                    )
+                }
+            }),
+        )
+        .route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();

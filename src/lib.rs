@@ -12,10 +12,13 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod keys;
+pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

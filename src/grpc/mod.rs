@@ -2,6 +2,7 @@
 //! request, call the domain, encode the answer; errors become `tonic::Status` through
 //! [`crate::error`].
 
+pub mod convert;
 pub mod layers;
 pub mod rollout;
 pub mod session;

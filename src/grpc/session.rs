@@ -4,14 +4,24 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::convert::{client_in, factor_in, session_out, struct_to_json, user_out, verdict_out};
 use super::pb;
 use crate::app::AppState;
+use crate::auth::Caller;
 use crate::error::Error;
+use crate::session::{CreateRequest, RevokeTarget, ValidateRequest, Who};
 
 /// The handlers of `SessionGateService`.
 pub struct SessionGateApi {
-    #[allow(dead_code)] // read by the handlers as they land (native sessions, providers, flows)
     state: Arc<AppState>,
+}
+
+/// The caller the auth layer established (anonymous only in open test mode).
+fn caller<T>(req: &Request<T>) -> Caller {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous)
 }
 
 impl SessionGateApi {
@@ -24,12 +34,20 @@ impl SessionGateApi {
 impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
     async fn validate_session(
         &self,
-        _request: Request<pb::ValidateSessionRequest>,
+        request: Request<pb::ValidateSessionRequest>,
     ) -> Result<Response<pb::ValidateSessionResponse>, Status> {
-        Err(Error::unimplemented(
-            "ValidateSession is not served by this build yet: native session verification (signing keys, session store records) is missing",
-        )
-        .into())
+        let r = request.into_inner();
+        let verdict = self
+            .state
+            .sessions
+            .validate(ValidateRequest {
+                token: r.token,
+                max_token_age_seconds: r.max_token_age_seconds,
+                session_duration_minutes: r.session_duration_minutes,
+                client: client_in(r.client),
+            })
+            .await?;
+        Ok(Response::new(verdict_out(verdict)))
     }
 
     async fn migrate_session(
@@ -54,21 +72,68 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
 
     async fn create_session(
         &self,
-        _request: Request<pb::CreateSessionRequest>,
+        request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        Err(Error::unimplemented(
-            "CreateSession is not served by this build yet: signing keys and session minting are missing",
-        )
-        .into())
+        let r = request.into_inner();
+        let who = r.who.map(|w| match w {
+            pb::create_session_request::Who::UserId(id) => Who::UserId(id),
+            pb::create_session_request::Who::NewUser(u) => Who::NewUser {
+                email: u.email,
+                email_verified: u.email_verified,
+                name: u.name,
+            },
+        });
+        let custom_claims = match r.session_custom_claims {
+            Some(s) => struct_to_json(s, "session_custom_claims")?,
+            None => Default::default(),
+        };
+        let created = self
+            .state
+            .sessions
+            .create(CreateRequest {
+                who,
+                factors: r.authentication_factors.into_iter().map(factor_in).collect(),
+                duration_minutes: r.session_duration_minutes,
+                custom_claims,
+                client: client_in(r.client),
+            })
+            .await?;
+        Ok(Response::new(pb::CreateSessionResponse {
+            user_id: created.user.user_id.clone(),
+            user: Some(user_out(&created.user)),
+            session: Some(session_out(&created.session)),
+            session_token: created.session_token,
+            session_jwt: created.session_jwt,
+            user_created: created.user_created,
+        }))
     }
 
     async fn revoke_session(
         &self,
-        _request: Request<pb::RevokeSessionRequest>,
+        request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        Err(Error::unimplemented(
-            "RevokeSession is not served by this build yet: session records and the revocation set are missing",
-        )
-        .into())
+        use pb::revoke_session_request::Target;
+        let caller = caller(&request);
+        let target = match request.into_inner().target {
+            None => {
+                return Err(Error::invalid_argument(
+                    "TARGET_REQUIRED",
+                    "set one of session_id, session_token, session_jwt, user_id, legacy_token",
+                )
+                .into());
+            }
+            Some(Target::LegacyToken(_)) => {
+                return Err(Error::unimplemented(
+                    "revoking a legacy_token is not served by this build yet: legacy providers are missing",
+                )
+                .into());
+            }
+            Some(Target::SessionId(v)) => RevokeTarget::SessionId(v),
+            Some(Target::SessionToken(v)) => RevokeTarget::SessionToken(v),
+            Some(Target::SessionJwt(v)) => RevokeTarget::SessionJwt(v),
+            Some(Target::UserId(v)) => RevokeTarget::UserId(v),
+        };
+        let revoked = self.state.sessions.revoke(target, &caller).await?;
+        Ok(Response::new(pb::RevokeSessionResponse { revoked }))
     }
 }

@@ -43,6 +43,11 @@ impl Digest {
         Self(Sha256::digest(secret).into())
     }
 
+    /// A digest read back from the store.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -86,19 +91,19 @@ impl Keys {
         format!("{}invalidate", self.prefix)
     }
 
-    /// A session record, found by the digest of its opaque token.
-    pub fn session_by_token(&self, token: &Digest) -> Key {
-        self.key(format_args!("tok:{}", token.to_hex()))
-    }
-
-    /// A session record by session id.
-    pub fn session(&self, session_id: &str) -> Key {
-        self.key(format_args!("{{s:{session_id}}}:session"))
+    /// A session record, found by the digest of its opaque token (the hot lookup: one key).
+    pub fn session(&self, token: &Digest) -> Key {
+        self.key(format_args!("{{t:{}}}:session", token.to_hex()))
     }
 
     /// What is left of a revoked session until its original expiry.
-    pub fn tombstone(&self, session_id: &str) -> Key {
-        self.key(format_args!("{{s:{session_id}}}:tombstone"))
+    pub fn tombstone(&self, token: &Digest) -> Key {
+        self.key(format_args!("{{t:{}}}:tombstone", token.to_hex()))
+    }
+
+    /// Session id → digest of its token, to revoke or re-check a session by id or by JWT.
+    pub fn session_token(&self, session_id: &str) -> Key {
+        self.key(format_args!("{{s:{session_id}}}:token"))
     }
 
     /// A user record.
@@ -147,7 +152,8 @@ mod tests {
             let s = key.as_str();
             s[s.find('{').unwrap()..=s.find('}').unwrap()].to_owned()
         };
-        assert_eq!(tag(&k.session("a")), tag(&k.tombstone("a")));
+        let d = Digest::of(b"t");
+        assert_eq!(tag(&k.session(&d)), tag(&k.tombstone(&d)));
         assert_eq!(tag(&k.user("u")), tag(&k.user_sessions("u")));
     }
 

@@ -52,6 +52,13 @@ impl State {
         self.map.get_mut(key)
     }
 
+    fn push_event(&mut self, event: serde_json::Value) {
+        if self.events.len() == MEMORY_EVENTS_MAX_LEN {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
     fn wrote(&mut self, now: Instant) {
         self.writes += 1;
         if self.writes.is_multiple_of(SWEEP_EVERY) {
@@ -99,6 +106,7 @@ impl State {
                     }
                 }
             }
+            Write::Event(event) => self.push_event(event),
             Write::SetRemove { key, member } => {
                 if let Some(e) = self.live(&key, now) {
                     let Value::Set(set) = &mut e.value else {
@@ -125,7 +133,7 @@ impl State {
                 | None => Ok(()),
                 Some(_) => Err(wrong_type(key)),
             },
-            Write::Put { .. } | Write::Delete { .. } => Ok(()),
+            Write::Put { .. } | Write::Delete { .. } | Write::Event(_) => Ok(()),
         }
     }
 }
@@ -226,6 +234,35 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn put_if_present(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut st = self.state();
+        match st.live(key, now) {
+            None => Ok(false),
+            Some(Entry {
+                value: Value::Bytes(_),
+                ..
+            }) => {
+                st.apply(
+                    Write::Put {
+                        key: key.clone(),
+                        value: value.to_vec(),
+                        ttl,
+                    },
+                    now,
+                )?;
+                st.wrote(now);
+                Ok(true)
+            }
+            Some(_) => Err(wrong_type(key)),
+        }
+    }
+
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()> {
         let now = Instant::now();
         let mut st = self.state();
@@ -297,11 +334,7 @@ impl Store for MemoryStore {
     }
 
     async fn append_event(&self, event: &serde_json::Value) -> StoreResult<()> {
-        let mut st = self.state();
-        if st.events.len() == MEMORY_EVENTS_MAX_LEN {
-            st.events.pop_front();
-        }
-        st.events.push_back(event.clone());
+        self.state().push_event(event.clone());
         Ok(())
     }
 
@@ -323,21 +356,21 @@ mod tests {
         let s = MemoryStore::new(Env::Test);
         let k = Keys::new(Env::Test);
         s.write(vec![Write::Put {
-            key: k.session("a"),
+            key: k.session_token("a"),
             value: b"x".to_vec(),
             ttl: Some(Duration::from_secs(10)),
         }])
         .await
         .unwrap();
         assert_eq!(
-            s.incr(&k.session("c"), Duration::from_secs(5))
+            s.incr(&k.session_token("c"), Duration::from_secs(5))
                 .await
                 .unwrap(),
             1
         );
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            s.incr(&k.session("c"), Duration::from_secs(5))
+            s.incr(&k.session_token("c"), Duration::from_secs(5))
                 .await
                 .unwrap(),
             2
@@ -345,14 +378,14 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         // The window did not slide with the second increment.
         assert_eq!(
-            s.incr(&k.session("c"), Duration::from_secs(5))
+            s.incr(&k.session_token("c"), Duration::from_secs(5))
                 .await
                 .unwrap(),
             1
         );
-        assert!(s.get(&k.session("a")).await.unwrap().is_some());
+        assert!(s.get(&k.session_token("a")).await.unwrap().is_some());
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(s.get(&k.session("a")).await.unwrap().is_none());
+        assert!(s.get(&k.session_token("a")).await.unwrap().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,6 +70,8 @@ pub enum Write {
     },
     /// Remove `member` from the set at `key`.
     SetRemove { key: Key, member: Vec<u8> },
+    /// Append an event (a JSON object) to the event stream, with the batch.
+    Event(serde_json::Value),
 }
 
 /// What arrives on the invalidation channel.
@@ -111,6 +113,11 @@ pub trait Store: Send + Sync + 'static {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> StoreResult<bool>;
+
+    /// Overwrite `key` only if it exists; `true` if this call wrote it. Updates of records
+    /// that a concurrent delete (a revocation) must be able to win against.
+    async fn put_if_present(&self, key: &Key, value: &[u8], ttl: Option<Duration>)
+    -> StoreResult<bool>;
 
     /// Apply `writes` atomically: every reader sees all of them or none.
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()>;

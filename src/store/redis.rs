@@ -139,6 +139,19 @@ async fn subscribe_forever(
     }
 }
 
+/// The arguments of an XADD of `event` to the bounded event stream.
+fn xadd(event: &serde_json::Value) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(EVENTS_STREAM)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(EVENTS_MAX_LEN)
+        .arg("*")
+        .arg("event")
+        .arg(event.to_string());
+    cmd
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     // Redis refuses PX 0; a zero TTL means "expire at once", so 1 ms.
     (ttl.as_millis() as u64).max(1)
@@ -191,6 +204,21 @@ impl Store for RedisStore {
         Ok(reply.is_some())
     }
 
+    async fn put_if_present(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StoreResult<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key.as_str()).arg(value).arg("XX");
+        if let Some(t) = ttl {
+            cmd.arg("PX").arg(ttl_ms(t));
+        }
+        let reply: Option<String> = self.run(|mut c| async move { cmd.query_async(&mut c).await }).await?;
+        Ok(reply.is_some())
+    }
+
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()> {
         if writes.is_empty() {
             return Ok(());
@@ -229,6 +257,9 @@ impl Store for RedisStore {
                 }
                 Write::SetRemove { key, member } => {
                     pipe.srem(key.as_str(), member.as_slice()).ignore();
+                }
+                Write::Event(event) => {
+                    pipe.add_command(xadd(event)).ignore();
                 }
             }
         }
@@ -279,15 +310,7 @@ impl Store for RedisStore {
     }
 
     async fn append_event(&self, event: &serde_json::Value) -> StoreResult<()> {
-        let data = event.to_string();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(EVENTS_STREAM)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(EVENTS_MAX_LEN)
-            .arg("*")
-            .arg("event")
-            .arg(data);
+        let cmd = xadd(event);
         self.run(|mut c| async move { cmd.query_async::<String>(&mut c).await })
             .await
             .map(|_| ())

@@ -26,7 +26,7 @@ async fn suite(s: Arc<dyn Store>) {
     s.ping().await.unwrap();
 
     // get / put / delete in atomic batches.
-    let (a, b) = (k.session("a"), k.session("b"));
+    let (a, b) = (k.session_token("a"), k.session_token("b"));
     assert_eq!(s.get(&a).await.unwrap(), None);
     s.write(vec![
         Write::Put {
@@ -44,7 +44,7 @@ async fn suite(s: Arc<dyn Store>) {
     .unwrap();
     assert_eq!(s.get(&a).await.unwrap().as_deref(), Some(&b"one"[..]));
     assert_eq!(
-        s.get_many(&[a.clone(), k.session("none"), b.clone()])
+        s.get_many(&[a.clone(), k.session_token("none"), b.clone()])
             .await
             .unwrap(),
         vec![Some(b"one".to_vec()), None, Some(b"two".to_vec())]
@@ -55,7 +55,7 @@ async fn suite(s: Arc<dyn Store>) {
         ttl > Duration::from_secs(58) && ttl <= Duration::from_secs(60),
         "{ttl:?}"
     );
-    assert_eq!(s.ttl(&k.session("none")).await.unwrap(), None);
+    assert_eq!(s.ttl(&k.session_token("none")).await.unwrap(), None);
     s.write(vec![Write::Delete { key: a.clone() }])
         .await
         .unwrap();
@@ -73,7 +73,7 @@ async fn suite(s: Arc<dyn Store>) {
     assert_eq!(s.get(&a).await.unwrap(), Some(bin));
 
     // put_if_absent: exactly one winner, even when many race.
-    let lock = k.session("lock");
+    let lock = k.session_token("lock");
     let racers = (0..20).map(|i| {
         let s = s.clone();
         let lock = lock.clone();
@@ -202,7 +202,7 @@ async fn redis_store_passes_the_suite() {
 async fn redis_outage_fails_fast_and_recovers_without_restart() {
     let mut redis = RedisServer::start().await;
     let s = redis_store(&redis);
-    let key = Keys::new(Env::Test).session("outage");
+    let key = Keys::new(Env::Test).session_token("outage");
     s.write(vec![Write::Put {
         key: key.clone(),
         value: b"v".to_vec(),
@@ -248,7 +248,7 @@ async fn hung_redis_answers_unavailable_within_the_timeout() {
     s.ping().await.unwrap();
     redis.pause();
     let started = Instant::now();
-    let e = s.get(&Keys::new(Env::Test).session("x")).await.unwrap_err();
+    let e = s.get(&Keys::new(Env::Test).session_token("x")).await.unwrap_err();
     let took = started.elapsed();
     redis.resume();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
@@ -263,7 +263,7 @@ async fn hung_redis_answers_unavailable_within_the_timeout() {
 async fn redis_with_aof_keeps_data_across_a_crash() {
     let mut redis = RedisServer::start_with_aof().await;
     let s = redis_store(&redis);
-    let key = Keys::new(Env::Test).session("durable");
+    let key = Keys::new(Env::Test).session_token("durable");
     s.write(vec![Write::Put {
         key: key.clone(),
         value: b"kept".to_vec(),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sessiongate::app::{AppError, AppState};
+pub use sessiongate::clock::ManualClock;
 use sessiongate::grpc::pb::rollout_admin_service_client::RolloutAdminServiceClient;
 use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient;
 use tokio::sync::oneshot;
@@ -33,6 +34,7 @@ pub struct TestApp {
 pub struct Setup {
     pub toml: String,
     pub vars: HashMap<String, String>,
+    pub clock: Option<ManualClock>,
 }
 
 impl Setup {
@@ -47,6 +49,12 @@ impl Setup {
 
     pub fn var(mut self, k: &str, v: &str) -> Self {
         self.vars.insert(k.into(), v.into());
+        self
+    }
+
+    /// Runs the app on a clock the test moves.
+    pub fn clock(mut self, clock: &ManualClock) -> Self {
+        self.clock = Some(clock.clone());
         self
     }
 
@@ -65,7 +73,11 @@ impl Setup {
             .or_insert("127.0.0.1:0".into());
         let cfg =
             sessiongate::config::load(&vars, dir.path(), Some(&path)).expect("valid test config");
-        let app = sessiongate::App::build(cfg).await.expect("app builds");
+        let app = match self.clock {
+            Some(c) => sessiongate::App::build_with_clock(cfg, Arc::new(c)).await,
+            None => sessiongate::App::build(cfg).await,
+        }
+        .expect("app builds");
         let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -1,0 +1,221 @@
+//! Conversions between generated types and domain types.
+
+use prost_types::value::Kind;
+use serde_json::{Map, Number, Value};
+
+use super::pb;
+use crate::error::Error;
+use crate::session::model::{AuthFactor, ClientInfo, LegacyIdentity, Session, User};
+use crate::session::{Action, Origin, Reason, Source, Verdict};
+
+/// Unix milliseconds → Timestamp.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// Timestamp → Unix milliseconds (saturating).
+pub fn millis(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.nanos.clamp(0, 999_999_999)) / 1_000_000)
+}
+
+// === JSON <-> google.protobuf.Struct ===
+
+/// Struct → JSON object. Non-finite numbers have no JSON form and are refused.
+pub fn struct_to_json(s: prost_types::Struct, field: &str) -> Result<Map<String, Value>, Error> {
+    s.fields
+        .into_iter()
+        .map(|(k, v)| Ok((k, value_to_json(v, field)?)))
+        .collect()
+}
+
+fn value_to_json(v: prost_types::Value, field: &str) -> Result<Value, Error> {
+    Ok(match v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::NumberValue(n)) => {
+            // Whole numbers stay integers in JSON (a claim like `"tier": 3` should not turn
+            // into `3.0`).
+            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
+                Value::Number(Number::from(n as i64))
+            } else {
+                Value::Number(Number::from_f64(n).ok_or_else(|| {
+                    Error::invalid_argument("INVALID_NUMBER", format!("{field} holds a number that JSON cannot represent"))
+                })?)
+            }
+        }
+        Some(Kind::StructValue(s)) => Value::Object(struct_to_json(s, field)?),
+        Some(Kind::ListValue(l)) => Value::Array(
+            l.values
+                .into_iter()
+                .map(|v| value_to_json(v, field))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// JSON object → Struct.
+pub fn json_to_struct(m: &Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+    }
+}
+
+fn json_to_value(v: &Value) -> prost_types::Value {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(json_to_struct(o)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+// === Domain -> wire ===
+
+pub fn client_in(c: Option<pb::ClientInfo>) -> ClientInfo {
+    let c = c.unwrap_or_default();
+    ClientInfo {
+        ip_address: c.ip_address,
+        user_agent: c.user_agent,
+    }
+}
+
+fn client_out(c: &ClientInfo) -> pb::ClientInfo {
+    pb::ClientInfo {
+        ip_address: c.ip_address.clone(),
+        user_agent: c.user_agent.clone(),
+    }
+}
+
+pub fn factor_in(f: pb::AuthenticationFactor) -> AuthFactor {
+    AuthFactor {
+        kind: f.r#type,
+        delivery: f.delivery,
+        last_authenticated_at_ms: f.last_authenticated_at.as_ref().map(millis),
+    }
+}
+
+fn factor_out(f: &AuthFactor) -> pb::AuthenticationFactor {
+    pb::AuthenticationFactor {
+        r#type: f.kind.clone(),
+        delivery: f.delivery.clone(),
+        last_authenticated_at: f.last_authenticated_at_ms.map(timestamp),
+    }
+}
+
+pub fn session_out(s: &Session) -> pb::Session {
+    pb::Session {
+        session_id: s.session_id.clone(),
+        user_id: s.user_id.clone(),
+        started_at: Some(timestamp(s.started_at_ms)),
+        last_accessed_at: Some(timestamp(s.last_accessed_at_ms)),
+        expires_at: Some(timestamp(s.expires_at_ms)),
+        authentication_factors: s.factors.iter().map(factor_out).collect(),
+        attributes: Some(client_out(&s.attributes)),
+        custom_claims: (!s.custom_claims.is_empty()).then(|| json_to_struct(&s.custom_claims)),
+    }
+}
+
+pub fn user_out(u: &User) -> pb::User {
+    pb::User {
+        user_id: u.user_id.clone(),
+        email: u.email.clone(),
+        email_verified: u.email_verified,
+        name: u.name.clone(),
+        legacy_identities: u
+            .legacy_identities
+            .iter()
+            .map(|LegacyIdentity { provider, subject }| pb::LegacyIdentity {
+                provider: provider.clone(),
+                subject: subject.clone(),
+            })
+            .collect(),
+        created_at: Some(timestamp(u.created_at_ms)),
+    }
+}
+
+fn reason_out(r: Reason) -> pb::Reason {
+    match r {
+        Reason::Malformed => pb::Reason::Malformed,
+        Reason::TooLarge => pb::Reason::TooLarge,
+        Reason::UnsupportedAlgorithm => pb::Reason::UnsupportedAlgorithm,
+        Reason::BadSignature => pb::Reason::BadSignature,
+        Reason::UnknownIssuer => pb::Reason::UnknownIssuer,
+        Reason::UnknownKey => pb::Reason::UnknownKey,
+        Reason::Expired => pb::Reason::Expired,
+        Reason::NotYetValid => pb::Reason::NotYetValid,
+        Reason::WrongAudience => pb::Reason::WrongAudience,
+        Reason::Revoked => pb::Reason::Revoked,
+        Reason::NotFound => pb::Reason::NotFound,
+        Reason::LegacyRetired => pb::Reason::LegacyRetired,
+        Reason::WrongEnv => pb::Reason::WrongEnv,
+        Reason::InvalidClaims => pb::Reason::InvalidClaims,
+    }
+}
+
+pub fn verdict_out(v: Verdict) -> pb::ValidateSessionResponse {
+    pb::ValidateSessionResponse {
+        verdict: if v.is_valid() {
+            pb::Verdict::Valid
+        } else {
+            pb::Verdict::Invalid
+        } as i32,
+        reason: v.invalid.map_or(pb::Reason::Unspecified, reason_out) as i32,
+        origin: match v.origin {
+            Origin::Unknown => pb::Origin::Unspecified,
+            Origin::New => pb::Origin::New,
+            Origin::Legacy => pb::Origin::Legacy,
+        } as i32,
+        provider: v.provider,
+        user_id: v.user_id,
+        subject: v.subject,
+        session: v.session.as_ref().map(session_out),
+        claims: v.claims.as_ref().map(json_to_struct),
+        expires_at: v.expires_at_ms.map(timestamp),
+        session_jwt: v.session_jwt.unwrap_or_default(),
+        action: match v.action {
+            Action::None => pb::Action::None,
+            Action::Migrate => pb::Action::Migrate,
+        } as i32,
+        source: match v.source {
+            Source::LocalVerify => pb::DecisionSource::LocalVerify,
+            Source::Cache => pb::DecisionSource::Cache,
+            Source::Store => pb::DecisionSource::Store,
+            Source::Upstream => pb::DecisionSource::Upstream,
+        } as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_1970() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(millis(&timestamp(ms)), ms);
+        }
+    }
+
+    #[test]
+    fn structs_round_trip_and_keep_integers() {
+        let j: Map<String, Value> =
+            serde_json::from_str(r#"{"tier":3,"ratio":0.5,"tags":["a",true,null],"nested":{"x":"y"}}"#).unwrap();
+        let back = struct_to_json(json_to_struct(&j), "f").unwrap();
+        assert_eq!(back, j);
+        let nan = prost_types::Struct {
+            fields: [("n".to_string(), prost_types::Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into(),
+        };
+        assert_eq!(struct_to_json(nan, "f").unwrap_err().reason, "INVALID_NUMBER");
+    }
+}

@@ -1,0 +1,6 @@
+//! Keys: sessiongate's own signing keys and the JWKS it publishes. (Issuers' JWKS caches join
+//! this module with the providers.)
+
+pub mod signing;
+
+pub use signing::{KeyError, KeyKind, SigningKey, SigningKeys};

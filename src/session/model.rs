@@ -1,0 +1,88 @@
+//! Domain types of native sessions and users, and their stored form.
+//!
+//! Records are stored as compact JSON (short field names: every byte is paid per session in
+//! Redis). Times are Unix milliseconds.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// How the user proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AuthFactor {
+    #[serde(rename = "t")]
+    pub kind: String,
+    #[serde(rename = "d", default, skip_serializing_if = "String::is_empty")]
+    pub delivery: String,
+    #[serde(rename = "at", default, skip_serializing_if = "Option::is_none")]
+    pub last_authenticated_at_ms: Option<i64>,
+}
+
+/// The end user's client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClientInfo {
+    #[serde(rename = "ip", default, skip_serializing_if = "String::is_empty")]
+    pub ip_address: String,
+    #[serde(rename = "ua", default, skip_serializing_if = "String::is_empty")]
+    pub user_agent: String,
+}
+
+/// A native session as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    #[serde(rename = "sid")]
+    pub session_id: String,
+    #[serde(rename = "uid")]
+    pub user_id: String,
+    #[serde(rename = "st")]
+    pub started_at_ms: i64,
+    #[serde(rename = "la")]
+    pub last_accessed_at_ms: i64,
+    #[serde(rename = "ex")]
+    pub expires_at_ms: i64,
+    #[serde(rename = "f", default, skip_serializing_if = "Vec::is_empty")]
+    pub factors: Vec<AuthFactor>,
+    #[serde(rename = "a", default)]
+    pub attributes: ClientInfo,
+    #[serde(rename = "c", default, skip_serializing_if = "Map::is_empty")]
+    pub custom_claims: Map<String, Value>,
+}
+
+/// A legacy provider's subject linked to a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyIdentity {
+    #[serde(rename = "p")]
+    pub provider: String,
+    #[serde(rename = "s")]
+    pub subject: String,
+}
+
+/// A sessiongate user as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    #[serde(rename = "uid")]
+    pub user_id: String,
+    #[serde(rename = "em", default, skip_serializing_if = "String::is_empty")]
+    pub email: String,
+    #[serde(rename = "ev", default)]
+    pub email_verified: bool,
+    #[serde(rename = "n", default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(rename = "li", default, skip_serializing_if = "Vec::is_empty")]
+    pub legacy_identities: Vec<LegacyIdentity>,
+    #[serde(rename = "ca")]
+    pub created_at_ms: i64,
+}
+
+/// What is left of a revoked session until its original expiry: enough to answer REVOKED
+/// (not NOT_FOUND) and to say whose it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    #[serde(rename = "sid")]
+    pub session_id: String,
+    #[serde(rename = "uid")]
+    pub user_id: String,
+    #[serde(rename = "ex")]
+    pub expires_at_ms: i64,
+    #[serde(rename = "rv")]
+    pub revoked_at_ms: i64,
+}

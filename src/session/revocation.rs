@@ -1,0 +1,154 @@
+//! The in-process set of revoked native session ids.
+//!
+//! A revoked session's JWTs must fail on every replica within a second, without a Redis
+//! round trip per validation (JWT validation keeps working while Redis is down). So each
+//! replica keeps the revoked `sid`s in memory, fed three ways: its own revocations at once,
+//! other replicas' through the invalidation channel, and a full reload from the store's
+//! `revoked-sids` set at start and after every re-subscription (messages published during an
+//! outage are lost; the reload catches them).
+//!
+//! An entry lives until every JWT of that session has expired (`revoked at + JWT TTL +
+//! leeway`); in the store each member is `"<expiry secs>:<sid>"` so a reload knows it too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::store::keys::Keys;
+use crate::store::{Notice, Store, StoreError};
+
+/// A message on the invalidation channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// Session `sid` was revoked; remember it until `until` (Unix seconds).
+    Revoke { sid: String, until: i64 },
+}
+
+/// Revoked session ids with the time (Unix seconds) after which they no longer matter.
+#[derive(Default)]
+pub struct RevokedSids {
+    sids: RwLock<HashMap<String, i64>>,
+}
+
+impl RevokedSids {
+    pub fn contains(&self, sid: &str) -> bool {
+        self.sids
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(sid)
+    }
+
+    pub fn insert(&self, sid: &str, until: i64, now: i64) {
+        if until <= now {
+            return;
+        }
+        let mut m = self.sids.write().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(sid.to_owned()).or_insert(until);
+        *e = (*e).max(until);
+        // Keep the map bounded by what still matters.
+        if m.len() % 1024 == 0 {
+            m.retain(|_, u| *u > now);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sids.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Store member for `sid`.
+    pub fn member(sid: &str, until: i64) -> Vec<u8> {
+        format!("{until}:{sid}").into_bytes()
+    }
+
+    /// Reloads from the store's set, adding what other replicas revoked while we were not
+    /// listening and pruning what expired (in memory and, best effort, in the store).
+    pub async fn reload(&self, store: &dyn Store, keys: &Keys, clock: &dyn Clock) -> Result<usize, StoreError> {
+        let now = clock.now_secs();
+        let members = store.set_members(&keys.revoked_sids()).await?;
+        let mut stale = Vec::new();
+        let mut fresh = Vec::new();
+        for m in members {
+            let parsed = std::str::from_utf8(&m)
+                .ok()
+                .and_then(|s| s.split_once(':'))
+                .and_then(|(u, sid)| Some((u.parse::<i64>().ok()?, sid.to_owned())));
+            match parsed {
+                Some((until, sid)) if until > now => fresh.push((sid, until)),
+                _ => stale.push(m),
+            }
+        }
+        {
+            let mut map = self.sids.write().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, u| *u > now);
+            for (sid, until) in &fresh {
+                let e = map.entry(sid.clone()).or_insert(*until);
+                *e = (*e).max(*until);
+            }
+        }
+        if !stale.is_empty() {
+            let key = keys.revoked_sids();
+            let writes = stale
+                .into_iter()
+                .map(|member| crate::store::Write::SetRemove { key: key.clone(), member })
+                .collect();
+            if let Err(e) = store.write(writes).await {
+                tracing::debug!(error = %e, "could not prune expired revoked sids");
+            }
+        }
+        Ok(fresh.len())
+    }
+}
+
+/// Feeds `revoked` from the invalidation channel until the process ends.
+pub fn spawn_listener(
+    revoked: Arc<RevokedSids>,
+    store: Arc<dyn Store>,
+    keys: Keys,
+    clock: Arc<dyn Clock>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = store.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(Notice::Message(payload)) => match serde_json::from_slice::<Invalidation>(&payload) {
+                    Ok(Invalidation::Revoke { sid, until }) => revoked.insert(&sid, until, clock.now_secs()),
+                    Err(_) => tracing::debug!("ignoring an unknown invalidation message"),
+                },
+                // Messages may have been lost: reload everything.
+                Ok(Notice::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    match revoked.reload(&*store, &keys, &*clock).await {
+                        Ok(n) => tracing::debug!(revoked_sids = n, "revocations resynchronised"),
+                        Err(e) => tracing::warn!(error = %e, "cannot resynchronise revocations yet"),
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_and_only_grow() {
+        let r = RevokedSids::default();
+        r.insert("a", 100, 50);
+        r.insert("a", 90, 50);
+        assert!(r.contains("a"));
+        r.insert("old", 10, 50);
+        assert!(!r.contains("old"));
+        assert_eq!(
+            serde_json::to_string(&Invalidation::Revoke { sid: "s".into(), until: 5 }).unwrap(),
+            r#"{"t":"revoke","sid":"s","until":5}"#
+        );
+    }
+}

@@ -1,0 +1,521 @@
+//! The native session service: state, minting (`CreateSession`) and revocation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::model::{AuthFactor, ClientInfo, Session, Tombstone, User};
+use super::native::{NativeIssuer, RESERVED_CLAIMS, VerifiedJwt};
+use super::revocation::{Invalidation, RevokedSids};
+use super::token::{self, Shape};
+use crate::auth::Caller;
+use crate::clock::Clock;
+use crate::config::{Config, Env, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
+use crate::error::{Error, ErrorCode};
+use crate::keys::SigningKeys;
+use crate::store::keys::{Digest, Keys};
+use crate::store::{Store, Write};
+
+/// How long a session record outlives its expiry, so that validation can answer EXPIRED
+/// (not NOT_FOUND) for a while.
+pub(super) const EXPIRED_RETENTION_MS: i64 = 3_600_000;
+/// `last_accessed_at` is written at most this often per session.
+pub(super) const TOUCH_EVERY_MS: i64 = 60_000;
+/// Custom claims, serialised, at most.
+const MAX_CUSTOM_CLAIMS_BYTES: usize = 4096;
+/// Verified JWTs kept in process.
+const VERDICT_CACHE_ENTRIES: u64 = 100_000;
+
+/// Whose session to create.
+#[derive(Debug, Clone)]
+pub enum Who {
+    UserId(String),
+    NewUser {
+        email: String,
+        email_verified: bool,
+        name: String,
+    },
+}
+
+/// A `CreateSession` call, decoded.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub who: Option<Who>,
+    pub factors: Vec<AuthFactor>,
+    pub duration_minutes: u32,
+    pub custom_claims: Map<String, Value>,
+    pub client: ClientInfo,
+}
+
+/// A minted session and everything the caller gets once.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub user: User,
+    pub session: Session,
+    pub session_token: String,
+    pub session_jwt: String,
+    pub user_created: bool,
+}
+
+/// What `RevokeSession` targets.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    SessionId(String),
+    SessionToken(String),
+    SessionJwt(String),
+    UserId(String),
+}
+
+/// Where a session stands in the store.
+pub(super) enum Lookup {
+    Active(Box<Session>, Digest),
+    Expired(Box<Session>),
+    Revoked,
+    NotFound,
+}
+
+/// The native session service.
+pub struct SessionService {
+    pub(super) env: Env,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) keys: Keys,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) issuer: NativeIssuer,
+    pub(super) revoked: Arc<RevokedSids>,
+    /// Verified native JWTs by token digest. Hits still check expiry, revocation and age:
+    /// the cache only saves the signature check and parsing.
+    pub(super) cache: moka::sync::Cache<[u8; 32], Arc<VerifiedJwt>>,
+    pub(super) max_token_bytes: usize,
+    default_minutes: u32,
+    revoke_window_secs: i64,
+}
+
+impl SessionService {
+    pub fn new(cfg: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, signing: Arc<SigningKeys>) -> Self {
+        let ttl = cfg.native.jwt_ttl;
+        Self {
+            env: cfg.env,
+            keys: Keys::new(cfg.env),
+            issuer: NativeIssuer::new(cfg.env, &cfg.native, signing),
+            revoked: Arc::new(RevokedSids::default()),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(VERDICT_CACHE_ENTRIES)
+                .time_to_live(ttl + cfg.native.leeway)
+                .build(),
+            max_token_bytes: cfg.server.max_token_bytes,
+            default_minutes: cfg.native.session_duration_minutes,
+            // Every JWT minted up to now expires within its TTL (+ leeway): that is how long a
+            // revoked sid must be remembered.
+            revoke_window_secs: (ttl + cfg.native.leeway).as_secs() as i64,
+            store,
+            clock,
+        }
+    }
+
+    pub fn revoked(&self) -> &Arc<RevokedSids> {
+        &self.revoked
+    }
+
+    pub fn issuer(&self) -> &NativeIssuer {
+        &self.issuer
+    }
+
+    pub(super) fn env_prefix(&self, kind: &str) -> String {
+        format!("{kind}-{}-", self.env.as_str())
+    }
+
+    /// TTL of a record for a session expiring at `expires_at_ms`.
+    pub(super) fn record_ttl(&self, expires_at_ms: i64, now_ms: i64) -> Duration {
+        Duration::from_millis((expires_at_ms - now_ms + EXPIRED_RETENTION_MS).max(1) as u64)
+    }
+
+    pub(super) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+        serde_json::to_vec(v).map_err(Error::internal)
+    }
+
+    pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("stored record: {e}")))
+    }
+
+    fn event(&self, kind: &str, fields: Value) -> Value {
+        let mut e = json!({
+            "type": kind,
+            "id": uuid::Uuid::new_v4().to_string(),
+            "at": humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + Duration::from_millis(self.clock.now_ms().max(0) as u64)
+            ).to_string(),
+            "env": self.env.as_str(),
+        });
+        if let (Value::Object(e), Value::Object(f)) = (&mut e, fields) {
+            e.extend(f);
+        }
+        e
+    }
+
+    // === CreateSession ===
+
+    /// Mints a session for an existing user or a new one.
+    pub async fn create(&self, req: CreateRequest) -> Result<Created, Error> {
+        let minutes = session_minutes(req.duration_minutes, self.default_minutes)?;
+        check_custom_claims(&req.custom_claims)?;
+        check_factors(&req.factors)?;
+        check_client(&req.client)?;
+        let now = self.clock.now_ms();
+        let mut writes = Vec::new();
+        let (user, user_created) = match req.who {
+            None => {
+                return Err(Error::invalid_argument(
+                    "WHO_REQUIRED",
+                    "set either user_id (an existing user) or new_user",
+                ));
+            }
+            Some(Who::UserId(id)) => (self.load_user(&id).await?, false),
+            Some(Who::NewUser {
+                email,
+                email_verified,
+                name,
+            }) => {
+                check_len("new_user.email", &email, 320)?;
+                check_len("new_user.name", &name, 256)?;
+                let user = User {
+                    user_id: format!("{}{}", self.env_prefix("user"), uuid::Uuid::new_v4()),
+                    email,
+                    email_verified,
+                    name,
+                    legacy_identities: Vec::new(),
+                    created_at_ms: now,
+                };
+                writes.push(Write::Put {
+                    key: self.keys.user(&user.user_id),
+                    value: Self::encode(&user)?,
+                    ttl: None,
+                });
+                writes.push(Write::Event(self.event(
+                    "user.created",
+                    json!({"user_id": user.user_id, "created_via": "create_session"}),
+                )));
+                (user, true)
+            }
+        };
+        let (session, session_token) = self.mint_session(
+            &user.user_id,
+            req.factors,
+            minutes,
+            req.custom_claims,
+            req.client,
+            "create_session",
+            now,
+            &mut writes,
+        )?;
+        self.store.write(writes).await?;
+        let session_jwt = self.issuer.mint(&session, now)?;
+        metrics::counter!("sessiongate_sessions_created_total", "via" => "create_session").increment(1);
+        Ok(Created {
+            user,
+            session,
+            session_token,
+            session_jwt,
+            user_created,
+        })
+    }
+
+    async fn load_user(&self, user_id: &str) -> Result<User, Error> {
+        let not_found = || {
+            Error::new(
+                ErrorCode::NotFound,
+                "USER_NOT_FOUND",
+                format!("no user `{}` in env {}", truncate(user_id), self.env.as_str()),
+            )
+        };
+        if !user_id.starts_with(&self.env_prefix("user")) || user_id.len() > 128 {
+            return Err(not_found());
+        }
+        match self.store.get(&self.keys.user(user_id)).await? {
+            Some(bytes) => Self::decode(&bytes),
+            None => Err(not_found()),
+        }
+    }
+
+    /// Adds the writes that create a session for `user_id` to `writes`; returns the session
+    /// and its opaque token (which exists only in the caller's hands from now on: the store
+    /// keeps its digest).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mint_session(
+        &self,
+        user_id: &str,
+        factors: Vec<AuthFactor>,
+        minutes: u32,
+        custom_claims: Map<String, Value>,
+        client: ClientInfo,
+        created_via: &str,
+        now: i64,
+        writes: &mut Vec<Write>,
+    ) -> Result<(Session, String), Error> {
+        let session = Session {
+            session_id: format!("{}{}", self.env_prefix("session"), uuid::Uuid::new_v4()),
+            user_id: user_id.to_owned(),
+            started_at_ms: now,
+            last_accessed_at_ms: now,
+            expires_at_ms: now + i64::from(minutes) * 60_000,
+            factors,
+            attributes: client,
+            custom_claims,
+        };
+        let token = token::new_native_token();
+        let digest = Digest::of(token.as_bytes());
+        let ttl = self.record_ttl(session.expires_at_ms, now);
+        writes.push(Write::Put {
+            key: self.keys.session(&digest),
+            value: Self::encode(&session)?,
+            ttl: Some(ttl),
+        });
+        writes.push(Write::Put {
+            key: self.keys.session_token(&session.session_id),
+            value: digest.to_hex().into_bytes(),
+            ttl: Some(ttl),
+        });
+        writes.push(Write::SetAdd {
+            key: self.keys.user_sessions(user_id),
+            member: session.session_id.clone().into_bytes(),
+            ttl: Some(ttl),
+        });
+        writes.push(Write::Event(self.event(
+            "session.created",
+            json!({
+                "session_id": session.session_id,
+                "user_id": user_id,
+                "created_via": created_via,
+                "expires_at": session.expires_at_ms.div_euclid(1000),
+            }),
+        )));
+        Ok((session, token))
+    }
+
+    // === Lookups shared with validation ===
+
+    /// The digest of a session's token, from its id.
+    async fn digest_of(&self, session_id: &str) -> Result<Option<Digest>, Error> {
+        if !session_id.starts_with(&self.env_prefix("session")) || session_id.len() > 128 {
+            return Ok(None);
+        }
+        let Some(hex) = self.store.get(&self.keys.session_token(session_id)).await? else {
+            return Ok(None);
+        };
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(&hex, &mut d).map_err(|e| Error::internal(format!("token index: {e}")))?;
+        Ok(Some(Digest::from_bytes(d)))
+    }
+
+    /// Where the session with token digest `d` stands, in one round trip.
+    pub(super) async fn lookup(&self, d: &Digest, now: i64) -> Result<Lookup, Error> {
+        let got = self
+            .store
+            .get_many(&[self.keys.session(d), self.keys.tombstone(d)])
+            .await?;
+        Ok(match (got.first().cloned().flatten(), got.get(1).cloned().flatten()) {
+            (Some(rec), _) => {
+                let s: Session = Self::decode(&rec)?;
+                if s.expires_at_ms <= now {
+                    Lookup::Expired(Box::new(s))
+                } else {
+                    Lookup::Active(Box::new(s), *d)
+                }
+            }
+            (None, Some(_)) => Lookup::Revoked,
+            (None, None) => Lookup::NotFound,
+        })
+    }
+
+    pub(super) async fn lookup_by_id(&self, session_id: &str, now: i64) -> Result<Lookup, Error> {
+        match self.digest_of(session_id).await? {
+            Some(d) => self.lookup(&d, now).await,
+            None => Ok(Lookup::NotFound),
+        }
+    }
+
+    // === RevokeSession ===
+
+    /// Revokes the target; returns how many sessions this call revoked (0 if it already was).
+    pub async fn revoke(&self, target: RevokeTarget, caller: &Caller) -> Result<u32, Error> {
+        let now = self.clock.now_ms();
+        let not_found = || Error::new(ErrorCode::NotFound, "SESSION_NOT_FOUND", "no such session");
+        match target {
+            RevokeTarget::SessionId(id) => {
+                let d = self.digest_of(&id).await?.ok_or_else(not_found)?;
+                self.revoke_digest(&d, now).await
+            }
+            RevokeTarget::SessionToken(t) => {
+                if !matches!(token::classify(&t), Ok(Shape::NativeOpaque)) {
+                    return Err(Error::invalid_argument(
+                        "NOT_A_SESSION_TOKEN",
+                        "session_token must be a sessiongate session token (sgs_…)",
+                    ));
+                }
+                self.revoke_digest(&Digest::of(t.as_bytes()), now).await
+            }
+            RevokeTarget::SessionJwt(jwt) => {
+                let verified = self.verify_own_jwt(&jwt).map_err(|r| {
+                    Error::invalid_argument(
+                        "NOT_A_SESSION_JWT",
+                        format!("session_jwt is not a valid session JWT of this deployment ({})", r.as_str()),
+                    )
+                })?;
+                let d = self.digest_of(&verified.session_id).await?.ok_or_else(not_found)?;
+                self.revoke_digest(&d, now).await
+            }
+            RevokeTarget::UserId(user_id) => {
+                caller.require_authenticated("RevokeSession by user_id")?;
+                let user = self.load_user(&user_id).await?;
+                let sids = self.store.set_members(&self.keys.user_sessions(&user.user_id)).await?;
+                let mut revoked = 0;
+                for sid in sids {
+                    let Ok(sid) = String::from_utf8(sid) else { continue };
+                    if let Some(d) = self.digest_of(&sid).await? {
+                        revoked += self.revoke_digest(&d, now).await?;
+                    }
+                }
+                Ok(revoked)
+            }
+        }
+    }
+
+    /// Verifies a native JWT's signature and claims, accepting it past its expiry (revoking
+    /// with an expired JWT is fine: the session may still be alive).
+    fn verify_own_jwt(&self, jwt: &str) -> Result<VerifiedJwt, super::Reason> {
+        let Ok(Shape::Jws(jws)) = token::classify(jwt) else {
+            return Err(super::Reason::Malformed);
+        };
+        let header = token::header(&jws)?;
+        let claims = token::payload(&jws)?;
+        self.issuer.verify(&jws, &header, claims, self.clock.now_secs())
+    }
+
+    async fn revoke_digest(&self, d: &Digest, now: i64) -> Result<u32, Error> {
+        let until = now.div_euclid(1000) + self.revoke_window_secs;
+        match self.lookup(d, now).await? {
+            Lookup::Active(s, _) | Lookup::Expired(s) => {
+                let tombstone = Tombstone {
+                    session_id: s.session_id.clone(),
+                    user_id: s.user_id.clone(),
+                    expires_at_ms: s.expires_at_ms,
+                    revoked_at_ms: now,
+                };
+                let ttl = self.record_ttl(s.expires_at_ms, now);
+                let writes = vec![
+                    Write::Delete { key: self.keys.session(d) },
+                    Write::Put {
+                        key: self.keys.tombstone(d),
+                        value: Self::encode(&tombstone)?,
+                        ttl: Some(ttl),
+                    },
+                    Write::SetRemove {
+                        key: self.keys.user_sessions(&s.user_id),
+                        member: s.session_id.clone().into_bytes(),
+                    },
+                    Write::SetAdd {
+                        key: self.keys.revoked_sids(),
+                        member: RevokedSids::member(&s.session_id, until),
+                        ttl: Some(Duration::from_secs(self.revoke_window_secs as u64)),
+                    },
+                    Write::Event(self.event(
+                        "session.revoked",
+                        json!({"session_id": s.session_id, "user_id": s.user_id}),
+                    )),
+                ];
+                self.store.write(writes).await?;
+                self.broadcast(&s.session_id, until, now).await?;
+                metrics::counter!("sessiongate_sessions_revoked_total").increment(1);
+                Ok(1)
+            }
+            Lookup::Revoked => {
+                // Already revoked. Broadcast again anyway: if the first attempt stored the
+                // revocation but failed to publish it, this retry is what reaches the other
+                // replicas.
+                let stored = self.store.get(&self.keys.tombstone(d)).await?;
+                if let Some(t) = stored {
+                    let t: Tombstone = Self::decode(&t)?;
+                    self.broadcast(&t.session_id, until, now).await?;
+                }
+                Ok(0)
+            }
+            Lookup::NotFound => Err(Error::new(ErrorCode::NotFound, "SESSION_NOT_FOUND", "no such session")),
+        }
+    }
+
+    async fn broadcast(&self, sid: &str, until: i64, now_ms: i64) -> Result<(), Error> {
+        self.revoked.insert(sid, until, now_ms.div_euclid(1000));
+        let msg = serde_json::to_vec(&Invalidation::Revoke {
+            sid: sid.to_owned(),
+            until,
+        })
+        .map_err(Error::internal)?;
+        self.store.publish(&msg).await?;
+        Ok(())
+    }
+}
+
+// === Input checks ===
+
+fn field_too_large(field: &str, max: usize) -> Error {
+    Error::invalid_argument("FIELD_TOO_LARGE", format!("{field} is longer than {max} bytes"))
+}
+
+fn check_len(field: &str, v: &str, max: usize) -> Result<(), Error> {
+    if v.len() > max {
+        Err(field_too_large(field, max))
+    } else {
+        Ok(())
+    }
+}
+
+/// The requested session length, or the default; out-of-range values are refused, not
+/// clamped (a caller asking for 10 years should hear no).
+pub(crate) fn session_minutes(requested: u32, default: u32) -> Result<u32, Error> {
+    match requested {
+        0 => Ok(default),
+        m if (SESSION_MINUTES_MIN..=SESSION_MINUTES_MAX).contains(&m) => Ok(m),
+        m => Err(Error::invalid_argument(
+            "SESSION_DURATION_OUT_OF_RANGE",
+            format!("session_duration_minutes {m} is outside {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"),
+        )),
+    }
+}
+
+pub(crate) fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), Error> {
+    if let Some(k) = claims.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
+        return Err(Error::invalid_argument(
+            "RESERVED_CLAIM",
+            format!("custom claim `{k}` is reserved; reserved names: {}", RESERVED_CLAIMS.join(", ")),
+        ));
+    }
+    let size = serde_json::to_vec(claims).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_CUSTOM_CLAIMS_BYTES {
+        return Err(field_too_large("session_custom_claims (as JSON)", MAX_CUSTOM_CLAIMS_BYTES));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_factors(factors: &[AuthFactor]) -> Result<(), Error> {
+    if factors.len() > 16 {
+        return Err(Error::invalid_argument("FIELD_TOO_LARGE", "at most 16 authentication_factors"));
+    }
+    for f in factors {
+        check_len("authentication_factors.type", &f.kind, 64)?;
+        check_len("authentication_factors.delivery", &f.delivery, 128)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn check_client(c: &ClientInfo) -> Result<(), Error> {
+    check_len("client.ip_address", &c.ip_address, 64)?;
+    check_len("client.user_agent", &c.user_agent, 512)
+}
+
+/// At most 64 characters of caller input in a message.
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

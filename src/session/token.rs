@@ -1,0 +1,184 @@
+//! Classifying a credential and taking a compact JWS apart — before trusting any of it.
+//!
+//! Nothing here verifies anything: it decides which verifier a token goes to, and refuses
+//! shapes no verifier should see (DESIGN.md §3.1 steps 1–2).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::Reason;
+
+/// The prefix of sessiongate's opaque session tokens.
+pub const NATIVE_TOKEN_PREFIX: &str = "sgs_";
+/// Random bytes in a native token (256 bits).
+const NATIVE_TOKEN_BYTES: usize = 32;
+/// Length of the base64url body of a native token.
+const NATIVE_TOKEN_BODY_LEN: usize = 43;
+
+/// What a credential looks like.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shape<'a> {
+    /// `sgs_` + 43 base64url characters.
+    NativeOpaque,
+    /// A compact JWS: three base64url parts.
+    Jws(Jws<'a>),
+    /// Neither: perhaps a legacy provider's opaque token.
+    Other,
+}
+
+/// The parts of a compact JWS, still encoded.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Jws<'a> {
+    pub header: &'a str,
+    pub payload: &'a str,
+    pub signature: &'a str,
+    /// `header.payload`: what the signature covers.
+    pub signing_input: &'a str,
+}
+
+fn is_b64url(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Classifies `token` by shape alone. `sgs_` tokens of the wrong shape are malformed, not
+/// "other": they must never reach a legacy provider.
+pub fn classify(token: &str) -> Result<Shape<'_>, Reason> {
+    if let Some(body) = token.strip_prefix(NATIVE_TOKEN_PREFIX) {
+        return if body.len() == NATIVE_TOKEN_BODY_LEN && is_b64url(body) {
+            Ok(Shape::NativeOpaque)
+        } else {
+            Err(Reason::Malformed)
+        };
+    }
+    let mut parts = token.splitn(4, '.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(p), Some(s), None) => {
+            if h.is_empty() || p.is_empty() || !is_b64url(h) || !is_b64url(p) || !is_b64url(s) {
+                return Err(Reason::Malformed);
+            }
+            Ok(Shape::Jws(Jws {
+                header: h,
+                payload: p,
+                signature: s,
+                signing_input: &token[..h.len() + 1 + p.len()],
+            }))
+        }
+        // One dot, or four and more (a JWE has five parts): not ours to decode.
+        (Some(_), Some(_), _, _) => Err(Reason::Malformed),
+        _ => Ok(Shape::Other),
+    }
+}
+
+/// A new native opaque token: `sgs_` + 256 random bits, base64url.
+pub fn new_native_token() -> String {
+    let bytes: [u8; NATIVE_TOKEN_BYTES] = rand::random();
+    format!("{NATIVE_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The JOSE header fields sessiongate looks at. Unknown fields are ignored; duplicate fields
+/// are refused by serde (a JSON object with two `alg`s is ambiguous on purpose).
+#[derive(Debug, Deserialize)]
+pub struct Header {
+    pub alg: String,
+    #[serde(default)]
+    pub kid: Option<String>,
+    #[serde(default)]
+    pub typ: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+    #[serde(default)]
+    jku: Option<Value>,
+    #[serde(default)]
+    jwk: Option<Value>,
+    #[serde(default)]
+    x5u: Option<Value>,
+    #[serde(default)]
+    x5c: Option<Value>,
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| Reason::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
+}
+
+/// Decodes and screens the header: no critical extensions we would have to understand, no
+/// key material or key URLs carried by the token itself (a token must never pick its own
+/// key), and a `typ` of a JWT access token.
+pub fn header(jws: &Jws<'_>) -> Result<Header, Reason> {
+    let h: Header = decode_json(jws.header)?;
+    if h.crit.is_some() || h.jku.is_some() || h.jwk.is_some() || h.x5u.is_some() || h.x5c.is_some() {
+        return Err(Reason::Malformed);
+    }
+    match h.typ.as_deref() {
+        None => {}
+        Some(t) if t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") => {}
+        Some(_) => return Err(Reason::Malformed),
+    }
+    Ok(h)
+}
+
+/// Decodes the payload as a JSON object (unverified).
+pub fn payload(jws: &Jws<'_>) -> Result<Map<String, Value>, Reason> {
+    decode_json(jws.payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn native_tokens_are_recognised_by_exact_shape() {
+        let t = new_native_token();
+        assert_eq!(t.len(), 4 + 43);
+        assert_eq!(classify(&t), Ok(Shape::NativeOpaque));
+        assert_eq!(classify("sgs_short"), Err(Reason::Malformed));
+        assert_eq!(classify(&format!("{t}x")), Err(Reason::Malformed));
+        assert_ne!(new_native_token(), t);
+    }
+
+    #[test]
+    fn jws_shapes() {
+        let Ok(Shape::Jws(j)) = classify("aGVhZA.cGF5.c2ln") else {
+            panic!()
+        };
+        assert_eq!(j.signing_input, "aGVhZA.cGF5");
+        assert_eq!(j.signature, "c2ln");
+        // alg=none tokens have an empty signature: still a JWS shape, refused later by alg.
+        assert!(matches!(classify("aGVhZA.cGF5."), Ok(Shape::Jws(_))));
+        for bad in ["a.b", "a.b.c.d.e", "a.b.c.d", ".b.c", "a..c", "a.b+.c", "a.b.c=", "a.b.c "] {
+            assert_eq!(classify(bad), Err(Reason::Malformed), "{bad}");
+        }
+        assert_eq!(classify("opaque-legacy-token"), Ok(Shape::Other));
+    }
+
+    #[test]
+    fn headers_that_choose_their_own_key_or_need_extensions_are_refused() {
+        let jws = |h: &str| format!("{}.{}.sig", b64(h), b64("{}"));
+        let parse = |t: &str| match classify(t).unwrap() {
+            Shape::Jws(j) => header(&j).map(|h| h.alg),
+            _ => panic!(),
+        };
+        assert_eq!(parse(&jws(r#"{"alg":"RS256","typ":"JWT"}"#)), Ok("RS256".into()));
+        assert_eq!(parse(&jws(r#"{"alg":"RS256","typ":"at+jwt"}"#)), Ok("RS256".into()));
+        for bad in [
+            r#"{"alg":"RS256","crit":["exp"]}"#,
+            r#"{"alg":"RS256","jku":"https://evil/jwks"}"#,
+            r#"{"alg":"RS256","jwk":{"kty":"RSA"}}"#,
+            r#"{"alg":"RS256","x5u":"https://evil"}"#,
+            r#"{"alg":"RS256","x5c":["MII"]}"#,
+            r#"{"alg":"RS256","typ":"JWE"}"#,
+            r#"{"alg":"RS256","alg":"none"}"#,
+            r#"{"typ":"JWT"}"#,
+            r#"["alg"]"#,
+        ] {
+            assert_eq!(parse(&jws(bad)), Err(Reason::Malformed), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! `ValidateSession` for native credentials (DESIGN.md §3.1).
+//!
+//! A bad token is a verdict, not an error: everything here returns `Ok(Verdict)` for any
+//! token, and `Err` only when the *call* fails — an empty token, or a store that is needed
+//! for this answer and is down (`UNAVAILABLE`, never INVALID: an outage must not log users
+//! out). Native JWTs need no store at all unless the caller asks for a store check
+//! (`max_token_age_seconds`), a sliding extension, or the JWT has expired and may be
+//! refreshed.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::model::{AuthFactor, ClientInfo, Session};
+use super::native::{RESERVED_CLAIMS, VerifiedJwt};
+use super::service::{Lookup, SessionService, TOUCH_EVERY_MS};
+use super::token::{self, Shape};
+use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
+use crate::error::Error;
+use crate::store::keys::Digest;
+
+/// A `ValidateSession` call, decoded.
+#[derive(Debug, Clone, Default)]
+pub struct ValidateRequest {
+    pub token: String,
+    pub max_token_age_seconds: u32,
+    pub session_duration_minutes: u32,
+    pub client: ClientInfo,
+}
+
+/// The answer on one credential.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `None`: VALID.
+    pub invalid: Option<Reason>,
+    pub origin: Origin,
+    pub provider: String,
+    pub user_id: String,
+    pub subject: String,
+    pub session: Option<Session>,
+    pub claims: Option<Map<String, Value>>,
+    pub expires_at_ms: Option<i64>,
+    pub session_jwt: Option<String>,
+    pub action: Action,
+    pub source: Source,
+}
+
+impl Verdict {
+    fn invalid(reason: Reason, origin: Origin, source: Source) -> Self {
+        Self {
+            invalid: Some(reason),
+            origin,
+            provider: String::new(),
+            user_id: String::new(),
+            subject: String::new(),
+            session: None,
+            claims: None,
+            expires_at_ms: None,
+            session_jwt: None,
+            action: Action::None,
+            source,
+        }
+    }
+
+    fn native(session: Session, source: Source) -> Self {
+        Self {
+            invalid: None,
+            origin: Origin::New,
+            provider: NATIVE_PROVIDER.into(),
+            user_id: session.user_id.clone(),
+            subject: session.user_id.clone(),
+            expires_at_ms: Some(session.expires_at_ms),
+            session: Some(session),
+            claims: None,
+            session_jwt: None,
+            action: Action::None,
+            source,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.invalid.is_none()
+    }
+}
+
+impl SessionService {
+    /// Validates any credential this build understands.
+    pub async fn validate(&self, req: ValidateRequest) -> Result<Verdict, Error> {
+        let verdict = self.validate_inner(&req).await;
+        if let Ok(v) = &verdict {
+            metrics::counter!(
+                "sessiongate_validations_total",
+                "origin" => match v.origin { Origin::New => "NEW", Origin::Legacy => "LEGACY", Origin::Unknown => "UNKNOWN" },
+                "provider" => if v.provider == NATIVE_PROVIDER { NATIVE_PROVIDER } else if v.provider.is_empty() { "unknown" } else { "other" },
+                "verdict" => if v.is_valid() { "VALID" } else { "INVALID" },
+                "reason" => v.invalid.map_or("", Reason::as_str),
+                "source" => v.source.as_str(),
+            )
+            .increment(1);
+        }
+        verdict
+    }
+
+    async fn validate_inner(&self, req: &ValidateRequest) -> Result<Verdict, Error> {
+        let token = req.token.as_str();
+        if token.is_empty() {
+            return Err(Error::invalid_argument("TOKEN_REQUIRED", "token is empty"));
+        }
+        // Size first, before any decoding (DESIGN.md §3.1 step 1).
+        if token.len() > self.max_token_bytes {
+            return Ok(Verdict::invalid(Reason::TooLarge, Origin::Unknown, Source::LocalVerify));
+        }
+        match token::classify(token) {
+            Err(r) => Ok(Verdict::invalid(r, Origin::Unknown, Source::LocalVerify)),
+            Ok(Shape::NativeOpaque) => self.validate_opaque(token, req).await,
+            Ok(Shape::Jws(jws)) => self.validate_jwt(token, jws, req).await,
+            // Legacy opaque tokens are checked through a legacy provider's UserInfo; with none
+            // configured that accepts them, an unknown shape is malformed.
+            Ok(Shape::Other) => Ok(Verdict::invalid(Reason::Malformed, Origin::Unknown, Source::LocalVerify)),
+        }
+    }
+
+    // === Opaque session tokens ===
+
+    async fn validate_opaque(&self, token: &str, req: &ValidateRequest) -> Result<Verdict, Error> {
+        let now = self.clock.now_ms();
+        let digest = Digest::of(token.as_bytes());
+        match self.lookup(&digest, now).await? {
+            Lookup::Active(session, d) => self.active(*session, &d, req, now).await,
+            Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, Source::Store)),
+            Lookup::Revoked => Ok(Verdict::invalid(Reason::Revoked, Origin::New, Source::Store)),
+            Lookup::NotFound => Ok(Verdict::invalid(Reason::NotFound, Origin::Unknown, Source::Store)),
+        }
+    }
+
+    /// A session found active in the store: touch it (at most once a minute), extend it if
+    /// asked, and hand out a fresh JWT.
+    async fn active(&self, mut session: Session, d: &Digest, req: &ValidateRequest, now: i64) -> Result<Verdict, Error> {
+        let mut extended = false;
+        if req.session_duration_minutes > 0 {
+            let minutes = super::service::session_minutes(req.session_duration_minutes, 0)?;
+            let until = now + i64::from(minutes) * 60_000;
+            if until > session.expires_at_ms {
+                session.expires_at_ms = until;
+                extended = true;
+            }
+        }
+        let touch = now - session.last_accessed_at_ms >= TOUCH_EVERY_MS;
+        if touch {
+            session.last_accessed_at_ms = now;
+        }
+        if extended || touch {
+            let ttl = self.record_ttl(session.expires_at_ms, now);
+            // XX: a revocation that deleted the record meanwhile wins; we must not bring the
+            // session back.
+            let written = self
+                .store
+                .put_if_present(&self.keys.session(d), &Self::encode(&session)?, Some(ttl))
+                .await;
+            match written {
+                Ok(true) => {}
+                Ok(false) => return Ok(Verdict::invalid(Reason::Revoked, Origin::New, Source::Store)),
+                // Only the explicit extension must be durable; a lost `last_accessed_at`
+                // update is not worth failing a validation for.
+                Err(e) if extended => return Err(e.into()),
+                Err(e) => tracing::debug!(error = %e, "could not record last_accessed_at"),
+            }
+            if extended {
+                self.store
+                    .write(vec![
+                        crate::store::Write::Put {
+                            key: self.keys.session_token(&session.session_id),
+                            value: d.to_hex().into_bytes(),
+                            ttl: Some(ttl),
+                        },
+                        crate::store::Write::SetAdd {
+                            key: self.keys.user_sessions(&session.user_id),
+                            member: session.session_id.clone().into_bytes(),
+                            ttl: Some(ttl),
+                        },
+                    ])
+                    .await?;
+            }
+        }
+        let jwt = self.issuer.mint(&session, now)?;
+        let mut v = Verdict::native(session, Source::Store);
+        v.session_jwt = Some(jwt);
+        Ok(v)
+    }
+
+    // === JWTs ===
+
+    async fn validate_jwt(&self, token: &str, jws: token::Jws<'_>, req: &ValidateRequest) -> Result<Verdict, Error> {
+        let now_ms = self.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
+        let digest = Digest::of(token.as_bytes());
+        let (jwt, mut source) = match self.cache.get(digest.as_bytes()) {
+            Some(hit) => (hit, Source::Cache),
+            None => {
+                let header = match token::header(&jws) {
+                    Ok(h) => h,
+                    Err(r) => return Ok(Verdict::invalid(r, Origin::Unknown, Source::LocalVerify)),
+                };
+                let claims = match token::payload(&jws) {
+                    Ok(c) => c,
+                    Err(r) => return Ok(Verdict::invalid(r, Origin::Unknown, Source::LocalVerify)),
+                };
+                // Route by the (unverified) issuer to exactly one verifier.
+                match claims.get("iss").and_then(Value::as_str) {
+                    Some(iss) if iss == self.issuer.issuer() => {}
+                    Some(iss) if self.issuer.is_other_env(iss) => {
+                        return Ok(Verdict::invalid(Reason::WrongEnv, Origin::New, Source::LocalVerify));
+                    }
+                    _ => return Ok(Verdict::invalid(Reason::UnknownIssuer, Origin::Unknown, Source::LocalVerify)),
+                }
+                match self.issuer.verify(&jws, &header, claims, now) {
+                    Ok(v) => {
+                        let v = Arc::new(v);
+                        if !self.issuer.expired(&v, now) {
+                            self.cache.insert(*digest.as_bytes(), v.clone());
+                        }
+                        (v, Source::LocalVerify)
+                    }
+                    Err(r) => return Ok(Verdict::invalid(r, Origin::New, Source::LocalVerify)),
+                }
+            }
+        };
+        if self.revoked.contains(&jwt.session_id) {
+            return Ok(Verdict::invalid(Reason::Revoked, Origin::New, source));
+        }
+
+        let expired = self.issuer.expired(&jwt, now);
+        let too_old = req.max_token_age_seconds > 0 && now - jwt.issued_at > i64::from(req.max_token_age_seconds);
+        if expired || too_old || req.session_duration_minutes > 0 {
+            // The store decides: the session must still be active.
+            source = Source::Store;
+            return match self.lookup_by_id(&jwt.session_id, now_ms).await? {
+                Lookup::Active(session, d) => {
+                    let fresh = expired || req.session_duration_minutes > 0;
+                    let mut v = self.active(*session, &d, req, now_ms).await?;
+                    if !fresh {
+                        // Not expired, only re-checked: the caller's JWT stays good.
+                        v.session_jwt = None;
+                    }
+                    v.claims = Some(jwt.claims.clone());
+                    Ok(v)
+                }
+                Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
+                Lookup::Revoked => Ok(Verdict::invalid(Reason::Revoked, Origin::New, source)),
+                // Past its retention the record is gone: for an expired JWT that is EXPIRED.
+                Lookup::NotFound if expired => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
+                Lookup::NotFound => Ok(Verdict::invalid(Reason::NotFound, Origin::New, source)),
+            };
+        }
+
+        let mut v = Verdict::native(session_from_claims(&jwt), source);
+        v.expires_at_ms = Some(jwt.expires_at * 1000);
+        v.claims = Some(jwt.claims.clone());
+        Ok(v)
+    }
+}
+
+/// The session as the JWT describes it (no store round trip).
+fn session_from_claims(jwt: &VerifiedJwt) -> Session {
+    let s = jwt.claims.get("session").and_then(Value::as_object);
+    let secs = |name: &str| {
+        s.and_then(|s| s.get(name))
+            .and_then(Value::as_i64)
+            .map_or(0, |v| v.saturating_mul(1000))
+    };
+    let factors = s
+        .and_then(|s| s.get("authentication_factors"))
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_object)
+                .map(|f| AuthFactor {
+                    kind: f.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    delivery: f.get("delivery").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    last_authenticated_at_ms: f
+                        .get("last_authenticated_at")
+                        .and_then(Value::as_i64)
+                        .map(|v| v.saturating_mul(1000)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let custom_claims = jwt
+        .claims
+        .iter()
+        .filter(|(k, _)| !RESERVED_CLAIMS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Session {
+        session_id: jwt.session_id.clone(),
+        user_id: jwt.user_id.clone(),
+        started_at_ms: secs("started_at"),
+        last_accessed_at_ms: secs("last_accessed_at"),
+        expires_at_ms: secs("expires_at"),
+        factors,
+        attributes: ClientInfo::default(),
+        custom_claims,
+    }
+}
