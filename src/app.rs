@@ -14,8 +14,6 @@ use tower::ServiceBuilder;
 
 use crate::auth::CallerKeys;
 use crate::clock::{Clock, SystemClock};
-use crate::keys::{KeyError, SigningKeys};
-use crate::session::SessionService;
 use crate::config::Config;
 use crate::grpc::layers::{AuthLayer, ObserveLayer};
 use crate::grpc::pb::rollout_admin_service_server::RolloutAdminServiceServer;
@@ -23,6 +21,8 @@ use crate::grpc::pb::session_gate_service_server::SessionGateServiceServer;
 use crate::grpc::rollout::RolloutAdminApi;
 use crate::grpc::session::SessionGateApi;
 use crate::grpc::{HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
+use crate::keys::{KeyError, SigningKeys};
+use crate::session::SessionService;
 use crate::store::keys::Keys;
 use crate::store::{Store, StoreError, StoreKind};
 
@@ -99,7 +99,11 @@ impl App {
         let sessions = SessionService::new(&config, store.clone(), clock.clone(), signing.clone());
         // Revocations other replicas made before we started (best effort: if the store is
         // down, the listener reloads once it is subscribed).
-        if let Err(e) = sessions.revoked().reload(&*store, &Keys::new(config.env), &*clock).await {
+        if let Err(e) = sessions
+            .revoked()
+            .reload(&*store, &Keys::new(config.env), &*clock)
+            .await
+        {
             tracing::warn!(error = %e, "cannot load revoked sessions yet");
         }
         crate::session::revocation::spawn_listener(
@@ -221,11 +225,14 @@ impl App {
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = tokio::spawn(
-            axum::serve(self.http, crate::http::router(metrics, self.state.signing.clone()))
-                .with_graceful_shutdown(async {
-                    let _ = http_stopped.await;
-                })
-                .into_future(),
+            axum::serve(
+                self.http,
+                crate::http::router(metrics, self.state.signing.clone()),
+            )
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .into_future(),
         );
 
         tracing::info!(

@@ -70,13 +70,18 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(file),
         Command::Keygen { alg } => {
             let made = crate::keys::signing::generate_pem(alg).and_then(|pem| {
-                let key = crate::keys::SigningKey::from_pem(pem.as_bytes(), std::path::Path::new("(generated)"))?;
+                let key = crate::keys::SigningKey::from_pem(
+                    pem.as_bytes(),
+                    std::path::Path::new("(generated)"),
+                )?;
                 Ok((pem, key.kid().to_owned()))
             });
             match made {
                 Ok((pem, kid)) => {
                     print!("{pem}");
-                    eprintln!("kid {kid}: keep the file secret (e.g. a Kubernetes Secret) and list its path in native.signing_keys");
+                    eprintln!(
+                        "kid {kid}: keep the file secret (e.g. a Kubernetes Secret) and list its path in native.signing_keys"
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -32,17 +32,17 @@ pub fn router(metrics: PrometheusHandle, signing: Arc<SigningKeys>) -> Router {
             }),
         )
         .route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    metrics.render(),
-                )
-                    .into_response()
-            }
-        }),
-    )
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
 }

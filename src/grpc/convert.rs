@@ -45,7 +45,10 @@ fn value_to_json(v: prost_types::Value, field: &str) -> Result<Value, Error> {
                 Value::Number(Number::from(n as i64))
             } else {
                 Value::Number(Number::from_f64(n).ok_or_else(|| {
-                    Error::invalid_argument("INVALID_NUMBER", format!("{field} holds a number that JSON cannot represent"))
+                    Error::invalid_argument(
+                        "INVALID_NUMBER",
+                        format!("{field} holds a number that JSON cannot represent"),
+                    )
                 })?)
             }
         }
@@ -62,7 +65,10 @@ fn value_to_json(v: prost_types::Value, field: &str) -> Result<Value, Error> {
 /// JSON object → Struct.
 pub fn json_to_struct(m: &Map<String, Value>) -> prost_types::Struct {
     prost_types::Struct {
-        fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+        fields: m
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
     }
 }
 
@@ -209,13 +215,24 @@ mod tests {
 
     #[test]
     fn structs_round_trip_and_keep_integers() {
-        let j: Map<String, Value> =
-            serde_json::from_str(r#"{"tier":3,"ratio":0.5,"tags":["a",true,null],"nested":{"x":"y"}}"#).unwrap();
+        let j: Map<String, Value> = serde_json::from_str(
+            r#"{"tier":3,"ratio":0.5,"tags":["a",true,null],"nested":{"x":"y"}}"#,
+        )
+        .unwrap();
         let back = struct_to_json(json_to_struct(&j), "f").unwrap();
         assert_eq!(back, j);
         let nan = prost_types::Struct {
-            fields: [("n".to_string(), prost_types::Value { kind: Some(Kind::NumberValue(f64::NAN)) })].into(),
+            fields: [(
+                "n".to_string(),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
         };
-        assert_eq!(struct_to_json(nan, "f").unwrap_err().reason, "INVALID_NUMBER");
+        assert_eq!(
+            struct_to_json(nan, "f").unwrap_err().reason,
+            "INVALID_NUMBER"
+        );
     }
 }

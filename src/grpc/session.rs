@@ -92,7 +92,11 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             .sessions
             .create(CreateRequest {
                 who,
-                factors: r.authentication_factors.into_iter().map(factor_in).collect(),
+                factors: r
+                    .authentication_factors
+                    .into_iter()
+                    .map(factor_in)
+                    .collect(),
                 duration_minutes: r.session_duration_minutes,
                 custom_claims,
                 client: client_in(r.client),

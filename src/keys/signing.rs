@@ -16,6 +16,9 @@ use aws_lc_rs::encoding::AsDer as _;
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
+/// One of jsonwebtoken's PEM parsers.
+type ParsePem = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
+
 /// Smallest RSA modulus accepted for signing, in bits.
 const MIN_RSA_BITS: usize = 2048;
 
@@ -71,7 +74,7 @@ impl SigningKey {
             path: path.to_path_buf(),
             reason,
         };
-        let candidates: [(Algorithm, fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>); 3] = [
+        let candidates: [(Algorithm, ParsePem); 3] = [
             (Algorithm::RS256, EncodingKey::from_rsa_pem),
             (Algorithm::ES256, EncodingKey::from_ec_pem),
             (Algorithm::EdDSA, EncodingKey::from_ed_pem),
@@ -151,7 +154,8 @@ pub fn generate_pem(kind: KeyKind) -> Result<String, KeyError> {
     let err = |e: aws_lc_rs::error::Unspecified| KeyError::Generate(e.to_string());
     let der: Vec<u8> = match kind {
         KeyKind::Rs256 => {
-            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(err)?;
+            let pair =
+                aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(err)?;
             pair.as_der().map_err(err)?.as_ref().to_vec()
         }
         KeyKind::Es256 => {
@@ -163,10 +167,12 @@ pub fn generate_pem(kind: KeyKind) -> Result<String, KeyError> {
         }
         KeyKind::Eddsa => {
             // PKCS#8 v1 (no embedded public key): the form jsonwebtoken's Ed25519 support reads.
-            aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(&aws_lc_rs::rand::SystemRandom::new())
-                .map_err(err)?
-                .as_ref()
-                .to_vec()
+            aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(
+                &aws_lc_rs::rand::SystemRandom::new(),
+            )
+            .map_err(err)?
+            .as_ref()
+            .to_vec()
         }
     };
     Ok(pem::encode(&pem::Pem::new("PRIVATE KEY", der)))
@@ -221,7 +227,8 @@ impl SigningKeys {
         let set = JwkSet {
             keys: keys.iter().map(|k| k.public.clone()).collect(),
         };
-        let jwks_json = serde_json::to_string(&set).map_err(|e| KeyError::Generate(e.to_string()))?;
+        let jwks_json =
+            serde_json::to_string(&set).map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(Self {
             keys,
             by_kid,
@@ -274,7 +281,8 @@ mod tests {
             let token = jsonwebtoken::encode(&header, &claims, key.encoding_key()).unwrap();
             let mut v = jsonwebtoken::Validation::new(key.algorithm());
             v.required_spec_claims.clear();
-            let data = jsonwebtoken::decode::<serde_json::Value>(&token, key.decoding_key(), &v).unwrap();
+            let data =
+                jsonwebtoken::decode::<serde_json::Value>(&token, key.decoding_key(), &v).unwrap();
             assert_eq!(data.claims["sub"], "u", "{kind:?}");
         }
     }
@@ -282,7 +290,10 @@ mod tests {
     #[test]
     fn kid_is_the_rfc7638_thumbprint_and_jwks_is_public_only() {
         let keys = SigningKeys::from_keys(
-            vec![SigningKey::generate(KeyKind::Rs256).unwrap(), SigningKey::generate(KeyKind::Es256).unwrap()],
+            vec![
+                SigningKey::generate(KeyKind::Rs256).unwrap(),
+                SigningKey::generate(KeyKind::Es256).unwrap(),
+            ],
             false,
         )
         .unwrap();
@@ -295,7 +306,10 @@ mod tests {
         assert_eq!(list[0]["use"], "sig");
         assert_eq!(list[1]["kty"], "EC");
         for k in list {
-            assert!(k.get("d").is_none() && k.get("p").is_none(), "private material in {k}");
+            assert!(
+                k.get("d").is_none() && k.get("p").is_none(),
+                "private material in {k}"
+            );
         }
         assert_eq!(keys.algorithms(), vec![Algorithm::RS256, Algorithm::ES256]);
     }
@@ -309,9 +323,15 @@ mod tests {
         assert!(e.to_string().contains(">= 2048 bits"), "{e}");
         let p384 = include_bytes!("../../tests/fixtures/ec-p384-unsupported.pem");
         assert!(SigningKey::from_pem(p384, Path::new("p384.pem")).is_err());
-        let e = SigningKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", Path::new("k.pem"))
-            .unwrap_err();
-        assert!(e.to_string().starts_with("k.pem: not a PEM private key"), "{e}");
+        let e = SigningKey::from_pem(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            Path::new("k.pem"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("k.pem: not a PEM private key"),
+            "{e}"
+        );
         let e = SigningKeys::load_or_generate(&[PathBuf::from("/nonexistent.pem")]).unwrap_err();
         assert!(e.to_string().contains("/nonexistent.pem"));
     }
@@ -322,6 +342,9 @@ mod tests {
         let a = SigningKey::from_pem(pem.as_bytes(), Path::new("a")).unwrap();
         let b = SigningKey::from_pem(pem.as_bytes(), Path::new("b")).unwrap();
         assert_eq!(a.kid(), b.kid());
-        assert!(SigningKeys::from_keys(vec![a, b], false).is_err(), "duplicate kid accepted");
+        assert!(
+            SigningKeys::from_keys(vec![a, b], false).is_err(),
+            "duplicate kid accepted"
+        );
     }
 }

@@ -22,8 +22,25 @@ use crate::keys::SigningKeys;
 
 /// Claim names sessiongate sets itself; custom claims may not use them.
 pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "session", "azp", "client_id",
-    "scope", "cnf", "act", "may_act", "auth_time", "amr", "acr", "nonce",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "sid",
+    "session",
+    "azp",
+    "client_id",
+    "scope",
+    "cnf",
+    "act",
+    "may_act",
+    "auth_time",
+    "amr",
+    "acr",
+    "nonce",
 ];
 
 /// A native JWT whose signature and claims checked out (it may still be expired: see
@@ -88,7 +105,9 @@ impl NativeIssuer {
     pub fn mint(&self, session: &Session, now_ms: i64) -> Result<String, Error> {
         let key = self.keys.active();
         let iat = now_ms.div_euclid(1000);
-        let exp = (iat + self.ttl_secs).min(session.expires_at_ms.div_euclid(1000)).max(iat + 1);
+        let exp = (iat + self.ttl_secs)
+            .min(session.expires_at_ms.div_euclid(1000))
+            .max(iat + 1);
         let aud = match self.audiences.as_slice() {
             [one] => json!(one),
             many => json!(many),
@@ -140,14 +159,24 @@ impl NativeIssuer {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string())
         );
-        let signature = jsonwebtoken::crypto::sign(signing_input.as_bytes(), key.encoding_key(), key.algorithm())
-            .map_err(Error::internal)?;
+        let signature = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            key.encoding_key(),
+            key.algorithm(),
+        )
+        .map_err(Error::internal)?;
         Ok(format!("{signing_input}.{signature}"))
     }
 
     /// Verifies a JWT already routed here by its `iss`. `Ok` includes expired tokens (see
     /// [`VerifiedJwt::expired`]): only a signed, well-formed token of ours may be refreshed.
-    pub fn verify(&self, jws: &Jws<'_>, header: &Header, claims: Map<String, Value>, now_secs: i64) -> Result<VerifiedJwt, Reason> {
+    pub fn verify(
+        &self,
+        jws: &Jws<'_>,
+        header: &Header,
+        claims: Map<String, Value>,
+        now_secs: i64,
+    ) -> Result<VerifiedJwt, Reason> {
         let alg = Algorithm::from_str(&header.alg).map_err(|_| Reason::UnsupportedAlgorithm)?;
         if !self.keys.algorithms().contains(&alg) {
             return Err(Reason::UnsupportedAlgorithm);
@@ -162,7 +191,12 @@ impl NativeIssuer {
         if key.algorithm() != alg {
             return Err(Reason::UnsupportedAlgorithm);
         }
-        match jsonwebtoken::crypto::verify(jws.signature, jws.signing_input.as_bytes(), key.decoding_key(), alg) {
+        match jsonwebtoken::crypto::verify(
+            jws.signature,
+            jws.signing_input.as_bytes(),
+            key.decoding_key(),
+            alg,
+        ) {
             Ok(true) => {}
             Ok(false) | Err(_) => return Err(Reason::BadSignature),
         }
@@ -209,7 +243,9 @@ impl NativeIssuer {
         let user_id = text("sub")?;
         let session_id = text("sid")?;
         let env = self.env.as_str();
-        if !user_id.starts_with(&format!("user-{env}-")) || !session_id.starts_with(&format!("session-{env}-")) {
+        if !user_id.starts_with(&format!("user-{env}-"))
+            || !session_id.starts_with(&format!("session-{env}-"))
+        {
             return Err(Reason::WrongEnv);
         }
         Ok(VerifiedJwt {

@@ -49,7 +49,7 @@ impl RevokedSids {
         let e = m.entry(sid.to_owned()).or_insert(until);
         *e = (*e).max(until);
         // Keep the map bounded by what still matters.
-        if m.len() % 1024 == 0 {
+        if m.len().is_multiple_of(1024) {
             m.retain(|_, u| *u > now);
         }
     }
@@ -69,7 +69,12 @@ impl RevokedSids {
 
     /// Reloads from the store's set, adding what other replicas revoked while we were not
     /// listening and pruning what expired (in memory and, best effort, in the store).
-    pub async fn reload(&self, store: &dyn Store, keys: &Keys, clock: &dyn Clock) -> Result<usize, StoreError> {
+    pub async fn reload(
+        &self,
+        store: &dyn Store,
+        keys: &Keys,
+        clock: &dyn Clock,
+    ) -> Result<usize, StoreError> {
         let now = clock.now_secs();
         let members = store.set_members(&keys.revoked_sids()).await?;
         let mut stale = Vec::new();
@@ -96,7 +101,10 @@ impl RevokedSids {
             let key = keys.revoked_sids();
             let writes = stale
                 .into_iter()
-                .map(|member| crate::store::Write::SetRemove { key: key.clone(), member })
+                .map(|member| crate::store::Write::SetRemove {
+                    key: key.clone(),
+                    member,
+                })
                 .collect();
             if let Err(e) = store.write(writes).await {
                 tracing::debug!(error = %e, "could not prune expired revoked sids");
@@ -117,15 +125,21 @@ pub fn spawn_listener(
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(Notice::Message(payload)) => match serde_json::from_slice::<Invalidation>(&payload) {
-                    Ok(Invalidation::Revoke { sid, until }) => revoked.insert(&sid, until, clock.now_secs()),
-                    Err(_) => tracing::debug!("ignoring an unknown invalidation message"),
-                },
+                Ok(Notice::Message(payload)) => {
+                    match serde_json::from_slice::<Invalidation>(&payload) {
+                        Ok(Invalidation::Revoke { sid, until }) => {
+                            revoked.insert(&sid, until, clock.now_secs())
+                        }
+                        Err(_) => tracing::debug!("ignoring an unknown invalidation message"),
+                    }
+                }
                 // Messages may have been lost: reload everything.
                 Ok(Notice::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     match revoked.reload(&*store, &keys, &*clock).await {
                         Ok(n) => tracing::debug!(revoked_sids = n, "revocations resynchronised"),
-                        Err(e) => tracing::warn!(error = %e, "cannot resynchronise revocations yet"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot resynchronise revocations yet")
+                        }
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -147,7 +161,11 @@ mod tests {
         r.insert("old", 10, 50);
         assert!(!r.contains("old"));
         assert_eq!(
-            serde_json::to_string(&Invalidation::Revoke { sid: "s".into(), until: 5 }).unwrap(),
+            serde_json::to_string(&Invalidation::Revoke {
+                sid: "s".into(),
+                until: 5
+            })
+            .unwrap(),
             r#"{"t":"revoke","sid":"s","until":5}"#
         );
     }

@@ -92,7 +92,12 @@ pub struct SessionService {
 }
 
 impl SessionService {
-    pub fn new(cfg: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>, signing: Arc<SigningKeys>) -> Self {
+    pub fn new(
+        cfg: &Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        signing: Arc<SigningKeys>,
+    ) -> Self {
         let ttl = cfg.native.jwt_ttl;
         Self {
             env: cfg.env,
@@ -210,7 +215,8 @@ impl SessionService {
         )?;
         self.store.write(writes).await?;
         let session_jwt = self.issuer.mint(&session, now)?;
-        metrics::counter!("sessiongate_sessions_created_total", "via" => "create_session").increment(1);
+        metrics::counter!("sessiongate_sessions_created_total", "via" => "create_session")
+            .increment(1);
         Ok(Created {
             user,
             session,
@@ -225,7 +231,11 @@ impl SessionService {
             Error::new(
                 ErrorCode::NotFound,
                 "USER_NOT_FOUND",
-                format!("no user `{}` in env {}", truncate(user_id), self.env.as_str()),
+                format!(
+                    "no user `{}` in env {}",
+                    truncate(user_id),
+                    self.env.as_str()
+                ),
             )
         };
         if !user_id.starts_with(&self.env_prefix("user")) || user_id.len() > 128 {
@@ -303,7 +313,8 @@ impl SessionService {
             return Ok(None);
         };
         let mut d = [0u8; 32];
-        hex::decode_to_slice(&hex, &mut d).map_err(|e| Error::internal(format!("token index: {e}")))?;
+        hex::decode_to_slice(&hex, &mut d)
+            .map_err(|e| Error::internal(format!("token index: {e}")))?;
         Ok(Some(Digest::from_bytes(d)))
     }
 
@@ -313,18 +324,23 @@ impl SessionService {
             .store
             .get_many(&[self.keys.session(d), self.keys.tombstone(d)])
             .await?;
-        Ok(match (got.first().cloned().flatten(), got.get(1).cloned().flatten()) {
-            (Some(rec), _) => {
-                let s: Session = Self::decode(&rec)?;
-                if s.expires_at_ms <= now {
-                    Lookup::Expired(Box::new(s))
-                } else {
-                    Lookup::Active(Box::new(s), *d)
+        Ok(
+            match (
+                got.first().cloned().flatten(),
+                got.get(1).cloned().flatten(),
+            ) {
+                (Some(rec), _) => {
+                    let s: Session = Self::decode(&rec)?;
+                    if s.expires_at_ms <= now {
+                        Lookup::Expired(Box::new(s))
+                    } else {
+                        Lookup::Active(Box::new(s), *d)
+                    }
                 }
-            }
-            (None, Some(_)) => Lookup::Revoked,
-            (None, None) => Lookup::NotFound,
-        })
+                (None, Some(_)) => Lookup::Revoked,
+                (None, None) => Lookup::NotFound,
+            },
+        )
     }
 
     pub(super) async fn lookup_by_id(&self, session_id: &str, now: i64) -> Result<Lookup, Error> {
@@ -358,19 +374,30 @@ impl SessionService {
                 let verified = self.verify_own_jwt(&jwt).map_err(|r| {
                     Error::invalid_argument(
                         "NOT_A_SESSION_JWT",
-                        format!("session_jwt is not a valid session JWT of this deployment ({})", r.as_str()),
+                        format!(
+                            "session_jwt is not a valid session JWT of this deployment ({})",
+                            r.as_str()
+                        ),
                     )
                 })?;
-                let d = self.digest_of(&verified.session_id).await?.ok_or_else(not_found)?;
+                let d = self
+                    .digest_of(&verified.session_id)
+                    .await?
+                    .ok_or_else(not_found)?;
                 self.revoke_digest(&d, now).await
             }
             RevokeTarget::UserId(user_id) => {
                 caller.require_authenticated("RevokeSession by user_id")?;
                 let user = self.load_user(&user_id).await?;
-                let sids = self.store.set_members(&self.keys.user_sessions(&user.user_id)).await?;
+                let sids = self
+                    .store
+                    .set_members(&self.keys.user_sessions(&user.user_id))
+                    .await?;
                 let mut revoked = 0;
                 for sid in sids {
-                    let Ok(sid) = String::from_utf8(sid) else { continue };
+                    let Ok(sid) = String::from_utf8(sid) else {
+                        continue;
+                    };
                     if let Some(d) = self.digest_of(&sid).await? {
                         revoked += self.revoke_digest(&d, now).await?;
                     }
@@ -388,7 +415,8 @@ impl SessionService {
         };
         let header = token::header(&jws)?;
         let claims = token::payload(&jws)?;
-        self.issuer.verify(&jws, &header, claims, self.clock.now_secs())
+        self.issuer
+            .verify(&jws, &header, claims, self.clock.now_secs())
     }
 
     async fn revoke_digest(&self, d: &Digest, now: i64) -> Result<u32, Error> {
@@ -403,7 +431,9 @@ impl SessionService {
                 };
                 let ttl = self.record_ttl(s.expires_at_ms, now);
                 let writes = vec![
-                    Write::Delete { key: self.keys.session(d) },
+                    Write::Delete {
+                        key: self.keys.session(d),
+                    },
                     Write::Put {
                         key: self.keys.tombstone(d),
                         value: Self::encode(&tombstone)?,
@@ -439,7 +469,11 @@ impl SessionService {
                 }
                 Ok(0)
             }
-            Lookup::NotFound => Err(Error::new(ErrorCode::NotFound, "SESSION_NOT_FOUND", "no such session")),
+            Lookup::NotFound => Err(Error::new(
+                ErrorCode::NotFound,
+                "SESSION_NOT_FOUND",
+                "no such session",
+            )),
         }
     }
 
@@ -458,7 +492,10 @@ impl SessionService {
 // === Input checks ===
 
 fn field_too_large(field: &str, max: usize) -> Error {
-    Error::invalid_argument("FIELD_TOO_LARGE", format!("{field} is longer than {max} bytes"))
+    Error::invalid_argument(
+        "FIELD_TOO_LARGE",
+        format!("{field} is longer than {max} bytes"),
+    )
 }
 
 fn check_len(field: &str, v: &str, max: usize) -> Result<(), Error> {
@@ -477,28 +514,44 @@ pub(crate) fn session_minutes(requested: u32, default: u32) -> Result<u32, Error
         m if (SESSION_MINUTES_MIN..=SESSION_MINUTES_MAX).contains(&m) => Ok(m),
         m => Err(Error::invalid_argument(
             "SESSION_DURATION_OUT_OF_RANGE",
-            format!("session_duration_minutes {m} is outside {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"),
+            format!(
+                "session_duration_minutes {m} is outside {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"
+            ),
         )),
     }
 }
 
 pub(crate) fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), Error> {
-    if let Some(k) = claims.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
+    if let Some(k) = claims
+        .keys()
+        .find(|k| RESERVED_CLAIMS.contains(&k.as_str()))
+    {
         return Err(Error::invalid_argument(
             "RESERVED_CLAIM",
-            format!("custom claim `{k}` is reserved; reserved names: {}", RESERVED_CLAIMS.join(", ")),
+            format!(
+                "custom claim `{k}` is reserved; reserved names: {}",
+                RESERVED_CLAIMS.join(", ")
+            ),
         ));
     }
-    let size = serde_json::to_vec(claims).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(claims)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_CUSTOM_CLAIMS_BYTES {
-        return Err(field_too_large("session_custom_claims (as JSON)", MAX_CUSTOM_CLAIMS_BYTES));
+        return Err(field_too_large(
+            "session_custom_claims (as JSON)",
+            MAX_CUSTOM_CLAIMS_BYTES,
+        ));
     }
     Ok(())
 }
 
 pub(crate) fn check_factors(factors: &[AuthFactor]) -> Result<(), Error> {
     if factors.len() > 16 {
-        return Err(Error::invalid_argument("FIELD_TOO_LARGE", "at most 16 authentication_factors"));
+        return Err(Error::invalid_argument(
+            "FIELD_TOO_LARGE",
+            "at most 16 authentication_factors",
+        ));
     }
     for f in factors {
         check_len("authentication_factors.type", &f.kind, 64)?;

@@ -100,7 +100,13 @@ pub struct Header {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| Reason::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| Reason::Malformed)?;
+    // JOSE headers and claims are JSON objects; serde would also fill a struct from an array.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Reason::Malformed);
+    }
     serde_json::from_slice(&bytes).map_err(|_| Reason::Malformed)
 }
 
@@ -109,12 +115,16 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> 
 /// key), and a `typ` of a JWT access token.
 pub fn header(jws: &Jws<'_>) -> Result<Header, Reason> {
     let h: Header = decode_json(jws.header)?;
-    if h.crit.is_some() || h.jku.is_some() || h.jwk.is_some() || h.x5u.is_some() || h.x5c.is_some() {
+    if h.crit.is_some() || h.jku.is_some() || h.jwk.is_some() || h.x5u.is_some() || h.x5c.is_some()
+    {
         return Err(Reason::Malformed);
     }
     match h.typ.as_deref() {
         None => {}
-        Some(t) if t.eq_ignore_ascii_case("JWT") || t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") => {}
+        Some(t)
+            if t.eq_ignore_ascii_case("JWT")
+                || t.eq_ignore_ascii_case("at+jwt")
+                || t.eq_ignore_ascii_case("application/at+jwt") => {}
         Some(_) => return Err(Reason::Malformed),
     }
     Ok(h)
@@ -152,7 +162,16 @@ mod tests {
         assert_eq!(j.signature, "c2ln");
         // alg=none tokens have an empty signature: still a JWS shape, refused later by alg.
         assert!(matches!(classify("aGVhZA.cGF5."), Ok(Shape::Jws(_))));
-        for bad in ["a.b", "a.b.c.d.e", "a.b.c.d", ".b.c", "a..c", "a.b+.c", "a.b.c=", "a.b.c "] {
+        for bad in [
+            "a.b",
+            "a.b.c.d.e",
+            "a.b.c.d",
+            ".b.c",
+            "a..c",
+            "a.b+.c",
+            "a.b.c=",
+            "a.b.c ",
+        ] {
             assert_eq!(classify(bad), Err(Reason::Malformed), "{bad}");
         }
         assert_eq!(classify("opaque-legacy-token"), Ok(Shape::Other));
@@ -165,8 +184,14 @@ mod tests {
             Shape::Jws(j) => header(&j).map(|h| h.alg),
             _ => panic!(),
         };
-        assert_eq!(parse(&jws(r#"{"alg":"RS256","typ":"JWT"}"#)), Ok("RS256".into()));
-        assert_eq!(parse(&jws(r#"{"alg":"RS256","typ":"at+jwt"}"#)), Ok("RS256".into()));
+        assert_eq!(
+            parse(&jws(r#"{"alg":"RS256","typ":"JWT"}"#)),
+            Ok("RS256".into())
+        );
+        assert_eq!(
+            parse(&jws(r#"{"alg":"RS256","typ":"at+jwt"}"#)),
+            Ok("RS256".into())
+        );
         for bad in [
             r#"{"alg":"RS256","crit":["exp"]}"#,
             r#"{"alg":"RS256","jku":"https://evil/jwks"}"#,

@@ -108,7 +108,11 @@ impl SessionService {
         }
         // Size first, before any decoding (DESIGN.md §3.1 step 1).
         if token.len() > self.max_token_bytes {
-            return Ok(Verdict::invalid(Reason::TooLarge, Origin::Unknown, Source::LocalVerify));
+            return Ok(Verdict::invalid(
+                Reason::TooLarge,
+                Origin::Unknown,
+                Source::LocalVerify,
+            ));
         }
         match token::classify(token) {
             Err(r) => Ok(Verdict::invalid(r, Origin::Unknown, Source::LocalVerify)),
@@ -116,7 +120,11 @@ impl SessionService {
             Ok(Shape::Jws(jws)) => self.validate_jwt(token, jws, req).await,
             // Legacy opaque tokens are checked through a legacy provider's UserInfo; with none
             // configured that accepts them, an unknown shape is malformed.
-            Ok(Shape::Other) => Ok(Verdict::invalid(Reason::Malformed, Origin::Unknown, Source::LocalVerify)),
+            Ok(Shape::Other) => Ok(Verdict::invalid(
+                Reason::Malformed,
+                Origin::Unknown,
+                Source::LocalVerify,
+            )),
         }
     }
 
@@ -127,15 +135,33 @@ impl SessionService {
         let digest = Digest::of(token.as_bytes());
         match self.lookup(&digest, now).await? {
             Lookup::Active(session, d) => self.active(*session, &d, req, now).await,
-            Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, Source::Store)),
-            Lookup::Revoked => Ok(Verdict::invalid(Reason::Revoked, Origin::New, Source::Store)),
-            Lookup::NotFound => Ok(Verdict::invalid(Reason::NotFound, Origin::Unknown, Source::Store)),
+            Lookup::Expired(_) => Ok(Verdict::invalid(
+                Reason::Expired,
+                Origin::New,
+                Source::Store,
+            )),
+            Lookup::Revoked => Ok(Verdict::invalid(
+                Reason::Revoked,
+                Origin::New,
+                Source::Store,
+            )),
+            Lookup::NotFound => Ok(Verdict::invalid(
+                Reason::NotFound,
+                Origin::Unknown,
+                Source::Store,
+            )),
         }
     }
 
     /// A session found active in the store: touch it (at most once a minute), extend it if
     /// asked, and hand out a fresh JWT.
-    async fn active(&self, mut session: Session, d: &Digest, req: &ValidateRequest, now: i64) -> Result<Verdict, Error> {
+    async fn active(
+        &self,
+        mut session: Session,
+        d: &Digest,
+        req: &ValidateRequest,
+        now: i64,
+    ) -> Result<Verdict, Error> {
         let mut extended = false;
         if req.session_duration_minutes > 0 {
             let minutes = super::service::session_minutes(req.session_duration_minutes, 0)?;
@@ -159,7 +185,13 @@ impl SessionService {
                 .await;
             match written {
                 Ok(true) => {}
-                Ok(false) => return Ok(Verdict::invalid(Reason::Revoked, Origin::New, Source::Store)),
+                Ok(false) => {
+                    return Ok(Verdict::invalid(
+                        Reason::Revoked,
+                        Origin::New,
+                        Source::Store,
+                    ));
+                }
                 // Only the explicit extension must be durable; a lost `last_accessed_at`
                 // update is not worth failing a validation for.
                 Err(e) if extended => return Err(e.into()),
@@ -190,7 +222,12 @@ impl SessionService {
 
     // === JWTs ===
 
-    async fn validate_jwt(&self, token: &str, jws: token::Jws<'_>, req: &ValidateRequest) -> Result<Verdict, Error> {
+    async fn validate_jwt(
+        &self,
+        token: &str,
+        jws: token::Jws<'_>,
+        req: &ValidateRequest,
+    ) -> Result<Verdict, Error> {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         let digest = Digest::of(token.as_bytes());
@@ -209,9 +246,19 @@ impl SessionService {
                 match claims.get("iss").and_then(Value::as_str) {
                     Some(iss) if iss == self.issuer.issuer() => {}
                     Some(iss) if self.issuer.is_other_env(iss) => {
-                        return Ok(Verdict::invalid(Reason::WrongEnv, Origin::New, Source::LocalVerify));
+                        return Ok(Verdict::invalid(
+                            Reason::WrongEnv,
+                            Origin::New,
+                            Source::LocalVerify,
+                        ));
                     }
-                    _ => return Ok(Verdict::invalid(Reason::UnknownIssuer, Origin::Unknown, Source::LocalVerify)),
+                    _ => {
+                        return Ok(Verdict::invalid(
+                            Reason::UnknownIssuer,
+                            Origin::Unknown,
+                            Source::LocalVerify,
+                        ));
+                    }
                 }
                 match self.issuer.verify(&jws, &header, claims, now) {
                     Ok(v) => {
@@ -230,7 +277,8 @@ impl SessionService {
         }
 
         let expired = self.issuer.expired(&jwt, now);
-        let too_old = req.max_token_age_seconds > 0 && now - jwt.issued_at > i64::from(req.max_token_age_seconds);
+        let too_old = req.max_token_age_seconds > 0
+            && now - jwt.issued_at > i64::from(req.max_token_age_seconds);
         if expired || too_old || req.session_duration_minutes > 0 {
             // The store decides: the session must still be active.
             source = Source::Store;
@@ -248,7 +296,9 @@ impl SessionService {
                 Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
                 Lookup::Revoked => Ok(Verdict::invalid(Reason::Revoked, Origin::New, source)),
                 // Past its retention the record is gone: for an expired JWT that is EXPIRED.
-                Lookup::NotFound if expired => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
+                Lookup::NotFound if expired => {
+                    Ok(Verdict::invalid(Reason::Expired, Origin::New, source))
+                }
                 Lookup::NotFound => Ok(Verdict::invalid(Reason::NotFound, Origin::New, source)),
             };
         }
@@ -275,8 +325,16 @@ fn session_from_claims(jwt: &VerifiedJwt) -> Session {
             list.iter()
                 .filter_map(Value::as_object)
                 .map(|f| AuthFactor {
-                    kind: f.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    delivery: f.get("delivery").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    kind: f
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    delivery: f
+                        .get("delivery")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
                     last_authenticated_at_ms: f
                         .get("last_authenticated_at")
                         .and_then(Value::as_i64)

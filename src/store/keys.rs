@@ -135,13 +135,13 @@ mod tests {
     fn keys_carry_env_and_never_the_secret() {
         let k = Keys::new(Env::Live);
         let token = b"sgs_supersecret";
-        let key = k.session_by_token(&Digest::of(token));
-        assert!(key.as_str().starts_with("sg:live:tok:"));
+        let key = k.session(&Digest::of(token));
+        assert!(key.as_str().starts_with("sg:live:{t:"));
         assert!(!key.as_str().contains("supersecret"));
-        assert_eq!(key.as_str().len(), "sg:live:tok:".len() + 64);
+        assert_eq!(key.as_str().len(), "sg:live:{t:}:session".len() + 64);
         assert_eq!(
-            Keys::new(Env::Test).session("s1").as_str(),
-            "sg:test:{s:s1}:session"
+            Keys::new(Env::Test).session_token("s1").as_str(),
+            "sg:test:{s:s1}:token"
         );
     }
 

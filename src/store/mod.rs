@@ -116,8 +116,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Overwrite `key` only if it exists; `true` if this call wrote it. Updates of records
     /// that a concurrent delete (a revocation) must be able to win against.
-    async fn put_if_present(&self, key: &Key, value: &[u8], ttl: Option<Duration>)
-    -> StoreResult<bool>;
+    async fn put_if_present(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> StoreResult<bool>;
 
     /// Apply `writes` atomically: every reader sees all of them or none.
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()>;

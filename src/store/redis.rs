@@ -215,7 +215,9 @@ impl Store for RedisStore {
         if let Some(t) = ttl {
             cmd.arg("PX").arg(ttl_ms(t));
         }
-        let reply: Option<String> = self.run(|mut c| async move { cmd.query_async(&mut c).await }).await?;
+        let reply: Option<String> = self
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
         Ok(reply.is_some())
     }
 

@@ -3,5 +3,6 @@
 
 mod cli;
 mod server;
+mod sessions;
 mod store;
 mod support;

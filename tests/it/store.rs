@@ -248,7 +248,10 @@ async fn hung_redis_answers_unavailable_within_the_timeout() {
     s.ping().await.unwrap();
     redis.pause();
     let started = Instant::now();
-    let e = s.get(&Keys::new(Env::Test).session_token("x")).await.unwrap_err();
+    let e = s
+        .get(&Keys::new(Env::Test).session_token("x"))
+        .await
+        .unwrap_err();
     let took = started.elapsed();
     redis.resume();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");

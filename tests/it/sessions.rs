@@ -1,0 +1,837 @@
+//! Native sessions over gRPC: CreateSession, ValidateSession, RevokeSession — with a real
+//! redis-server where sharing or outages matter.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use sessiongate::grpc::pb;
+use sessiongate::keys::{KeyKind, SigningKey};
+use tonic::Request;
+
+use crate::support::{ManualClock, RedisServer, Setup, TestApp, eventually, reason};
+
+const ISSUE_KEY: &str = "sessions-test-key";
+
+/// A signing key on disk, so that several replicas (and the test) share it.
+struct KeyFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    pem: String,
+}
+
+impl KeyFile {
+    fn new(kind: KeyKind) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = sessiongate::keys::signing::generate_pem(kind).unwrap();
+        let path = dir.path().join("signing.pem");
+        std::fs::write(&path, &pem).unwrap();
+        Self {
+            _dir: dir,
+            path,
+            pem,
+        }
+    }
+
+    fn key(&self) -> SigningKey {
+        SigningKey::from_pem(self.pem.as_bytes(), &self.path).unwrap()
+    }
+}
+
+fn setup(key: &KeyFile) -> Setup {
+    let hash = sessiongate::store::keys::Digest::of(ISSUE_KEY.as_bytes()).to_hex();
+    Setup::new().toml(&format!(
+        "[native]\nsigning_keys = [\"{}\"]\n\
+         [[clients]]\nname = \"login\"\nkey_sha256 = \"{hash}\"\nscopes = [\"validate\", \"issue\", \"revoke\"]\n",
+        key.path.display()
+    ))
+}
+
+fn authed<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ISSUE_KEY}").parse().unwrap(),
+    );
+    r
+}
+
+async fn create(app: &TestApp, minutes: u32) -> pb::CreateSessionResponse {
+    app.session()
+        .create_session(authed(pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::NewUser(pb::NewUser {
+                email: "ada@example.com".into(),
+                email_verified: true,
+                name: "Ada".into(),
+            })),
+            authentication_factors: vec![pb::AuthenticationFactor {
+                r#type: "passkey".into(),
+                ..Default::default()
+            }],
+            session_duration_minutes: minutes,
+            session_custom_claims: Some(prost_types::Struct {
+                fields: [(
+                    "tier".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue("gold".into())),
+                    },
+                )]
+                .into(),
+            }),
+            client: Some(pb::ClientInfo {
+                ip_address: "192.0.2.1".into(),
+                user_agent: "test".into(),
+            }),
+        }))
+        .await
+        .expect("CreateSession")
+        .into_inner()
+}
+
+async fn validate(
+    app: &TestApp,
+    token: &str,
+) -> Result<pb::ValidateSessionResponse, tonic::Status> {
+    validate_with(
+        app,
+        pb::ValidateSessionRequest {
+            token: token.into(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn validate_with(
+    app: &TestApp,
+    req: pb::ValidateSessionRequest,
+) -> Result<pb::ValidateSessionResponse, tonic::Status> {
+    app.session()
+        .validate_session(authed(req))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn verdict(r: &pb::ValidateSessionResponse) -> (pb::Verdict, pb::Reason) {
+    (r.verdict(), r.reason())
+}
+
+const VALID: (pb::Verdict, pb::Reason) = (pb::Verdict::Valid, pb::Reason::Unspecified);
+
+fn invalid(reason: pb::Reason) -> (pb::Verdict, pb::Reason) {
+    (pb::Verdict::Invalid, reason)
+}
+
+#[tokio::test]
+async fn create_then_validate_token_and_jwt() {
+    let key = KeyFile::new(KeyKind::Rs256);
+    let app = setup(&key).spawn().await;
+    let created = create(&app, 60).await;
+    assert!(created.user_created);
+    assert!(created.user_id.starts_with("user-test-"));
+    assert!(created.session_token.starts_with("sgs_"));
+    let session = created.session.clone().unwrap();
+    assert!(session.session_id.starts_with("session-test-"));
+
+    // The opaque token: VALID from the store, with the session and a fresh JWT.
+    let r = validate(&app, &created.session_token).await.unwrap();
+    assert_eq!(verdict(&r), VALID);
+    assert_eq!(r.origin(), pb::Origin::New);
+    assert_eq!(r.provider, "native");
+    assert_eq!(r.source(), pb::DecisionSource::Store);
+    assert_eq!(r.user_id, created.user_id);
+    assert_eq!(r.session.as_ref().unwrap().session_id, session.session_id);
+    assert_eq!(
+        r.session
+            .as_ref()
+            .unwrap()
+            .attributes
+            .as_ref()
+            .unwrap()
+            .ip_address,
+        "192.0.2.1"
+    );
+    assert!(!r.session_jwt.is_empty());
+    assert_eq!(r.action(), pb::Action::None);
+
+    // The JWT: verified locally, then from the in-process cache.
+    let r = validate(&app, &created.session_jwt).await.unwrap();
+    assert_eq!(verdict(&r), VALID);
+    assert_eq!(r.source(), pb::DecisionSource::LocalVerify);
+    assert_eq!(r.subject, created.user_id);
+    let claims = r.claims.as_ref().unwrap();
+    assert!(claims.fields.contains_key("sid") && claims.fields.contains_key("session"));
+    let s = r.session.as_ref().unwrap();
+    assert_eq!(s.session_id, session.session_id);
+    assert_eq!(s.authentication_factors[0].r#type, "passkey");
+    assert!(
+        s.custom_claims
+            .as_ref()
+            .unwrap()
+            .fields
+            .contains_key("tier")
+    );
+    let r = validate(&app, &created.session_jwt).await.unwrap();
+    assert_eq!(verdict(&r), VALID);
+    assert_eq!(r.source(), pb::DecisionSource::Cache);
+
+    // The JWT has the claims of DESIGN.md §4.
+    let payload: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(created.session_jwt.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["iss"], "urn:sessiongate:test");
+    assert_eq!(payload["sub"], created.user_id);
+    assert_eq!(payload["sid"], session.session_id);
+    assert_eq!(payload["tier"], "gold");
+    assert_eq!(
+        payload["exp"].as_i64().unwrap() - payload["iat"].as_i64().unwrap(),
+        300
+    );
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(created.session_jwt.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["kid"], key.key().kid());
+
+    // An existing user gets another session.
+    let again = app
+        .session()
+        .create_session(authed(pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::UserId(
+                created.user_id.clone(),
+            )),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.user_created);
+    assert_eq!(again.user.unwrap().email, "ada@example.com");
+}
+
+#[tokio::test]
+async fn jwks_publishes_the_public_key_only() {
+    let key = KeyFile::new(KeyKind::Es256);
+    let app = setup(&key).spawn().await;
+    let (status, body) = app.http_get("/.well-known/jwks.json").await;
+    assert_eq!(status, 200);
+    let jwks: Value = serde_json::from_str(&body).unwrap();
+    let k = &jwks["keys"][0];
+    assert_eq!(k["kid"], key.key().kid());
+    assert_eq!(
+        (k["kty"].as_str(), k["crv"].as_str(), k["alg"].as_str()),
+        (Some("EC"), Some("P-256"), Some("ES256"))
+    );
+    assert!(k.get("d").is_none(), "private key published: {k}");
+}
+
+#[tokio::test]
+async fn create_session_refuses_bad_requests() {
+    let key = KeyFile::new(KeyKind::Es256);
+    let app = setup(&key).spawn().await;
+    let mut c = app.session();
+    let base = || pb::CreateSessionRequest {
+        who: Some(pb::create_session_request::Who::NewUser(
+            pb::NewUser::default(),
+        )),
+        ..Default::default()
+    };
+    let cases: Vec<(pb::CreateSessionRequest, tonic::Code, &str)> = vec![
+        (
+            pb::CreateSessionRequest::default(),
+            tonic::Code::InvalidArgument,
+            "WHO_REQUIRED",
+        ),
+        (
+            pb::CreateSessionRequest {
+                who: Some(pb::create_session_request::Who::UserId(
+                    "user-test-nobody".into(),
+                )),
+                ..Default::default()
+            },
+            tonic::Code::NotFound,
+            "USER_NOT_FOUND",
+        ),
+        (
+            pb::CreateSessionRequest {
+                who: Some(pb::create_session_request::Who::UserId(
+                    "user-live-0000".into(),
+                )),
+                ..Default::default()
+            },
+            tonic::Code::NotFound,
+            "USER_NOT_FOUND",
+        ),
+        (
+            pb::CreateSessionRequest {
+                session_duration_minutes: 4,
+                ..base()
+            },
+            tonic::Code::InvalidArgument,
+            "SESSION_DURATION_OUT_OF_RANGE",
+        ),
+        (
+            pb::CreateSessionRequest {
+                session_duration_minutes: 527_041,
+                ..base()
+            },
+            tonic::Code::InvalidArgument,
+            "SESSION_DURATION_OUT_OF_RANGE",
+        ),
+        (
+            pb::CreateSessionRequest {
+                session_custom_claims: Some(prost_types::Struct {
+                    fields: [("sub".to_string(), prost_types::Value::default())].into(),
+                }),
+                ..base()
+            },
+            tonic::Code::InvalidArgument,
+            "RESERVED_CLAIM",
+        ),
+        (
+            pb::CreateSessionRequest {
+                session_custom_claims: Some(prost_types::Struct {
+                    fields: [(
+                        "blob".to_string(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue("x".repeat(5000))),
+                        },
+                    )]
+                    .into(),
+                }),
+                ..base()
+            },
+            tonic::Code::InvalidArgument,
+            "FIELD_TOO_LARGE",
+        ),
+    ];
+    for (req, code, why) in cases {
+        let e = c.create_session(authed(req)).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{e:?}");
+    }
+    // The boundaries themselves are fine.
+    for minutes in [5, 527_040] {
+        c.create_session(authed(pb::CreateSessionRequest {
+            session_duration_minutes: minutes,
+            ..base()
+        }))
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn expiry_refresh_and_sliding_follow_the_clock() {
+    let key = KeyFile::new(KeyKind::Eddsa);
+    let clock = ManualClock::new();
+    let app = setup(&key).clock(&clock).spawn().await;
+    let short = create(&app, 5).await;
+    let long = create(&app, 60).await;
+
+    // Six minutes later: the short session is over, the long one is not.
+    clock.advance(Duration::from_secs(6 * 60));
+    let r = validate(&app, &short.session_token).await.unwrap();
+    assert_eq!(verdict(&r), invalid(pb::Reason::Expired));
+    let r = validate(&app, &short.session_jwt).await.unwrap();
+    assert_eq!(verdict(&r), invalid(pb::Reason::Expired));
+
+    // The long session's JWT has expired (5 min TTL) but its session is active: VALID with a
+    // fresh JWT, and the session is not extended.
+    let r = validate(&app, &long.session_jwt).await.unwrap();
+    assert_eq!(verdict(&r), VALID);
+    assert_eq!(r.source(), pb::DecisionSource::Store);
+    assert!(!r.session_jwt.is_empty() && r.session_jwt != long.session_jwt);
+    let expires = r.session.as_ref().unwrap().expires_at.unwrap();
+    assert_eq!(expires, long.session.as_ref().unwrap().expires_at.unwrap());
+    // last_accessed_at moved (more than a minute passed).
+    assert!(
+        r.session
+            .as_ref()
+            .unwrap()
+            .last_accessed_at
+            .unwrap()
+            .seconds
+            > long
+                .session
+                .as_ref()
+                .unwrap()
+                .last_accessed_at
+                .unwrap()
+                .seconds
+    );
+    let fresh = r.session_jwt.clone();
+    let r = validate(&app, &fresh).await.unwrap();
+    assert_eq!(verdict(&r), VALID);
+
+    // Sliding: extend to now + 120 minutes.
+    let r = validate_with(
+        &app,
+        pb::ValidateSessionRequest {
+            token: long.session_token.clone(),
+            session_duration_minutes: 120,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(verdict(&r), VALID);
+    let now = clock_secs(&clock);
+    assert_eq!(
+        r.session.as_ref().unwrap().expires_at.unwrap().seconds,
+        now + 120 * 60
+    );
+    // 100 minutes later the original hour would be over; the extension holds.
+    clock.advance(Duration::from_secs(100 * 60));
+    assert_eq!(
+        verdict(&validate(&app, &long.session_token).await.unwrap()),
+        VALID
+    );
+
+    // max_token_age_seconds: a JWT older than asked is re-checked in the store.
+    let fresh = validate(&app, &long.session_token)
+        .await
+        .unwrap()
+        .session_jwt;
+    clock.advance(Duration::from_secs(20));
+    let r = validate_with(
+        &app,
+        pb::ValidateSessionRequest {
+            token: fresh.clone(),
+            max_token_age_seconds: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (verdict(&r), r.source()),
+        (VALID, pb::DecisionSource::Store)
+    );
+    assert!(
+        r.session_jwt.is_empty(),
+        "a re-checked, unexpired JWT needs no replacement"
+    );
+}
+
+fn clock_secs(c: &ManualClock) -> i64 {
+    use sessiongate::clock::Clock as _;
+    c.now_secs()
+}
+
+#[tokio::test]
+async fn hostile_and_foreign_tokens_are_invalid_with_the_right_reason() {
+    let key = KeyFile::new(KeyKind::Rs256);
+    let app = setup(&key).spawn().await;
+    let created = create(&app, 60).await;
+    let jwt = created.session_jwt.clone();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let signing = key.key();
+    // Signs with the real key: only the claims are wrong.
+    let sign = |header: Value, claims: Value| {
+        let input = format!("{}.{}", b64(&header), b64(&claims));
+        let sig = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            signing.encoding_key(),
+            signing.algorithm(),
+        )
+        .unwrap();
+        format!("{input}.{sig}")
+    };
+    let good_header = json!({"alg": "RS256", "kid": signing.kid(), "typ": "JWT"});
+    let with = |k: &str, v: Value| {
+        let mut c = claims.clone();
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = claims.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    let now = claims["iat"].as_i64().unwrap();
+    let hs256_with_public_key = {
+        let h = json!({"alg": "HS256", "kid": signing.kid(), "typ": "JWT"});
+        let input = format!("{}.{}", b64(&h), b64(&claims));
+        let (_, jwks) = app.http_get("/.well-known/jwks.json").await;
+        let k = jsonwebtoken::EncodingKey::from_secret(jwks.as_bytes());
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k, jsonwebtoken::Algorithm::HS256)
+            .unwrap();
+        format!("{input}.{sig}")
+    };
+    let mut flipped_sig = parts[2].to_string();
+    let last = flipped_sig.pop().unwrap();
+    flipped_sig.push(if last == 'A' { 'B' } else { 'A' });
+
+    let cases: Vec<(&str, String, pb::Reason)> = vec![
+        (
+            "tampered payload",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(&with("sub", json!("user-test-mallory"))),
+                parts[2]
+            ),
+            pb::Reason::BadSignature,
+        ),
+        (
+            "tampered signature",
+            format!("{}.{}.{}", parts[0], parts[1], flipped_sig),
+            pb::Reason::BadSignature,
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                parts[1]
+            ),
+            pb::Reason::UnsupportedAlgorithm,
+        ),
+        (
+            "HS256 with the public key",
+            hs256_with_public_key,
+            pb::Reason::UnsupportedAlgorithm,
+        ),
+        (
+            "crit header",
+            sign(
+                json!({"alg": "RS256", "kid": signing.kid(), "crit": ["exp"]}),
+                claims.clone(),
+            ),
+            pb::Reason::Malformed,
+        ),
+        (
+            "jwk header",
+            sign(
+                json!({"alg": "RS256", "kid": signing.kid(), "jwk": {"kty": "RSA"}}),
+                claims.clone(),
+            ),
+            pb::Reason::Malformed,
+        ),
+        (
+            "unknown kid",
+            sign(json!({"alg": "RS256", "kid": "nope"}), claims.clone()),
+            pb::Reason::UnknownKey,
+        ),
+        (
+            "wrong audience",
+            sign(good_header.clone(), with("aud", json!("someone-else"))),
+            pb::Reason::WrongAudience,
+        ),
+        (
+            "not yet valid",
+            sign(good_header.clone(), with("nbf", json!(now + 600))),
+            pb::Reason::NotYetValid,
+        ),
+        (
+            "lifetime too long",
+            sign(good_header.clone(), with("exp", json!(now + 86_400))),
+            pb::Reason::InvalidClaims,
+        ),
+        (
+            "no sub",
+            sign(good_header.clone(), without("sub")),
+            pb::Reason::InvalidClaims,
+        ),
+        (
+            "no exp",
+            sign(good_header.clone(), without("exp")),
+            pb::Reason::InvalidClaims,
+        ),
+        (
+            "other env issuer",
+            sign(
+                good_header.clone(),
+                with("iss", json!("urn:sessiongate:live")),
+            ),
+            pb::Reason::WrongEnv,
+        ),
+        (
+            "other env subject",
+            sign(good_header.clone(), with("sub", json!("user-live-1"))),
+            pb::Reason::WrongEnv,
+        ),
+        (
+            "unknown issuer",
+            sign(
+                good_header.clone(),
+                with("iss", json!("https://evil.example/")),
+            ),
+            pb::Reason::UnknownIssuer,
+        ),
+        ("oversize", "a".repeat(9000), pb::Reason::TooLarge),
+        (
+            "JWE-like five parts",
+            "a.b.c.d.e".into(),
+            pb::Reason::Malformed,
+        ),
+        (
+            "garbage",
+            "not a token at all".into(),
+            pb::Reason::Malformed,
+        ),
+        (
+            "bad base64 header",
+            format!("!!.{}.{}", parts[1], parts[2]),
+            pb::Reason::Malformed,
+        ),
+        (
+            "sgs_ of the wrong shape",
+            "sgs_short".into(),
+            pb::Reason::Malformed,
+        ),
+        (
+            "unknown opaque token",
+            sessiongate::session::token::new_native_token(),
+            pb::Reason::NotFound,
+        ),
+    ];
+    for (name, token, want) in cases {
+        let r = validate(&app, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(verdict(&r), invalid(want), "{name}");
+        assert!(
+            r.session.is_none() && r.session_jwt.is_empty(),
+            "{name}: leaked a session"
+        );
+    }
+    // Still fine after all that.
+    assert_eq!(verdict(&validate(&app, &jwt).await.unwrap()), VALID);
+
+    let e = validate(&app, "").await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::InvalidArgument, "TOKEN_REQUIRED")
+    );
+}
+
+#[tokio::test]
+async fn revocation_reaches_another_replica_within_a_second_even_when_cached() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KeyKind::Rs256);
+    let a = setup(&key).redis(&redis).spawn().await;
+    let b = setup(&key).redis(&redis).spawn().await;
+    let created = create(&a, 60).await;
+
+    // B knows the session from the shared store, and has the JWT cached.
+    assert_eq!(
+        verdict(&validate(&b, &created.session_token).await.unwrap()),
+        VALID
+    );
+    assert_eq!(
+        verdict(&validate(&b, &created.session_jwt).await.unwrap()),
+        VALID
+    );
+    assert_eq!(
+        validate(&b, &created.session_jwt).await.unwrap().source(),
+        pb::DecisionSource::Cache
+    );
+
+    let revoked = a
+        .session()
+        .revoke_session(authed(pb::RevokeSessionRequest {
+            target: Some(pb::revoke_session_request::Target::SessionToken(
+                created.session_token.clone(),
+            )),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked, 1);
+
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(1), || async {
+        let r = validate(&b, &created.session_jwt).await.unwrap();
+        (verdict(&r) == invalid(pb::Reason::Revoked)).then_some(())
+    })
+    .await;
+    println!(
+        "revocation visible on replica B after {:?}",
+        started.elapsed()
+    );
+    let r = validate(&b, &created.session_token).await.unwrap();
+    assert_eq!(verdict(&r), invalid(pb::Reason::Revoked));
+
+    // Revoking again is idempotent.
+    let again = b
+        .session()
+        .revoke_session(authed(pb::RevokeSessionRequest {
+            target: Some(pb::revoke_session_request::Target::SessionId(
+                created.session.unwrap().session_id,
+            )),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.revoked, 0);
+
+    // A replica started after the revocation learns it from the store.
+    let c = setup(&key).redis(&redis).spawn().await;
+    assert_eq!(
+        verdict(&validate(&c, &created.session_jwt).await.unwrap()),
+        invalid(pb::Reason::Revoked)
+    );
+}
+
+#[tokio::test]
+async fn revoke_by_jwt_by_user_and_events_without_token_material() {
+    let key = KeyFile::new(KeyKind::Es256);
+    let app = setup(&key).spawn().await;
+    let one = create(&app, 60).await;
+    let two = app
+        .session()
+        .create_session(authed(pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::UserId(one.user_id.clone())),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut c = app.session();
+    let revoke = |t| authed(pb::RevokeSessionRequest { target: Some(t) });
+    use pb::revoke_session_request::Target;
+
+    let r = c
+        .revoke_session(revoke(Target::SessionJwt(one.session_jwt.clone())))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().revoked, 1);
+    assert_eq!(
+        verdict(&validate(&app, &one.session_token).await.unwrap()),
+        invalid(pb::Reason::Revoked)
+    );
+    assert_eq!(
+        verdict(&validate(&app, &two.session_token).await.unwrap()),
+        VALID
+    );
+
+    let r = c
+        .revoke_session(revoke(Target::UserId(one.user_id.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.into_inner().revoked,
+        1,
+        "only the second session was still active"
+    );
+    assert_eq!(
+        verdict(&validate(&app, &two.session_jwt).await.unwrap()),
+        invalid(pb::Reason::Revoked)
+    );
+
+    for (t, code) in [
+        (
+            Target::SessionId("session-test-unknown".into()),
+            tonic::Code::NotFound,
+        ),
+        (
+            Target::SessionToken("not-a-token".into()),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            Target::SessionJwt("a.b.c".into()),
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        assert_eq!(c.revoke_session(revoke(t)).await.unwrap_err().code(), code);
+    }
+    // Revoking every session of a user is never open, and needs the revoke scope.
+    let open = Setup::new().spawn().await;
+    let e = open
+        .session()
+        .revoke_session(pb::RevokeSessionRequest {
+            target: Some(Target::UserId(one.user_id.clone())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    let events = app.state.store.recent_events(100).await.unwrap();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "user.created",
+            "session.created",
+            "session.created",
+            "session.revoked",
+            "session.revoked"
+        ]
+    );
+    let text = serde_json::to_string(&events).unwrap();
+    for secret in [
+        &one.session_token,
+        &two.session_token,
+        &one.session_jwt,
+        &two.session_jwt,
+    ] {
+        assert!(!text.contains(secret.as_str()), "token material in events");
+    }
+    assert!(!text.contains("sgs_"));
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_jwts_working_and_opaque_tokens_unavailable_never_invalid() {
+    let mut redis = RedisServer::start_with_aof().await;
+    let key = KeyFile::new(KeyKind::Rs256);
+    let app = setup(&key)
+        .toml(&format!(
+            "{}[redis]\ncommand_timeout_ms = 300\n",
+            setup(&key).toml
+        ))
+        .redis(&redis)
+        .spawn()
+        .await;
+    let created = create(&app, 60).await;
+    let fresh_jwt = create(&app, 60).await.session_jwt; // never validated before the outage
+
+    redis.kill().await;
+    // JWTs: verified locally, no store needed.
+    for jwt in [&created.session_jwt, &fresh_jwt] {
+        let r = validate(&app, jwt).await.unwrap();
+        assert_eq!(verdict(&r), VALID);
+    }
+    // Opaque tokens: the store decides, and it is down: UNAVAILABLE, quickly.
+    let started = std::time::Instant::now();
+    let e = validate(&app, &created.session_token).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::Unavailable, "STORE_UNAVAILABLE")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Minting needs the store too.
+    let e = app
+        .session()
+        .create_session(authed(pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::NewUser(
+                pb::NewUser::default(),
+            )),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+
+    // Redis comes back with its AOF: the session created before the crash is still there,
+    // and sessiongate recovers without a restart.
+    redis.restart().await;
+    let r = eventually(Duration::from_secs(3), || async {
+        validate(&app, &created.session_token).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+}
