@@ -27,7 +27,7 @@ cat >"$work/sessiongate.toml" <<TOML
 [[clients]]
 name = "smoke"
 key_sha256 = "$hash"
-scopes = ["validate", "admin"]
+scopes = ["validate", "admin", "issue", "revoke"]
 TOML
 
 # Start on free ports and read the addresses it reports; reading the log line blocks until
@@ -43,6 +43,7 @@ while IFS= read -r -t 30 line <&3; do
   printf '%s\n' "$line" >>"$work/head.log"
   if [[ $line == *'"sessiongate serving"'* ]]; then
     addr=$(grep -oE '"grpc_addr":"[^"]+"' <<<"$line" | cut -d'"' -f4)
+    http=$(grep -oE '"http_addr":"[^"]+"' <<<"$line" | cut -d'"' -f4)
     break
   fi
 done
@@ -85,13 +86,40 @@ check "key without the scope: PERMISSION_DENIED" 'Code: PermissionDenied' "$out"
 out=$(g -H "authorization: Bearer $key" -d '{}' "$addr" sessiongate.v1.RolloutAdminService/ListRollouts)
 check "key with the scope passes auth" 'Code: Unimplemented|"rollouts"' "$out"
 
+# Native sessions: create, validate the token and the JWT, verify the JWT offline with
+# PyJWT and the JWKS only, revoke.
+auth=(-H "authorization: Bearer $key")
+out=$(g "${auth[@]}" -d '{"new_user":{"email":"ada@example.com","email_verified":true},"authentication_factors":[{"type":"passkey"}]}' \
+  "$addr" sessiongate.v1.SessionGateService/CreateSession)
+check "CreateSession makes a user and a session" '"userCreated": true' "$out"
+field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" <<<"$out" 2>/dev/null || true; }
+token=$(field sessionToken) jwt=$(field sessionJwt) user=$(field userId)
+[[ $token == sgs_* ]] && ok "session_token is sgs_…" || bad "no session_token in: $out"
+out=$(g "${auth[@]}" -d "{\"token\":\"$token\"}" "$addr" sessiongate.v1.SessionGateService/ValidateSession)
+check "ValidateSession(session_token) VALID" '"verdict": "VERDICT_VALID"' "$out"
+check "… from the store, with a fresh JWT" '"source": "DECISION_SOURCE_STORE"' "$out"
+out=$(g "${auth[@]}" -d "{\"token\":\"$jwt\"}" "$addr" sessiongate.v1.SessionGateService/ValidateSession)
+check "ValidateSession(session_jwt) VALID, verified locally" '"source": "DECISION_SOURCE_LOCAL_VERIFY"' "$out"
+out=$(g "${auth[@]}" -d "{\"token\":\"$jwt\"}" "$addr" sessiongate.v1.SessionGateService/ValidateSession)
+check "… then from the cache" '"source": "DECISION_SOURCE_CACHE"' "$out"
+if out=$(python3 "$(dirname "$0")/verify_jwt_offline.py" "http://$http/.well-known/jwks.json" "$jwt" \
+    urn:sessiongate:test sessiongate "$user" 2>&1); then ok "$out"; else bad "PyJWT offline verification: $out"; fi
+out=$(g "${auth[@]}" -d "{\"session_token\":\"$token\"}" "$addr" sessiongate.v1.SessionGateService/RevokeSession)
+check "RevokeSession revokes one" '"revoked": 1' "$out"
+out=$(g "${auth[@]}" -d "{\"token\":\"$jwt\"}" "$addr" sessiongate.v1.SessionGateService/ValidateSession)
+check "the revoked session's JWT is REVOKED" '"reason": "REASON_REVOKED"' "$out"
+out=$(g "${auth[@]}" -d '{"token":"garbage"}' "$addr" sessiongate.v1.SessionGateService/ValidateSession)
+check "garbage is a verdict, not an error" '"reason": "REASON_MALFORMED"' "$out"
+
 # SIGTERM: exit 0 within the drain grace.
 kill -TERM "$server_pid"
 if wait "$server_pid"; then ok "SIGTERM exits 0"; else bad "SIGTERM exit code $?"; fi
 server_pid=
 wait "$drain_pid" || true   # the log ends with the process
 grep -q 'NOT_SERVING' "$work/rest.log" && ok "shutdown logs NOT_SERVING first" || bad "no NOT_SERVING line in the log"
-grep -qi "$key" "$work/head.log" "$work/rest.log" && bad "the API key reached the log" || ok "the API key never reaches the log"
+for secret in "$key" "$token" "$jwt"; do
+  grep -qF -- "$secret" "$work/head.log" "$work/rest.log" && bad "a secret reached the log" || ok "a key/token never reaches the log"
+done
 
 echo "grpcurl: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
