@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::model::{AuthFactor, ClientInfo, Session};
 use super::native::{RESERVED_CLAIMS, VerifiedJwt};
-use super::service::{Lookup, SessionService, TOUCH_EVERY_MS};
+use super::service::{Lookup, Minted, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS};
 use super::token::{self, Shape};
 use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
 use crate::error::Error;
@@ -214,10 +214,31 @@ impl SessionService {
                     .await?;
             }
         }
-        let jwt = self.issuer.mint(&session, now)?;
+        let jwt = self.jwt_for(&session, now)?;
         let mut v = Verdict::native(session, Source::Store);
         v.session_jwt = Some(jwt);
         Ok(v)
+    }
+
+    /// A JWT for `session`: the one minted for it less than a minute ago if the session's
+    /// expiry has not changed since, else a new one.
+    fn jwt_for(&self, session: &Session, now: i64) -> Result<String, Error> {
+        if let Some(m) = self.minted.get(&session.session_id)
+            && now - m.minted_at_ms < REMINT_AFTER_MS
+            && m.expires_at_ms == session.expires_at_ms
+        {
+            return Ok(m.jwt.clone());
+        }
+        let jwt = self.issuer.mint(session, now)?;
+        self.minted.insert(
+            session.session_id.clone(),
+            Arc::new(Minted {
+                jwt: jwt.clone(),
+                minted_at_ms: now,
+                expires_at_ms: session.expires_at_ms,
+            }),
+        );
+        Ok(jwt)
     }
 
     // === JWTs ===

@@ -1,0 +1,559 @@
+//! sessiongate's load generator (DESIGN.md §11).
+//!
+//! Starts a local redis-server and the **release binary** of sessiongate, prepares sessions,
+//! then measures each path against the baseline `grpc.health.v1.Health/Check` on the same
+//! server, in alternating rounds, and prints throughput, latency percentiles and the ratio to
+//! the baseline — as a table and as JSON. Absolute numbers depend on the machine; the ratios
+//! are what the targets are about.
+//!
+//! Run it with `./scripts/bench` (builds the release binary first), or
+//! `cargo bench --bench loadgen -- --help`.
+
+#[path = "../tests/it/support/redis.rs"]
+#[allow(dead_code)]
+mod redis;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use sessiongate::clock::{Clock, SystemClock};
+use sessiongate::grpc::pb;
+use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient;
+use sessiongate::keys::SigningKeys;
+use sessiongate::session::model::{AuthFactor, Session};
+use sessiongate::session::native::NativeIssuer;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Parser, Debug)]
+#[command(about = "Measures sessiongate's RPC paths as ratios to Health/Check on the same server")]
+struct Args {
+    /// Seconds per timed round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds per path (each paired with a baseline round; the median ratio is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Requests in flight during throughput rounds.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Distinct never-seen JWTs per uncached round (the round ends when they are used up).
+    #[arg(long, default_value_t = 6000)]
+    uncached_tokens: usize,
+    /// The sessiongate binary to measure.
+    #[arg(long, default_value = "target/release/sessiongate")]
+    binary: PathBuf,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Paths to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    // `cargo bench` passes --bench; accept and ignore it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+const API_KEY: &str = "loadgen-key";
+
+/// One timed run.
+struct Run {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn p(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Baseline,
+    JwtCached,
+    JwtUncached,
+    Opaque,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Baseline => "Health/Check (baseline)",
+            Path::JwtCached => "ValidateSession native JWT, cache hit",
+            Path::JwtUncached => "ValidateSession native JWT, uncached RS256",
+            Path::Opaque => "ValidateSession native opaque via Redis",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Path::Baseline => "baseline",
+            Path::JwtCached => "jwt_cached",
+            Path::JwtUncached => "jwt_uncached",
+            Path::Opaque => "opaque",
+        }
+    }
+    /// DESIGN.md §11 targets: minimum throughput ratio and p99 allowance over baseline (µs).
+    fn target(self) -> Option<(f64, f64)> {
+        match self {
+            Path::Baseline => None,
+            Path::JwtCached => Some((0.85, 20.0)),
+            Path::JwtUncached => Some((0.28, 40.0)),
+            Path::Opaque => Some((0.6, 50.0)),
+        }
+    }
+}
+
+/// What the paths send.
+struct Fixtures {
+    cached_jwt: String,
+    opaque: Vec<String>,
+    /// Fresh tokens, consumed front to back across rounds.
+    uncached: std::sync::Mutex<std::vec::IntoIter<String>>,
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.binary.exists(),
+        "{} not found: build it first (cargo build --release) or use ./scripts/bench",
+        args.binary.display()
+    );
+    // The server runs in a temp dir: resolve the binary before leaving this one.
+    let binary = std::fs::canonicalize(&args.binary)?;
+    let redis = redis::RedisServer::start().await;
+    let dir = tempfile::tempdir()?;
+    let key_path = dir.path().join("signing.pem");
+    std::fs::write(
+        &key_path,
+        sessiongate::keys::signing::generate_pem(sessiongate::keys::KeyKind::Rs256)?,
+    )?;
+    let config_path = dir.path().join("sessiongate.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\"]\n",
+            key_path.display(),
+            sessiongate::store::keys::Digest::of(API_KEY.as_bytes()).to_hex()
+        ),
+    )?;
+
+    let started = Instant::now();
+    let mut child = Command::new(&binary)
+        .env_clear()
+        .env("SESSIONGATE_CONFIG", &config_path)
+        .env("REDIS_URL", redis.url())
+        .env("SESSIONGATE_GRPC_ADDR", "127.0.0.1:0")
+        .env("SESSIONGATE_HTTP_ADDR", "127.0.0.1:0")
+        .env("SESSIONGATE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let server = Server { child };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Reads until the server says where it serves, then keeps draining.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"sessiongate serving\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let _ = addr_tx.send(v["grpc_addr"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(30))?;
+    let to_listening = started.elapsed();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    // Start-to-SERVING: process spawn until the first Health/Check answers SERVING.
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    let to_serving = started.elapsed();
+
+    eprintln!(
+        "preparing sessions and {} fresh JWTs per uncached round…",
+        args.uncached_tokens
+    );
+    let fixtures = Arc::new(prepare(&channel, &key_path, &args).await?);
+
+    let all = [Path::JwtCached, Path::JwtUncached, Path::Opaque];
+    let paths: Vec<Path> = all
+        .into_iter()
+        .filter(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.key()))
+        .collect();
+
+    // Warm-up (connections, caches, allocator): not measured.
+    for p in std::iter::once(Path::Baseline)
+        .chain(paths.iter().copied().filter(|p| *p != Path::JwtUncached))
+    {
+        measure(p, &channel, &fixtures, 8, Duration::from_millis(300), None).await;
+    }
+
+    let mut results = Vec::new();
+    for &path in &paths {
+        let mut ratios = Vec::new();
+        let mut runs = Vec::new();
+        let mut bases = Vec::new();
+        for _ in 0..args.rounds {
+            let limit = (path == Path::JwtUncached).then_some(args.uncached_tokens);
+            let dur = Duration::from_secs_f64(args.seconds);
+            let base = measure(
+                Path::Baseline,
+                &channel,
+                &fixtures,
+                args.concurrency,
+                dur,
+                None,
+            )
+            .await;
+            let run = measure(path, &channel, &fixtures, args.concurrency, dur, limit).await;
+            anyhow::ensure!(
+                run.errors == 0 && base.errors == 0,
+                "{}: {} errors",
+                path.name(),
+                run.errors + base.errors
+            );
+            ratios.push(run.rps() / base.rps());
+            runs.push(run);
+            bases.push(base);
+        }
+        // Unloaded latency: one request at a time.
+        let base1 = measure(
+            Path::Baseline,
+            &channel,
+            &fixtures,
+            1,
+            Duration::from_secs(1),
+            None,
+        )
+        .await;
+        let limit1 = (path == Path::JwtUncached).then_some(args.uncached_tokens / 4);
+        let run1 = measure(path, &channel, &fixtures, 1, Duration::from_secs(1), limit1).await;
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let best = runs
+            .iter()
+            .max_by(|a, b| a.rps().total_cmp(&b.rps()))
+            .expect("rounds >= 1");
+        let best_base = bases
+            .iter()
+            .max_by(|a, b| a.rps().total_cmp(&b.rps()))
+            .expect("rounds >= 1");
+        results.push(Row {
+            path,
+            rps: best.rps(),
+            base_rps: best_base.rps(),
+            ratio: median,
+            p50: best.p(0.5),
+            p99: best.p(0.99),
+            p999: best.p(0.999),
+            unloaded_p50: run1.p(0.5),
+            unloaded_p99: run1.p(0.99),
+            base_unloaded_p99: base1.p(0.99),
+        });
+    }
+
+    let rss_kb = rss_kb(server.child.id());
+    print_table(&results, to_listening, to_serving, rss_kb);
+    let json = serde_json::json!({
+        "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "concurrency": args.concurrency,
+        "seconds_per_round": args.seconds,
+        "rounds": args.rounds,
+        "start_to_listening_ms": to_listening.as_secs_f64() * 1000.0,
+        "start_to_serving_ms": to_serving.as_secs_f64() * 1000.0,
+        "server_rss_kb_after_run": rss_kb,
+        "paths": results.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+    }
+    drop(server);
+    Ok(())
+}
+
+async fn prepare(
+    channel: &Channel,
+    key_path: &std::path::Path,
+    args: &Args,
+) -> anyhow::Result<Fixtures> {
+    let mut client = SessionGateServiceClient::new(channel.clone());
+    let mut opaque = Vec::new();
+    let mut cached_jwt = String::new();
+    for i in 0..200 {
+        let mut req = tonic::Request::new(pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::NewUser(pb::NewUser {
+                email: format!("load{i}@example.com"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {API_KEY}").parse()?);
+        let r = client.create_session(req).await?.into_inner();
+        opaque.push(r.session_token);
+        cached_jwt = r.session_jwt;
+    }
+    // Fresh JWTs signed with the server's own key (what the server would mint), made here
+    // so the server's cache has never seen them. Two threads: RSA signing is slow.
+    let cfg = sessiongate::config::load(
+        &HashMap::<String, String>::new(),
+        key_path.parent().unwrap(),
+        None,
+    )?;
+    let keys = Arc::new(SigningKeys::load_or_generate(&[key_path.to_path_buf()])?);
+    let issuer = Arc::new(NativeIssuer::new(cfg.env, &cfg.native, keys));
+    let total = args.uncached_tokens * (args.rounds + 2);
+    let per = total.div_ceil(2);
+    let handles: Vec<_> = (0..2)
+        .map(|t| {
+            let issuer = issuer.clone();
+            std::thread::spawn(move || {
+                let now = SystemClock.now_ms();
+                (0..per)
+                    .map(|i| {
+                        let session = Session {
+                            session_id: format!("session-test-load-{t}-{i}"),
+                            user_id: format!("user-test-load-{t}-{i}"),
+                            started_at_ms: now,
+                            last_accessed_at_ms: now,
+                            expires_at_ms: now + 3_600_000,
+                            factors: vec![AuthFactor {
+                                kind: "password".into(),
+                                ..Default::default()
+                            }],
+                            attributes: Default::default(),
+                            custom_claims: Default::default(),
+                        };
+                        issuer.mint(&session, now).expect("mint")
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut uncached = Vec::with_capacity(total);
+    for h in handles {
+        uncached.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("minting thread panicked"))?,
+        );
+    }
+    Ok(Fixtures {
+        cached_jwt,
+        opaque,
+        uncached: std::sync::Mutex::new(uncached.into_iter()),
+    })
+}
+
+/// Runs `path` with `concurrency` requests in flight for `dur`, or until `limit` requests.
+async fn measure(
+    path: Path,
+    channel: &Channel,
+    fx: &Arc<Fixtures>,
+    concurrency: usize,
+    dur: Duration,
+    limit: Option<usize>,
+) -> Run {
+    let deadline = Instant::now() + dur;
+    let issued = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let channel = channel.clone();
+            let fx = fx.clone();
+            let issued = issued.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut health = HealthClient::new(channel.clone());
+                let mut session = SessionGateServiceClient::new(channel);
+                let mut i = w;
+                loop {
+                    let n = issued.fetch_add(1, Ordering::Relaxed);
+                    if limit.map_or(Instant::now() >= deadline, |l| n >= l) {
+                        break;
+                    }
+                    let token = match path {
+                        Path::Baseline => None,
+                        Path::JwtCached => Some(fx.cached_jwt.clone()),
+                        Path::Opaque => Some(fx.opaque[i % fx.opaque.len()].clone()),
+                        Path::JwtUncached => match fx.uncached.lock().expect("lock").next() {
+                            Some(t) => Some(t),
+                            None => break,
+                        },
+                    };
+                    i += concurrency;
+                    let t0 = Instant::now();
+                    let good = match token {
+                        None => health
+                            .check(HealthCheckRequest { service: String::new() })
+                            .await
+                            .is_ok(),
+                        Some(token) => {
+                            let mut req = tonic::Request::new(pb::ValidateSessionRequest {
+                                token,
+                                ..Default::default()
+                            });
+                            req.metadata_mut()
+                                .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"));
+                            matches!(session.validate_session(req).await, Ok(r) if r.get_ref().verdict() == pb::Verdict::Valid)
+                        }
+                    };
+                    let us = t0.elapsed().as_micros() as u64;
+                    if good {
+                        ok += 1;
+                        let _ = hist.record(us.max(1));
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (ok, errors, hist)
+            })
+        })
+        .collect();
+    let mut run = Run {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    };
+    for t in tasks {
+        let (ok, errors, hist) = t.await.expect("worker");
+        run.ok += ok;
+        run.errors += errors;
+        let _ = run.hist.add(hist);
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
+struct Row {
+    path: Path,
+    rps: f64,
+    base_rps: f64,
+    ratio: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    unloaded_p50: f64,
+    unloaded_p99: f64,
+    base_unloaded_p99: f64,
+}
+
+impl Row {
+    fn verdict(&self) -> &'static str {
+        match self.path.target() {
+            Some((ratio, extra))
+                if self.ratio >= ratio && self.unloaded_p99 <= self.base_unloaded_p99 + extra =>
+            {
+                "met"
+            }
+            Some(_) => "MISSED",
+            None => "",
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let target = self.path.target();
+        serde_json::json!({
+            "path": self.path.key(),
+            "name": self.path.name(),
+            "rps": self.rps.round(),
+            "baseline_rps": self.base_rps.round(),
+            "ratio_to_baseline": (self.ratio * 1000.0).round() / 1000.0,
+            "p50_us": self.p50, "p99_us": self.p99, "p999_us": self.p999,
+            "unloaded_p50_us": self.unloaded_p50, "unloaded_p99_us": self.unloaded_p99,
+            "baseline_unloaded_p99_us": self.base_unloaded_p99,
+            "target_ratio": target.map(|t| t.0),
+            "target_p99_over_baseline_us": target.map(|t| t.1),
+            "target": self.verdict(),
+        })
+    }
+}
+
+fn print_table(rows: &[Row], listening: Duration, serving: Duration, rss_kb: Option<u64>) {
+    println!();
+    println!(
+        "| path | req/s | baseline req/s | ratio (median) | target | p50 µs | p99 µs | p99.9 µs | unloaded p99 µs (baseline) | |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        let t = r
+            .path
+            .target()
+            .map(|(ratio, extra)| format!("≥ {ratio}×, +{extra} µs"))
+            .unwrap_or_default();
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2}× | {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}) | {} |",
+            r.path.name(),
+            r.rps,
+            r.base_rps,
+            r.ratio,
+            t,
+            r.p50,
+            r.p99,
+            r.p999,
+            r.unloaded_p99,
+            r.base_unloaded_p99,
+            r.verdict()
+        );
+    }
+    println!();
+    println!(
+        "start to listening: {:.1} ms; start to first SERVING answer: {:.1} ms; server RSS after the run: {}",
+        listening.as_secs_f64() * 1000.0,
+        serving.as_secs_f64() * 1000.0,
+        rss_kb
+            .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "n/a".into())
+    );
+    println!();
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
