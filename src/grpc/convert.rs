@@ -186,7 +186,7 @@ pub fn verdict_out(v: Verdict) -> pb::ValidateSessionResponse {
         user_id: v.user_id,
         subject: v.subject,
         session: v.session.as_ref().map(session_out),
-        claims: v.claims.as_ref().map(json_to_struct),
+        claims: v.claims.as_deref().map(json_to_struct),
         expires_at: v.expires_at_ms.map(timestamp),
         session_jwt: v.session_jwt.unwrap_or_default(),
         action: match v.action {

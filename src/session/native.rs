@@ -14,7 +14,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value, json};
 
 use super::Reason;
-use super::model::Session;
+use super::model::{AuthFactor, Session};
 use super::token::{Header, Jws};
 use crate::config::{Env, NativeConfig};
 use crate::error::Error;
@@ -51,7 +51,9 @@ pub struct VerifiedJwt {
     pub user_id: String,
     pub issued_at: i64,
     pub expires_at: i64,
-    pub claims: Map<String, Value>,
+    pub claims: Arc<Map<String, Value>>,
+    /// The session as the JWT describes it, derived once (no store round trip).
+    pub session: Session,
 }
 
 /// Mints and verifies sessiongate's own JWTs.
@@ -248,18 +250,69 @@ impl NativeIssuer {
         {
             return Err(Reason::WrongEnv);
         }
+        let session = session_from_claims(&session_id, &user_id, &claims);
         Ok(VerifiedJwt {
             session_id,
             user_id,
             issued_at: iat,
             expires_at: exp,
-            claims,
+            claims: Arc::new(claims),
+            session,
         })
     }
 
     /// True once `jwt` is past its `exp` (with leeway) at `now`.
     pub fn expired(&self, jwt: &VerifiedJwt, now_secs: i64) -> bool {
         now_secs >= jwt.expires_at + self.leeway_secs
+    }
+}
+
+/// The session a native JWT describes, from its `session` claim and custom claims.
+fn session_from_claims(session_id: &str, user_id: &str, claims: &Map<String, Value>) -> Session {
+    let s = claims.get("session").and_then(Value::as_object);
+    let secs = |name: &str| {
+        s.and_then(|s| s.get(name))
+            .and_then(Value::as_i64)
+            .map_or(0, |v| v.saturating_mul(1000))
+    };
+    let factors = s
+        .and_then(|s| s.get("authentication_factors"))
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(Value::as_object)
+                .map(|f| AuthFactor {
+                    kind: f
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    delivery: f
+                        .get("delivery")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    last_authenticated_at_ms: f
+                        .get("last_authenticated_at")
+                        .and_then(Value::as_i64)
+                        .map(|v| v.saturating_mul(1000)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Session {
+        session_id: session_id.to_owned(),
+        user_id: user_id.to_owned(),
+        started_at_ms: secs("started_at"),
+        last_accessed_at_ms: secs("last_accessed_at"),
+        expires_at_ms: secs("expires_at"),
+        factors,
+        attributes: Default::default(),
+        custom_claims: claims
+            .iter()
+            .filter(|(k, _)| !RESERVED_CLAIMS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

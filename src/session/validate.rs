@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::model::{AuthFactor, ClientInfo, Session};
-use super::native::{RESERVED_CLAIMS, VerifiedJwt};
+use super::model::{ClientInfo, Session};
 use super::service::{Lookup, Minted, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS};
 use super::token::{self, Shape};
 use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
@@ -38,7 +37,8 @@ pub struct Verdict {
     pub user_id: String,
     pub subject: String,
     pub session: Option<Session>,
-    pub claims: Option<Map<String, Value>>,
+    /// Shared with the verdict cache: converting is the only copy.
+    pub claims: Option<Arc<Map<String, Value>>>,
     pub expires_at_ms: Option<i64>,
     pub session_jwt: Option<String>,
     pub action: Action,
@@ -324,60 +324,9 @@ impl SessionService {
             };
         }
 
-        let mut v = Verdict::native(session_from_claims(&jwt), source);
+        let mut v = Verdict::native(jwt.session.clone(), source);
         v.expires_at_ms = Some(jwt.expires_at * 1000);
         v.claims = Some(jwt.claims.clone());
         Ok(v)
-    }
-}
-
-/// The session as the JWT describes it (no store round trip).
-fn session_from_claims(jwt: &VerifiedJwt) -> Session {
-    let s = jwt.claims.get("session").and_then(Value::as_object);
-    let secs = |name: &str| {
-        s.and_then(|s| s.get(name))
-            .and_then(Value::as_i64)
-            .map_or(0, |v| v.saturating_mul(1000))
-    };
-    let factors = s
-        .and_then(|s| s.get("authentication_factors"))
-        .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(Value::as_object)
-                .map(|f| AuthFactor {
-                    kind: f
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    delivery: f
-                        .get("delivery")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    last_authenticated_at_ms: f
-                        .get("last_authenticated_at")
-                        .and_then(Value::as_i64)
-                        .map(|v| v.saturating_mul(1000)),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let custom_claims = jwt
-        .claims
-        .iter()
-        .filter(|(k, _)| !RESERVED_CLAIMS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Session {
-        session_id: jwt.session_id.clone(),
-        user_id: jwt.user_id.clone(),
-        started_at_ms: secs("started_at"),
-        last_accessed_at_ms: secs("last_accessed_at"),
-        expires_at_ms: secs("expires_at"),
-        factors,
-        attributes: ClientInfo::default(),
-        custom_claims,
     }
 }
