@@ -340,7 +340,9 @@ async fn prepare(
         key_path.parent().unwrap(),
         None,
     )?;
-    let keys = Arc::new(SigningKeys::load_or_generate(&[key_path.to_path_buf()])?);
+    let keys = Arc::new(SigningKeys::load_or_generate(&[
+        sessiongate::config::KeySource::File(key_path.to_path_buf()),
+    ])?);
     let issuer = Arc::new(NativeIssuer::new(cfg.env, &cfg.native, keys));
     let wanted = args.only.is_empty() || args.only.iter().any(|o| o == Path::JwtUncached.key());
     let total = if wanted {

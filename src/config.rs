@@ -215,8 +215,26 @@ pub struct NativeConfig {
     pub jwt_ttl: Duration,
     pub session_duration_minutes: u32,
     pub leeway: Duration,
-    /// PEM or JWK files; the first signs, all are published.
-    pub signing_keys: Vec<PathBuf>,
+    /// PEM or JWK files, or `env:NAME` secrets; the first signs, all are published.
+    pub signing_keys: Vec<KeySource>,
+}
+
+/// Where a signing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A PEM or JWK file (e.g. a mounted Kubernetes Secret).
+    File(PathBuf),
+    /// The PEM or JWK text of an environment variable (`env:NAME` in the file).
+    Env { var: String, value: Secret },
+}
+
+impl Serialize for KeySource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeySource::File(p) => s.serialize_str(&p.display().to_string()),
+            KeySource::Env { var, .. } => s.serialize_str(&format!("env:{var}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -397,7 +415,7 @@ struct RawNative {
     session_duration_minutes: Option<u32>,
     leeway_seconds: Option<u32>,
     #[serde(default)]
-    signing_keys: Vec<PathBuf>,
+    signing_keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -791,6 +809,23 @@ fn build(
             ),
         );
     }
+    let mut signing_keys = Vec::new();
+    for (i, k) in raw.native.signing_keys.iter().enumerate() {
+        match k.strip_prefix("env:") {
+            Some(var) => match vars.get(var).filter(|v| !v.trim().is_empty()) {
+                Some(value) => signing_keys.push(KeySource::Env {
+                    var: var.to_owned(),
+                    value: Secret::new(value),
+                }),
+                None => c.fail(
+                    format!("native.signing_keys[{i}]"),
+                    format!("environment variable {var} is not set (or empty): it must hold the key's PEM or JWK"),
+                ),
+            },
+            None if k.is_empty() => c.fail(format!("native.signing_keys[{i}]"), "empty path"),
+            None => signing_keys.push(KeySource::File(PathBuf::from(k))),
+        }
+    }
     let leeway = raw.native.leeway_seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
     if leeway > 300 {
         c.fail(
@@ -973,7 +1008,7 @@ fn build(
             jwt_ttl: Duration::from_secs(jwt_ttl.into()),
             session_duration_minutes: session_minutes,
             leeway: Duration::from_secs(leeway.into()),
-            signing_keys: raw.native.signing_keys,
+            signing_keys,
         },
         providers,
         flows,
@@ -1416,6 +1451,26 @@ scopes = ["validate", "flow"]
         )
         .unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/x.toml"));
+    }
+
+    #[test]
+    fn signing_keys_from_files_and_env_secrets() {
+        let cfg = from_toml(
+            "[native]\nsigning_keys = [\"/k/a.pem\", \"env:SIGNING_KEY\"]\n",
+            &[("SIGNING_KEY", "-----BEGIN PRIVATE KEY-----\nsecret\n")],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.native.signing_keys[0],
+            KeySource::File("/k/a.pem".into())
+        );
+        assert!(
+            matches!(&cfg.native.signing_keys[1], KeySource::Env { var, .. } if var == "SIGNING_KEY")
+        );
+        assert!(!cfg.describe().contains("secret") && cfg.describe().contains("env:SIGNING_KEY"));
+        let p = problem("[native]\nsigning_keys = [\"env:MISSING\"]\n", &[]);
+        assert_eq!(p[0].key, "native.signing_keys[0]");
+        assert!(p[0].message.contains("MISSING"));
     }
 
     #[test]

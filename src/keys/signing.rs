@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::config::KeySource;
 use std::sync::Arc;
 
 use aws_lc_rs::encoding::AsDer as _;
@@ -68,6 +70,19 @@ impl fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    /// Builds a key from PEM text or a private JWK (JSON), detecting which.
+    pub fn from_pem_or_jwk(text: &[u8], origin: &Path) -> Result<Self, KeyError> {
+        if text.trim_ascii_start().first() == Some(&b'{') {
+            let der = super::jwk_private::to_der(text).map_err(|reason| KeyError::Invalid {
+                path: origin.to_path_buf(),
+                reason,
+            })?;
+            let pem = pem::encode(&pem::Pem::new(der.label, der.bytes));
+            return Self::from_pem(pem.as_bytes(), origin);
+        }
+        Self::from_pem(text, origin)
+    }
+
     /// Builds a key from PEM text, detecting its type.
     pub fn from_pem(pem: &[u8], path: &Path) -> Result<Self, KeyError> {
         let invalid = |reason: String| KeyError::Invalid {
@@ -196,20 +211,26 @@ impl fmt::Debug for SigningKeys {
 }
 
 impl SigningKeys {
-    /// Loads the keys in `paths`, or generates one RS256 key when `paths` is empty (the
+    /// Loads the configured keys, or generates one RS256 key when there are none (the
     /// caller decides whether that is allowed: `config` refuses it in `live`).
-    pub fn load_or_generate(paths: &[PathBuf]) -> Result<Self, KeyError> {
-        if paths.is_empty() {
+    pub fn load_or_generate(sources: &[KeySource]) -> Result<Self, KeyError> {
+        if sources.is_empty() {
             return Self::from_keys(vec![SigningKey::generate(KeyKind::Rs256)?], true);
         }
-        let keys = paths
+        let keys = sources
             .iter()
-            .map(|p| {
-                let pem = std::fs::read(p).map_err(|source| KeyError::Read {
-                    path: p.clone(),
-                    source,
-                })?;
-                SigningKey::from_pem(&pem, p)
+            .map(|source| match source {
+                KeySource::File(p) => {
+                    let text = std::fs::read(p).map_err(|source| KeyError::Read {
+                        path: p.clone(),
+                        source,
+                    })?;
+                    SigningKey::from_pem_or_jwk(&text, p)
+                }
+                KeySource::Env { var, value } => SigningKey::from_pem_or_jwk(
+                    value.expose().as_bytes(),
+                    Path::new(&format!("env:{var}")),
+                ),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Self::from_keys(keys, false)
@@ -332,8 +353,29 @@ mod tests {
             e.to_string().starts_with("k.pem: not a PEM private key"),
             "{e}"
         );
-        let e = SigningKeys::load_or_generate(&[PathBuf::from("/nonexistent.pem")]).unwrap_err();
+        let e =
+            SigningKeys::load_or_generate(&[KeySource::File(PathBuf::from("/nonexistent.pem"))])
+                .unwrap_err();
         assert!(e.to_string().contains("/nonexistent.pem"));
+    }
+
+    #[test]
+    fn a_private_jwk_is_the_same_key_as_its_pem() {
+        use base64::Engine as _;
+        // Ed25519 PKCS#8 v1 ends with the 32-byte seed, which is the JWK's `d`.
+        let pem = generate_pem(KeyKind::Eddsa).unwrap();
+        let der = pem::parse(&pem).unwrap().into_contents();
+        let from_pem = SigningKey::from_pem(pem.as_bytes(), Path::new("k.pem")).unwrap();
+        let public = serde_json::to_value(from_pem.public_jwk()).unwrap();
+        let jwk = serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519",
+            "x": public["x"],
+            "d": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]),
+        });
+        let from_jwk =
+            SigningKey::from_pem_or_jwk(jwk.to_string().as_bytes(), Path::new("k.jwk")).unwrap();
+        assert_eq!(from_jwk.kid(), from_pem.kid());
+        // (RSA and P-256 private JWKs are checked against Wycheproof's keys in tests/it.)
     }
 
     #[test]

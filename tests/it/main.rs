@@ -6,3 +6,4 @@ mod server;
 mod sessions;
 mod store;
 mod support;
+mod wycheproof;
