@@ -273,6 +273,8 @@ pub struct ProviderConfig {
     pub policy: Policy,
     pub allowed_client_ids: Vec<String>,
     pub link_verified_email: bool,
+    /// Longest `exp - iat` accepted (also refuses `exp` written in milliseconds).
+    pub max_token_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -435,6 +437,7 @@ struct RawProvider {
     allowed_client_ids: Vec<String>,
     #[serde(default)]
     link_verified_email: bool,
+    max_token_lifetime_seconds: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -884,6 +887,20 @@ fn build(
         {
             c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url, or an https issuer to discover it from");
         }
+        let takes_jwt = matches!(token_format, TokenFormat::Jwt | TokenFormat::Both);
+        if takes_jwt && p.audiences.is_empty() {
+            c.fail(k("audiences"), "JWTs are only accepted for a listed audience: set the API identifiers this fleet accepts");
+        }
+        if takes_jwt && jwks_url.is_none() {
+            c.fail(k("jwks_url"), "JWTs are verified with the issuer's JWKS: set jwks_url (discovery from the issuer is not in this build yet)");
+        }
+        let lifetime = p.max_token_lifetime_seconds.unwrap_or(86_400);
+        if !(60..=31_536_000).contains(&lifetime) {
+            c.fail(
+                k("max_token_lifetime_seconds"),
+                format!("{lifetime} is out of range 60..=31536000"),
+            );
+        }
         if p.kind == ProviderKind::External && p.policy.is_some() {
             c.fail(
                 k("policy"),
@@ -902,6 +919,7 @@ fn build(
             policy: p.policy.unwrap_or(Policy::Accept),
             allowed_client_ids: p.allowed_client_ids,
             link_verified_email: p.link_verified_email,
+            max_token_lifetime: Duration::from_secs(lifetime.into()),
         });
     }
 
@@ -1332,7 +1350,7 @@ scopes = ["validate", "flow"]
     #[test]
     fn hmac_algorithms_are_refused_for_providers() {
         let p = problem(
-            "[[providers]]\nname = \"a\"\nkind = \"legacy\"\nissuer = \"https://a/\"\nalgorithms = [\"HS256\"]\n",
+            "[[providers]]\nname = \"a\"\nkind = \"legacy\"\nissuer = \"https://a/\"\naudiences = [\"x\"]\njwks_url = \"https://a/j\"\nalgorithms = [\"HS256\"]\n",
             &[],
         );
         assert_eq!(p[0].key, "providers[0].algorithms");
@@ -1341,7 +1359,7 @@ scopes = ["validate", "flow"]
     #[test]
     fn duplicate_issuers_are_refused() {
         let p = problem(
-            "[[providers]]\nname = \"a\"\nkind = \"legacy\"\nissuer = \"https://a/\"\n[[providers]]\nname = \"b\"\nkind = \"external\"\nissuer = \"https://a/\"\n",
+            "[[providers]]\nname = \"a\"\nkind = \"legacy\"\nissuer = \"https://a/\"\naudiences = [\"x\"]\njwks_url = \"https://a/j\"\n[[providers]]\nname = \"b\"\nkind = \"external\"\nissuer = \"https://a/\"\naudiences = [\"x\"]\njwks_url = \"https://a/j\"\n",
             &[],
         );
         assert_eq!(p[0].key, "providers[1].issuer");

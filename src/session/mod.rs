@@ -3,6 +3,7 @@
 
 pub mod model;
 pub mod native;
+pub mod providers;
 pub mod revocation;
 mod service;
 pub mod token;

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::model::{AuthFactor, ClientInfo, Session, Tombstone, User};
 use super::native::{NativeIssuer, RESERVED_CLAIMS, VerifiedJwt};
+use super::providers::{Provider, Providers, VerifiedProviderJwt};
 use super::revocation::{Invalidation, RevokedSids};
 use super::token::{self, Shape};
 use crate::auth::Caller;
@@ -35,6 +36,12 @@ pub(super) struct Minted {
     pub jwt: String,
     pub minted_at_ms: i64,
     pub expires_at_ms: i64,
+}
+
+/// A cached verification of a provider's JWT.
+pub(super) struct ProviderHit {
+    pub provider: Arc<Provider>,
+    pub jwt: VerifiedProviderJwt,
 }
 
 /// Whose session to create.
@@ -101,6 +108,11 @@ pub struct SessionService {
     /// A JWT minted under [`REMINT_AFTER_MS`] ago for the same session state is handed out
     /// again (it still has most of its lifetime).
     pub(super) minted: moka::sync::Cache<String, Arc<Minted>>,
+    /// Configured legacy and external providers, by issuer.
+    pub(super) providers: Providers,
+    /// Verified provider JWTs by token digest (same rules as `cache`: hits re-check expiry).
+    pub(super) provider_cache: moka::sync::Cache<[u8; 32], Arc<ProviderHit>>,
+    pub(super) leeway_secs: i64,
     pub(super) max_token_bytes: usize,
     default_minutes: u32,
     revoke_window_secs: i64,
@@ -127,6 +139,12 @@ impl SessionService {
                 .max_capacity(VERDICT_CACHE_ENTRIES)
                 .time_to_live(Duration::from_millis(REMINT_AFTER_MS as u64))
                 .build(),
+            providers: Providers::start(cfg),
+            provider_cache: moka::sync::Cache::builder()
+                .max_capacity(VERDICT_CACHE_ENTRIES)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            leeway_secs: cfg.native.leeway.as_secs() as i64,
             max_token_bytes: cfg.server.max_token_bytes,
             default_minutes: cfg.native.session_duration_minutes,
             // Every JWT minted up to now expires within its TTL (+ leeway): that is how long a

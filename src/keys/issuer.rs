@@ -1,0 +1,226 @@
+//! One issuer's verification keys, fetched from its JWKS URL and kept fresh (DESIGN.md §5,
+//! `reference/reliability.md` §5).
+//!
+//! - Fetches are bounded: connect and overall timeouts, no redirects, a body cap, a key cap.
+//! - Start-up never waits for an issuer: a background task fetches at once and retries with
+//!   backoff; until the first set arrives that issuer's tokens get `KEYS_UNAVAILABLE`.
+//! - Every ~10 minutes (with jitter) the set is refreshed; a failed refresh keeps the last
+//!   good set (stale-if-error), so an issuer outage does not log anyone out.
+//! - A token with an unknown `kid` (a rotation) triggers at most one refresh per issuer per
+//!   30 s, single-flight: a flood of random kids cannot turn into a flood of fetches.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::jwks::{Alg, KeySet, VerifyKey, parse_set};
+
+/// Largest JWKS document accepted.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Periodic refresh interval (before jitter).
+const REFRESH_EVERY: Duration = Duration::from_secs(600);
+/// At most one unknown-kid refresh per issuer per this.
+const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// Result of a key lookup.
+pub enum KeyLookup {
+    Found(Arc<VerifyKey>),
+    /// Keys are loaded but none has this kid.
+    Unknown,
+    /// No key set has ever been loaded.
+    NotLoaded,
+}
+
+/// Shared HTTP client settings for issuer fetches.
+pub fn http_client(connect_timeout: Duration, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        // A JWKS URL that redirects is a misconfiguration or an attack; never follow.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("sessiongate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("static reqwest configuration")
+}
+
+/// GETs `url` and returns its body, refusing non-200 answers and bodies over `cap`.
+pub async fn fetch_capped(
+    client: &reqwest::Client,
+    url: &url::Url,
+    accept: &str,
+    cap: usize,
+) -> Result<Vec<u8>, String> {
+    let mut resp = client
+        .get(url.clone())
+        .header(reqwest::header::ACCEPT, accept)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(format!("HTTP {}", resp.status().as_u16()));
+    }
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(format!("body larger than {cap} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+        if body.len() + chunk.len() > cap {
+            return Err(format!("body larger than {cap} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A short, secret-free description of a reqwest error.
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else if e.is_redirect() {
+        "redirected".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+/// One issuer's keys.
+pub struct IssuerKeys {
+    provider: String,
+    url: url::Url,
+    allowed: Vec<Alg>,
+    http: reqwest::Client,
+    set: RwLock<Option<Arc<KeySet>>>,
+    /// When the current set was fetched (for the staleness metric).
+    loaded_at: RwLock<Option<Instant>>,
+    /// When (ms since `epoch`) a request last caused a fetch: the cooldown counts from
+    /// there, not from the periodic refreshes, so a rotation right after start-up is seen at
+    /// once.
+    last_on_demand_ms: AtomicI64,
+    single_flight: tokio::sync::Mutex<()>,
+    epoch: Instant,
+}
+
+impl IssuerKeys {
+    pub fn new(provider: &str, url: url::Url, allowed: Vec<Alg>, http: reqwest::Client) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            url,
+            allowed,
+            http,
+            set: RwLock::new(None),
+            loaded_at: RwLock::new(None),
+            last_on_demand_ms: AtomicI64::new(i64::MIN / 2),
+            single_flight: tokio::sync::Mutex::new(()),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.epoch.elapsed().as_millis() as i64
+    }
+
+    pub fn get(&self, kid: &str) -> KeyLookup {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+        match &*set {
+            None => KeyLookup::NotLoaded,
+            Some(s) => s
+                .keys
+                .get(kid)
+                .cloned()
+                .map_or(KeyLookup::Unknown, KeyLookup::Found),
+        }
+    }
+
+    /// Fetches the set now and, if usable, replaces the current one.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        let result = async {
+            let body = fetch_capped(&self.http, &self.url, "application/jwk-set+json, application/json", MAX_BODY_BYTES).await?;
+            let (set, rejected) = parse_set(&body, &self.allowed)?;
+            for r in rejected {
+                metrics::counter!("sessiongate_jwks_keys_rejected_total", "provider" => self.provider.clone(), "reason" => r.as_str())
+                    .increment(1);
+            }
+            Ok::<_, String>(set)
+        }
+        .await;
+        match result {
+            Ok(set) => {
+                let n = set.keys.len();
+                *self.set.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(set));
+                *self.loaded_at.write().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                metrics::counter!("sessiongate_jwks_refreshes_total", "provider" => self.provider.clone(), "outcome" => "ok").increment(1);
+                tracing::debug!(provider = self.provider, keys = n, "JWKS refreshed");
+                Ok(n)
+            }
+            Err(e) => {
+                metrics::counter!("sessiongate_jwks_refreshes_total", "provider" => self.provider.clone(), "outcome" => "error").increment(1);
+                tracing::warn!(provider = self.provider, error = %e, "JWKS refresh failed; keeping the last good keys");
+                Err(e)
+            }
+        }
+    }
+
+    /// A refresh on behalf of a request with an unknown kid: single-flight, and at most once
+    /// per cooldown. Returns once the refresh (this one or a concurrent
+    /// one) is done, or at once when the cooldown forbids one.
+    pub async fn refresh_on_demand(&self) {
+        let cooldown = UNKNOWN_KID_COOLDOWN.as_millis() as i64;
+        if self.now_ms() - self.last_on_demand_ms.load(Ordering::Relaxed) < cooldown {
+            return;
+        }
+        let _flight = self.single_flight.lock().await;
+        // Someone else may have refreshed while we waited for the lock.
+        if self.now_ms() - self.last_on_demand_ms.load(Ordering::Relaxed) < cooldown {
+            return;
+        }
+        self.last_on_demand_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        let _ = self.refresh().await;
+    }
+
+    /// Waits for a fetch in progress (the start-up one, say) to finish; returns at once when
+    /// none is.
+    pub async fn wait_for_fetch(&self) {
+        let _flight = self.single_flight.lock().await;
+    }
+
+    /// Seconds since the current set was fetched (`None`: never).
+    pub fn age(&self) -> Option<Duration> {
+        self.loaded_at
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Fetches at once (retrying with backoff until the first set arrives), then every
+    /// ~10 minutes with jitter.
+    pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let ok = {
+                    let _flight = this.single_flight.lock().await;
+                    this.refresh().await.is_ok()
+                };
+                let loaded = matches!(this.get(""), KeyLookup::Found(_) | KeyLookup::Unknown);
+                let wait = if loaded && ok {
+                    backoff = Duration::from_millis(500);
+                    // ±10 % jitter so replicas started together do not refresh together.
+                    let jitter = rand::random_range(0.9..1.1);
+                    REFRESH_EVERY.mul_f64(jitter)
+                } else {
+                    let w = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    w
+                };
+                if let Some(age) = this.age() {
+                    metrics::gauge!("sessiongate_jwks_age_seconds", "provider" => this.provider.clone()).set(age.as_secs_f64());
+                }
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+}

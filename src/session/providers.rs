@@ -1,0 +1,231 @@
+//! Tokens of configured providers — `legacy` (being migrated away from) and `external` (a
+//! hosted new provider) — verified against their own JWKS (DESIGN.md §3.1 steps 3 and 6).
+//!
+//! A token is routed by its unverified `iss` to exactly one provider; the key is looked up by
+//! `(that provider, kid)` only, so a token signed by issuer B's key but claiming issuer A
+//! never verifies. After the signature, the claims: exact `iss`, `aud` among the provider's
+//! audiences, `exp`/`nbf`/`iat` with leeway on the injectable clock, `sub`, a maximum
+//! lifetime, and the allowed client ids (`azp`/`client_id`) when configured.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value};
+
+use super::Reason;
+use super::token::{Header, Jws};
+use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
+use crate::error::Error;
+use crate::keys::issuer::{IssuerKeys, KeyLookup, http_client};
+use crate::keys::jwks::{Alg, kid_ok};
+
+/// A provider's JWT that verified.
+#[derive(Debug, Clone)]
+pub struct VerifiedProviderJwt {
+    pub subject: String,
+    pub expires_at: i64,
+    pub claims: Arc<Map<String, Value>>,
+}
+
+/// One configured provider at run time.
+pub struct Provider {
+    pub config: ProviderConfig,
+    algs: Vec<Alg>,
+    keys: Option<Arc<IssuerKeys>>,
+    leeway_secs: i64,
+    max_lifetime_secs: i64,
+}
+
+impl Provider {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn is_legacy(&self) -> bool {
+        self.config.kind == ProviderKind::Legacy
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.config.policy
+    }
+
+    pub fn accepts_jwt(&self) -> bool {
+        matches!(
+            self.config.token_format,
+            TokenFormat::Jwt | TokenFormat::Both
+        )
+    }
+
+    /// Verifies a JWT routed to this provider. `Err(Ok(reason))` is an INVALID verdict;
+    /// `Err(Err(error))` a failed call (keys never loaded: `UNAVAILABLE`).
+    pub async fn verify(
+        &self,
+        jws: &Jws<'_>,
+        header: &Header,
+        claims: Map<String, Value>,
+        now: i64,
+    ) -> Result<VerifiedProviderJwt, Result<Reason, Error>> {
+        let invalid = |r| Err(Ok(r));
+        let Some(alg) = Alg::parse(&header.alg).filter(|a| self.algs.contains(a)) else {
+            return invalid(Reason::UnsupportedAlgorithm);
+        };
+        let kid = header.kid.as_deref().unwrap_or("");
+        if !kid_ok(kid) {
+            // Never looked up, never a reason to refetch.
+            return invalid(Reason::Malformed);
+        }
+        let Some(keys) = &self.keys else {
+            return invalid(Reason::UnknownKey);
+        };
+        let key = match keys.get(kid) {
+            KeyLookup::Found(k) => k,
+            lookup => {
+                match lookup {
+                    // A rotation: one refresh (single-flight, cooled down), then look again.
+                    KeyLookup::Unknown => keys.refresh_on_demand().await,
+                    // Not fetched yet: the background fetch is on it; wait if it is running.
+                    _ => keys.wait_for_fetch().await,
+                }
+                match keys.get(kid) {
+                    KeyLookup::Found(k) => k,
+                    KeyLookup::Unknown => return invalid(Reason::UnknownKey),
+                    KeyLookup::NotLoaded => {
+                        return Err(Err(Error::unavailable(
+                            "KEYS_UNAVAILABLE",
+                            format!(
+                                "the keys of provider `{}` could not be fetched yet; retry shortly",
+                                self.name()
+                            ),
+                        )));
+                    }
+                }
+            }
+        };
+        let Ok(sig) = URL_SAFE_NO_PAD.decode(jws.signature) else {
+            return invalid(Reason::BadSignature);
+        };
+        if !key.verify(alg, jws.signing_input.as_bytes(), &sig) {
+            return invalid(Reason::BadSignature);
+        }
+        self.check_claims(claims, now).map_err(Ok)
+    }
+
+    fn check_claims(
+        &self,
+        claims: Map<String, Value>,
+        now: i64,
+    ) -> Result<VerifiedProviderJwt, Reason> {
+        // Exact, string-typed `iss` (an array or a prefix never matches).
+        if claims.get("iss").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
+            return Err(Reason::UnknownIssuer);
+        }
+        let audiences = &self.config.audiences;
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => audiences.iter().any(|x| x == a),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| audiences.iter().any(|x| x == a)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(Reason::WrongAudience);
+        }
+        let date = |name: &str| -> Result<Option<i64>, Reason> {
+            match claims.get(name) {
+                None => Ok(None),
+                Some(v) => numeric_date(v).map(Some).ok_or(Reason::InvalidClaims),
+            }
+        };
+        let exp = date("exp")?.ok_or(Reason::InvalidClaims)?;
+        let iat = date("iat")?;
+        let nbf = date("nbf")?;
+        let leeway = self.leeway_secs;
+        if nbf.is_some_and(|t| t > now + leeway) || iat.is_some_and(|t| t > now + leeway) {
+            return Err(Reason::NotYetValid);
+        }
+        if now >= exp + leeway {
+            return Err(Reason::Expired);
+        }
+        // Maximum lifetime: measured from `iat` when present, else from now. This also
+        // refuses `exp` written in milliseconds.
+        if exp - iat.unwrap_or(now) > self.max_lifetime_secs {
+            return Err(Reason::InvalidClaims);
+        }
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(Reason::InvalidClaims)?
+            .to_owned();
+        let allowed = &self.config.allowed_client_ids;
+        if !allowed.is_empty() {
+            let client = claims
+                .get("azp")
+                .or_else(|| claims.get("client_id"))
+                .and_then(Value::as_str);
+            if !client.is_some_and(|c| allowed.iter().any(|a| a == c)) {
+                // Issued to another client of the same tenant (threats.md row 29).
+                return Err(Reason::WrongAudience);
+            }
+        }
+        Ok(VerifiedProviderJwt {
+            subject,
+            expires_at: exp,
+            claims: Arc::new(claims),
+        })
+    }
+}
+
+/// An RFC 7519 NumericDate: a JSON number (fractions truncated), sane in magnitude.
+fn numeric_date(v: &Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
+}
+
+/// Every configured provider, by exact issuer string.
+#[derive(Default)]
+pub struct Providers {
+    by_issuer: HashMap<String, Arc<Provider>>,
+}
+
+impl Providers {
+    /// Builds the providers and starts fetching their keys in the background (start-up never
+    /// waits for an issuer).
+    pub fn start(cfg: &Config) -> Self {
+        let http = http_client(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
+        );
+        let by_issuer = cfg
+            .providers
+            .iter()
+            .map(|p| {
+                let algs: Vec<Alg> = p.algorithms.iter().filter_map(|a| Alg::parse(a)).collect();
+                let keys = p.jwks_url.clone().map(|url| {
+                    let k = Arc::new(IssuerKeys::new(&p.name, url, algs.clone(), http.clone()));
+                    k.spawn_refresher();
+                    k
+                });
+                let provider = Provider {
+                    config: p.clone(),
+                    algs,
+                    keys,
+                    leeway_secs: cfg.native.leeway.as_secs() as i64,
+                    max_lifetime_secs: p.max_token_lifetime.as_secs() as i64,
+                };
+                (p.issuer.clone(), Arc::new(provider))
+            })
+            .collect();
+        Self { by_issuer }
+    }
+
+    pub fn by_issuer(&self, iss: &str) -> Option<&Arc<Provider>> {
+        self.by_issuer.get(iss)
+    }
+}

@@ -1,0 +1,470 @@
+//! ValidateSession for legacy and external providers' JWTs, against fake issuers on loopback.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sessiongate::grpc::pb;
+use sessiongate::keys::KeyKind;
+
+use crate::support::idp::{FakeIdp, sign};
+use crate::support::{Setup, TestApp, eventually, reason};
+
+const API: &str = "https://api.example.com";
+
+fn provider(name: &str, kind: &str, idp: &FakeIdp, extra: &str) -> String {
+    format!(
+        "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nissuer = \"{}\"\njwks_url = \"{}\"\naudiences = [\"{API}\"]\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n{extra}\n",
+        idp.issuer(),
+        idp.jwks_url()
+    )
+}
+
+async fn validate(
+    app: &TestApp,
+    token: &str,
+) -> Result<pb::ValidateSessionResponse, tonic::Status> {
+    app.session()
+        .validate_session(pb::ValidateSessionRequest {
+            token: token.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn verdict(r: &pb::ValidateSessionResponse) -> (pb::Verdict, pb::Reason) {
+    (r.verdict(), r.reason())
+}
+
+const VALID: (pb::Verdict, pb::Reason) = (pb::Verdict::Valid, pb::Reason::Unspecified);
+
+fn invalid(r: pb::Reason) -> (pb::Verdict, pb::Reason) {
+    (pb::Verdict::Invalid, r)
+}
+
+#[tokio::test]
+async fn legacy_and_external_tokens_validate_with_their_policy() {
+    let legacy = FakeIdp::start().await;
+    let upgrade = FakeIdp::start().await;
+    let retired = FakeIdp::start().await;
+    let external = FakeIdp::start().await;
+    let toml = [
+        provider("auth0", "legacy", &legacy, "policy = \"accept\""),
+        provider("cognito", "legacy", &upgrade, "policy = \"upgrade\""),
+        provider("oldsso", "legacy", &retired, "policy = \"reject\""),
+        provider("stytch", "external", &external, ""),
+    ]
+    .concat();
+    let app = Setup::new().toml(&toml).spawn().await;
+
+    for kind in [KeyKind::Rs256, KeyKind::Es256, KeyKind::Eddsa] {
+        let token = sign(&legacy.key(kind), json!({}), &legacy.claims(API));
+        let r = eventually(Duration::from_secs(5), || async {
+            validate(&app, &token).await.ok()
+        })
+        .await;
+        assert_eq!(verdict(&r), VALID, "{kind:?}");
+        assert_eq!(r.origin(), pb::Origin::Legacy);
+        assert_eq!(r.provider, "auth0");
+        assert_eq!(r.subject, "auth0|legacy-user-1");
+        assert_eq!(r.action(), pb::Action::None);
+        assert_eq!(r.source(), pb::DecisionSource::LocalVerify);
+        assert!(r.claims.unwrap().fields.contains_key("scope"));
+        assert!(r.session.is_none() && r.session_jwt.is_empty());
+        let again = validate(&app, &token).await.unwrap();
+        assert_eq!(
+            (verdict(&again), again.source()),
+            (VALID, pb::DecisionSource::Cache)
+        );
+    }
+
+    let token = sign(
+        &upgrade.key(KeyKind::Rs256),
+        json!({}),
+        &upgrade.claims(API),
+    );
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&app, &token).await.ok()
+    })
+    .await;
+    assert_eq!((verdict(&r), r.action()), (VALID, pb::Action::Migrate));
+
+    let token = sign(
+        &retired.key(KeyKind::Rs256),
+        json!({}),
+        &retired.claims(API),
+    );
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&app, &token).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), invalid(pb::Reason::LegacyRetired));
+    assert_eq!(
+        (r.origin(), r.provider.as_str()),
+        (pb::Origin::Legacy, "oldsso")
+    );
+
+    let token = sign(
+        &external.key(KeyKind::Es256),
+        json!({}),
+        &external.claims(API),
+    );
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&app, &token).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+    assert_eq!(
+        (r.origin(), r.provider.as_str()),
+        (pb::Origin::New, "stytch")
+    );
+}
+
+#[tokio::test]
+async fn keys_are_bound_to_their_issuer() {
+    let a = FakeIdp::start().await;
+    let b = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(
+            &[
+                provider("a", "legacy", &a, ""),
+                provider("b", "legacy", &b, ""),
+            ]
+            .concat(),
+        )
+        .spawn()
+        .await;
+    // Warm both key sets.
+    for idp in [&a, &b] {
+        let t = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+        eventually(Duration::from_secs(5), || async {
+            validate(&app, &t).await.ok()
+        })
+        .await;
+    }
+    // B signs a token that claims to be from A, with B's kid: A has no such key.
+    let forged = sign(&b.key(KeyKind::Rs256), json!({}), &a.claims(API));
+    assert_eq!(
+        verdict(&validate(&app, &forged).await.unwrap()),
+        invalid(pb::Reason::UnknownKey)
+    );
+    // Same, but B's key presented under A's kid: the signature fails under A's key.
+    let forged = sign(
+        &b.key(KeyKind::Rs256),
+        json!({"kid": a.key(KeyKind::Rs256).kid()}),
+        &a.claims(API),
+    );
+    assert_eq!(
+        verdict(&validate(&app, &forged).await.unwrap()),
+        invalid(pb::Reason::BadSignature)
+    );
+}
+
+#[tokio::test]
+async fn claims_are_checked_strictly() {
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&provider(
+            "auth0",
+            "legacy",
+            &idp,
+            "allowed_client_ids = [\"client-web\"]",
+        ))
+        .spawn()
+        .await;
+    let key = idp.key(KeyKind::Rs256);
+    let good = idp.claims(API);
+    let ok = sign(&key, json!({}), &good);
+    eventually(Duration::from_secs(5), || async {
+        validate(&app, &ok).await.ok()
+    })
+    .await;
+
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    let now = good["iat"].as_i64().unwrap();
+    let trimmed_issuer = idp.issuer().trim_end_matches('/').to_owned();
+    let cases: Vec<(&str, Value, Value, pb::Reason)> = vec![
+        (
+            "issuer without the trailing slash",
+            json!({}),
+            with("iss", json!(trimmed_issuer)),
+            pb::Reason::UnknownIssuer,
+        ),
+        (
+            "issuer as an array",
+            json!({}),
+            with("iss", json!([idp.issuer()])),
+            pb::Reason::UnknownIssuer,
+        ),
+        (
+            "other audience",
+            json!({}),
+            with("aud", json!("https://other.example.com")),
+            pb::Reason::WrongAudience,
+        ),
+        (
+            "audience as a number",
+            json!({}),
+            with("aud", json!(123)),
+            pb::Reason::WrongAudience,
+        ),
+        (
+            "no audience",
+            json!({}),
+            without("aud"),
+            pb::Reason::WrongAudience,
+        ),
+        (
+            "client not allowed",
+            json!({}),
+            with("azp", json!("client-evil")),
+            pb::Reason::WrongAudience,
+        ),
+        (
+            "expired",
+            json!({}),
+            with("exp", json!(now - 120)),
+            pb::Reason::Expired,
+        ),
+        (
+            "exp as a string",
+            json!({}),
+            with("exp", json!("9999999999")),
+            pb::Reason::InvalidClaims,
+        ),
+        (
+            "exp in milliseconds",
+            json!({}),
+            with("exp", json!(now * 1000)),
+            pb::Reason::InvalidClaims,
+        ),
+        (
+            "no exp",
+            json!({}),
+            without("exp"),
+            pb::Reason::InvalidClaims,
+        ),
+        (
+            "nbf in the future",
+            json!({}),
+            with("nbf", json!(now + 3600)),
+            pb::Reason::NotYetValid,
+        ),
+        (
+            "iat in the future",
+            json!({}),
+            with("iat", json!(now + 3600)),
+            pb::Reason::NotYetValid,
+        ),
+        (
+            "no sub",
+            json!({}),
+            without("sub"),
+            pb::Reason::InvalidClaims,
+        ),
+        (
+            "alg none",
+            json!({"alg": "none"}),
+            good.clone(),
+            pb::Reason::UnsupportedAlgorithm,
+        ),
+        (
+            "alg NONE",
+            json!({"alg": "NONE"}),
+            good.clone(),
+            pb::Reason::UnsupportedAlgorithm,
+        ),
+        (
+            "alg with a space",
+            json!({"alg": "RS256 "}),
+            good.clone(),
+            pb::Reason::UnsupportedAlgorithm,
+        ),
+        (
+            "typ JWE",
+            json!({"typ": "JWE"}),
+            good.clone(),
+            pb::Reason::Malformed,
+        ),
+        (
+            "crit",
+            json!({"crit": ["exp"]}),
+            good.clone(),
+            pb::Reason::Malformed,
+        ),
+        (
+            "kid path traversal",
+            json!({"kid": "../../../../dev/null"}),
+            good.clone(),
+            pb::Reason::UnknownKey,
+        ),
+        (
+            "kid with CRLF",
+            json!({"kid": "a\r\nb"}),
+            good.clone(),
+            pb::Reason::Malformed,
+        ),
+        (
+            "huge kid",
+            json!({"kid": "k".repeat(300)}),
+            good.clone(),
+            pb::Reason::Malformed,
+        ),
+    ];
+    for (name, header, claims, want) in cases {
+        let token = sign(&key, header, &claims);
+        let r = validate(&app, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(verdict(&r), invalid(want), "{name}");
+        assert!(
+            r.claims.is_none(),
+            "{name}: claims of an invalid token returned"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hostile_key_sets_and_header_urls_are_ignored() {
+    let idp = FakeIdp::start().await;
+    // A symmetric key smuggled into the JWKS, and a token HMAC-signed with it.
+    let secret = b"0123456789abcdef0123456789abcdef";
+    idp.publish_raw(json!({"kty": "oct", "kid": "hmac", "k": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret)}));
+    // A canary that must never be contacted through a jku/x5u header.
+    let canary = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let canary_addr = canary.local_addr().unwrap();
+    let contacted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = contacted.clone();
+    tokio::spawn(async move {
+        if canary.accept().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    let key = idp.key(KeyKind::Rs256);
+    let claims = idp.claims(API);
+    let ok = sign(&key, json!({}), &claims);
+    eventually(Duration::from_secs(5), || async {
+        validate(&app, &ok).await.ok()
+    })
+    .await;
+
+    let hs256 = {
+        use base64::Engine as _;
+        let h = json!({"alg": "HS256", "kid": "hmac", "typ": "JWT"});
+        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!(
+            "{}.{}",
+            enc.encode(h.to_string()),
+            enc.encode(claims.to_string())
+        );
+        let k = jsonwebtoken::EncodingKey::from_secret(secret);
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k, jsonwebtoken::Algorithm::HS256)
+            .unwrap();
+        format!("{input}.{sig}")
+    };
+    assert_eq!(
+        verdict(&validate(&app, &hs256).await.unwrap()),
+        invalid(pb::Reason::UnsupportedAlgorithm)
+    );
+    let jku = sign(
+        &key,
+        json!({"jku": format!("http://{canary_addr}/jwks")}),
+        &claims,
+    );
+    let x5u = sign(
+        &key,
+        json!({"x5u": format!("http://{canary_addr}/cert")}),
+        &claims,
+    );
+    for t in [jku, x5u] {
+        assert_eq!(
+            verdict(&validate(&app, &t).await.unwrap()),
+            invalid(pb::Reason::Malformed)
+        );
+    }
+    assert!(
+        !contacted.load(std::sync::atomic::Ordering::SeqCst),
+        "a header URL was fetched"
+    );
+}
+
+#[tokio::test]
+async fn rotation_is_picked_up_once_and_random_kids_cannot_storm_the_issuer() {
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    let claims = idp.claims(API);
+    let first = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+    eventually(Duration::from_secs(5), || async {
+        validate(&app, &first)
+            .await
+            .ok()
+            .filter(|r| verdict(r) == VALID)
+    })
+    .await;
+    let before = idp.jwks_hits();
+
+    // The issuer rotates: a token with the new kid makes one refresh and verifies.
+    let new_key = idp.rotate(KeyKind::Es256);
+    let rotated = sign(&new_key, json!({}), &claims);
+    assert_eq!(verdict(&validate(&app, &rotated).await.unwrap()), VALID);
+    assert_eq!(idp.jwks_hits(), before + 1);
+
+    // 200 tokens with random kids within the cooldown: not one more fetch.
+    for i in 0..200 {
+        let t = sign(&new_key, json!({"kid": format!("random-{i}")}), &claims);
+        assert_eq!(
+            verdict(&validate(&app, &t).await.unwrap()),
+            invalid(pb::Reason::UnknownKey)
+        );
+    }
+    assert_eq!(idp.jwks_hits(), before + 1, "unknown kids caused fetches");
+}
+
+#[tokio::test]
+async fn issuer_down_at_start_is_unavailable_then_recovers_and_outages_keep_last_keys() {
+    let idp = FakeIdp::start().await;
+    idp.set_status(500);
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    // Start-up did not wait for the issuer; its tokens cannot be checked yet: UNAVAILABLE,
+    // never INVALID.
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    let e = validate(&app, &token).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::Unavailable, "KEYS_UNAVAILABLE")
+    );
+
+    // The issuer comes back: the background fetch (with backoff) loads the keys.
+    idp.set_status(200);
+    let r = eventually(Duration::from_secs(10), || async {
+        validate(&app, &token).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+
+    // The issuer fails again: the last good keys stay in use for a token never seen before.
+    idp.set_status(500);
+    let mut other = idp.claims(API);
+    other["sub"] = json!("auth0|someone-else");
+    let fresh = sign(&idp.key(KeyKind::Es256), json!({}), &other);
+    assert_eq!(verdict(&validate(&app, &fresh).await.unwrap()), VALID);
+}
