@@ -275,6 +275,8 @@ pub struct ProviderConfig {
     pub link_verified_email: bool,
     /// Longest `exp - iat` accepted (also refuses `exp` written in milliseconds).
     pub max_token_lifetime: Duration,
+    /// Bound on one UserInfo call.
+    pub userinfo_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -438,6 +440,7 @@ struct RawProvider {
     #[serde(default)]
     link_verified_email: bool,
     max_token_lifetime_seconds: Option<u32>,
+    userinfo_timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -841,6 +844,7 @@ fn build(
     let mut providers = Vec::new();
     let mut names = BTreeSet::new();
     let mut issuers = BTreeSet::from([issuer.clone()]);
+    let mut opaque_provider: Option<String> = None;
     for (i, p) in raw.providers.into_iter().enumerate() {
         let k = |f: &str| format!("providers[{i}].{f}");
         if p.name.is_empty() || p.name == "native" {
@@ -880,12 +884,20 @@ fn build(
                 "an external provider is validated by its JWTs only: use `jwt`",
             );
         }
-        if p.kind == ProviderKind::Legacy
-            && token_format != TokenFormat::Jwt
-            && userinfo_url.is_none()
-            && !p.issuer.starts_with("http")
-        {
-            c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url, or an https issuer to discover it from");
+        if p.kind == ProviderKind::Legacy && token_format != TokenFormat::Jwt {
+            if userinfo_url.is_none() {
+                c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url (discovery from the issuer is not in this build yet)");
+            }
+            if opaque_provider.replace(p.name.clone()).is_some() {
+                c.fail(k("token_format"), "only one legacy provider may accept opaque tokens: an opaque token names no issuer to route it by");
+            }
+        }
+        let userinfo_timeout = p.userinfo_timeout_ms.unwrap_or(3000);
+        if !(50..=30_000).contains(&userinfo_timeout) {
+            c.fail(
+                k("userinfo_timeout_ms"),
+                format!("{userinfo_timeout} is out of range 50..=30000"),
+            );
         }
         let takes_jwt = matches!(token_format, TokenFormat::Jwt | TokenFormat::Both);
         if takes_jwt && p.audiences.is_empty() {
@@ -920,6 +932,7 @@ fn build(
             allowed_client_ids: p.allowed_client_ids,
             link_verified_email: p.link_verified_email,
             max_token_lifetime: Duration::from_secs(lifetime.into()),
+            userinfo_timeout: Duration::from_millis(userinfo_timeout.into()),
         });
     }
 

@@ -22,6 +22,7 @@ pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;
 
 pub use app::App;
 pub use config::Config;

@@ -20,12 +20,16 @@ use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
 use crate::error::Error;
 use crate::keys::issuer::{IssuerKeys, KeyLookup, http_client};
 use crate::keys::jwks::{Alg, kid_ok};
+use crate::upstream::UserInfoClient;
 
-/// A provider's JWT that verified.
+/// A provider's token that checked out: a verified JWT, or an opaque token UserInfo vouched
+/// for.
 #[derive(Debug, Clone)]
 pub struct VerifiedProviderJwt {
     pub subject: String,
-    pub expires_at: i64,
+    /// The JWT's `exp` (Unix seconds); `None` for opaque tokens.
+    pub expires_at: Option<i64>,
+    /// Verified claims, or the UserInfo answer.
     pub claims: Arc<Map<String, Value>>,
 }
 
@@ -34,6 +38,8 @@ pub struct Provider {
     pub config: ProviderConfig,
     algs: Vec<Alg>,
     keys: Option<Arc<IssuerKeys>>,
+    /// For legacy opaque tokens (and, later, migrations).
+    pub userinfo: Option<(url::Url, UserInfoClient)>,
     leeway_secs: i64,
     max_lifetime_secs: i64,
 }
@@ -56,6 +62,14 @@ impl Provider {
             self.config.token_format,
             TokenFormat::Jwt | TokenFormat::Both
         )
+    }
+
+    pub fn accepts_opaque(&self) -> bool {
+        self.is_legacy()
+            && matches!(
+                self.config.token_format,
+                TokenFormat::Opaque | TokenFormat::Both
+            )
     }
 
     /// Verifies a JWT routed to this provider. `Err(Ok(reason))` is an INVALID verdict;
@@ -173,7 +187,7 @@ impl Provider {
         }
         Ok(VerifiedProviderJwt {
             subject,
-            expires_at: exp,
+            expires_at: Some(exp),
             claims: Arc::new(claims),
         })
     }
@@ -192,6 +206,9 @@ fn numeric_date(v: &Value) -> Option<i64> {
 #[derive(Default)]
 pub struct Providers {
     by_issuer: HashMap<String, Arc<Provider>>,
+    /// The legacy provider that opaque tokens go to (configuration allows at most one: an
+    /// opaque token carries no issuer to route by).
+    opaque: Option<Arc<Provider>>,
 }
 
 impl Providers {
@@ -216,13 +233,22 @@ impl Providers {
                     config: p.clone(),
                     algs,
                     keys,
+                    userinfo: p
+                        .userinfo_url
+                        .clone()
+                        .map(|u| (u, UserInfoClient::new(p.userinfo_timeout))),
                     leeway_secs: cfg.native.leeway.as_secs() as i64,
                     max_lifetime_secs: p.max_token_lifetime.as_secs() as i64,
                 };
                 (p.issuer.clone(), Arc::new(provider))
             })
-            .collect();
-        Self { by_issuer }
+            .collect::<HashMap<_, Arc<Provider>>>();
+        let opaque = by_issuer.values().find(|p| p.accepts_opaque()).cloned();
+        Self { by_issuer, opaque }
+    }
+
+    pub fn opaque(&self) -> Option<&Arc<Provider>> {
+        self.opaque.as_ref()
     }
 
     pub fn by_issuer(&self, iss: &str) -> Option<&Arc<Provider>> {

@@ -21,6 +21,7 @@ use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
 use crate::config::Policy;
 use crate::error::Error;
 use crate::store::keys::Digest;
+use crate::upstream::UserInfoOutcome;
 
 impl SessionService {
     /// The verdict on a provider's JWT: its policy applied to a verified token, or the
@@ -41,14 +42,20 @@ impl SessionService {
         v.provider = provider.name().to_owned();
         let jwt = match jwt {
             // A cache hit must still be inside its lifetime.
-            Ok(jwt) if now >= jwt.expires_at + self.leeway_secs => Err(Reason::Expired),
+            Ok(jwt)
+                if jwt
+                    .expires_at
+                    .is_some_and(|exp| now >= exp + self.leeway_secs) =>
+            {
+                Err(Reason::Expired)
+            }
             other => other,
         };
         match jwt {
             Err(reason) => v.invalid = Some(reason),
             Ok(jwt) => {
                 v.subject = jwt.subject.clone();
-                v.expires_at_ms = Some(jwt.expires_at * 1000);
+                v.expires_at_ms = jwt.expires_at.map(|exp| exp * 1000);
                 v.claims = Some(jwt.claims.clone());
                 match (provider.is_legacy(), provider.policy()) {
                     // The all-at-once cutover: legacy tokens, however good, are retired.
@@ -63,6 +70,34 @@ impl SessionService {
         }
         v
     }
+}
+
+/// How long a UserInfo answer is reused: accepted tokens a minute, refused ones 10 s.
+const USERINFO_OK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const USERINFO_REJECTED_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A UserInfo answer as cached in the store.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedUserInfo {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<Map<String, Value>>,
+}
+
+impl CachedUserInfo {
+    fn into_result(self) -> Result<Map<String, Value>, Reason> {
+        match (self.ok, self.claims) {
+            (true, Some(c)) => Ok(c),
+            // The provider refused the token: it does not know it as a live session.
+            _ => Err(Reason::NotFound),
+        }
+    }
+}
+
+/// An opaque token worth sending upstream: visible ASCII only (no spaces, no control
+/// characters that could split a header).
+fn opaque_token_ok(token: &str) -> bool {
+    token.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 /// A `ValidateSession` call, decoded.
@@ -166,14 +201,131 @@ impl SessionService {
             Err(r) => Ok(Verdict::invalid(r, Origin::Unknown, Source::LocalVerify)),
             Ok(Shape::NativeOpaque) => self.validate_opaque(token, req).await,
             Ok(Shape::Jws(jws)) => self.validate_jwt(token, jws, req).await,
-            // Legacy opaque tokens are checked through a legacy provider's UserInfo; with none
+            // Legacy opaque tokens are checked through the legacy provider's UserInfo; with none
             // configured that accepts them, an unknown shape is malformed.
-            Ok(Shape::Other) => Ok(Verdict::invalid(
-                Reason::Malformed,
-                Origin::Unknown,
-                Source::LocalVerify,
-            )),
+            Ok(Shape::Other) => match self.providers.opaque().cloned() {
+                Some(p) if opaque_token_ok(token) => self.validate_legacy_opaque(token, &p).await,
+                _ => Ok(Verdict::invalid(
+                    Reason::Malformed,
+                    Origin::Unknown,
+                    Source::LocalVerify,
+                )),
+            },
         }
+    }
+
+    // === Legacy opaque tokens ===
+
+    /// Asks the legacy provider's UserInfo about `token`, with the answer cached in the store
+    /// by the token's digest (a UserInfo call costs ~100 ms and counts against the provider's
+    /// rate limit; a store round trip ~25 µs). The cache fails open: with the store down the
+    /// provider is asked directly.
+    async fn validate_legacy_opaque(
+        &self,
+        token: &str,
+        provider: &Provider,
+    ) -> Result<Verdict, Error> {
+        let now = self.clock.now_secs();
+        let digest = Digest::of(token.as_bytes());
+        let key = self.keys.userinfo(&digest);
+        match self.store.get(&key).await {
+            Ok(Some(bytes)) => {
+                if let Ok(cached) = serde_json::from_slice::<CachedUserInfo>(&bytes) {
+                    return Ok(self.userinfo_verdict(
+                        provider,
+                        cached.into_result(),
+                        Source::Cache,
+                        now,
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "UserInfo cache unavailable; asking the provider")
+            }
+        }
+        let Some((url, client)) = &provider.userinfo else {
+            return Ok(Verdict::invalid(
+                Reason::Malformed,
+                Origin::Legacy,
+                Source::LocalVerify,
+            ));
+        };
+        let started = std::time::Instant::now();
+        let outcome = client.fetch(url, token).await;
+        metrics::histogram!("sessiongate_upstream_duration_seconds", "provider" => provider.name().to_owned(), "call" => "userinfo")
+            .record(started.elapsed().as_secs_f64());
+        let unavailable = |why: &str| {
+            Error::unavailable(
+                "LEGACY_PROVIDER_UNAVAILABLE",
+                format!(
+                    "the UserInfo endpoint of provider `{}` is unavailable ({why}); retry shortly",
+                    provider.name()
+                ),
+            )
+        };
+        let (cached, ttl) = match outcome {
+            UserInfoOutcome::Ok(claims) => (
+                CachedUserInfo {
+                    ok: true,
+                    claims: Some(claims),
+                },
+                USERINFO_OK_TTL,
+            ),
+            UserInfoOutcome::Rejected(_) => (
+                CachedUserInfo {
+                    ok: false,
+                    claims: None,
+                },
+                USERINFO_REJECTED_TTL,
+            ),
+            UserInfoOutcome::RateLimited(after) => {
+                let e = Error::new(
+                    crate::error::ErrorCode::ResourceExhausted,
+                    "LEGACY_RATE_LIMITED",
+                    format!(
+                        "provider `{}` is rate-limiting UserInfo calls; retry later",
+                        provider.name()
+                    ),
+                );
+                return Err(e.with_retry_after(after.unwrap_or(std::time::Duration::from_secs(1))));
+            }
+            UserInfoOutcome::Unavailable(why) => return Err(unavailable(&why)),
+            UserInfoOutcome::Invalid(why) => {
+                tracing::warn!(provider = provider.name(), why, "unusable UserInfo answer");
+                return Err(unavailable(&why));
+            }
+        };
+        if let Ok(bytes) = serde_json::to_vec(&cached) {
+            let write = crate::store::Write::Put {
+                key,
+                value: bytes,
+                ttl: Some(ttl),
+            };
+            if let Err(e) = self.store.write(vec![write]).await {
+                tracing::debug!(error = %e, "could not cache the UserInfo answer");
+            }
+        }
+        Ok(self.userinfo_verdict(provider, cached.into_result(), Source::Upstream, now))
+    }
+
+    fn userinfo_verdict(
+        &self,
+        provider: &Provider,
+        answer: Result<Map<String, Value>, Reason>,
+        source: Source,
+        now: i64,
+    ) -> Verdict {
+        let verified = answer.map(|claims| VerifiedProviderJwt {
+            subject: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            expires_at: None,
+            claims: Arc::new(claims),
+        });
+        self.provider_verdict(provider, verified, source, now)
     }
 
     // === Opaque session tokens ===

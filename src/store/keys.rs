@@ -121,6 +121,21 @@ impl Keys {
         self.key(format_args!("revoked-sids"))
     }
 
+    /// A legacy provider's cached UserInfo answer for an opaque token.
+    pub fn userinfo(&self, token: &Digest) -> Key {
+        self.key(format_args!("ui:{}", token.to_hex()))
+    }
+
+    /// A revoked legacy token, by digest (opaque tokens, and JWTs without `jti`).
+    pub fn legacy_denied(&self, token: &Digest) -> Key {
+        self.key(format_args!("deny:{}", token.to_hex()))
+    }
+
+    /// A revoked legacy JWT, by issuer and `jti` (hashed: both are attacker-chosen text).
+    pub fn legacy_denied_jti(&self, iss_jti: &Digest) -> Key {
+        self.key(format_args!("deny-jti:{}", iss_jti.to_hex()))
+    }
+
     /// A fixed-window rate-limit counter for `subject` (a digest: subjects may be tokens).
     pub fn rate(&self, bucket: &str, subject: &Digest) -> Key {
         self.key(format_args!("rate:{bucket}:{}", subject.to_hex()))

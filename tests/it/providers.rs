@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sessiongate::grpc::pb;
 use sessiongate::keys::KeyKind;
 
-use crate::support::idp::{FakeIdp, sign};
+use crate::support::idp::{FakeIdp, UserInfoReply, sign};
 use crate::support::{Setup, TestApp, eventually, reason};
 
 const API: &str = "https://api.example.com";
@@ -467,4 +467,81 @@ async fn issuer_down_at_start_is_unavailable_then_recovers_and_outages_keep_last
     other["sub"] = json!("auth0|someone-else");
     let fresh = sign(&idp.key(KeyKind::Es256), json!({}), &other);
     assert_eq!(verdict(&validate(&app, &fresh).await.unwrap()), VALID);
+}
+
+#[tokio::test]
+async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
+    let idp = FakeIdp::start().await;
+    let extra = format!(
+        "policy = \"upgrade\"\ntoken_format = \"both\"\nuserinfo_url = \"{}\"\nuserinfo_timeout_ms = 300\n",
+        idp.userinfo_url()
+    );
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, &extra))
+        .spawn()
+        .await;
+    idp.on_userinfo(
+        "opaque-good",
+        UserInfoReply::Json(
+            json!({"sub": "auth0|42", "email": "ada@example.com", "email_verified": true}),
+        ),
+    );
+    idp.on_userinfo("opaque-429", UserInfoReply::RateLimited(7));
+    idp.on_userinfo("opaque-503", UserInfoReply::Status(503));
+    idp.on_userinfo("opaque-slow", UserInfoReply::Slow(Duration::from_secs(3)));
+    idp.on_userinfo("opaque-html", UserInfoReply::NotJson);
+
+    let r = validate(&app, "opaque-good").await.unwrap();
+    assert_eq!((verdict(&r), r.action()), (VALID, pb::Action::Migrate));
+    assert_eq!(
+        (r.origin(), r.provider.as_str(), r.subject.as_str()),
+        (pb::Origin::Legacy, "auth0", "auth0|42")
+    );
+    assert_eq!(r.source(), pb::DecisionSource::Upstream);
+    assert!(r.claims.unwrap().fields.contains_key("email"));
+    // The answer is cached (by digest): no second call.
+    let r = validate(&app, "opaque-good").await.unwrap();
+    assert_eq!(
+        (verdict(&r), r.source()),
+        (VALID, pb::DecisionSource::Cache)
+    );
+    assert_eq!(idp.userinfo_hits(), 1);
+
+    // Refused by the provider: INVALID, and the refusal is cached too.
+    let r = validate(&app, "opaque-unknown").await.unwrap();
+    assert_eq!(verdict(&r), invalid(pb::Reason::NotFound));
+    let _ = validate(&app, "opaque-unknown").await.unwrap();
+    assert_eq!(idp.userinfo_hits(), 2);
+
+    // Rate limited: RESOURCE_EXHAUSTED with the provider's retry-after.
+    let e = validate(&app, "opaque-429").await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::ResourceExhausted, "LEGACY_RATE_LIMITED")
+    );
+    assert_eq!(e.metadata().get("retry-after").unwrap(), "7");
+    // Down, slow or broken: UNAVAILABLE — never an INVALID verdict.
+    for token in ["opaque-503", "opaque-slow", "opaque-html"] {
+        let started = std::time::Instant::now();
+        let e = validate(&app, token).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (tonic::Code::Unavailable, "LEGACY_PROVIDER_UNAVAILABLE"),
+            "{token}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{token} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Tokens that could split a header never leave the process.
+    let before = idp.userinfo_hits();
+    for bad in ["has space", "tab\there", "new\nline"] {
+        assert_eq!(
+            verdict(&validate(&app, bad).await.unwrap()),
+            invalid(pb::Reason::Malformed)
+        );
+    }
+    assert_eq!(idp.userinfo_hits(), before);
 }

@@ -15,7 +15,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use sessiongate::keys::{KeyKind, SigningKey};
 
+/// How the fake UserInfo endpoint answers one bearer token.
+#[derive(Clone)]
+pub enum UserInfoReply {
+    Json(Value),
+    Status(u16),
+    RateLimited(u64),
+    Slow(std::time::Duration),
+    NotJson,
+}
+
 struct Shared {
+    userinfo: std::collections::HashMap<String, UserInfoReply>,
     keys: Vec<Arc<SigningKey>>,
     /// Extra raw JWKs published as they are (hostile entries).
     extra: Vec<Value>,
@@ -27,6 +38,43 @@ pub struct FakeIdp {
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     hits: Arc<AtomicUsize>,
+    userinfo_hits: Arc<AtomicUsize>,
+}
+
+async fn userinfo(
+    State((shared, hits)): State<(Arc<Mutex<Shared>>, Arc<AtomicUsize>)>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let reply = shared.lock().unwrap().userinfo.get(&token).cloned();
+    match reply {
+        None => StatusCode::UNAUTHORIZED.into_response(),
+        Some(UserInfoReply::Json(v)) => {
+            ([("content-type", "application/json")], v.to_string()).into_response()
+        }
+        Some(UserInfoReply::Status(code)) => StatusCode::from_u16(code).unwrap().into_response(),
+        Some(UserInfoReply::RateLimited(after)) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", after.to_string())],
+        )
+            .into_response(),
+        Some(UserInfoReply::Slow(d)) => {
+            // Simulated latency of a slow provider, not synchronisation.
+            tokio::time::sleep(d).await;
+            (
+                [("content-type", "application/json")],
+                json!({"sub": "slow"}).to_string(),
+            )
+                .into_response()
+        }
+        Some(UserInfoReply::NotJson) => ([("content-type", "text/html")], "<html>").into_response(),
+    }
 }
 
 async fn jwks(
@@ -56,20 +104,49 @@ impl FakeIdp {
             .map(|k| Arc::new(SigningKey::generate(k).unwrap()))
             .collect();
         let shared = Arc::new(Mutex::new(Shared {
+            userinfo: Default::default(),
             keys,
             extra: Vec::new(),
             status: 200,
         }));
         let hits = Arc::new(AtomicUsize::new(0));
+        let userinfo_hits = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
             .route("/.well-known/jwks.json", get(jwks))
-            .with_state((shared.clone(), hits.clone()));
+            .with_state((shared.clone(), hits.clone()))
+            .merge(
+                Router::new()
+                    .route("/userinfo", get(userinfo))
+                    .with_state((shared.clone(), userinfo_hits.clone())),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, shared, hits }
+        Self {
+            addr,
+            shared,
+            hits,
+            userinfo_hits,
+        }
+    }
+
+    pub fn userinfo_url(&self) -> String {
+        format!("http://{}/userinfo", self.addr)
+    }
+
+    pub fn userinfo_hits(&self) -> usize {
+        self.userinfo_hits.load(Ordering::SeqCst)
+    }
+
+    /// How UserInfo answers `token` (unknown tokens get 401).
+    pub fn on_userinfo(&self, token: &str, reply: UserInfoReply) {
+        self.shared
+            .lock()
+            .unwrap()
+            .userinfo
+            .insert(token.to_owned(), reply);
     }
 
     /// `http://127.0.0.1:<port>/` (with the trailing slash, as Auth0 writes it).
