@@ -126,12 +126,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
                 )
                 .into());
             }
-            Some(Target::LegacyToken(_)) => {
-                return Err(Error::unimplemented(
-                    "revoking a legacy_token is not served by this build yet: legacy providers are missing",
-                )
-                .into());
-            }
+            Some(Target::LegacyToken(v)) => RevokeTarget::LegacyToken(v),
             Some(Target::SessionId(v)) => RevokeTarget::SessionId(v),
             Some(Target::SessionToken(v)) => RevokeTarget::SessionToken(v),
             Some(Target::SessionJwt(v)) => RevokeTarget::SessionJwt(v),

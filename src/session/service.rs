@@ -82,6 +82,20 @@ pub enum RevokeTarget {
     SessionToken(String),
     SessionJwt(String),
     UserId(String),
+    /// A legacy (or external) provider's token: deny-listed until it expires.
+    LegacyToken(String),
+}
+
+/// The revocation id of a provider token: by `(iss, jti)` when it has a `jti` — robust to
+/// re-encodings of the same token (ECDSA malleability) — and by the token's digest always.
+pub(super) fn legacy_ids(iss: &str, jti: Option<&str>, token: &Digest) -> (Option<String>, String) {
+    let by_jti = jti.map(|j| {
+        format!(
+            "lt:{}",
+            Digest::of(format!("{iss}\0{j}").as_bytes()).to_hex()
+        )
+    });
+    (by_jti, format!("lt:{}", token.to_hex()))
 }
 
 /// Where a session stands in the store.
@@ -423,6 +437,7 @@ impl SessionService {
                     .ok_or_else(not_found)?;
                 self.revoke_digest(&d, now).await
             }
+            RevokeTarget::LegacyToken(t) => self.revoke_legacy(&t, now).await,
             RevokeTarget::UserId(user_id) => {
                 caller.require_authenticated("RevokeSession by user_id")?;
                 let user = self.load_user(&user_id).await?;
@@ -512,6 +527,89 @@ impl SessionService {
                 "no such session",
             )),
         }
+    }
+
+    /// Deny-lists a provider's token until it expires (JWT) or for the provider's maximum
+    /// token lifetime (opaque). Only a token that verifies (or an opaque one the legacy
+    /// provider would be asked about) is accepted, so the set holds nothing arbitrary.
+    async fn revoke_legacy(&self, token: &str, now_ms: i64) -> Result<u32, Error> {
+        let now = now_ms.div_euclid(1000);
+        let not_ours = |why: &str| {
+            Error::invalid_argument(
+                "NOT_A_PROVIDER_TOKEN",
+                format!("legacy_token is not a valid token of a configured provider ({why})"),
+            )
+        };
+        if token.is_empty() || token.len() > self.max_token_bytes {
+            return Err(not_ours("empty or too large"));
+        }
+        let digest = Digest::of(token.as_bytes());
+        let (ids, until) = match token::classify(token) {
+            Ok(Shape::Jws(jws)) => {
+                let header = token::header(&jws).map_err(|r| not_ours(r.as_str()))?;
+                let claims = token::payload(&jws).map_err(|r| not_ours(r.as_str()))?;
+                let iss = claims
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let provider = self
+                    .providers
+                    .by_issuer(&iss)
+                    .cloned()
+                    .ok_or_else(|| not_ours("unknown issuer"))?;
+                let jwt = match provider.verify(&jws, &header, claims, now).await {
+                    Ok(jwt) => jwt,
+                    // Already expired: nothing left to revoke.
+                    Err(Ok(super::Reason::Expired)) => return Ok(0),
+                    Err(Ok(r)) => return Err(not_ours(r.as_str())),
+                    Err(Err(e)) => return Err(e),
+                };
+                let jti = jwt.claims.get("jti").and_then(Value::as_str);
+                let (by_jti, by_token) = legacy_ids(&iss, jti, &digest);
+                let until = jwt.expires_at.unwrap_or(now) + self.leeway_secs;
+                (
+                    by_jti.into_iter().chain([by_token]).collect::<Vec<_>>(),
+                    until,
+                )
+            }
+            Ok(Shape::Other) => {
+                let provider = self
+                    .providers
+                    .opaque()
+                    .cloned()
+                    .ok_or_else(|| not_ours("no provider takes opaque tokens"))?;
+                let (_, by_token) = legacy_ids("", None, &digest);
+                (
+                    vec![by_token],
+                    now + provider.config.max_token_lifetime.as_secs() as i64,
+                )
+            }
+            _ => return Err(not_ours("not a provider token")),
+        };
+        let ttl = Duration::from_secs((until - now).max(1) as u64);
+        let mut writes: Vec<Write> = ids
+            .iter()
+            .map(|id| Write::SetAdd {
+                key: self.keys.revoked_sids(),
+                member: RevokedSids::member(id, until),
+                ttl: Some(ttl),
+            })
+            .collect();
+        // A cached UserInfo answer must not outlive the revocation.
+        writes.push(Write::Delete {
+            key: self.keys.userinfo(&digest),
+        });
+        writes.push(Write::Event(self.event(
+            "legacy_token.revoked",
+            json!({"token_fingerprint": digest.fingerprint()}),
+        )));
+        self.store.write(writes).await?;
+        for id in &ids {
+            self.broadcast(id, until, now_ms).await?;
+        }
+        metrics::counter!("sessiongate_legacy_tokens_revoked_total").increment(1);
+        Ok(1)
     }
 
     async fn broadcast(&self, sid: &str, until: i64, now_ms: i64) -> Result<(), Error> {

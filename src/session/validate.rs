@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::model::{ClientInfo, Session};
 use super::providers::{Provider, VerifiedProviderJwt};
 use super::service::{
-    Lookup, Minted, ProviderHit, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS,
+    Lookup, Minted, ProviderHit, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS, legacy_ids,
 };
 use super::token::{self, Shape};
 use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
@@ -227,6 +227,11 @@ impl SessionService {
     ) -> Result<Verdict, Error> {
         let now = self.clock.now_secs();
         let digest = Digest::of(token.as_bytes());
+        if self.revoked.contains(&legacy_ids("", None, &digest).1) {
+            let mut v = Verdict::invalid(Reason::Revoked, Origin::Legacy, Source::Cache);
+            v.provider = provider.name().to_owned();
+            return Ok(v);
+        }
         let key = self.keys.userinfo(&digest);
         match self.store.get(&key).await {
             Ok(Some(bytes)) => {
@@ -307,6 +312,23 @@ impl SessionService {
             }
         }
         Ok(self.userinfo_verdict(provider, cached.into_result(), Source::Upstream, now))
+    }
+
+    /// A verified provider token, unless it was revoked (by `(iss, jti)` or by digest): the
+    /// deny-list is the in-process revoked set, fed like the revoked sids.
+    fn not_denied(
+        &self,
+        provider: &Provider,
+        jwt: VerifiedProviderJwt,
+        digest: &Digest,
+    ) -> Result<VerifiedProviderJwt, Reason> {
+        let jti = jwt.claims.get("jti").and_then(Value::as_str);
+        let (by_jti, by_token) = legacy_ids(&provider.config.issuer, jti, digest);
+        if by_jti.is_some_and(|id| self.revoked.contains(&id)) || self.revoked.contains(&by_token) {
+            Err(Reason::Revoked)
+        } else {
+            Ok(jwt)
+        }
     }
 
     fn userinfo_verdict(
@@ -453,12 +475,8 @@ impl SessionService {
         let now = now_ms.div_euclid(1000);
         let digest = Digest::of(token.as_bytes());
         if let Some(hit) = self.provider_cache.get(digest.as_bytes()) {
-            return Ok(self.provider_verdict(
-                &hit.provider,
-                Ok(hit.jwt.clone()),
-                Source::Cache,
-                now,
-            ));
+            let jwt = self.not_denied(&hit.provider, hit.jwt.clone(), &digest);
+            return Ok(self.provider_verdict(&hit.provider, jwt, Source::Cache, now));
         }
         let (jwt, mut source) = match self.cache.get(digest.as_bytes()) {
             Some(hit) => (hit, Source::Cache),
@@ -503,12 +521,8 @@ impl SessionService {
                                         jwt: jwt.clone(),
                                     }),
                                 );
-                                Ok(self.provider_verdict(
-                                    &provider,
-                                    Ok(jwt),
-                                    Source::LocalVerify,
-                                    now,
-                                ))
+                                let jwt = self.not_denied(&provider, jwt, &digest);
+                                Ok(self.provider_verdict(&provider, jwt, Source::LocalVerify, now))
                             }
                             Err(Ok(reason)) => Ok(self.provider_verdict(
                                 &provider,

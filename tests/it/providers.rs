@@ -545,3 +545,88 @@ async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
     }
     assert_eq!(idp.userinfo_hits(), before);
 }
+
+#[tokio::test]
+async fn legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_replica() {
+    let redis = crate::support::RedisServer::start().await;
+    let idp = FakeIdp::start().await;
+    let extra = format!(
+        "token_format = \"both\"\nuserinfo_url = \"{}\"\n",
+        idp.userinfo_url()
+    );
+    let setup = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, &extra))
+        .redis(&redis);
+    let a = setup.clone().spawn().await;
+    let b = setup.spawn().await;
+    let key = idp.key(KeyKind::Es256);
+    let mut claims = idp.claims(API);
+    claims["jti"] = json!("jti-1");
+    let token = sign(&key, json!({}), &claims);
+    // A second encoding of the same token (same iss and jti, other bytes).
+    let twin = sign(&key, json!({"typ": "JWT"}), &claims);
+    let plain = sign(&key, json!({}), &idp.claims(API)); // no jti
+    idp.on_userinfo("opaque-1", UserInfoReply::Json(json!({"sub": "auth0|9"})));
+    for t in [&token, &twin, &plain] {
+        let r = eventually(Duration::from_secs(5), || async {
+            validate(&b, t).await.ok()
+        })
+        .await;
+        assert_eq!(verdict(&r), VALID);
+    }
+    assert_eq!(verdict(&validate(&b, "opaque-1").await.unwrap()), VALID);
+
+    let revoke = |t: &str| pb::RevokeSessionRequest {
+        target: Some(pb::revoke_session_request::Target::LegacyToken(t.into())),
+    };
+    for t in [&token, &plain, &"opaque-1".to_string()] {
+        let r = a
+            .session()
+            .revoke_session(revoke(t))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.revoked, 1);
+    }
+    // Replica B had all of them cached; within a second they are REVOKED there.
+    for t in [&token, &twin, &plain, &"opaque-1".to_string()] {
+        eventually(Duration::from_secs(1), || async {
+            (verdict(&validate(&b, t).await.unwrap()) == invalid(pb::Reason::Revoked)).then_some(())
+        })
+        .await;
+    }
+    let hits = idp.userinfo_hits();
+    assert_eq!(
+        verdict(&validate(&a, "opaque-1").await.unwrap()),
+        invalid(pb::Reason::Revoked)
+    );
+    assert_eq!(
+        idp.userinfo_hits(),
+        hits,
+        "a revoked opaque token was sent upstream"
+    );
+
+    // Only tokens of configured providers can be deny-listed; an expired one needs nothing.
+    let e = a
+        .session()
+        .revoke_session(revoke("a.b.c"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::InvalidArgument, "NOT_A_PROVIDER_TOKEN")
+    );
+    let mut old = idp.claims(API);
+    old["exp"] = json!(old["iat"].as_i64().unwrap() - 600);
+    old["iat"] = json!(old["iat"].as_i64().unwrap() - 1200);
+    let expired = sign(&key, json!({}), &old);
+    assert_eq!(
+        a.session()
+            .revoke_session(revoke(&expired))
+            .await
+            .unwrap()
+            .into_inner()
+            .revoked,
+        0
+    );
+}
