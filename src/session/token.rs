@@ -130,9 +130,40 @@ pub fn header(jws: &Jws<'_>) -> Result<Header, Reason> {
     Ok(h)
 }
 
-/// Decodes the payload as a JSON object (unverified).
+/// Decodes the payload as a JSON object (unverified). A claim named twice is refused:
+/// serde_json would keep the last one, another library the first, and that disagreement is
+/// an attack (`{"sub":"alice","sub":"admin"}`, RFC 8725 §2.6).
 pub fn payload(jws: &Jws<'_>) -> Result<Map<String, Value>, Reason> {
-    decode_json(jws.payload)
+    decode_json::<UniqueKeys>(jws.payload).map(|u| u.0)
+}
+
+/// A JSON object whose top-level keys are all distinct.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut m = Map::new();
+                while let Some((k, v)) = access.next_entry::<String, Value>()? {
+                    if m.contains_key(&k) {
+                        return Err(serde::de::Error::custom("duplicate claim"));
+                    }
+                    m.insert(k, v);
+                }
+                Ok(UniqueKeys(m))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +206,22 @@ mod tests {
             assert_eq!(classify(bad), Err(Reason::Malformed), "{bad}");
         }
         assert_eq!(classify("opaque-legacy-token"), Ok(Shape::Other));
+    }
+
+    #[test]
+    fn duplicate_claims_are_refused() {
+        let jws = |p: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(p));
+        let parse = |t: &str| match classify(t).unwrap() {
+            Shape::Jws(j) => payload(&j),
+            _ => panic!(),
+        };
+        assert!(parse(&jws(r#"{"sub":"alice","exp":1}"#)).is_ok());
+        assert_eq!(
+            parse(&jws(r#"{"sub":"alice","sub":"admin"}"#)),
+            Err(Reason::Malformed)
+        );
+        assert_eq!(parse(&jws(r#"{"exp":1,"exp":2}"#)), Err(Reason::Malformed));
+        assert_eq!(parse(&jws(r#"["sub"]"#)), Err(Reason::Malformed));
     }
 
     #[test]
