@@ -862,6 +862,9 @@ fn build(
         }
         let jwks_url = url_field(&mut c, env, &k("jwks_url"), p.jwks_url);
         let userinfo_url = url_field(&mut c, env, &k("userinfo_url"), p.userinfo_url);
+        // Endpoints left out are discovered from the issuer, which must then be a URL.
+        let discoverable = url::Url::parse(&p.issuer)
+            .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && env == Env::Test));
         let algorithms = p.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
         if algorithms.is_empty() {
             c.fail(k("algorithms"), "needs at least one algorithm");
@@ -885,8 +888,8 @@ fn build(
             );
         }
         if p.kind == ProviderKind::Legacy && token_format != TokenFormat::Jwt {
-            if userinfo_url.is_none() {
-                c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url (discovery from the issuer is not in this build yet)");
+            if userinfo_url.is_none() && !discoverable {
+                c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url, or make issuer an https URL to discover it");
             }
             if opaque_provider.replace(p.name.clone()).is_some() {
                 c.fail(k("token_format"), "only one legacy provider may accept opaque tokens: an opaque token names no issuer to route it by");
@@ -903,8 +906,9 @@ fn build(
         if takes_jwt && p.audiences.is_empty() {
             c.fail(k("audiences"), "JWTs are only accepted for a listed audience: set the API identifiers this fleet accepts");
         }
-        if takes_jwt && jwks_url.is_none() {
-            c.fail(k("jwks_url"), "JWTs are verified with the issuer's JWKS: set jwks_url (discovery from the issuer is not in this build yet)");
+
+        if takes_jwt && jwks_url.is_none() && !discoverable {
+            c.fail(k("jwks_url"), "JWTs are verified with the issuer's JWKS: set jwks_url, or make issuer an https URL to discover it");
         }
         let lifetime = p.max_token_lifetime_seconds.unwrap_or(86_400);
         if !(60..=31_536_000).contains(&lifetime) {

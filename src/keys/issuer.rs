@@ -86,9 +86,29 @@ fn describe(e: &reqwest::Error) -> String {
 }
 
 /// One issuer's keys.
+/// Where an issuer publishes its keys.
+#[derive(Debug, Clone)]
+pub enum KeysAt {
+    /// A configured JWKS URL.
+    Url(url::Url),
+    /// Discovered from `<issuer>/.well-known/openid-configuration` (OIDC Discovery 1.0).
+    Discover { issuer: String, allow_http: bool },
+}
+
+/// Endpoints learned from discovery.
+#[derive(Default)]
+struct Discovered {
+    jwks: Option<url::Url>,
+    userinfo: Option<url::Url>,
+}
+
+/// Largest discovery document accepted.
+const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
+
 pub struct IssuerKeys {
     provider: String,
-    url: url::Url,
+    source: KeysAt,
+    discovered: RwLock<Discovered>,
     allowed: Vec<Alg>,
     http: reqwest::Client,
     set: RwLock<Option<Arc<KeySet>>>,
@@ -103,10 +123,11 @@ pub struct IssuerKeys {
 }
 
 impl IssuerKeys {
-    pub fn new(provider: &str, url: url::Url, allowed: Vec<Alg>, http: reqwest::Client) -> Self {
+    pub fn new(provider: &str, source: KeysAt, allowed: Vec<Alg>, http: reqwest::Client) -> Self {
         Self {
             provider: provider.to_owned(),
-            url,
+            source,
+            discovered: RwLock::new(Discovered::default()),
             allowed,
             http,
             set: RwLock::new(None),
@@ -136,7 +157,8 @@ impl IssuerKeys {
     /// Fetches the set now and, if usable, replaces the current one.
     pub async fn refresh(&self) -> Result<usize, String> {
         let result = async {
-            let body = fetch_capped(&self.http, &self.url, "application/jwk-set+json, application/json", MAX_BODY_BYTES).await?;
+                        let url = self.jwks_url().await?;
+            let body = fetch_capped(&self.http, &url, "application/jwk-set+json, application/json", MAX_BODY_BYTES).await?;
             let (set, rejected) = parse_set(&body, &self.allowed)?;
             for r in rejected {
                 metrics::counter!("sessiongate_jwks_keys_rejected_total", "provider" => self.provider.clone(), "reason" => r.as_str())
@@ -178,6 +200,68 @@ impl IssuerKeys {
         self.last_on_demand_ms
             .store(self.now_ms(), Ordering::Relaxed);
         let _ = self.refresh().await;
+    }
+
+    /// The JWKS URL: configured, or discovered (once; the discovery is redone only while it
+    /// has not succeeded).
+    async fn jwks_url(&self) -> Result<url::Url, String> {
+        let (issuer, allow_http) = match &self.source {
+            KeysAt::Url(u) => return Ok(u.clone()),
+            KeysAt::Discover { issuer, allow_http } => (issuer, *allow_http),
+        };
+        if let Some(u) = &self
+            .discovered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .jwks
+        {
+            return Ok(u.clone());
+        }
+        let well_known = url::Url::parse(&format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        ))
+        .map_err(|e| format!("discovery URL: {e}"))?;
+        let body = fetch_capped(
+            &self.http,
+            &well_known,
+            "application/json",
+            MAX_DISCOVERY_BYTES,
+        )
+        .await?;
+        let doc: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| "discovery document is not JSON".to_owned())?;
+        // OIDC Discovery §4.3: the document must name exactly the issuer it was fetched for.
+        if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer.as_str()) {
+            return Err("the discovery document names another issuer".into());
+        }
+        let endpoint = |name: &str| -> Result<Option<url::Url>, String> {
+            let Some(v) = doc.get(name).and_then(|v| v.as_str()) else {
+                return Ok(None);
+            };
+            let u = url::Url::parse(v).map_err(|_| format!("`{name}` is not a URL"))?;
+            match u.scheme() {
+                "https" => Ok(Some(u)),
+                "http" if allow_http => Ok(Some(u)),
+                _ => Err(format!("`{name}` must be https")),
+            }
+        };
+        let jwks = endpoint("jwks_uri")?.ok_or("the discovery document has no jwks_uri")?;
+        let userinfo = endpoint("userinfo_endpoint")?;
+        let mut d = self.discovered.write().unwrap_or_else(|p| p.into_inner());
+        d.jwks = Some(jwks.clone());
+        d.userinfo = userinfo;
+        tracing::info!(provider = self.provider, "issuer endpoints discovered");
+        Ok(jwks)
+    }
+
+    /// The UserInfo endpoint learned from discovery, if any yet.
+    pub fn discovered_userinfo(&self) -> Option<url::Url> {
+        self.discovered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .userinfo
+            .clone()
     }
 
     /// Waits for a fetch in progress (the start-up one, say) to finish; returns at once when

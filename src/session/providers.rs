@@ -18,7 +18,7 @@ use super::Reason;
 use super::token::{Header, Jws};
 use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
 use crate::error::Error;
-use crate::keys::issuer::{IssuerKeys, KeyLookup, http_client};
+use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt, http_client};
 use crate::keys::jwks::{Alg, kid_ok};
 use crate::upstream::UserInfoClient;
 
@@ -39,7 +39,8 @@ pub struct Provider {
     algs: Vec<Alg>,
     keys: Option<Arc<IssuerKeys>>,
     /// For legacy opaque tokens (and, later, migrations).
-    pub userinfo: Option<(url::Url, UserInfoClient)>,
+    pub userinfo: UserInfoClient,
+    userinfo_url: Option<url::Url>,
     leeway_secs: i64,
     max_lifetime_secs: i64,
 }
@@ -62,6 +63,13 @@ impl Provider {
             self.config.token_format,
             TokenFormat::Jwt | TokenFormat::Both
         )
+    }
+
+    /// The UserInfo endpoint: configured, or discovered (`None` until discovery succeeded).
+    pub fn userinfo_endpoint(&self) -> Option<url::Url> {
+        self.userinfo_url
+            .clone()
+            .or_else(|| self.keys.as_ref().and_then(|k| k.discovered_userinfo()))
     }
 
     pub fn accepts_opaque(&self) -> bool {
@@ -224,8 +232,22 @@ impl Providers {
             .iter()
             .map(|p| {
                 let algs: Vec<Alg> = p.algorithms.iter().filter_map(|a| Alg::parse(a)).collect();
-                let keys = p.jwks_url.clone().map(|url| {
-                    let k = Arc::new(IssuerKeys::new(&p.name, url, algs.clone(), http.clone()));
+                let takes_jwt = matches!(p.token_format, TokenFormat::Jwt | TokenFormat::Both);
+                let takes_opaque =
+                    matches!(p.token_format, TokenFormat::Opaque | TokenFormat::Both);
+                let source = match &p.jwks_url {
+                    Some(url) => Some(KeysAt::Url(url.clone())),
+                    // Endpoints left out of the configuration come from OIDC discovery.
+                    None if takes_jwt || (takes_opaque && p.userinfo_url.is_none()) => {
+                        Some(KeysAt::Discover {
+                            issuer: p.issuer.clone(),
+                            allow_http: cfg.env == crate::config::Env::Test,
+                        })
+                    }
+                    None => None,
+                };
+                let keys = source.map(|source| {
+                    let k = Arc::new(IssuerKeys::new(&p.name, source, algs.clone(), http.clone()));
                     k.spawn_refresher();
                     k
                 });
@@ -233,10 +255,8 @@ impl Providers {
                     config: p.clone(),
                     algs,
                     keys,
-                    userinfo: p
-                        .userinfo_url
-                        .clone()
-                        .map(|u| (u, UserInfoClient::new(p.userinfo_timeout))),
+                    userinfo: UserInfoClient::new(p.userinfo_timeout),
+                    userinfo_url: p.userinfo_url.clone(),
                     leeway_secs: cfg.native.leeway.as_secs() as i64,
                     max_lifetime_secs: p.max_token_lifetime.as_secs() as i64,
                 };

@@ -249,15 +249,18 @@ impl SessionService {
                 tracing::debug!(error = %e, "UserInfo cache unavailable; asking the provider")
             }
         }
-        let Some((url, client)) = &provider.userinfo else {
-            return Ok(Verdict::invalid(
-                Reason::Malformed,
-                Origin::Legacy,
-                Source::LocalVerify,
+        let Some(url) = provider.userinfo_endpoint() else {
+            return Err(Error::unavailable(
+                "LEGACY_PROVIDER_UNAVAILABLE",
+                format!(
+                    "the UserInfo endpoint of provider `{}` is not discovered yet; retry shortly",
+                    provider.name()
+                ),
             ));
         };
+        let client = &provider.userinfo;
         let started = std::time::Instant::now();
-        let outcome = client.fetch(url, token).await;
+        let outcome = client.fetch(&url, token).await;
         metrics::histogram!("sessiongate_upstream_duration_seconds", "provider" => provider.name().to_owned(), "call" => "userinfo")
             .record(started.elapsed().as_secs_f64());
         let unavailable = |why: &str| {

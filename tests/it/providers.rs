@@ -630,3 +630,42 @@ async fn legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_replica() {
         0
     );
 }
+
+#[tokio::test]
+async fn endpoints_left_out_are_discovered_from_the_issuer() {
+    let idp = FakeIdp::start().await;
+    let liar = FakeIdp::start().await;
+    liar.lie_about_issuer("https://someone-else.example/");
+    let only_issuer = |name: &str, idp: &FakeIdp, format: &str| {
+        format!(
+            "[[providers]]\nname = \"{name}\"\nkind = \"legacy\"\nissuer = \"{}\"\naudiences = [\"{API}\"]\ntoken_format = \"{format}\"\n",
+            idp.issuer()
+        )
+    };
+    let app = Setup::new()
+        .toml(
+            &[
+                only_issuer("auth0", &idp, "both"),
+                only_issuer("liar", &liar, "jwt"),
+            ]
+            .concat(),
+        )
+        .spawn()
+        .await;
+    idp.on_userinfo("opaque-d", UserInfoReply::Json(json!({"sub": "auth0|d"})));
+    let jwt = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&app, &jwt).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+    let r = validate(&app, "opaque-d").await.unwrap();
+    assert_eq!((verdict(&r), r.subject.as_str()), (VALID, "auth0|d"));
+
+    // A discovery document that names another issuer is refused: that provider's keys never
+    // load, so its tokens are UNAVAILABLE (not trusted, not INVALID).
+    let jwt = sign(&liar.key(KeyKind::Rs256), json!({}), &liar.claims(API));
+    let e = validate(&app, &jwt).await.unwrap_err();
+    assert_eq!(reason(&e), "KEYS_UNAVAILABLE");
+    assert_eq!(liar.jwks_hits(), 0);
+}

@@ -26,6 +26,8 @@ pub enum UserInfoReply {
 }
 
 struct Shared {
+    /// The issuer the discovery document claims (default: the real one).
+    discovery_issuer: Option<String>,
     userinfo: std::collections::HashMap<String, UserInfoReply>,
     keys: Vec<Arc<SigningKey>>,
     /// Extra raw JWKs published as they are (hostile entries).
@@ -39,6 +41,33 @@ pub struct FakeIdp {
     shared: Arc<Mutex<Shared>>,
     hits: Arc<AtomicUsize>,
     userinfo_hits: Arc<AtomicUsize>,
+}
+
+async fn discovery(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let real = format!("http://{host}/");
+    let issuer = shared
+        .lock()
+        .unwrap()
+        .discovery_issuer
+        .clone()
+        .unwrap_or(real.clone());
+    (
+        [("content-type", "application/json")],
+        json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{real}.well-known/jwks.json"),
+            "userinfo_endpoint": format!("{real}userinfo"),
+        })
+        .to_string(),
+    )
 }
 
 async fn userinfo(
@@ -104,6 +133,7 @@ impl FakeIdp {
             .map(|k| Arc::new(SigningKey::generate(k).unwrap()))
             .collect();
         let shared = Arc::new(Mutex::new(Shared {
+            discovery_issuer: None,
             userinfo: Default::default(),
             keys,
             extra: Vec::new(),
@@ -114,6 +144,11 @@ impl FakeIdp {
         let app = Router::new()
             .route("/.well-known/jwks.json", get(jwks))
             .with_state((shared.clone(), hits.clone()))
+            .merge(
+                Router::new()
+                    .route("/.well-known/openid-configuration", get(discovery))
+                    .with_state(shared.clone()),
+            )
             .merge(
                 Router::new()
                     .route("/userinfo", get(userinfo))
@@ -160,6 +195,11 @@ impl FakeIdp {
 
     pub fn jwks_hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Makes the discovery document claim another issuer.
+    pub fn lie_about_issuer(&self, issuer: &str) {
+        self.shared.lock().unwrap().discovery_issuer = Some(issuer.to_owned());
     }
 
     pub fn set_status(&self, status: u16) {
