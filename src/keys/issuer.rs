@@ -14,6 +14,25 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::jwks::{Alg, KeySet, VerifyKey, parse_set};
+use crate::store::{Key, Store};
+
+/// How long a shared JWKS document is kept in the store (the last-good copy a restarted
+/// replica can start from).
+const SHARED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A JWKS document as replicas share it in the store.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedJwks {
+    fetched_at_ms: i64,
+    jwks: String,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Largest JWKS document accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -112,8 +131,11 @@ pub struct IssuerKeys {
     allowed: Vec<Alg>,
     http: reqwest::Client,
     set: RwLock<Option<Arc<KeySet>>>,
-    /// When the current set was fetched (for the staleness metric).
-    loaded_at: RwLock<Option<Instant>>,
+    /// When (wall-clock ms) the current set was fetched from the issuer, by us or by the
+    /// replica that shared it.
+    loaded_at: RwLock<Option<i64>>,
+    /// The store and key under which replicas share the fetched document.
+    shared: Option<(Arc<dyn Store>, Key)>,
     /// When (ms since `epoch`) a request last caused a fetch: the cooldown counts from
     /// there, not from the periodic refreshes, so a rotation right after start-up is seen at
     /// once.
@@ -132,6 +154,7 @@ impl IssuerKeys {
             http,
             set: RwLock::new(None),
             loaded_at: RwLock::new(None),
+            shared: None,
             last_on_demand_ms: AtomicI64::new(i64::MIN / 2),
             single_flight: tokio::sync::Mutex::new(()),
             epoch: Instant::now(),
@@ -154,33 +177,81 @@ impl IssuerKeys {
         }
     }
 
-    /// Fetches the set now and, if usable, replaces the current one.
-    pub async fn refresh(&self) -> Result<usize, String> {
+    /// Refreshes the set: from the copy another replica shared in the store when that is
+    /// newer than ours and younger than `shared_max_age`, else from the issuer — sharing what
+    /// it got.
+    pub async fn refresh(&self, shared_max_age: Duration) -> Result<usize, String> {
         let result = async {
-                        let url = self.jwks_url().await?;
+            if let Some((set, fetched_at_ms)) = self.shared_copy(shared_max_age).await {
+                return Ok::<_, String>((set, fetched_at_ms, "shared"));
+            }
+            let url = self.jwks_url().await?;
             let body = fetch_capped(&self.http, &url, "application/jwk-set+json, application/json", MAX_BODY_BYTES).await?;
             let (set, rejected) = parse_set(&body, &self.allowed)?;
             for r in rejected {
                 metrics::counter!("sessiongate_jwks_keys_rejected_total", "provider" => self.provider.clone(), "reason" => r.as_str())
                     .increment(1);
             }
-            Ok::<_, String>(set)
+            let now = wall_ms();
+            // Shared before it is used here: a replica that sees our keys can find them in
+            // the store too.
+            self.share(&body, now).await;
+            Ok((set, now, "issuer"))
         }
         .await;
         match result {
-            Ok(set) => {
+            Ok((set, fetched_at_ms, from)) => {
                 let n = set.keys.len();
                 *self.set.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(set));
-                *self.loaded_at.write().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                metrics::counter!("sessiongate_jwks_refreshes_total", "provider" => self.provider.clone(), "outcome" => "ok").increment(1);
-                tracing::debug!(provider = self.provider, keys = n, "JWKS refreshed");
+                *self.loaded_at.write().unwrap_or_else(|p| p.into_inner()) = Some(fetched_at_ms);
+                metrics::counter!("sessiongate_jwks_refreshes_total", "provider" => self.provider.clone(), "outcome" => "ok", "from" => from).increment(1);
+                tracing::debug!(provider = self.provider, keys = n, from, "JWKS refreshed");
                 Ok(n)
             }
             Err(e) => {
-                metrics::counter!("sessiongate_jwks_refreshes_total", "provider" => self.provider.clone(), "outcome" => "error").increment(1);
+                metrics::counter!("sessiongate_jwks_refreshes_total", "provider" => self.provider.clone(), "outcome" => "error", "from" => "issuer").increment(1);
                 tracing::warn!(provider = self.provider, error = %e, "JWKS refresh failed; keeping the last good keys");
                 Err(e)
             }
+        }
+    }
+
+    /// The set another replica fetched, if it is newer than ours and younger than the refresh
+    /// interval. The store failing is not an error: the issuer is asked instead.
+    async fn shared_copy(&self, max_age: Duration) -> Option<(KeySet, i64)> {
+        let (store, key) = self.shared.as_ref()?;
+        let bytes = store.get(key).await.ok()??;
+        let doc: SharedJwks = serde_json::from_slice(&bytes).ok()?;
+        let ours = *self.loaded_at.read().unwrap_or_else(|p| p.into_inner());
+        let fresh = wall_ms() - doc.fetched_at_ms < max_age.as_millis() as i64;
+        if !fresh || ours.is_some_and(|t| t >= doc.fetched_at_ms) {
+            return None;
+        }
+        let (set, _) = parse_set(doc.jwks.as_bytes(), &self.allowed).ok()?;
+        Some((set, doc.fetched_at_ms))
+    }
+
+    async fn share(&self, body: &[u8], fetched_at_ms: i64) {
+        let Some((store, key)) = &self.shared else {
+            return;
+        };
+        let Ok(jwks) = std::str::from_utf8(body) else {
+            return;
+        };
+        let doc = SharedJwks {
+            fetched_at_ms,
+            jwks: jwks.to_owned(),
+        };
+        let Ok(value) = serde_json::to_vec(&doc) else {
+            return;
+        };
+        let write = crate::store::Write::Put {
+            key: key.clone(),
+            value,
+            ttl: Some(SHARED_TTL),
+        };
+        if let Err(e) = store.write(vec![write]).await {
+            tracing::debug!(provider = self.provider, error = %e, "could not share the JWKS");
         }
     }
 
@@ -199,7 +270,9 @@ impl IssuerKeys {
         }
         self.last_on_demand_ms
             .store(self.now_ms(), Ordering::Relaxed);
-        let _ = self.refresh().await;
+        // A replica that met the same new kid moments ago shared the rotated set; else ask
+        // the issuer.
+        let _ = self.refresh(UNKNOWN_KID_COOLDOWN).await;
     }
 
     /// The JWKS URL: configured, or discovered (once; the discovery is redone only while it
@@ -270,12 +343,19 @@ impl IssuerKeys {
         let _flight = self.single_flight.lock().await;
     }
 
-    /// Seconds since the current set was fetched (`None`: never).
+    /// How old the current set is (`None`: never loaded).
     pub fn age(&self) -> Option<Duration> {
         self.loaded_at
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
+            .map(|t| Duration::from_millis((wall_ms() - t).max(0) as u64))
+    }
+
+    /// Shares fetched documents through `store` (so replicas and restarts do not all ask the
+    /// issuer), under `key`.
+    pub fn with_shared_store(mut self, store: Arc<dyn Store>, key: Key) -> Self {
+        self.shared = Some((store, key));
+        self
     }
 
     /// Fetches at once (retrying with backoff until the first set arrives), then every
@@ -287,7 +367,7 @@ impl IssuerKeys {
             loop {
                 let ok = {
                     let _flight = this.single_flight.lock().await;
-                    this.refresh().await.is_ok()
+                    this.refresh(REFRESH_EVERY).await.is_ok()
                 };
                 let loaded = matches!(this.get(""), KeyLookup::Found(_) | KeyLookup::Unknown);
                 let wait = if loaded && ok {

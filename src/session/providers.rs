@@ -222,7 +222,8 @@ pub struct Providers {
 impl Providers {
     /// Builds the providers and starts fetching their keys in the background (start-up never
     /// waits for an issuer).
-    pub fn start(cfg: &Config) -> Self {
+    pub fn start(cfg: &Config, store: Arc<dyn crate::store::Store>) -> Self {
+        let store_keys = crate::store::keys::Keys::new(cfg.env);
         let http = http_client(
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(5),
@@ -247,7 +248,10 @@ impl Providers {
                     None => None,
                 };
                 let keys = source.map(|source| {
-                    let k = Arc::new(IssuerKeys::new(&p.name, source, algs.clone(), http.clone()));
+                    let k = Arc::new(
+                        IssuerKeys::new(&p.name, source, algs.clone(), http.clone())
+                            .with_shared_store(store.clone(), store_keys.jwks(&p.name)),
+                    );
                     k.spawn_refresher();
                     k
                 });

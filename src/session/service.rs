@@ -153,7 +153,7 @@ impl SessionService {
                 .max_capacity(VERDICT_CACHE_ENTRIES)
                 .time_to_live(Duration::from_millis(REMINT_AFTER_MS as u64))
                 .build(),
-            providers: Providers::start(cfg),
+            providers: Providers::start(cfg, store.clone()),
             provider_cache: moka::sync::Cache::builder()
                 .max_capacity(VERDICT_CACHE_ENTRIES)
                 .time_to_live(Duration::from_secs(300))

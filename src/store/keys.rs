@@ -121,6 +121,14 @@ impl Keys {
         self.key(format_args!("revoked-sids"))
     }
 
+    /// A provider's JWKS document as last fetched, shared by replicas.
+    pub fn jwks(&self, provider: &str) -> Key {
+        self.key(format_args!(
+            "jwks:{}",
+            Digest::of(provider.as_bytes()).to_hex()
+        ))
+    }
+
     /// A legacy provider's cached UserInfo answer for an opaque token.
     pub fn userinfo(&self, token: &Digest) -> Key {
         self.key(format_args!("ui:{}", token.to_hex()))

@@ -669,3 +669,28 @@ async fn endpoints_left_out_are_discovered_from_the_issuer() {
     assert_eq!(reason(&e), "KEYS_UNAVAILABLE");
     assert_eq!(liar.jwks_hits(), 0);
 }
+
+#[tokio::test]
+async fn replicas_share_the_jwks_through_the_store_instead_of_asking_the_issuer_again() {
+    let redis = crate::support::RedisServer::start().await;
+    let idp = FakeIdp::start().await;
+    let setup = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .redis(&redis);
+    let a = setup.clone().spawn().await;
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    eventually(Duration::from_secs(5), || async {
+        validate(&a, &token).await.ok()
+    })
+    .await;
+    assert_eq!(idp.jwks_hits(), 1);
+
+    // A second replica (or a restart) starts from the shared copy.
+    let b = setup.spawn().await;
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&b, &token).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+    assert_eq!(idp.jwks_hits(), 1, "the second replica asked the issuer");
+}
