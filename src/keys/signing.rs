@@ -120,6 +120,9 @@ impl SigningKey {
                     "RSA key of {bits} bits is too small: use at least {MIN_RSA_BITS}"
                 ));
             }
+            if super::jwks::roca_vulnerable(&n) {
+                return Err("RSA key has the ROCA fingerprint (CVE-2017-15361): its private key can be recovered; generate a new one".into());
+            }
         }
         let kid = public
             .thumbprint(ThumbprintHash::SHA256)

@@ -156,3 +156,93 @@ fn jwk_vectors_private_keys_load_or_are_refused_cleanly() {
     }
     assert!(seen > 0);
 }
+
+/// Vectors sessiongate refuses by policy although they are valid JWS, by tcId.
+const JWK_POLICY_SKIPS: &[(u64, &str)] = &[
+    (
+        2,
+        "HS256 keyset: symmetric keys are never accepted from a JWKS (threats.md row 3)",
+    ),
+    (
+        13,
+        "HS256 long key: symmetric keys are never accepted from a JWKS",
+    ),
+    (
+        14,
+        "HS384 long key: symmetric keys are never accepted from a JWKS",
+    ),
+    (
+        15,
+        "HS512 long key: symmetric keys are never accepted from a JWKS",
+    ),
+];
+
+#[test]
+fn jwk_vectors_through_the_provider_key_set_loader_and_verifier() {
+    use base64::Engine as _;
+    use sessiongate::keys::jwks::{Alg, kid_ok, parse_set};
+    let Some(v) = vectors("json_web_key_test.json") else {
+        return;
+    };
+    let all = [
+        Alg::Rs256,
+        Alg::Rs384,
+        Alg::Rs512,
+        Alg::Ps256,
+        Alg::Ps384,
+        Alg::Ps512,
+        Alg::Es256,
+        Alg::Es384,
+        Alg::EdDsa,
+    ];
+    let mut mismatches = Vec::new();
+    let mut checked = 0;
+    for group in v["testGroups"].as_array().unwrap() {
+        // An issuer publishes public keys; where a group only has private ones, publish those
+        // (the loader must refuse private material).
+        let set = group.get("public").unwrap_or(&group["private"]);
+        let loaded = parse_set(set.to_string().as_bytes(), &all).ok();
+        for t in group["tests"].as_array().unwrap() {
+            let id = t["tcId"].as_u64().unwrap();
+            let mut want = t["result"] == "valid";
+            if let Some((_, why)) = JWK_POLICY_SKIPS.iter().find(|(i, _)| *i == id) {
+                println!("tcId {id}: refused by policy: {why}");
+                want = false;
+            }
+            let jws = t["jws"].as_str().unwrap_or_default();
+            let got = (|| {
+                let (keys, _) = loaded.as_ref()?;
+                let Ok(Shape::Jws(parts)) = token::classify(jws) else {
+                    return None;
+                };
+                let header = token::header(&parts).ok()?;
+                let alg = Alg::parse(&header.alg)?;
+                let kid = header.kid.as_deref().unwrap_or("");
+                if !kid_ok(kid) {
+                    return None;
+                }
+                let key = keys.keys.get(kid)?;
+                let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(parts.signature)
+                    .ok()?;
+                key.verify(alg, parts.signing_input.as_bytes(), &sig)
+                    .then_some(())
+            })()
+            .is_some();
+            if got != want {
+                mismatches.push(format!(
+                    "tcId {id} ({}): {} — expected {}",
+                    group["comment"], t["comment"], t["result"]
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    println!("wycheproof JWK: {checked} vectors checked");
+}
