@@ -254,3 +254,49 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: no input makes the classifier or the parsers panic, and whatever they
+    //! accept has the shape they promise.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn b64_of(bytes: Vec<u8>) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Near-JWTs: three or more base64url-ish parts built from arbitrary JSON-ish bytes.
+    fn near_jwt() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            any::<Vec<u8>>().prop_map(b64_of),
+            "[A-Za-z0-9_=+/ .-]{0,40}",
+            prop::collection::vec(any::<(String, i64)>(), 0..4).prop_map(|kv| {
+                let obj: serde_json::Map<String, Value> =
+                    kv.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+                b64_of(serde_json::to_vec(&obj).unwrap())
+            }),
+            Just(b64_of(br#"{"alg":"RS256","kid":"k","typ":"JWT"}"#.to_vec())),
+        ];
+        prop::collection::vec(part, 1..6).prop_map(|parts| parts.join("."))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+        #[test]
+        fn classify_and_parse_never_panic(token in prop_oneof![any::<String>(), near_jwt()]) {
+            match classify(&token) {
+                Ok(Shape::Jws(jws)) => {
+                    prop_assert_eq!(token.matches('.').count(), 2);
+                    prop_assert!(token.starts_with(jws.signing_input));
+                    let _ = header(&jws);
+                    let _ = payload(&jws);
+                }
+                Ok(Shape::NativeOpaque) => prop_assert!(token.starts_with(NATIVE_TOKEN_PREFIX) && token.len() == 47),
+                Ok(Shape::Other) => prop_assert!(!token.contains('.') || token.matches('.').count() < 2),
+                Err(_) => {}
+            }
+        }
+    }
+}

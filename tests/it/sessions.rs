@@ -835,3 +835,38 @@ async fn redis_outage_keeps_jwts_working_and_opaque_tokens_unavailable_never_inv
     .await;
     assert_eq!(verdict(&r), VALID);
 }
+
+#[tokio::test]
+async fn random_garbage_is_always_a_verdict_never_an_internal_error() {
+    use rand::{Rng, SeedableRng};
+    let key = KeyFile::new(KeyKind::Rs256);
+    let app = setup(&key).spawn().await;
+    let created = create(&app, 60).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5e55_1064);
+    let alphabet: Vec<char> = "ABCxyz019-_.=+/ {}\":,\\\u{0}\u{7f}é😀".chars().collect();
+    for i in 0..1000 {
+        let token: String = match i % 3 {
+            // Arbitrary characters.
+            0 => (0..rng.random_range(1..200))
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect(),
+            // A real JWT with one byte flipped somewhere.
+            1 => {
+                let mut b = created.session_jwt.clone().into_bytes();
+                let at = rng.random_range(0..b.len());
+                b[at] = b"AZaz09-_."[rng.random_range(0..9)];
+                String::from_utf8(b).unwrap()
+            }
+            // A real opaque token, truncated or extended.
+            _ => {
+                let t = &created.session_token;
+                let cut = rng.random_range(1..t.len() + 3).min(t.len());
+                format!("{}{}", &t[..cut], "x".repeat(rng.random_range(0..3)))
+            }
+        };
+        match validate(&app, &token).await {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.code(), tonic::Code::InvalidArgument, "token #{i}: {e:?}"),
+        }
+    }
+}
