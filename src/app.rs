@@ -202,6 +202,9 @@ impl App {
             .max_connection_age(Duration::from_secs(300))
             .max_connection_age_grace(Duration::from_secs(30))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Honours the caller's `grpc-timeout`, and bounds calls that set none: work for
+            // a caller who has given up stops.
+            .timeout(Duration::from_secs(30))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -261,6 +261,9 @@ impl IssuerKeys {
     pub async fn refresh_on_demand(&self) {
         let cooldown = UNKNOWN_KID_COOLDOWN.as_millis() as i64;
         if self.now_ms() - self.last_on_demand_ms.load(Ordering::Relaxed) < cooldown {
+            // No new fetch; but if one is running (for the same new kid, most likely), its
+            // result is worth waiting for — as long as the caller's deadline allows.
+            self.wait_for_fetch().await;
             return;
         }
         let _flight = self.single_flight.lock().await;

@@ -694,3 +694,64 @@ async fn replicas_share_the_jwks_through_the_store_instead_of_asking_the_issuer_
     assert_eq!(verdict(&r), VALID);
     assert_eq!(idp.jwks_hits(), 1, "the second replica asked the issuer");
 }
+
+#[tokio::test]
+async fn a_hanging_issuer_costs_one_fetch_and_no_more_than_the_callers_deadline() {
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    let claims = idp.claims(API);
+    let known = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+    eventually(Duration::from_secs(5), || async {
+        validate(&app, &known).await.ok()
+    })
+    .await;
+    let before = idp.jwks_hits();
+
+    idp.hang_jwks(Duration::from_secs(3));
+    let unknown = sign(
+        &idp.key(KeyKind::Rs256),
+        json!({"kid": "rotated-but-hanging"}),
+        &claims,
+    );
+    let started = std::time::Instant::now();
+    let calls = (0..20).map(|_| {
+        let mut c = app.session();
+        let token = unknown.clone();
+        async move {
+            let mut req = tonic::Request::new(pb::ValidateSessionRequest {
+                token,
+                ..Default::default()
+            });
+            req.set_timeout(Duration::from_millis(400));
+            c.validate_session(req).await
+        }
+    });
+    for r in futures::future::join_all(calls).await {
+        // tonic reports an expired deadline as CANCELLED on the client side.
+        let code = r.unwrap_err().code();
+        assert!(
+            matches!(code, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+            "{code:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        idp.jwks_hits(),
+        before + 1,
+        "more than one fetch for one unknown kid"
+    );
+    // Tokens with known kids never wait for the issuer.
+    let t0 = std::time::Instant::now();
+    let mut other = claims.clone();
+    other["sub"] = json!("auth0|not-cached");
+    let fresh = sign(&idp.key(KeyKind::Es256), json!({}), &other);
+    assert_eq!(verdict(&validate(&app, &fresh).await.unwrap()), VALID);
+    assert!(t0.elapsed() < Duration::from_millis(200));
+}

@@ -26,6 +26,8 @@ pub enum UserInfoReply {
 }
 
 struct Shared {
+    /// Simulated latency of the JWKS endpoint (a hanging issuer).
+    jwks_delay: Option<std::time::Duration>,
     /// The issuer the discovery document claims (default: the real one).
     discovery_issuer: Option<String>,
     userinfo: std::collections::HashMap<String, UserInfoReply>,
@@ -110,6 +112,11 @@ async fn jwks(
     State((shared, hits)): State<(Arc<Mutex<Shared>>, Arc<AtomicUsize>)>,
 ) -> impl IntoResponse {
     hits.fetch_add(1, Ordering::SeqCst);
+    let delay = shared.lock().unwrap().jwks_delay;
+    if let Some(d) = delay {
+        // A hanging issuer: simulated latency, not synchronisation.
+        tokio::time::sleep(d).await;
+    }
     let s = shared.lock().unwrap();
     let mut keys: Vec<Value> = s
         .keys
@@ -133,6 +140,7 @@ impl FakeIdp {
             .map(|k| Arc::new(SigningKey::generate(k).unwrap()))
             .collect();
         let shared = Arc::new(Mutex::new(Shared {
+            jwks_delay: None,
             discovery_issuer: None,
             userinfo: Default::default(),
             keys,
@@ -200,6 +208,11 @@ impl FakeIdp {
     /// Makes the discovery document claim another issuer.
     pub fn lie_about_issuer(&self, issuer: &str) {
         self.shared.lock().unwrap().discovery_issuer = Some(issuer.to_owned());
+    }
+
+    /// Makes the JWKS endpoint answer only after `d`.
+    pub fn hang_jwks(&self, d: std::time::Duration) {
+        self.shared.lock().unwrap().jwks_delay = Some(d);
     }
 
     pub fn set_status(&self, status: u16) {
