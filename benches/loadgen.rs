@@ -13,6 +13,10 @@
 #[allow(dead_code)]
 mod redis;
 
+#[path = "../tests/it/support/idp.rs"]
+#[allow(dead_code)]
+mod idp;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -46,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Distinct never-seen JWTs per uncached round (the round ends when they are used up).
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 4000)]
     uncached_tokens: usize,
     /// The sessiongate binary to measure.
     #[arg(long, default_value = "target/release/sessiongate")]
@@ -86,15 +90,29 @@ enum Path {
     Baseline,
     JwtCached,
     JwtUncached,
+    LegacyRs256,
+    LegacyEs256,
+    LegacyEdDsa,
     Opaque,
 }
 
 impl Path {
+    /// Paths that need a never-seen token per request.
+    fn fresh(self) -> bool {
+        matches!(
+            self,
+            Path::JwtUncached | Path::LegacyRs256 | Path::LegacyEs256 | Path::LegacyEdDsa
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Path::Baseline => "Health/Check (baseline)",
             Path::JwtCached => "ValidateSession native JWT, cache hit",
             Path::JwtUncached => "ValidateSession native JWT, uncached RS256",
+            Path::LegacyRs256 => "ValidateSession legacy JWT, uncached RS256",
+            Path::LegacyEs256 => "ValidateSession legacy JWT, uncached ES256",
+            Path::LegacyEdDsa => "ValidateSession legacy JWT, uncached EdDSA",
             Path::Opaque => "ValidateSession native opaque via Redis",
         }
     }
@@ -103,6 +121,9 @@ impl Path {
             Path::Baseline => "baseline",
             Path::JwtCached => "jwt_cached",
             Path::JwtUncached => "jwt_uncached",
+            Path::LegacyRs256 => "legacy_rs256",
+            Path::LegacyEs256 => "legacy_es256",
+            Path::LegacyEdDsa => "legacy_eddsa",
             Path::Opaque => "opaque",
         }
     }
@@ -111,7 +132,9 @@ impl Path {
         match self {
             Path::Baseline => None,
             Path::JwtCached => Some((0.85, 20.0)),
-            Path::JwtUncached => Some((0.28, 40.0)),
+            Path::JwtUncached | Path::LegacyRs256 => Some((0.28, 40.0)),
+            // No target of their own in DESIGN.md §11: reported for comparison.
+            Path::LegacyEs256 | Path::LegacyEdDsa => None,
             Path::Opaque => Some((0.6, 50.0)),
         }
     }
@@ -121,8 +144,8 @@ impl Path {
 struct Fixtures {
     cached_jwt: String,
     opaque: Vec<String>,
-    /// Fresh tokens, consumed front to back across rounds.
-    uncached: std::sync::Mutex<std::vec::IntoIter<String>>,
+    /// Fresh tokens per path, consumed front to back across rounds.
+    fresh: HashMap<&'static str, std::sync::Mutex<std::vec::IntoIter<String>>>,
 }
 
 struct Server {
@@ -159,13 +182,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &key_path,
         sessiongate::keys::signing::generate_pem(sessiongate::keys::KeyKind::Rs256)?,
     )?;
+    let legacy = idp::FakeIdp::start().await;
     let config_path = dir.path().join("sessiongate.toml");
     std::fs::write(
         &config_path,
         format!(
-            "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\"]\n",
+            "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\"]\n\
+             [[providers]]\nname = \"legacy\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\naudiences = [\"{LEGACY_API}\"]\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n",
             key_path.display(),
-            sessiongate::store::keys::Digest::of(API_KEY.as_bytes()).to_hex()
+            sessiongate::store::keys::Digest::of(API_KEY.as_bytes()).to_hex(),
+            legacy.issuer(),
+            legacy.jwks_url(),
         ),
     )?;
 
@@ -212,18 +239,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "preparing sessions and {} fresh JWTs per uncached round…",
         args.uncached_tokens
     );
-    let fixtures = Arc::new(prepare(&channel, &key_path, &args).await?);
+    let fixtures = Arc::new(prepare(&channel, &key_path, &legacy, &args).await?);
+    // The legacy issuer's keys load in the background at start: wait until they verify.
+    let warm = idp::sign(
+        &legacy.key(sessiongate::keys::KeyKind::Rs256),
+        serde_json::json!({}),
+        &legacy.claims(LEGACY_API),
+    );
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut req = tonic::Request::new(pb::ValidateSessionRequest {
+            token: warm.clone(),
+            ..Default::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {API_KEY}").parse()?);
+        if matches!(validate_lean(&mut grpc, req).await, Ok(v) if v.verdict == pb::Verdict::Valid as i32)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the legacy issuer's keys never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
-    let all = [Path::JwtCached, Path::JwtUncached, Path::Opaque];
+    let all = [
+        Path::JwtCached,
+        Path::JwtUncached,
+        Path::Opaque,
+        Path::LegacyRs256,
+        Path::LegacyEs256,
+        Path::LegacyEdDsa,
+    ];
     let paths: Vec<Path> = all
         .into_iter()
         .filter(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.key()))
         .collect();
 
     // Warm-up (connections, caches, allocator): not measured.
-    for p in std::iter::once(Path::Baseline)
-        .chain(paths.iter().copied().filter(|p| *p != Path::JwtUncached))
-    {
+    for p in std::iter::once(Path::Baseline).chain(paths.iter().copied().filter(|p| !p.fresh())) {
         measure(p, &channel, &fixtures, 8, Duration::from_millis(300), None).await;
     }
 
@@ -233,7 +290,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut runs = Vec::new();
         let mut bases = Vec::new();
         for _ in 0..args.rounds {
-            let limit = (path == Path::JwtUncached).then_some(args.uncached_tokens);
+            let limit = path.fresh().then_some(args.uncached_tokens);
             let dur = Duration::from_secs_f64(args.seconds);
             let base = measure(
                 Path::Baseline,
@@ -265,7 +322,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None,
         )
         .await;
-        let limit1 = (path == Path::JwtUncached).then_some(args.uncached_tokens / 4);
+        let limit1 = path.fresh().then_some(args.uncached_tokens / 4);
         let run1 = measure(path, &channel, &fixtures, 1, Duration::from_secs(1), limit1).await;
         ratios.sort_by(f64::total_cmp);
         let median = ratios[ratios.len() / 2];
@@ -311,9 +368,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` tokens made by `make(i)` on two threads (signing, RSA above all, is slow).
+fn mint_many(
+    n: usize,
+    make: Arc<dyn Fn(usize) -> String + Send + Sync>,
+) -> anyhow::Result<Vec<String>> {
+    let half = n.div_ceil(2);
+    let handles: Vec<_> = (0..2)
+        .map(|t| {
+            let make = make.clone();
+            std::thread::spawn(move || {
+                (t * half..((t + 1) * half).min(n))
+                    .map(|i| make(i))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for h in handles {
+        out.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("minting thread panicked"))?,
+        );
+    }
+    Ok(out)
+}
+
+const LEGACY_API: &str = "https://api.example.com";
+
 async fn prepare(
     channel: &Channel,
     key_path: &std::path::Path,
+    legacy: &idp::FakeIdp,
     args: &Args,
 ) -> anyhow::Result<Fixtures> {
     let mut client = SessionGateServiceClient::new(channel.clone());
@@ -344,50 +430,59 @@ async fn prepare(
         sessiongate::config::KeySource::File(key_path.to_path_buf()),
     ])?);
     let issuer = Arc::new(NativeIssuer::new(cfg.env, &cfg.native, keys));
-    let wanted = args.only.is_empty() || args.only.iter().any(|o| o == Path::JwtUncached.key());
-    let total = if wanted {
-        args.uncached_tokens * (args.rounds + 2)
-    } else {
-        0
-    };
-    let per = total.div_ceil(2);
-    let handles: Vec<_> = (0..2)
-        .map(|t| {
-            let issuer = issuer.clone();
-            std::thread::spawn(move || {
-                let now = SystemClock.now_ms();
-                (0..per)
-                    .map(|i| {
-                        let session = Session {
-                            session_id: format!("session-test-load-{t}-{i}"),
-                            user_id: format!("user-test-load-{t}-{i}"),
-                            started_at_ms: now,
-                            last_accessed_at_ms: now,
-                            expires_at_ms: now + 3_600_000,
-                            factors: vec![AuthFactor {
-                                kind: "password".into(),
-                                ..Default::default()
-                            }],
-                            attributes: Default::default(),
-                            custom_claims: Default::default(),
-                        };
-                        issuer.mint(&session, now).expect("mint")
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut uncached = Vec::with_capacity(total);
-    for h in handles {
-        uncached.extend(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("minting thread panicked"))?,
+    let per_path = args.uncached_tokens * (args.rounds + 2);
+    let wanted = |p: Path| args.only.is_empty() || args.only.iter().any(|o| o == p.key());
+    let mut fresh = HashMap::new();
+    if wanted(Path::JwtUncached) {
+        let now = SystemClock.now_ms();
+        let tokens = mint_many(
+            per_path,
+            Arc::new(move |i| {
+                let session = Session {
+                    session_id: format!("session-test-load-{i}"),
+                    user_id: format!("user-test-load-{i}"),
+                    started_at_ms: now,
+                    last_accessed_at_ms: now,
+                    expires_at_ms: now + 3_600_000,
+                    factors: vec![AuthFactor {
+                        kind: "password".into(),
+                        ..Default::default()
+                    }],
+                    attributes: Default::default(),
+                    custom_claims: Default::default(),
+                };
+                issuer.mint(&session, now).expect("mint")
+            }),
+        )?;
+        fresh.insert(
+            Path::JwtUncached.key(),
+            std::sync::Mutex::new(tokens.into_iter()),
         );
+    }
+    for (path, kind) in [
+        (Path::LegacyRs256, sessiongate::keys::KeyKind::Rs256),
+        (Path::LegacyEs256, sessiongate::keys::KeyKind::Es256),
+        (Path::LegacyEdDsa, sessiongate::keys::KeyKind::Eddsa),
+    ] {
+        if !wanted(path) {
+            continue;
+        }
+        let key = legacy.key(kind);
+        let claims = legacy.claims(LEGACY_API);
+        let tokens = mint_many(
+            per_path,
+            Arc::new(move |i| {
+                let mut c = claims.clone();
+                c["jti"] = serde_json::json!(format!("load-{i}"));
+                idp::sign(&key, serde_json::json!({}), &c)
+            }),
+        )?;
+        fresh.insert(path.key(), std::sync::Mutex::new(tokens.into_iter()));
     }
     Ok(Fixtures {
         cached_jwt,
         opaque,
-        uncached: std::sync::Mutex::new(uncached.into_iter()),
+        fresh,
     })
 }
 
@@ -423,7 +518,7 @@ async fn measure(
                         Path::Baseline => None,
                         Path::JwtCached => Some(fx.cached_jwt.clone()),
                         Path::Opaque => Some(fx.opaque[i % fx.opaque.len()].clone()),
-                        Path::JwtUncached => match fx.uncached.lock().expect("lock").next() {
+                        p => match fx.fresh.get(p.key()).and_then(|m| m.lock().expect("lock").next()) {
                             Some(t) => Some(t),
                             None => break,
                         },
