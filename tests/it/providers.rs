@@ -755,3 +755,118 @@ async fn a_hanging_issuer_costs_one_fetch_and_no_more_than_the_callers_deadline(
     assert_eq!(verdict(&validate(&app, &fresh).await.unwrap()), VALID);
     assert!(t0.elapsed() < Duration::from_millis(200));
 }
+
+// === threats.md rows not covered by the tests above, one test each ===
+
+#[tokio::test]
+async fn threat_08_09_expiry_and_leeway_boundaries_on_the_injected_clock() {
+    let idp = FakeIdp::start().await;
+    let clock = crate::support::ManualClock::new();
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .clock(&clock)
+        .spawn()
+        .await;
+    let mut claims = idp.claims(API);
+    let now = {
+        use sessiongate::clock::Clock as _;
+        clock.now_secs()
+    };
+    claims["iat"] = json!(now - 600);
+    claims["exp"] = json!(now - 29); // leeway is 30 s: still inside
+    let inside = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&app, &inside).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+    claims["exp"] = json!(now - 30); // exactly at exp + leeway: expired
+    let at = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+    assert_eq!(
+        verdict(&validate(&app, &at).await.unwrap()),
+        invalid(pb::Reason::Expired)
+    );
+    // The cached verdict of the first token expires with the clock too.
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        verdict(&validate(&app, &inside).await.unwrap()),
+        invalid(pb::Reason::Expired)
+    );
+}
+
+#[tokio::test]
+async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
+    use base64::Engine as _;
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    let mut claims = idp.claims(API);
+    claims["jti"] = json!("malleable-1");
+    let token = sign(&idp.key(KeyKind::Es256), json!({}), &claims);
+    // (r, s) → (r, n − s): another valid signature over the same bytes.
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (head, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = enc.decode(sig).unwrap();
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let v = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(v < 0);
+        sig[32 + i] = v.rem_euclid(256) as u8;
+    }
+    let twin = format!("{head}.{}", enc.encode(&sig));
+    assert_ne!(twin, token);
+    for t in [&token, &twin] {
+        let r = eventually(Duration::from_secs(5), || async {
+            validate(&app, t).await.ok()
+        })
+        .await;
+        assert_eq!(verdict(&r), VALID, "both encodings verify");
+    }
+    let revoke = pb::RevokeSessionRequest {
+        target: Some(pb::revoke_session_request::Target::LegacyToken(
+            token.clone(),
+        )),
+    };
+    app.session().revoke_session(revoke).await.unwrap();
+    // Revocation is keyed by (iss, jti), never by token bytes: the twin is revoked as well.
+    assert_eq!(
+        verdict(&validate(&app, &twin).await.unwrap()),
+        invalid(pb::Reason::Revoked)
+    );
+}
+
+#[tokio::test]
+async fn threat_22_24_missing_signatures_and_cache_poisoning() {
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&app, &token).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+    let (head, _) = token.rsplit_once('.').unwrap();
+    // The verdict cache is keyed by the whole token: the same header and payload with an
+    // empty, missing or forged signature are checked afresh and refused.
+    for forged in [
+        format!("{head}."),
+        head.to_owned(),
+        format!("{head}.AAAA"),
+        format!("{head}.{}", "A".repeat(342)),
+    ] {
+        let r = validate(&app, &forged).await.unwrap();
+        assert_eq!(r.verdict(), pb::Verdict::Invalid, "{forged}");
+        assert_ne!(r.source(), pb::DecisionSource::Cache);
+    }
+    assert_eq!(verdict(&validate(&app, &token).await.unwrap()), VALID);
+}
