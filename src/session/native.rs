@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::Reason;
 use super::model::{AuthFactor, Session};
-use super::token::{Header, Jws};
+use super::token::{Header, Jws, audience_matches, numeric_date};
 use crate::config::{Env, NativeConfig};
 use crate::error::Error;
 use crate::keys::SigningKeys;
@@ -209,22 +209,23 @@ impl NativeIssuer {
         if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(Reason::UnknownIssuer);
         }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => self.audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| self.audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !aud_ok {
+        if !audience_matches(&claims, &self.audiences) {
             return Err(Reason::WrongAudience);
         }
-        let exp = numeric_date(&claims, "exp").ok_or(Reason::InvalidClaims)?;
-        let iat = numeric_date(&claims, "iat").ok_or(Reason::InvalidClaims)?;
+        let exp = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or(Reason::InvalidClaims)?;
+        let iat = claims
+            .get("iat")
+            .and_then(numeric_date)
+            .ok_or(Reason::InvalidClaims)?;
         let nbf = match claims.get("nbf") {
             None => iat,
-            Some(_) => numeric_date(&claims, "nbf").ok_or(Reason::InvalidClaims)?,
+            Some(_) => claims
+                .get("nbf")
+                .and_then(numeric_date)
+                .ok_or(Reason::InvalidClaims)?,
         };
         if nbf > now + self.leeway_secs || iat > now + self.leeway_secs {
             return Err(Reason::NotYetValid);
@@ -314,14 +315,4 @@ fn session_from_claims(session_id: &str, user_id: &str, claims: &Map<String, Val
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     }
-}
-
-/// An RFC 7519 NumericDate: a JSON number of seconds (fractions allowed, truncated).
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<i64> {
-    let v = claims.get(name)?;
-    if let Some(i) = v.as_i64() {
-        return Some(i);
-    }
-    let f = v.as_f64()?;
-    (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
 }

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use super::Reason;
-use super::token::{Header, Jws};
+use super::token::{Header, Jws, audience_matches, numeric_date};
 use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
 use crate::error::Error;
 use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt, http_client};
@@ -143,16 +143,7 @@ impl Provider {
         if claims.get("iss").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
             return Err(Reason::UnknownIssuer);
         }
-        let audiences = &self.config.audiences;
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.iter().any(|x| x == a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audiences.iter().any(|x| x == a)),
-            _ => false,
-        };
-        if !aud_ok {
+        if !audience_matches(&claims, &self.config.audiences) {
             return Err(Reason::WrongAudience);
         }
         let date = |name: &str| -> Result<Option<i64>, Reason> {
@@ -199,15 +190,6 @@ impl Provider {
             claims: Arc::new(claims),
         })
     }
-}
-
-/// An RFC 7519 NumericDate: a JSON number (fractions truncated), sane in magnitude.
-fn numeric_date(v: &Value) -> Option<i64> {
-    if let Some(i) = v.as_i64() {
-        return Some(i);
-    }
-    let f = v.as_f64()?;
-    (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
 }
 
 /// Every configured provider, by exact issuer string.

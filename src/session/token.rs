@@ -137,6 +137,26 @@ pub fn payload(jws: &Jws<'_>) -> Result<Map<String, Value>, Reason> {
     decode_json::<UniqueKeys>(jws.payload).map(|u| u.0)
 }
 
+/// An RFC 7519 NumericDate: a JSON number of seconds (fractions truncated), sane in magnitude;
+/// anything else (a string, NaN, 1e300) is `None`.
+pub fn numeric_date(v: &Value) -> Option<i64> {
+    if let Some(i) = v.as_i64() {
+        return Some(i);
+    }
+    let f = v.as_f64()?;
+    (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
+}
+
+/// True if the `aud` claim (a string, or an array of strings) names one of `audiences`.
+pub fn audience_matches(claims: &Map<String, Value>, audiences: &[String]) -> bool {
+    let ok = |a: &str| audiences.iter().any(|x| x == a);
+    match claims.get("aud") {
+        Some(Value::String(a)) => ok(a),
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(ok),
+        _ => false,
+    }
+}
+
 /// A JSON object whose top-level keys are all distinct.
 struct UniqueKeys(Map<String, Value>);
 

@@ -90,6 +90,25 @@ impl RedisStore {
         })
     }
 
+    /// `SET key value NX|XX [PX ttl]`: true if it was set.
+    async fn set_if(
+        &self,
+        key: &Key,
+        value: &[u8],
+        ttl: Option<Duration>,
+        condition: &str,
+    ) -> StoreResult<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key.as_str()).arg(value).arg(condition);
+        if let Some(t) = ttl {
+            cmd.arg("PX").arg(ttl_ms(t));
+        }
+        let reply: Option<String> = self
+            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .await?;
+        Ok(reply.is_some())
+    }
+
     /// Runs one command future with the call bound.
     async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> StoreResult<T>
     where
@@ -193,15 +212,7 @@ impl Store for RedisStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> StoreResult<bool> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key.as_str()).arg(value).arg("NX");
-        if let Some(t) = ttl {
-            cmd.arg("PX").arg(ttl_ms(t));
-        }
-        let reply: Option<String> = self
-            .run(|mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
-        Ok(reply.is_some())
+        self.set_if(key, value, ttl, "NX").await
     }
 
     async fn put_if_present(
@@ -210,15 +221,7 @@ impl Store for RedisStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> StoreResult<bool> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key.as_str()).arg(value).arg("XX");
-        if let Some(t) = ttl {
-            cmd.arg("PX").arg(ttl_ms(t));
-        }
-        let reply: Option<String> = self
-            .run(|mut c| async move { cmd.query_async(&mut c).await })
-            .await?;
-        Ok(reply.is_some())
+        self.set_if(key, value, ttl, "XX").await
     }
 
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()> {

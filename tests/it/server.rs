@@ -58,50 +58,33 @@ async fn health_is_serving_overall_and_for_the_service() {
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
 
-async fn reflected_services_v1(app: &crate::support::TestApp) -> BTreeSet<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut c = ServerReflectionClient::new(app.channel.clone());
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = c
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    match stream.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
+/// The services a reflection client of version `$v` (v1 or v1alpha: same messages, other
+/// package) lists.
+macro_rules! reflected_services {
+    ($v:ident, $app:expr) => {{
+        use tonic_reflection::pb::$v::ServerReflectionRequest;
+        use tonic_reflection::pb::$v::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$v::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$v::server_reflection_response::MessageResponse;
+        let mut c = ServerReflectionClient::new($app.channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = c
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        match stream.next().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(l)) => l
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<BTreeSet<String>>(),
+            other => panic!("unexpected {other:?}"),
         }
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-async fn reflected_services_v1alpha(app: &crate::support::TestApp) -> BTreeSet<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let mut c = ServerReflectionClient::new(app.channel.clone());
-    let req = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = c
-        .server_reflection_info(futures::stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
-    match stream.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(l)) => {
-            l.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    }};
 }
 
 #[tokio::test]
@@ -115,8 +98,8 @@ async fn reflection_v1_and_v1alpha_list_only_the_public_services() {
     ]
     .map(String::from)
     .into();
-    assert_eq!(reflected_services_v1(&app).await, want);
-    assert_eq!(reflected_services_v1alpha(&app).await, want);
+    assert_eq!(reflected_services!(v1, app), want);
+    assert_eq!(reflected_services!(v1alpha, app), want);
 }
 
 #[tokio::test]
