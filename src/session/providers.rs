@@ -105,6 +105,8 @@ impl Provider {
             KeyLookup::Found(k) => k,
             lookup => {
                 match lookup {
+                    // A token without a kid cannot be explained by a rotation: no fetch.
+                    KeyLookup::Unknown if kid.is_empty() => return invalid(Reason::UnknownKey),
                     // A rotation: one refresh (single-flight, cooled down), then look again.
                     KeyLookup::Unknown => keys.refresh_on_demand().await,
                     // Not fetched yet: the background fetch is on it; wait if it is running.

@@ -97,6 +97,12 @@ pub struct Header {
     x5u: Option<Value>,
     #[serde(default)]
     x5c: Option<Value>,
+    /// A content type (`cty: "JWT"` announces a nested token): access tokens have none.
+    #[serde(default)]
+    cty: Option<Value>,
+    /// RFC 7797 unencoded payloads: never for JWTs.
+    #[serde(default)]
+    b64: Option<Value>,
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> {
@@ -115,7 +121,13 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> 
 /// key), and a `typ` of a JWT access token.
 pub fn header(jws: &Jws<'_>) -> Result<Header, Reason> {
     let h: Header = decode_json(jws.header)?;
-    if h.crit.is_some() || h.jku.is_some() || h.jwk.is_some() || h.x5u.is_some() || h.x5c.is_some()
+    if h.crit.is_some()
+        || h.jku.is_some()
+        || h.jwk.is_some()
+        || h.x5u.is_some()
+        || h.x5c.is_some()
+        || h.cty.is_some()
+        || h.b64.is_some()
     {
         return Err(Reason::Malformed);
     }

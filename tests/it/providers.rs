@@ -870,3 +870,176 @@ async fn threat_22_24_missing_signatures_and_cache_poisoning() {
     }
     assert_eq!(verdict(&validate(&app, &token).await.unwrap()), VALID);
 }
+
+fn b64json(v: &Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test]
+async fn threat_01_07_13_14_17_hostile_headers_and_payloads_never_fetch_and_never_pass() {
+    use base64::Engine as _;
+    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    let key = idp.key(KeyKind::Rs256);
+    let claims = idp.claims(API);
+    let good = sign(&key, json!({}), &claims);
+    eventually(Duration::from_secs(5), || async {
+        validate(&app, &good).await.ok()
+    })
+    .await;
+    let real_sig = good.rsplit_once('.').unwrap().1.to_owned();
+    let fetches = idp.jwks_hits();
+    let body = b64json(&claims);
+    let kid = key.kid().to_owned();
+    let mut tokens: Vec<(String, String)> = Vec::new();
+    // Row 1: every spelling of "no algorithm", with an empty and with a real signature.
+    for alg in [
+        json!("none"),
+        json!("None"),
+        json!("NONE"),
+        json!("nOnE"),
+        Value::Null,
+        json!(["RS256"]),
+        json!("RS256 "),
+        json!(""),
+    ] {
+        let h = json!({"alg": alg, "kid": kid, "typ": "JWT"});
+        tokens.push((format!("alg {alg}"), format!("{}.{body}.", b64json(&h))));
+        tokens.push((
+            format!("alg {alg}, real sig"),
+            format!("{}.{body}.{real_sig}", b64json(&h)),
+        ));
+    }
+    tokens.push((
+        "no alg".into(),
+        format!("{}.{body}.{real_sig}", b64json(&json!({"kid": kid}))),
+    ));
+    // Row 7: every form of `crit`, validly signed.
+    for crit in [
+        json!({"crit": ["exp"]}),
+        json!({"crit": []}),
+        json!({"crit": ["b64"], "b64": false}),
+        json!({"crit": ["foo"], "foo": 1}),
+        json!({"crit": "foo"}),
+    ] {
+        tokens.push((format!("crit {crit}"), sign(&key, crit, &claims)));
+    }
+    // Row 13: a nested JWT announced by `cty`, and JWE-like shapes.
+    tokens.push(("cty JWT".into(), sign(&key, json!({"cty": "JWT"}), &claims)));
+    tokens.push(("five parts".into(), format!("{good}.x.y")));
+    // Row 14: pathological sizes and depths.
+    tokens.push(("8,100 dots".into(), ".".repeat(8_100)));
+    let deep = format!(
+        "{{\"alg\":\"RS256\",\"a\":{}{}}}",
+        "[".repeat(2000),
+        "]".repeat(2000)
+    );
+    tokens.push((
+        "deep header".into(),
+        format!("{}.{body}.{real_sig}", enc.encode(deep)),
+    ));
+    // Row 17: not UTF-8 JSON.
+    let utf16: Vec<u8> = claims
+        .to_string()
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
+    tokens.push((
+        "UTF-16 payload".into(),
+        format!(
+            "{}.{}.{real_sig}",
+            good.split('.').next().unwrap(),
+            enc.encode(utf16)
+        ),
+    ));
+    let surrogate =
+        claims
+            .to_string()
+            .replacen("\"sub\":\"auth0|legacy-user-1\"", "\"sub\":\"\\ud800\"", 1);
+    tokens.push((
+        "lone surrogate".into(),
+        format!(
+            "{}.{}.{real_sig}",
+            good.split('.').next().unwrap(),
+            enc.encode(surrogate)
+        ),
+    ));
+    for (name, t) in tokens {
+        let r = validate(&app, &t)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(r.verdict(), pb::Verdict::Invalid, "{name}");
+    }
+    // 100,000 dots do not even reach the handler: the 64 KiB message cap refuses the call.
+    let e = validate(&app, &".".repeat(100_000)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange);
+    assert_eq!(
+        idp.jwks_hits(),
+        fetches,
+        "a hostile token caused a JWKS fetch"
+    );
+}
+
+#[tokio::test]
+async fn threat_25_26_forged_tokens_cannot_poison_a_victim_and_random_kids_cannot_storm() {
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .spawn()
+        .await;
+    let victim_claims = {
+        let mut c = idp.claims(API);
+        c["jti"] = json!("victim-jti");
+        c
+    };
+    let victim = sign(&idp.key(KeyKind::Rs256), json!({}), &victim_claims);
+    let r = eventually(Duration::from_secs(5), || async {
+        validate(&app, &victim).await.ok()
+    })
+    .await;
+    assert_eq!(verdict(&r), VALID);
+    let fetches = idp.jwks_hits();
+    // 1,000 forgeries carrying the victim's sub and jti with bad signatures, and 10,000 with
+    // random kids, in concurrent batches.
+    // ES256: cheap to sign, so 11,000 forgeries take seconds, not minutes.
+    let attacker = sessiongate::keys::SigningKey::generate(KeyKind::Es256).unwrap();
+    let started = std::time::Instant::now();
+    for batch in 0..110 {
+        let calls = (0..100).map(|i| {
+            let n = batch * 100 + i;
+            let header = if n < 1000 {
+                json!({"kid": idp.key(KeyKind::Rs256).kid()})
+            } else {
+                json!({"kid": format!("random-{n}")})
+            };
+            let t = sign(&attacker, header, &victim_claims);
+            let app = &app;
+            async move { validate(app, &t).await.unwrap() }
+        });
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.verdict(), pb::Verdict::Invalid);
+        }
+    }
+    // At most one fetch per 30 s cooldown (plus the first).
+    let allowed = 1 + (started.elapsed().as_secs() / 30) as usize;
+    println!(
+        "10,000 random kids in {:?}: {} JWKS fetches",
+        started.elapsed(),
+        idp.jwks_hits() - fetches
+    );
+    assert!(
+        idp.jwks_hits() - fetches <= allowed,
+        "{} fetches for 10,000 random kids",
+        idp.jwks_hits() - fetches
+    );
+    assert_eq!(
+        verdict(&validate(&app, &victim).await.unwrap()),
+        VALID,
+        "the victim's token was poisoned"
+    );
+}
