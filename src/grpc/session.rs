@@ -9,7 +9,7 @@ use super::pb;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::Error;
-use crate::session::{CreateRequest, RevokeTarget, ValidateRequest, Who};
+use crate::session::{CreateRequest, MigrateRequest, RevokeTarget, ValidateRequest, Who};
 
 /// The handlers of `SessionGateService`.
 pub struct SessionGateApi {
@@ -52,12 +52,34 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
 
     async fn migrate_session(
         &self,
-        _request: Request<pb::MigrateSessionRequest>,
+        request: Request<pb::MigrateSessionRequest>,
     ) -> Result<Response<pb::MigrateSessionResponse>, Status> {
-        Err(Error::unimplemented(
-            "MigrateSession is not served by this build yet: the legacy provider UserInfo client and identity linking are missing",
-        )
-        .into())
+        let r = request.into_inner();
+        let custom_claims = match r.session_custom_claims {
+            Some(s) => struct_to_json(s, "session_custom_claims")?,
+            None => Default::default(),
+        };
+        let created = self
+            .state
+            .sessions
+            .migrate(MigrateRequest {
+                legacy_token: r.legacy_token,
+                provider: r.provider,
+                duration_minutes: r.session_duration_minutes,
+                custom_claims,
+                client: client_in(r.client),
+            })
+            .await?;
+        Ok(Response::new(pb::MigrateSessionResponse {
+            user_id: created.user.user_id.clone(),
+            user: Some(user_out(&created.user)),
+            session: Some(session_out(&created.session)),
+            session_token: created.session_token,
+            session_jwt: created.session_jwt,
+            user_created: created.user_created,
+            // The replay window comes with the next slice: every call is a fresh migration.
+            replayed: false,
+        }))
     }
 
     async fn resolve_flow(

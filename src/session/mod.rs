@@ -1,6 +1,7 @@
 //! Native sessions: minting (`CreateSession`), validating (`ValidateSession`) and revoking
 //! (`RevokeSession`) sessiongate's own credentials — the NEW side of every migration.
 
+mod migrate;
 pub mod model;
 pub mod native;
 pub mod providers;
@@ -9,6 +10,7 @@ mod service;
 pub mod token;
 mod validate;
 
+pub use migrate::MigrateRequest;
 pub use service::{CreateRequest, Created, RevokeTarget, SessionService, Who};
 pub use validate::{ValidateRequest, Verdict};
 

@@ -255,6 +255,10 @@ impl Providers {
         Self { by_issuer, opaque }
     }
 
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.by_issuer.values()
+    }
+
     pub fn opaque(&self) -> Option<&Arc<Provider>> {
         self.opaque.as_ref()
     }

@@ -128,7 +128,7 @@ pub struct SessionService {
     pub(super) provider_cache: moka::sync::Cache<[u8; 32], Arc<ProviderHit>>,
     pub(super) leeway_secs: i64,
     pub(super) max_token_bytes: usize,
-    default_minutes: u32,
+    pub(super) default_minutes: u32,
     revoke_window_secs: i64,
 }
 
@@ -194,7 +194,7 @@ impl SessionService {
         serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("stored record: {e}")))
     }
 
-    fn event(&self, kind: &str, fields: Value) -> Value {
+    pub(super) fn event(&self, kind: &str, fields: Value) -> Value {
         let mut e = json!({
             "type": kind,
             "id": uuid::Uuid::new_v4().to_string(),

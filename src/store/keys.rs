@@ -121,6 +121,11 @@ impl Keys {
         self.key(format_args!("revoked-sids"))
     }
 
+    /// The user linked to a legacy identity, by digest of `provider \0 sub`.
+    pub fn identity(&self, provider_sub: &Digest) -> Key {
+        self.key(format_args!("{{i:{}}}:user", provider_sub.to_hex()))
+    }
+
     /// A provider's JWKS document as last fetched, shared by replicas.
     pub fn jwks(&self, provider: &str) -> Key {
         self.key(format_args!(

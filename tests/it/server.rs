@@ -168,11 +168,11 @@ async fn unimplemented_rpcs_say_what_is_missing() {
     let app = spawn_app().await;
     let e = app
         .session()
-        .migrate_session(pb::MigrateSessionRequest::default())
+        .resolve_flow(pb::ResolveFlowRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
-    assert!(e.message().contains("UserInfo"), "{}", e.message());
+    assert!(e.message().contains("rollout engine"), "{}", e.message());
 }
 
 #[tokio::test]

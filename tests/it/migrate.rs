@@ -1,0 +1,176 @@
+//! MigrateSession against a fake legacy provider (first slice: verification, UserInfo,
+//! identity linking, session).
+
+use serde_json::json;
+use sessiongate::grpc::pb;
+use sessiongate::keys::KeyKind;
+
+use crate::support::idp::{FakeIdp, UserInfoReply, sign};
+use crate::support::{Setup, TestApp, eventually, reason};
+
+const API: &str = "https://api.example.com";
+
+async fn app_for(idp: &FakeIdp) -> TestApp {
+    Setup::new()
+        .toml(&format!(
+            "[[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
+             audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\ntoken_format = \"both\"\npolicy = \"upgrade\"\nallowed_client_ids = [\"client-web\"]\n",
+            idp.issuer(),
+            idp.jwks_url(),
+            idp.userinfo_url()
+        ))
+        .spawn()
+        .await
+}
+
+async fn migrate(app: &TestApp, token: &str) -> Result<pb::MigrateSessionResponse, tonic::Status> {
+    app.session()
+        .migrate_session(pb::MigrateSessionRequest {
+            legacy_token: token.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once() {
+    let idp = FakeIdp::start().await;
+    let app = app_for(&idp).await;
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    idp.on_userinfo(
+        &token,
+        UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1", "email": "ada@example.com", "email_verified": true, "name": "Ada"})),
+    );
+    let first = eventually(std::time::Duration::from_secs(5), || async {
+        migrate(&app, &token).await.ok()
+    })
+    .await;
+    assert!(first.user_created);
+    assert!(first.user_id.starts_with("user-test-"));
+    let user = first.user.clone().unwrap();
+    assert_eq!(
+        (user.email.as_str(), user.email_verified, user.name.as_str()),
+        ("ada@example.com", true, "Ada")
+    );
+    assert_eq!(user.legacy_identities[0].subject, "auth0|legacy-user-1");
+    let factor = &first.session.as_ref().unwrap().authentication_factors[0];
+    assert_eq!(
+        (factor.r#type.as_str(), factor.delivery.as_str()),
+        ("legacy_migration", "auth0")
+    );
+
+    // The new session validates as NEW.
+    let r = app
+        .session()
+        .validate_session(pb::ValidateSessionRequest {
+            token: first.session_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.verdict(), r.origin(), r.user_id.as_str()),
+        (pb::Verdict::Valid, pb::Origin::New, first.user_id.as_str())
+    );
+
+    // The same identity again: the same user, not a new one.
+    let again = migrate(&app, &token).await.unwrap();
+    assert_eq!(again.user_id, first.user_id);
+    assert!(!again.user_created);
+
+    let events = app.state.store.recent_events(100).await.unwrap();
+    let created: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "user.created")
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["created_via"], "migration");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "session.created" && e["created_via"] == "migration")
+    );
+}
+
+#[tokio::test]
+async fn refusals_map_to_the_contract_codes_and_foreign_tokens_never_reach_userinfo() {
+    let idp = FakeIdp::start().await;
+    let app = app_for(&idp).await;
+    let key = idp.key(KeyKind::Rs256);
+    let warm = sign(&key, json!({}), &idp.claims(API));
+    eventually(std::time::Duration::from_secs(5), || async {
+        app.session()
+            .validate_session(pb::ValidateSessionRequest {
+                token: warm.clone(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+    })
+    .await;
+
+    // Issued to a client that is not allowed: refused locally, 0 UserInfo calls.
+    let mut other_client = idp.claims(API);
+    other_client["azp"] = json!("client-evil");
+    let t = sign(&key, json!({}), &other_client);
+    let e = migrate(&app, &t).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::Unauthenticated, "LEGACY_TOKEN_REJECTED")
+    );
+    assert_eq!(idp.userinfo_hits(), 0);
+
+    // UserInfo refuses (401), rate-limits (429), fails (503), answers another subject or none.
+    let cases: Vec<(UserInfoReply, tonic::Code, &str)> = vec![
+        (
+            UserInfoReply::Status(401),
+            tonic::Code::Unauthenticated,
+            "LEGACY_TOKEN_REJECTED",
+        ),
+        (
+            UserInfoReply::RateLimited(5),
+            tonic::Code::ResourceExhausted,
+            "LEGACY_RATE_LIMITED",
+        ),
+        (
+            UserInfoReply::Status(503),
+            tonic::Code::Unavailable,
+            "LEGACY_PROVIDER_UNAVAILABLE",
+        ),
+        (
+            UserInfoReply::Json(json!({"sub": "auth0|somebody-else"})),
+            tonic::Code::Unauthenticated,
+            "LEGACY_TOKEN_REJECTED",
+        ),
+        (
+            UserInfoReply::Json(json!({"email": "x@example.com"})),
+            tonic::Code::FailedPrecondition,
+            "USERINFO_MISSING_SUBJECT",
+        ),
+        (
+            UserInfoReply::NotJson,
+            tonic::Code::Unavailable,
+            "LEGACY_PROVIDER_UNAVAILABLE",
+        ),
+    ];
+    for (i, (reply, code, why)) in cases.into_iter().enumerate() {
+        let mut c = idp.claims(API);
+        c["jti"] = json!(format!("case-{i}"));
+        let t = sign(&key, json!({}), &c);
+        idp.on_userinfo(&t, reply);
+        let e = migrate(&app, &t).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "case {i}");
+    }
+
+    // An opaque legacy token the provider does not know.
+    let e = migrate(&app, "opaque-unknown").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = migrate(&app, "").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        app.state.store.recent_events(100).await.unwrap().is_empty(),
+        "a refused migration left traces"
+    );
+}
