@@ -127,6 +127,8 @@ pub struct SessionService {
     /// Verified provider JWTs by token digest (same rules as `cache`: hits re-check expiry).
     pub(super) provider_cache: moka::sync::Cache<[u8; 32], Arc<ProviderHit>>,
     pub(super) leeway_secs: i64,
+    /// Legacy identities known to have migrated: `provider \0 sub` → user id.
+    pub(super) migrated: moka::sync::Cache<String, Arc<str>>,
     pub(super) max_token_bytes: usize,
     pub(super) default_minutes: u32,
     revoke_window_secs: i64,
@@ -159,6 +161,10 @@ impl SessionService {
                 .time_to_live(Duration::from_secs(300))
                 .build(),
             leeway_secs: cfg.native.leeway.as_secs() as i64,
+            migrated: moka::sync::Cache::builder()
+                .max_capacity(VERDICT_CACHE_ENTRIES)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             max_token_bytes: cfg.server.max_token_bytes,
             default_minutes: cfg.native.session_duration_minutes,
             // Every JWT minted up to now expires within its TTL (+ leeway): that is how long a

@@ -168,7 +168,15 @@ impl Verdict {
 impl SessionService {
     /// Validates any credential this build understands.
     pub async fn validate(&self, req: ValidateRequest) -> Result<Verdict, Error> {
-        let verdict = self.validate_inner(&req).await;
+        let mut verdict = self.validate_inner(&req).await;
+        // A legacy subject that has migrated already comes back with its sessiongate user.
+        if let Ok(v) = &mut verdict
+            && v.is_valid()
+            && v.origin == Origin::Legacy
+            && !v.subject.is_empty()
+        {
+            v.user_id = self.migrated_user(&v.provider, &v.subject).await;
+        }
         if let Ok(v) = &verdict {
             metrics::counter!(
                 "sessiongate_validations_total",
@@ -211,6 +219,34 @@ impl SessionService {
                     Source::LocalVerify,
                 )),
             },
+        }
+    }
+
+    /// The sessiongate user a legacy identity migrated to, or `""`. A link never changes
+    /// once made, so found links are cached in process; a lookup that fails (store down)
+    /// leaves the verdict without a user id rather than failing it.
+    async fn migrated_user(&self, provider: &str, subject: &str) -> String {
+        let id = format!("{provider}\0{subject}");
+        if let Some(u) = self.migrated.get(&id) {
+            return u.to_string();
+        }
+        match self
+            .store
+            .get(&self.keys.identity(&Digest::of(id.as_bytes())))
+            .await
+        {
+            Ok(Some(bytes)) => match String::from_utf8(bytes) {
+                Ok(user_id) => {
+                    self.migrated.insert(id, Arc::from(user_id.as_str()));
+                    user_id
+                }
+                Err(_) => String::new(),
+            },
+            Ok(None) => String::new(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look up a migrated legacy identity");
+                String::new()
+            }
         }
     }
 

@@ -75,6 +75,22 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
         (pb::Verdict::Valid, pb::Origin::New, first.user_id.as_str())
     );
 
+    // The legacy token itself now validates with the migrated user's id.
+    let r = app
+        .session()
+        .validate_session(pb::ValidateSessionRequest {
+            token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.verdict(), r.origin(), r.action()),
+        (pb::Verdict::Valid, pb::Origin::Legacy, pb::Action::Migrate)
+    );
+    assert_eq!(r.user_id, first.user_id);
+
     // The same identity again: the same user, not a new one.
     let again = migrate(&app, &token).await.unwrap();
     assert_eq!(again.user_id, first.user_id);
