@@ -241,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_claims_are_refused() {
+    fn threat_16_duplicate_claims_are_refused() {
         let jws = |p: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(p));
         let parse = |t: &str| match classify(t).unwrap() {
             Shape::Jws(j) => payload(&j),

@@ -111,7 +111,7 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
 }
 
 #[tokio::test]
-async fn refusals_map_to_the_contract_codes_and_foreign_tokens_never_reach_userinfo() {
+async fn threat_29_refusals_map_to_the_contract_codes_and_foreign_tokens_never_reach_userinfo() {
     let idp = FakeIdp::start().await;
     let app = app_for(&idp).await;
     let key = idp.key(KeyKind::Rs256);

@@ -1,4 +1,13 @@
-//! ValidateSession for legacy and external providers' JWTs, against fake issuers on loopback.
+//! ValidateSession for legacy and external providers' tokens, against fake issuers on loopback.
+//!
+//! Rows of `reference/threats.md` and where each is proven (tests are named `threat_NN_…`):
+//! 1, 7, 13, 14, 17 → `threat_01_07_13_14_17_…`; 2, 3, 6 → `threat_02_03_06_…`;
+//! 4, 10, 11, 12 → `threat_04_10_11_12_…`; 5 → `threat_05_…`; 8, 9 → `threat_08_09_…`;
+//! 15, 18 (Wycheproof JWS) and 20, 21 (Wycheproof JWK) → `wycheproof.rs`; 16 → `token.rs`;
+//! 19 → `threat_19_…`; 22, 24 → `threat_22_24_…`; 23 → `threat_23_…` (and the native
+//! replica test in `sessions.rs`); 25, 26 → `threat_25_26_…` and `threat_26_…`; 29 →
+//! `migrate.rs`. Row 27 is structural (tokens are looked up by SHA-256, never compared);
+//! 28 (leakage into logs and spans) and 30 (ResolveFlow) belong to their own issues.
 
 use std::time::Duration;
 
@@ -121,7 +130,7 @@ async fn legacy_and_external_tokens_validate_with_their_policy() {
 }
 
 #[tokio::test]
-async fn keys_are_bound_to_their_issuer() {
+async fn threat_05_keys_are_bound_to_their_issuer() {
     let a = FakeIdp::start().await;
     let b = FakeIdp::start().await;
     let app = Setup::new()
@@ -161,7 +170,7 @@ async fn keys_are_bound_to_their_issuer() {
 }
 
 #[tokio::test]
-async fn claims_are_checked_strictly() {
+async fn threat_04_10_11_12_claims_and_kids_are_checked_strictly() {
     let idp = FakeIdp::start().await;
     let app = Setup::new()
         .toml(&provider(
@@ -334,7 +343,7 @@ async fn claims_are_checked_strictly() {
 }
 
 #[tokio::test]
-async fn hostile_key_sets_and_header_urls_are_ignored() {
+async fn threat_02_03_06_hostile_key_sets_and_header_urls_are_ignored() {
     let idp = FakeIdp::start().await;
     // A symmetric key smuggled into the JWKS, and a token HMAC-signed with it.
     let secret = b"0123456789abcdef0123456789abcdef";
@@ -402,7 +411,7 @@ async fn hostile_key_sets_and_header_urls_are_ignored() {
 }
 
 #[tokio::test]
-async fn rotation_is_picked_up_once_and_random_kids_cannot_storm_the_issuer() {
+async fn threat_26_rotation_is_picked_up_once_and_random_kids_cannot_storm_the_issuer() {
     let idp = FakeIdp::start().await;
     let app = Setup::new()
         .toml(&provider("auth0", "legacy", &idp, ""))
@@ -547,7 +556,7 @@ async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
 }
 
 #[tokio::test]
-async fn legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_replica() {
+async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_replica() {
     let redis = crate::support::RedisServer::start().await;
     let idp = FakeIdp::start().await;
     let extra = format!(

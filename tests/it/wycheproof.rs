@@ -54,7 +54,7 @@ const POLICY: &[(&str, &str)] = &[(
 )];
 
 #[test]
-fn jws_vectors_against_screening_and_signature_checks() {
+fn threat_15_18_jws_vectors_against_screening_and_signature_checks() {
     let Some(v) = vectors("json_web_signature_test.json") else {
         return;
     };
@@ -178,7 +178,7 @@ const JWK_POLICY_SKIPS: &[(u64, &str)] = &[
 ];
 
 #[test]
-fn jwk_vectors_through_the_provider_key_set_loader_and_verifier() {
+fn threat_20_21_jwk_vectors_through_the_provider_key_set_loader_and_verifier() {
     use base64::Engine as _;
     use sessiongate::keys::jwks::{Alg, kid_ok, parse_set};
     let Some(v) = vectors("json_web_key_test.json") else {
