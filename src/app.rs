@@ -34,7 +34,7 @@ pub struct AppState {
     pub callers: Arc<CallerKeys>,
     pub clock: Arc<dyn Clock>,
     pub signing: Arc<SigningKeys>,
-    pub sessions: SessionService,
+    pub sessions: Arc<SessionService>,
 }
 
 /// Why the service could not start or stopped with an error.
@@ -96,7 +96,12 @@ impl App {
                  its JWTs stop verifying at restart and no other replica can verify them"
             );
         }
-        let sessions = SessionService::new(&config, store.clone(), clock.clone(), signing.clone());
+        let sessions = Arc::new(SessionService::new(
+            &config,
+            store.clone(),
+            clock.clone(),
+            signing.clone(),
+        ));
         // Revocations other replicas made before we started (best effort: if the store is
         // down, the listener reloads once it is subscribed).
         if let Err(e) = sessions

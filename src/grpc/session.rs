@@ -59,7 +59,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             Some(s) => struct_to_json(s, "session_custom_claims")?,
             None => Default::default(),
         };
-        let created = self
+        let (created, replayed) = self
             .state
             .sessions
             .migrate(MigrateRequest {
@@ -77,8 +77,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             session_token: created.session_token,
             session_jwt: created.session_jwt,
             user_created: created.user_created,
-            // The replay window comes with the next slice: every call is a fresh migration.
-            replayed: false,
+            replayed,
         }))
     }
 

@@ -1,14 +1,19 @@
 //! `MigrateSession`: a still-valid legacy access token becomes a native session, without the
 //! user logging in again (DESIGN.md §3.2).
 //!
-//! This slice: provider choice, local verification of JWT legacy tokens first (signature,
-//! issuer, audience, allowed client ids — so tokens issued to other clients never reach the
+//! Provider choice, local verification of JWT legacy tokens first (signature, issuer,
+//! audience, allowed client ids — so tokens issued to other clients never reach the
 //! provider), the UserInfo call with its status mapping, `sub` agreement, identity linking by
-//! `(provider, sub)` claimed atomically across replicas, and the new session. Still to come
-//! (issue #5): the replay window with single-flight across replicas, linking by verified
-//! email, rate limits.
+//! `(provider, sub)` claimed atomically across replicas, the new session — and the replay
+//! window: one migration per legacy token across replicas (single-flight through a store
+//! lock), its outcome sealed under a key derived from the token and replayed to concurrent
+//! and repeated calls. Still to come (issue #5): linking by verified email, rate limits.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use serde::{Deserialize, Serialize};
 
 use serde_json::{Map, Value, json};
 
@@ -31,6 +36,175 @@ pub struct MigrateRequest {
     pub client: ClientInfo,
 }
 
+/// How long a migration's outcome is replayed.
+const REPLAY_WINDOW: Duration = Duration::from_secs(60);
+/// How long a refusal (401, 429, …) is replayed.
+const REPLAY_REFUSAL: Duration = Duration::from_secs(10);
+/// A migration holds its lock at most this long (UserInfo's timeout is far below).
+const REPLAY_LOCK_TTL: Duration = Duration::from_secs(15);
+/// How long a concurrent call waits for the migration in progress.
+const REPLAY_WAIT: Duration = Duration::from_secs(10);
+
+/// A migration outcome as stored for replays — encrypted, because it holds a session token.
+#[derive(Serialize, Deserialize)]
+enum Outcome {
+    Done {
+        user: User,
+        session: super::model::Session,
+        session_token: String,
+        session_jwt: String,
+        user_created: bool,
+    },
+    Refused {
+        code: String,
+        reason: String,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// Where and how one legacy token's migration is recorded. The record sits under the
+/// token's digest and is sealed with AES-256-GCM under a key derived from the token itself:
+/// only a holder of the legacy token can read the session it was exchanged for.
+struct Replay {
+    record: crate::store::Key,
+    lock: crate::store::Key,
+    key: LessSafeKey,
+}
+
+impl Replay {
+    fn new(keys: &crate::store::keys::Keys, token: &str) -> Self {
+        let digest = Digest::of(token.as_bytes());
+        // Domain-separated from the digest that names the record.
+        let derived = Digest::of(format!("sessiongate replay key v1\0{token}").as_bytes());
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, derived.as_bytes()).expect("32-byte key"),
+        );
+        Self {
+            record: keys.replay(&digest),
+            lock: keys.replay_lock(&digest),
+            key,
+        }
+    }
+
+    async fn read(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<Option<Result<Created, Error>>, Error> {
+        let Some(sealed) = store.get(&self.record).await? else {
+            return Ok(None);
+        };
+        if sealed.len() < 12 {
+            return Ok(None);
+        }
+        let (nonce, body) = sealed.split_at(12);
+        let mut body = body.to_vec();
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::internal("replay nonce"))?;
+        let Ok(plain) = self.key.open_in_place(nonce, Aad::empty(), &mut body) else {
+            // Not sealed with this token's key: ignore it rather than trust it.
+            return Ok(None);
+        };
+        let outcome: Outcome = serde_json::from_slice(plain)
+            .map_err(|e| Error::internal(format!("replay record: {e}")))?;
+        Ok(Some(match outcome {
+            Outcome::Done {
+                user,
+                session,
+                session_token,
+                session_jwt,
+                user_created,
+            } => Ok(Created {
+                user,
+                session,
+                session_token,
+                session_jwt,
+                user_created,
+            }),
+            Outcome::Refused {
+                code,
+                reason,
+                message,
+                retry_after_ms,
+            } => {
+                let code = match code.as_str() {
+                    "Unauthenticated" => ErrorCode::Unauthenticated,
+                    "ResourceExhausted" => ErrorCode::ResourceExhausted,
+                    "FailedPrecondition" => ErrorCode::FailedPrecondition,
+                    _ => ErrorCode::InvalidArgument,
+                };
+                let reason: &'static str = match reason.as_str() {
+                    "LEGACY_TOKEN_REJECTED" => "LEGACY_TOKEN_REJECTED",
+                    "LEGACY_RATE_LIMITED" => "LEGACY_RATE_LIMITED",
+                    "USERINFO_MISSING_SUBJECT" => "USERINFO_MISSING_SUBJECT",
+                    _ => "MIGRATION_REFUSED",
+                };
+                let mut e = Error::new(code, reason, message);
+                e.retry_after = retry_after_ms.map(Duration::from_millis);
+                Err(e)
+            }
+        }))
+    }
+
+    async fn write(
+        &self,
+        store: &dyn crate::store::Store,
+        result: &Result<Created, Error>,
+    ) -> Result<(), Error> {
+        let (outcome, ttl) = match result {
+            Ok(c) => (
+                Outcome::Done {
+                    user: c.user.clone(),
+                    session: c.session.clone(),
+                    session_token: c.session_token.clone(),
+                    session_jwt: c.session_jwt.clone(),
+                    user_created: c.user_created,
+                },
+                REPLAY_WINDOW,
+            ),
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::Unauthenticated
+                        | ErrorCode::ResourceExhausted
+                        | ErrorCode::FailedPrecondition
+                ) =>
+            {
+                (
+                    Outcome::Refused {
+                        code: format!("{:?}", e.code),
+                        reason: e.reason.to_owned(),
+                        message: e.message.clone(),
+                        retry_after_ms: e.retry_after.map(|d| d.as_millis() as u64),
+                    },
+                    REPLAY_REFUSAL,
+                )
+            }
+            // Transient failures are not replayed: the next call tries again.
+            Err(_) => return Ok(()),
+        };
+        let mut body = serde_json::to_vec(&outcome).map_err(Error::internal)?;
+        let nonce_bytes: [u8; 12] = rand::random();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::empty(),
+                &mut body,
+            )
+            .map_err(|_| Error::internal("sealing the replay record"))?;
+        let mut sealed = nonce_bytes.to_vec();
+        sealed.extend(body);
+        store
+            .write(vec![Write::Put {
+                key: self.record.clone(),
+                value: sealed,
+                ttl: Some(ttl),
+            }])
+            .await?;
+        Ok(())
+    }
+}
+
 fn rejected(why: &str) -> Error {
     Error::new(
         ErrorCode::Unauthenticated,
@@ -40,7 +214,72 @@ fn rejected(why: &str) -> Error {
 }
 
 impl SessionService {
-    pub async fn migrate(&self, req: MigrateRequest) -> Result<Created, Error> {
+    /// Migrates, at most once per legacy token within the replay window, across replicas:
+    /// the first call (anywhere) does the work; concurrent and repeated calls get its
+    /// result, `replayed`. The work runs in its own task, so a caller giving up mid-way
+    /// never leaves a half-made migration that a retry cannot find.
+    pub async fn migrate(self: &Arc<Self>, req: MigrateRequest) -> Result<(Created, bool), Error> {
+        if req.legacy_token.is_empty() {
+            return Err(Error::invalid_argument(
+                "TOKEN_REQUIRED",
+                "legacy_token is empty",
+            ));
+        }
+        if req.legacy_token.len() > self.max_token_bytes {
+            return Err(Error::invalid_argument(
+                "FIELD_TOO_LARGE",
+                "legacy_token is larger than the token size cap",
+            ));
+        }
+        let replay = Replay::new(&self.keys, &req.legacy_token);
+        if let Some(done) = replay.read(&*self.store).await? {
+            return done.map(|c| (c, true));
+        }
+        let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            if self
+                .store
+                .put_if_absent(&replay.lock, b"1", Some(REPLAY_LOCK_TTL))
+                .await?
+            {
+                break;
+            }
+            // Another call (on any replica) is migrating this token: wait for its result.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            if let Some(done) = replay.read(&*self.store).await? {
+                return done.map(|c| (c, true));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unavailable(
+                    "MIGRATION_IN_PROGRESS",
+                    "a migration of this legacy token is still running elsewhere; retry shortly",
+                ));
+            }
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = this.migrate_once(req).await;
+            // Remember the outcome for the replay window (errors that a retry could change —
+            // an unavailable dependency — are not remembered), then release the lock.
+            if let Err(e) = replay.write(&*this.store, &result).await {
+                tracing::warn!(error = %e, "could not record the migration for replays");
+            }
+            let _ = this
+                .store
+                .write(vec![Write::Delete {
+                    key: replay.lock.clone(),
+                }])
+                .await;
+            result
+        });
+        task.await
+            .map_err(|e| Error::internal(format!("migration task: {e}")))?
+            .map(|c| (c, false))
+    }
+
+    async fn migrate_once(&self, req: MigrateRequest) -> Result<Created, Error> {
         if req.legacy_token.is_empty() {
             return Err(Error::invalid_argument(
                 "TOKEN_REQUIRED",

@@ -126,6 +126,16 @@ impl Keys {
         self.key(format_args!("{{i:{}}}:user", provider_sub.to_hex()))
     }
 
+    /// A migration's sealed outcome, replayed within the window, by the legacy token's digest.
+    pub fn replay(&self, token: &Digest) -> Key {
+        self.key(format_args!("{{m:{}}}:replay", token.to_hex()))
+    }
+
+    /// The single-flight lock of a legacy token's migration.
+    pub fn replay_lock(&self, token: &Digest) -> Key {
+        self.key(format_args!("{{m:{}}}:lock", token.to_hex()))
+    }
+
     /// A provider's JWKS document as last fetched, shared by replicas.
     pub fn jwks(&self, provider: &str) -> Key {
         self.key(format_args!(

@@ -91,10 +91,29 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
     );
     assert_eq!(r.user_id, first.user_id);
 
-    // The same identity again: the same user, not a new one.
-    let again = migrate(&app, &token).await.unwrap();
+    // The same token again, within the replay window: the same session, replayed, and no
+    // second UserInfo call.
+    let calls = idp.userinfo_hits();
+    let replay = migrate(&app, &token).await.unwrap();
+    assert!(replay.replayed && !first.replayed);
+    assert_eq!(
+        (replay.session_token.as_str(), replay.user_id.as_str()),
+        (first.session_token.as_str(), first.user_id.as_str())
+    );
+    assert_eq!(idp.userinfo_hits(), calls);
+
+    // Another token of the same identity: the same user, not a new one, and a new session.
+    let mut claims = idp.claims(API);
+    claims["jti"] = json!("second-login");
+    let second = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+    idp.on_userinfo(
+        &second,
+        UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1"})),
+    );
+    let again = migrate(&app, &second).await.unwrap();
     assert_eq!(again.user_id, first.user_id);
-    assert!(!again.user_created);
+    assert!(!again.user_created && !again.replayed);
+    assert_ne!(again.session_token, first.session_token);
 
     let events = app.state.store.recent_events(100).await.unwrap();
     let created: Vec<_> = events
@@ -189,4 +208,72 @@ async fn threat_29_refusals_map_to_the_contract_codes_and_foreign_tokens_never_r
         app.state.store.recent_events(100).await.unwrap().is_empty(),
         "a refused migration left traces"
     );
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_migrations_over_two_replicas_make_one_userinfo_call_one_user_one_session()
+ {
+    let redis = crate::support::RedisServer::start().await;
+    let idp = FakeIdp::start().await;
+    let toml = format!(
+        "[[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
+         audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\n",
+        idp.issuer(),
+        idp.jwks_url(),
+        idp.userinfo_url()
+    );
+    let a = Setup::new().toml(&toml).redis(&redis).spawn().await;
+    let b = Setup::new().toml(&toml).redis(&redis).spawn().await;
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    // A slow provider widens the race.
+    idp.on_userinfo(
+        &token,
+        UserInfoReply::SlowJson(
+            std::time::Duration::from_millis(300),
+            json!({"sub": "auth0|legacy-user-1"}),
+        ),
+    );
+    // Both replicas have the issuer's keys before the race starts.
+    for app in [&a, &b] {
+        eventually(std::time::Duration::from_secs(5), || async {
+            app.session()
+                .validate_session(pb::ValidateSessionRequest {
+                    token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .ok()
+        })
+        .await;
+    }
+    let calls = (0..100).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let token = token.clone();
+        async move { migrate(app, &token).await }
+    });
+    let results: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("migration"))
+        .collect();
+    assert_eq!(idp.userinfo_hits(), 1, "UserInfo calls");
+    let users: std::collections::BTreeSet<_> = results.iter().map(|r| r.user_id.clone()).collect();
+    let sessions: std::collections::BTreeSet<_> = results
+        .iter()
+        .map(|r| r.session.as_ref().unwrap().session_id.clone())
+        .collect();
+    assert_eq!((users.len(), sessions.len()), (1, 1));
+    assert_eq!(results.iter().filter(|r| !r.replayed).count(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_is_replayed_briefly_without_asking_the_provider_again() {
+    let idp = FakeIdp::start().await;
+    let app = app_for(&idp).await;
+    idp.on_userinfo("opaque-refused", UserInfoReply::Status(401));
+    for _ in 0..3 {
+        let e = migrate(&app, "opaque-refused").await.unwrap_err();
+        assert_eq!(reason(&e), "LEGACY_TOKEN_REJECTED");
+    }
+    assert_eq!(idp.userinfo_hits(), 1);
 }

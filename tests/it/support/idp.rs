@@ -22,6 +22,7 @@ pub enum UserInfoReply {
     Status(u16),
     RateLimited(u64),
     Slow(std::time::Duration),
+    SlowJson(std::time::Duration, Value),
     NotJson,
 }
 
@@ -103,6 +104,11 @@ async fn userinfo(
                 json!({"sub": "slow"}).to_string(),
             )
                 .into_response()
+        }
+        Some(UserInfoReply::SlowJson(d, v)) => {
+            // Simulated latency of a slow provider, not synchronisation.
+            tokio::time::sleep(d).await;
+            ([("content-type", "application/json")], v.to_string()).into_response()
         }
         Some(UserInfoReply::NotJson) => ([("content-type", "text/html")], "<html>").into_response(),
     }
