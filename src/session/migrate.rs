@@ -47,6 +47,8 @@ const REPLAY_WAIT: Duration = Duration::from_secs(10);
 
 /// A migration outcome as stored for replays — encrypted, because it holds a session token.
 #[derive(Serialize, Deserialize)]
+// Built once per migration and serialised at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Done {
         user: User,
