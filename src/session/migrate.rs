@@ -7,7 +7,9 @@
 //! `(provider, sub)` claimed atomically across replicas, the new session — and the replay
 //! window: one migration per legacy token across replicas (single-flight through a store
 //! lock), its outcome sealed under a key derived from the token and replayed to concurrent
-//! and repeated calls. Still to come (issue #5): linking by verified email, rate limits.
+//! and repeated calls; linking by a verified email when the provider allows it
+//! (`IDENTITY_CONFLICT` when that user already is another subject of the provider). Still to
+//! come (issue #5): rate limits per caller and per legacy identity.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -462,31 +464,104 @@ impl SessionService {
         let index = self.keys.identity(&Digest::of(
             format!("{}\0{sub}", provider.name()).as_bytes(),
         ));
-        let candidate = format!("{}{}", self.env_prefix("user"), uuid::Uuid::new_v4());
-        // The index decides: whoever sets it first owns the identity.
-        let won = self
-            .store
-            .put_if_absent(&index, candidate.as_bytes(), None)
-            .await?;
-        let user_id = if won {
-            candidate
-        } else {
-            let id = self.store.get(&index).await?.ok_or_else(|| {
-                Error::unavailable("STORE_UNAVAILABLE", "identity index vanished; retry")
-            })?;
-            String::from_utf8(id).map_err(Error::internal)?
-        };
-        if let Some(bytes) = self.store.get(&self.keys.user(&user_id)).await? {
-            return Ok((Self::decode(&bytes)?, false, Vec::new()));
-        }
-        // New — or the record is not written yet (the winner of a concurrent migration is
-        // about to, or crashed in between): write it; only the winner reports a creation.
         let text = |k: &str| {
             info.get(k)
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned()
         };
+        let email = text("email").trim().to_ascii_lowercase();
+        let verified =
+            info.get("email_verified").and_then(Value::as_bool) == Some(true) && !email.is_empty();
+        // An existing link decides; else, when allowed, a user who owns the same *verified*
+        // email; else a new user.
+        let linked = match self.store.get(&index).await? {
+            Some(id) => Some(String::from_utf8(id).map_err(Error::internal)?),
+            None => None,
+        };
+        let by_email = match (&linked, provider.config.link_verified_email && verified) {
+            (None, true) => match self
+                .store
+                .get(&self.keys.email(&Digest::of(email.as_bytes())))
+                .await?
+            {
+                Some(id) => Some(String::from_utf8(id).map_err(Error::internal)?),
+                None => None,
+            },
+            _ => None,
+        };
+        let candidate = by_email
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", self.env_prefix("user"), uuid::Uuid::new_v4()));
+        // The identity index decides: whoever sets it first owns the identity.
+        let (user_id, won) = match linked {
+            Some(id) => (id, false),
+            None => {
+                if self
+                    .store
+                    .put_if_absent(&index, candidate.as_bytes(), None)
+                    .await?
+                {
+                    (candidate, true)
+                } else {
+                    let id = self.store.get(&index).await?.ok_or_else(|| {
+                        Error::unavailable("STORE_UNAVAILABLE", "identity index vanished; retry")
+                    })?;
+                    (String::from_utf8(id).map_err(Error::internal)?, false)
+                }
+            }
+        };
+        let identity = LegacyIdentity {
+            provider: provider.name().to_owned(),
+            subject: sub.to_owned(),
+        };
+        if let Some(bytes) = self.store.get(&self.keys.user(&user_id)).await? {
+            let mut user: User = Self::decode(&bytes)?;
+            if user.legacy_identities.contains(&identity) {
+                return Ok((user, false, Vec::new()));
+            }
+            // Linked by verified email: the user must not already be another subject of the
+            // same provider (one person, one legacy account per provider).
+            if user
+                .legacy_identities
+                .iter()
+                .any(|li| li.provider == identity.provider)
+            {
+                if won {
+                    // Undo our claim so that the identity is not left pointing at a user
+                    // that refuses it.
+                    let _ = self.store.write(vec![Write::Delete { key: index }]).await;
+                }
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    "IDENTITY_CONFLICT",
+                    format!(
+                        "the verified email belongs to a user already linked to another `{}` account",
+                        provider.name()
+                    ),
+                ));
+            }
+            user.legacy_identities.push(identity);
+            let writes = vec![Write::Put {
+                key: self.keys.user(&user_id),
+                value: Self::encode(&user)?,
+                ttl: None,
+            }];
+            return Ok((user, false, writes));
+        }
+        if won && verified {
+            // A new user owns their verified email for later links (first owner wins).
+            let _ = self
+                .store
+                .put_if_absent(
+                    &self.keys.email(&Digest::of(email.as_bytes())),
+                    user_id.as_bytes(),
+                    None,
+                )
+                .await?;
+        }
+        // New — or the record is not written yet (the winner of a concurrent migration is
+        // about to, or crashed in between): write it; only the winner reports a creation.
         let user = User {
             user_id: user_id.clone(),
             email: text("email"),

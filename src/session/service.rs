@@ -253,6 +253,17 @@ impl SessionService {
                     value: Self::encode(&user)?,
                     ttl: None,
                 });
+                // A verified email is what a later migration may link by (first owner wins).
+                let email = user.email.trim().to_ascii_lowercase();
+                if user.email_verified && !email.is_empty() {
+                    self.store
+                        .put_if_absent(
+                            &self.keys.email(&Digest::of(email.as_bytes())),
+                            user.user_id.as_bytes(),
+                            None,
+                        )
+                        .await?;
+                }
                 writes.push(Write::Event(self.event(
                     "user.created",
                     json!({"user_id": user.user_id, "created_via": "create_session"}),

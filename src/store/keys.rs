@@ -126,6 +126,11 @@ impl Keys {
         self.key(format_args!("{{i:{}}}:user", provider_sub.to_hex()))
     }
 
+    /// The user owning a verified email address, by digest of the lower-cased address.
+    pub fn email(&self, email: &Digest) -> Key {
+        self.key(format_args!("{{e:{}}}:user", email.to_hex()))
+    }
+
     /// A migration's sealed outcome, replayed within the window, by the legacy token's digest.
     pub fn replay(&self, token: &Digest) -> Key {
         self.key(format_args!("{{m:{}}}:replay", token.to_hex()))

@@ -277,3 +277,109 @@ async fn a_refusal_is_replayed_briefly_without_asking_the_provider_again() {
     }
     assert_eq!(idp.userinfo_hits(), 1);
 }
+
+#[tokio::test]
+async fn verified_emails_link_to_existing_users_unverified_ones_never_and_conflicts_are_refused() {
+    let idp = FakeIdp::start().await;
+    let key = "migrate-test-key";
+    let hash = sessiongate::store::keys::Digest::of(key.as_bytes()).to_hex();
+    let app = Setup::new()
+        .toml(&format!(
+            "[[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\nuserinfo_url = \"{}\"\ntoken_format = \"opaque\"\nlink_verified_email = true\n\
+             [[clients]]\nname = \"edge\"\nkey_sha256 = \"{hash}\"\nscopes = [\"issue\", \"migrate\"]\n",
+            idp.issuer(),
+            idp.userinfo_url()
+        ))
+        .spawn()
+        .await;
+    let authed = |t: &str| {
+        let mut r = tonic::Request::new(pb::MigrateSessionRequest {
+            legacy_token: t.into(),
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    // A user who signed up through the NEW flow with a verified email.
+    let mut req = tonic::Request::new(pb::CreateSessionRequest {
+        who: Some(pb::create_session_request::Who::NewUser(pb::NewUser {
+            email: "grace@example.com".into(),
+            email_verified: true,
+            name: "Grace".into(),
+        })),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let grace = app
+        .session()
+        .create_session(req)
+        .await
+        .unwrap()
+        .into_inner();
+
+    idp.on_userinfo(
+        "t-verified",
+        UserInfoReply::Json(
+            json!({"sub": "auth0|g1", "email": "Grace@Example.com", "email_verified": true}),
+        ),
+    );
+    idp.on_userinfo(
+        "t-unverified",
+        UserInfoReply::Json(
+            json!({"sub": "auth0|g2", "email": "grace@example.com", "email_verified": false}),
+        ),
+    );
+    idp.on_userinfo(
+        "t-conflict",
+        UserInfoReply::Json(
+            json!({"sub": "auth0|g3", "email": "grace@example.com", "email_verified": true}),
+        ),
+    );
+
+    let linked = app
+        .session()
+        .migrate_session(authed("t-verified"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(linked.user_id, grace.user_id);
+    assert!(!linked.user_created);
+    assert_eq!(
+        linked.user.unwrap().legacy_identities[0].subject,
+        "auth0|g1"
+    );
+
+    let unverified = app
+        .session()
+        .migrate_session(authed("t-unverified"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(unverified.user_id, grace.user_id);
+    assert!(unverified.user_created);
+
+    let e = app
+        .session()
+        .migrate_session(authed("t-conflict"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::FailedPrecondition, "IDENTITY_CONFLICT")
+    );
+    // The refused identity was not left linked: once the conflict is resolved elsewhere it
+    // can still migrate (here: it simply stays unlinked).
+    let index_free = app
+        .state
+        .store
+        .get(
+            &app.state
+                .keys
+                .identity(&sessiongate::store::keys::Digest::of(b"auth0\0auth0|g3")),
+        )
+        .await
+        .unwrap();
+    assert!(index_free.is_none());
+}
