@@ -184,6 +184,16 @@ pub struct Config {
     pub flows: Vec<FlowConfig>,
     pub unleash_features_file: Option<PathBuf>,
     pub clients: Vec<ClientConfig>,
+    pub migration: MigrationConfig,
+}
+
+/// MigrateSession's rate limits (fixed one-minute windows, shared by replicas through the
+/// store). The per-identity limit protects the legacy provider's own UserInfo limit (Auth0:
+/// 5 per minute per user).
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationConfig {
+    pub per_caller_per_minute: u32,
+    pub per_identity_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -391,6 +401,15 @@ struct RawFile {
     unleash_features_file: Option<PathBuf>,
     #[serde(default)]
     clients: Vec<RawClient>,
+    #[serde(default)]
+    migration: RawMigration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    per_caller_per_minute: Option<u32>,
+    per_identity_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1002,6 +1021,18 @@ fn build(
         }
     };
 
+    // --- migration ---
+    let per_caller = raw.migration.per_caller_per_minute.unwrap_or(600);
+    let per_identity = raw.migration.per_identity_per_minute.unwrap_or(5);
+    for (key, v) in [
+        ("migration.per_caller_per_minute", per_caller),
+        ("migration.per_identity_per_minute", per_identity),
+    ] {
+        if v == 0 {
+            c.fail(key, "0 would refuse every migration: set at least 1");
+        }
+    }
+
     // --- what `live` refuses (DESIGN.md §5, §7) ---
     if env == Env::Live {
         if redis_url.is_none() {
@@ -1049,6 +1080,10 @@ fn build(
         flows,
         unleash_features_file: raw.unleash_features_file,
         clients,
+        migration: MigrationConfig {
+            per_caller_per_minute: per_caller,
+            per_identity_per_minute: per_identity,
+        },
     })
 }
 

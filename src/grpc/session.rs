@@ -54,6 +54,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         &self,
         request: Request<pb::MigrateSessionRequest>,
     ) -> Result<Response<pb::MigrateSessionResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let custom_claims = match r.session_custom_claims {
             Some(s) => struct_to_json(s, "session_custom_claims")?,
@@ -63,6 +64,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             .state
             .sessions
             .migrate(MigrateRequest {
+                caller: caller.name.to_string(),
                 legacy_token: r.legacy_token,
                 provider: r.provider,
                 duration_minutes: r.session_duration_minutes,

@@ -8,8 +8,8 @@
 //! window: one migration per legacy token across replicas (single-flight through a store
 //! lock), its outcome sealed under a key derived from the token and replayed to concurrent
 //! and repeated calls; linking by a verified email when the provider allows it
-//! (`IDENTITY_CONFLICT` when that user already is another subject of the provider). Still to
-//! come (issue #5): rate limits per caller and per legacy identity.
+//! (`IDENTITY_CONFLICT` when that user already is another subject of the provider); rate
+//! limits per caller and per legacy identity.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,8 @@ use crate::upstream::UserInfoOutcome;
 /// A `MigrateSession` call, decoded.
 #[derive(Debug, Clone, Default)]
 pub struct MigrateRequest {
+    /// The calling client's name (rate limits are per caller).
+    pub caller: String,
     pub legacy_token: String,
     pub provider: String,
     pub duration_minutes: u32,
@@ -166,13 +168,15 @@ impl Replay {
                 },
                 REPLAY_WINDOW,
             ),
+            // Our own rate limits are about the caller, not the token: never replayed.
             Err(e)
-                if matches!(
-                    e.code,
-                    ErrorCode::Unauthenticated
-                        | ErrorCode::ResourceExhausted
-                        | ErrorCode::FailedPrecondition
-                ) =>
+                if e.reason != "RATE_LIMITED"
+                    && matches!(
+                        e.code,
+                        ErrorCode::Unauthenticated
+                            | ErrorCode::ResourceExhausted
+                            | ErrorCode::FailedPrecondition
+                    ) =>
             {
                 (
                     Outcome::Refused {
@@ -327,6 +331,29 @@ impl SessionService {
             _ => return Err(rejected("not a token of this provider")),
         };
 
+        // Rate limits: per caller, and per legacy identity (a JWT's subject; an opaque token
+        // is its own identity until UserInfo names it, and the replay window already bounds
+        // one token to one UserInfo call a minute).
+        let identity = match &jwt_sub {
+            Some(sub) => format!("sub\0{}\0{sub}", provider.name()),
+            None => format!(
+                "token\0{}",
+                Digest::of(req.legacy_token.as_bytes()).to_hex()
+            ),
+        };
+        self.rate_limit(
+            "migrate-caller",
+            &req.caller,
+            self.migration_limits.per_caller_per_minute,
+        )
+        .await?;
+        self.rate_limit(
+            "migrate-identity",
+            &identity,
+            self.migration_limits.per_identity_per_minute,
+        )
+        .await?;
+
         // 2. The store must be up before the provider is asked: a UserInfo call whose result
         //    cannot be stored is wasted (and rate-limited).
         self.store.ping().await?;
@@ -425,6 +452,37 @@ impl SessionService {
             session_jwt,
             user_created,
         })
+    }
+
+    /// One more call of `subject` in the current one-minute window of `bucket`; refused past
+    /// `limit`, with the time left in the window as retry-after.
+    async fn rate_limit(&self, bucket: &str, subject: &str, limit: u32) -> Result<(), Error> {
+        let key = self.keys.rate(bucket, &Digest::of(subject.as_bytes()));
+        let n = self.store.incr(&key, Duration::from_secs(60)).await?;
+        if n <= u64::from(limit) {
+            return Ok(());
+        }
+        let left = self
+            .store
+            .ttl(&key)
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+            .unwrap_or(Duration::from_secs(60));
+        Err(Error::new(
+            ErrorCode::ResourceExhausted,
+            "RATE_LIMITED",
+            format!(
+                "more than {limit} migrations a minute for this {}; retry later",
+                if bucket.ends_with("caller") {
+                    "caller"
+                } else {
+                    "legacy identity"
+                }
+            ),
+        )
+        .with_retry_after(left))
     }
 
     fn migration_provider(&self, name: &str) -> Result<Arc<Provider>, Error> {

@@ -131,6 +131,7 @@ pub struct SessionService {
     pub(super) migrated: moka::sync::Cache<String, Arc<str>>,
     pub(super) max_token_bytes: usize,
     pub(super) default_minutes: u32,
+    pub(super) migration_limits: crate::config::MigrationConfig,
     revoke_window_secs: i64,
 }
 
@@ -165,6 +166,7 @@ impl SessionService {
                 .max_capacity(VERDICT_CACHE_ENTRIES)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            migration_limits: cfg.migration.clone(),
             max_token_bytes: cfg.server.max_token_bytes,
             default_minutes: cfg.native.session_duration_minutes,
             // Every JWT minted up to now expires within its TTL (+ leeway): that is how long a

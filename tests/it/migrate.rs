@@ -13,7 +13,8 @@ const API: &str = "https://api.example.com";
 async fn app_for(idp: &FakeIdp) -> TestApp {
     Setup::new()
         .toml(&format!(
-            "[[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
+            "[migration]\nper_identity_per_minute = 100\n\
+             [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
              audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\ntoken_format = \"both\"\npolicy = \"upgrade\"\nallowed_client_ids = [\"client-web\"]\n",
             idp.issuer(),
             idp.jwks_url(),
@@ -382,4 +383,61 @@ async fn verified_emails_link_to_existing_users_unverified_ones_never_and_confli
         .await
         .unwrap();
     assert!(index_free.is_none());
+}
+
+#[tokio::test]
+async fn migrations_are_rate_limited_per_legacy_identity_and_per_caller() {
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .toml(&format!(
+            "[migration]\nper_identity_per_minute = 2\nper_caller_per_minute = 4\n\
+             [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\naudiences = [\"{API}\"]\n",
+            idp.issuer(),
+            idp.jwks_url(),
+            idp.userinfo_url()
+        ))
+        .spawn()
+        .await;
+    let key = idp.key(KeyKind::Rs256);
+    let token_for = |sub: &str, n: u32| {
+        let mut c = idp.claims(API);
+        c["sub"] = json!(sub);
+        c["jti"] = json!(format!("{sub}-{n}"));
+        let t = sign(&key, json!({}), &c);
+        idp.on_userinfo(&t, UserInfoReply::Json(json!({"sub": sub})));
+        t
+    };
+    let warm = token_for("warm", 0);
+    eventually(std::time::Duration::from_secs(5), || async {
+        app.session()
+            .validate_session(pb::ValidateSessionRequest {
+                token: warm.clone(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+    })
+    .await;
+    // The same legacy user logging in with three different tokens within a minute.
+    migrate(&app, &token_for("alice", 1)).await.unwrap();
+    migrate(&app, &token_for("alice", 2)).await.unwrap();
+    let e = migrate(&app, &token_for("alice", 3)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::ResourceExhausted, "RATE_LIMITED")
+    );
+    let after: u64 = e
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&after), "{after}");
+    // The (anonymous) caller has made 3 attempts; the 4th passes, the 5th does not.
+    migrate(&app, &token_for("bob", 1)).await.unwrap();
+    let e = migrate(&app, &token_for("carol", 1)).await.unwrap_err();
+    assert_eq!(reason(&e), "RATE_LIMITED");
+    assert!(e.message().contains("caller"), "{}", e.message());
 }
