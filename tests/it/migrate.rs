@@ -15,7 +15,7 @@ async fn app_for(idp: &FakeIdp) -> TestApp {
         .toml(&format!(
             "[migration]\nper_identity_per_minute = 100\n\
              [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
-             audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\ntoken_format = \"both\"\npolicy = \"upgrade\"\nallowed_client_ids = [\"client-web\"]\n",
+                          audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\ntoken_format = \"both\"\npolicy = \"upgrade\"\nallowed_client_ids = [\"client-web\"]\nuserinfo_timeout_ms = 300\n",
             idp.issuer(),
             idp.jwks_url(),
             idp.userinfo_url()
@@ -440,4 +440,90 @@ async fn migrations_are_rate_limited_per_legacy_identity_and_per_caller() {
     let e = migrate(&app, &token_for("carol", 1)).await.unwrap_err();
     assert_eq!(reason(&e), "RATE_LIMITED");
     assert!(e.message().contains("caller"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn slow_oversize_and_redirecting_userinfo_answers_are_unavailable_and_bounded() {
+    let idp = FakeIdp::start().await;
+    let app = app_for(&idp).await;
+    let key = idp.key(KeyKind::Rs256);
+    let token = |n: &str, reply: UserInfoReply| {
+        let mut c = idp.claims(API);
+        c["jti"] = json!(n);
+        let t = sign(&key, json!({}), &c);
+        idp.on_userinfo(&t, reply);
+        t
+    };
+    let warm = token("warm", UserInfoReply::Status(401));
+    eventually(std::time::Duration::from_secs(5), || async {
+        app.session()
+            .validate_session(pb::ValidateSessionRequest {
+                token: warm.clone(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+    })
+    .await;
+    let cases = [
+        (
+            "slow",
+            UserInfoReply::Slow(std::time::Duration::from_secs(2)),
+        ),
+        ("oversize", UserInfoReply::Oversize),
+        (
+            "redirect",
+            UserInfoReply::Redirect(format!("http://{}/userinfo-elsewhere", idp.addr)),
+        ),
+    ];
+    for (name, reply) in cases {
+        let t = token(name, reply);
+        let started = std::time::Instant::now();
+        let e = migrate(&app, &t).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (tonic::Code::Unavailable, "LEGACY_PROVIDER_UNAVAILABLE"),
+            "{name}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+    }
+    // The caller's own deadline bounds the call too; the migration is not left half done: a
+    // retry with a provider that answers completes it.
+    let t = token(
+        "deadline",
+        UserInfoReply::SlowJson(
+            std::time::Duration::from_millis(250),
+            json!({"sub": "auth0|legacy-user-1"}),
+        ),
+    );
+    let mut req = tonic::Request::new(pb::MigrateSessionRequest {
+        legacy_token: t.clone(),
+        ..Default::default()
+    });
+    req.set_timeout(std::time::Duration::from_millis(100));
+    let e = app.session().migrate_session(req).await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{e:?}"
+    );
+    let done = eventually(std::time::Duration::from_secs(3), || async {
+        migrate(&app, &t).await.ok()
+    })
+    .await;
+    assert!(
+        done.replayed,
+        "the retry found the migration the cancelled call had started"
+    );
+    assert_eq!(
+        idp.userinfo_hits(),
+        3 + 1,
+        "one UserInfo call per case, one for the cancelled migration"
+    );
 }

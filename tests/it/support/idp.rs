@@ -23,6 +23,10 @@ pub enum UserInfoReply {
     RateLimited(u64),
     Slow(std::time::Duration),
     SlowJson(std::time::Duration, Value),
+    /// A JSON body larger than sessiongate accepts.
+    Oversize,
+    /// A redirect to this URL.
+    Redirect(String),
     NotJson,
 }
 
@@ -109,6 +113,13 @@ async fn userinfo(
             // Simulated latency of a slow provider, not synchronisation.
             tokio::time::sleep(d).await;
             ([("content-type", "application/json")], v.to_string()).into_response()
+        }
+        Some(UserInfoReply::Oversize) => {
+            let body = json!({"sub": "big", "pad": "x".repeat(100 * 1024)}).to_string();
+            ([("content-type", "application/json")], body).into_response()
+        }
+        Some(UserInfoReply::Redirect(to)) => {
+            (StatusCode::FOUND, [("location", to)]).into_response()
         }
         Some(UserInfoReply::NotJson) => ([("content-type", "text/html")], "<html>").into_response(),
     }
