@@ -25,7 +25,9 @@ pub enum UserInfoOutcome {
     RateLimited(Option<Duration>),
     /// 5xx, timeout, connection failure: try again later.
     Unavailable(String),
-    /// An answer that breaks the protocol (non-JSON, oversize, no `sub`, redirect…).
+    /// A JSON object without a `sub`: nothing to link the identity by.
+    MissingSubject,
+    /// An answer that breaks the protocol (non-JSON, oversize, redirect…).
     Invalid(String),
 }
 
@@ -121,7 +123,7 @@ impl UserInfoClient {
             {
                 UserInfoOutcome::Ok(m)
             }
-            Ok(Value::Object(_)) => UserInfoOutcome::Invalid("no `sub` in the answer".into()),
+            Ok(Value::Object(_)) => UserInfoOutcome::MissingSubject,
             _ => UserInfoOutcome::Invalid("not a JSON object".into()),
         }
     }

@@ -287,19 +287,8 @@ impl SessionService {
             .map(|c| (c, false))
     }
 
+    /// The migration itself; `migrate` has checked the token's presence and size.
     async fn migrate_once(&self, req: MigrateRequest) -> Result<Created, Error> {
-        if req.legacy_token.is_empty() {
-            return Err(Error::invalid_argument(
-                "TOKEN_REQUIRED",
-                "legacy_token is empty",
-            ));
-        }
-        if req.legacy_token.len() > self.max_token_bytes {
-            return Err(Error::invalid_argument(
-                "FIELD_TOO_LARGE",
-                "legacy_token is larger than the token size cap",
-            ));
-        }
         let minutes = session_minutes(req.duration_minutes, self.default_minutes)?;
         check_custom_claims(&req.custom_claims)?;
         check_client(&req.client)?;
@@ -359,54 +348,16 @@ impl SessionService {
         self.store.ping().await?;
 
         // 3. UserInfo.
-        let url = provider.userinfo_endpoint().ok_or_else(|| {
-            Error::unavailable(
-                "LEGACY_PROVIDER_UNAVAILABLE",
-                format!(
-                    "the UserInfo endpoint of provider `{}` is not known yet; retry shortly",
-                    provider.name()
-                ),
-            )
-        })?;
-        let info = match provider.userinfo.fetch(&url, &req.legacy_token).await {
+        let info = match provider.userinfo(&req.legacy_token).await? {
             UserInfoOutcome::Ok(info) => info,
             UserInfoOutcome::Rejected(status) => {
                 return Err(rejected(&format!("UserInfo answered {status}")));
             }
-            UserInfoOutcome::RateLimited(after) => {
-                return Err(Error::new(
-                    ErrorCode::ResourceExhausted,
-                    "LEGACY_RATE_LIMITED",
-                    format!(
-                        "provider `{}` is rate-limiting UserInfo calls; retry later",
-                        provider.name()
-                    ),
-                )
-                .with_retry_after(after.unwrap_or(std::time::Duration::from_secs(1))));
-            }
-            UserInfoOutcome::Unavailable(why) => {
-                return Err(Error::unavailable(
-                    "LEGACY_PROVIDER_UNAVAILABLE",
-                    format!(
-                        "the UserInfo endpoint of provider `{}` is unavailable ({why}); retry shortly",
-                        provider.name()
-                    ),
-                ));
-            }
-            UserInfoOutcome::Invalid(why) if why.contains("`sub`") => {
+            _ => {
                 return Err(Error::new(
                     ErrorCode::FailedPrecondition,
                     "USERINFO_MISSING_SUBJECT",
                     "the legacy provider's UserInfo answer has no `sub`: the identity cannot be linked",
-                ));
-            }
-            UserInfoOutcome::Invalid(why) => {
-                return Err(Error::unavailable(
-                    "LEGACY_PROVIDER_UNAVAILABLE",
-                    format!(
-                        "the UserInfo answer of provider `{}` was not usable ({why})",
-                        provider.name()
-                    ),
                 ));
             }
         };

@@ -20,7 +20,7 @@ use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
 use crate::error::Error;
 use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt, http_client};
 use crate::keys::jwks::{Alg, kid_ok};
-use crate::upstream::UserInfoClient;
+use crate::upstream::{UserInfoClient, UserInfoOutcome};
 
 /// A provider's token that checked out: a verified JWT, or an opaque token UserInfo vouched
 /// for.
@@ -63,6 +63,45 @@ impl Provider {
             self.config.token_format,
             TokenFormat::Jwt | TokenFormat::Both
         )
+    }
+
+    /// Calls this provider's UserInfo with `token` (latency recorded). Answers that say
+    /// something about the token come back `Ok`; a rate limit or an unavailable or misbehaving
+    /// provider is the call's error.
+    pub async fn userinfo(&self, token: &str) -> Result<UserInfoOutcome, Error> {
+        let unavailable = |why: &str| {
+            Error::unavailable(
+                "LEGACY_PROVIDER_UNAVAILABLE",
+                format!(
+                    "the UserInfo endpoint of provider `{}` is unavailable ({why}); retry shortly",
+                    self.name()
+                ),
+            )
+        };
+        let url = self
+            .userinfo_endpoint()
+            .ok_or_else(|| unavailable("not discovered yet"))?;
+        let started = std::time::Instant::now();
+        let outcome = self.userinfo.fetch(&url, token).await;
+        metrics::histogram!("sessiongate_upstream_duration_seconds", "provider" => self.name().to_owned(), "call" => "userinfo")
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            UserInfoOutcome::RateLimited(after) => Err(Error::new(
+                crate::error::ErrorCode::ResourceExhausted,
+                "LEGACY_RATE_LIMITED",
+                format!(
+                    "provider `{}` is rate-limiting UserInfo calls; retry later",
+                    self.name()
+                ),
+            )
+            .with_retry_after(after.unwrap_or(std::time::Duration::from_secs(1)))),
+            UserInfoOutcome::Unavailable(why) => Err(unavailable(&why)),
+            UserInfoOutcome::Invalid(why) => {
+                tracing::warn!(provider = self.name(), why, "unusable UserInfo answer");
+                Err(unavailable(&why))
+            }
+            answer => Ok(answer),
+        }
     }
 
     /// The UserInfo endpoint: configured, or discovered (`None` until discovery succeeded).

@@ -285,30 +285,7 @@ impl SessionService {
                 tracing::debug!(error = %e, "UserInfo cache unavailable; asking the provider")
             }
         }
-        let Some(url) = provider.userinfo_endpoint() else {
-            return Err(Error::unavailable(
-                "LEGACY_PROVIDER_UNAVAILABLE",
-                format!(
-                    "the UserInfo endpoint of provider `{}` is not discovered yet; retry shortly",
-                    provider.name()
-                ),
-            ));
-        };
-        let client = &provider.userinfo;
-        let started = std::time::Instant::now();
-        let outcome = client.fetch(&url, token).await;
-        metrics::histogram!("sessiongate_upstream_duration_seconds", "provider" => provider.name().to_owned(), "call" => "userinfo")
-            .record(started.elapsed().as_secs_f64());
-        let unavailable = |why: &str| {
-            Error::unavailable(
-                "LEGACY_PROVIDER_UNAVAILABLE",
-                format!(
-                    "the UserInfo endpoint of provider `{}` is unavailable ({why}); retry shortly",
-                    provider.name()
-                ),
-            )
-        };
-        let (cached, ttl) = match outcome {
+        let (cached, ttl) = match provider.userinfo(token).await? {
             UserInfoOutcome::Ok(claims) => (
                 CachedUserInfo {
                     ok: true,
@@ -323,21 +300,15 @@ impl SessionService {
                 },
                 USERINFO_REJECTED_TTL,
             ),
-            UserInfoOutcome::RateLimited(after) => {
-                let e = Error::new(
-                    crate::error::ErrorCode::ResourceExhausted,
-                    "LEGACY_RATE_LIMITED",
+            // A token is worth nothing to validation without a subject.
+            _ => {
+                return Err(Error::unavailable(
+                    "LEGACY_PROVIDER_UNAVAILABLE",
                     format!(
-                        "provider `{}` is rate-limiting UserInfo calls; retry later",
+                        "the UserInfo answer of provider `{}` names no subject",
                         provider.name()
                     ),
-                );
-                return Err(e.with_retry_after(after.unwrap_or(std::time::Duration::from_secs(1))));
-            }
-            UserInfoOutcome::Unavailable(why) => return Err(unavailable(&why)),
-            UserInfoOutcome::Invalid(why) => {
-                tracing::warn!(provider = provider.name(), why, "unusable UserInfo answer");
-                return Err(unavailable(&why));
+                ));
             }
         };
         if let Ok(bytes) = serde_json::to_vec(&cached) {
