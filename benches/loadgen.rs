@@ -58,7 +58,13 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Paths to run (default: all).
+    /// Fixed latency of the fake UserInfo endpoint in the MigrateSession benchmark.
+    #[arg(long, default_value_t = 20)]
+    userinfo_latency_ms: u64,
+    /// Migrations per MigrateSession measurement (each one a never-seen legacy identity).
+    #[arg(long, default_value_t = 1500)]
+    migrations: usize,
+    /// Paths to run (default: all; `migrate` is the MigrateSession benchmark).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     // `cargo bench` passes --bench; accept and ignore it.
@@ -187,12 +193,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(
         &config_path,
         format!(
-            "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\"]\n\
-             [[providers]]\nname = \"legacy\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\naudiences = [\"{LEGACY_API}\"]\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n",
+            "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\", \"migrate\"]\n\
+             [migration]\nper_caller_per_minute = 10000000\n\
+             [[providers]]\nname = \"legacy\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\naudiences = [\"{LEGACY_API}\"]\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n",
             key_path.display(),
             sessiongate::store::keys::Digest::of(API_KEY.as_bytes()).to_hex(),
             legacy.issuer(),
             legacy.jwks_url(),
+            legacy.userinfo_url(),
         ),
     )?;
 
@@ -348,8 +356,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
 
+    let migrate = if args.only.is_empty() || args.only.iter().any(|o| o == "migrate") {
+        Some(bench_migrate(&channel, &legacy, &args).await?)
+    } else {
+        None
+    };
+
     let rss_kb = rss_kb(server.child.id());
     print_table(&results, to_listening, to_serving, rss_kb);
+    if let Some(m) = &migrate {
+        m.print();
+    }
     let json = serde_json::json!({
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
         "concurrency": args.concurrency,
@@ -359,6 +376,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "start_to_serving_ms": to_serving.as_secs_f64() * 1000.0,
         "server_rss_kb_after_run": rss_kb,
         "paths": results.iter().map(Row::json).collect::<Vec<_>>(),
+        "migrate": migrate.as_ref().map(MigrateResult::json),
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
     if let Some(path) = &args.json {
@@ -683,4 +701,188 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// MigrateSession against a fake UserInfo with a fixed latency, next to the same UserInfo
+/// called directly by the load generator: the difference is what sessiongate adds (local JWT
+/// verification, replay/single-flight records, rate limits, identity claim, user and session
+/// commit in Redis, minting).
+struct MigrateResult {
+    userinfo_latency_ms: u64,
+    /// (concurrency, direct UserInfo run, MigrateSession run)
+    runs: Vec<(usize, Run, Run)>,
+}
+
+impl MigrateResult {
+    fn print(&self) {
+        println!(
+            "MigrateSession, fake UserInfo with {} ms fixed latency, one never-seen legacy identity per call:",
+            self.userinfo_latency_ms
+        );
+        println!();
+        println!(
+            "| in flight | calls | UserInfo direct p50 / p99 ms | MigrateSession p50 / p99 ms | added p50 / p99 ms | migrations/s |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+        for (c, direct, migrate) in &self.runs {
+            println!(
+                "| {c} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} |",
+                migrate.ok,
+                direct.p(0.5) / 1000.0,
+                direct.p(0.99) / 1000.0,
+                migrate.p(0.5) / 1000.0,
+                migrate.p(0.99) / 1000.0,
+                (migrate.p(0.5) - direct.p(0.5)) / 1000.0,
+                (migrate.p(0.99) - direct.p(0.99)) / 1000.0,
+                migrate.rps(),
+            );
+        }
+        println!();
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "userinfo_latency_ms": self.userinfo_latency_ms,
+            "runs": self.runs.iter().map(|(c, d, m)| serde_json::json!({
+                "concurrency": c,
+                "calls": m.ok,
+                "userinfo_direct_p50_us": d.p(0.5), "userinfo_direct_p99_us": d.p(0.99),
+                "migrate_p50_us": m.p(0.5), "migrate_p99_us": m.p(0.99),
+                "added_p50_us": m.p(0.5) - d.p(0.5), "added_p99_us": m.p(0.99) - d.p(0.99),
+                "migrations_per_s": m.rps().round(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+async fn bench_migrate(
+    channel: &Channel,
+    legacy: &idp::FakeIdp,
+    args: &Args,
+) -> anyhow::Result<MigrateResult> {
+    let latency = Duration::from_millis(args.userinfo_latency_ms);
+    let mut runs = Vec::new();
+    for (round, concurrency) in [1usize, 16].into_iter().enumerate() {
+        // One-at-a-time calls take the full latency each: fewer of them.
+        let n = if concurrency == 1 {
+            (args.migrations / 8).max(50)
+        } else {
+            args.migrations
+        };
+        eprintln!("MigrateSession: {n} legacy identities, {concurrency} in flight…");
+        let key = legacy.key(sessiongate::keys::KeyKind::Rs256);
+        let claims = legacy.claims(LEGACY_API);
+        let tokens = mint_many(
+            n,
+            Arc::new(move |i| {
+                let mut c = claims.clone();
+                c["sub"] = serde_json::json!(format!("legacy-{round}-{i}"));
+                c["jti"] = serde_json::json!(format!("migrate-{round}-{i}"));
+                idp::sign(&key, serde_json::json!({}), &c)
+            }),
+        )?;
+        for (i, t) in tokens.iter().enumerate() {
+            legacy.on_userinfo(
+                t,
+                idp::UserInfoReply::SlowJson(
+                    latency,
+                    serde_json::json!({"sub": format!("legacy-{round}-{i}"), "name": "Load"}),
+                ),
+            );
+        }
+        let direct = run_tokens(&tokens, concurrency, {
+            let http = reqwest::Client::new();
+            let url = legacy.userinfo_url();
+            move |token: String| {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    http.get(&url)
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .and_then(|r| r.error_for_status())
+                        .is_ok()
+                }
+            }
+        })
+        .await;
+        let migrate = run_tokens(&tokens, concurrency, {
+            let client = SessionGateServiceClient::new(channel.clone());
+            move |token: String| {
+                let mut client = client.clone();
+                async move {
+                    let mut req = tonic::Request::new(pb::MigrateSessionRequest {
+                        legacy_token: token,
+                        ..Default::default()
+                    });
+                    req.metadata_mut().insert(
+                        "authorization",
+                        tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"),
+                    );
+                    matches!(client.migrate_session(req).await, Ok(r) if !r.get_ref().replayed)
+                }
+            }
+        })
+        .await;
+        anyhow::ensure!(
+            direct.errors == 0 && migrate.errors == 0,
+            "MigrateSession benchmark: {} direct and {} migration errors",
+            direct.errors,
+            migrate.errors
+        );
+        runs.push((concurrency, direct, migrate));
+    }
+    Ok(MigrateResult {
+        userinfo_latency_ms: args.userinfo_latency_ms,
+        runs,
+    })
+}
+
+/// Calls `call` once per token with `concurrency` calls in flight.
+async fn run_tokens<F, Fut>(tokens: &[String], concurrency: usize, call: F) -> Run
+where
+    F: Fn(String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let queue = Arc::new(std::sync::Mutex::new(tokens.to_vec().into_iter()));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let queue = queue.clone();
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut hist =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+                let (mut ok, mut errors) = (0u64, 0u64);
+                loop {
+                    let Some(token) = queue.lock().expect("lock").next() else {
+                        break;
+                    };
+                    let t0 = Instant::now();
+                    if call(token).await {
+                        ok += 1;
+                        let _ = hist.record((t0.elapsed().as_micros() as u64).max(1));
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (ok, errors, hist)
+            })
+        })
+        .collect();
+    let mut run = Run {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+    };
+    for t in tasks {
+        let (ok, errors, hist) = t.await.expect("worker");
+        run.ok += ok;
+        run.errors += errors;
+        let _ = run.hist.add(hist);
+    }
+    run.elapsed = start.elapsed();
+    run
 }

@@ -21,6 +21,8 @@ use crate::grpc::pb::session_gate_service_server::SessionGateServiceServer;
 use crate::grpc::rollout::RolloutAdminApi;
 use crate::grpc::session::SessionGateApi;
 use crate::grpc::{HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
+use crate::flow::FlowService;
+use crate::flow::cookie::CookieKeys;
 use crate::keys::{KeyError, SigningKeys};
 use crate::session::SessionService;
 use crate::store::keys::Keys;
@@ -35,6 +37,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub signing: Arc<SigningKeys>,
     pub sessions: Arc<SessionService>,
+    pub flows: Arc<FlowService>,
 }
 
 /// Why the service could not start or stopped with an error.
@@ -50,6 +53,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    CookieKeys(#[from] crate::flow::cookie::CookieKeyError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
@@ -117,6 +122,19 @@ impl App {
             Keys::new(config.env),
             clock.clone(),
         );
+        let flows = Arc::new(FlowService::new(
+            config.env,
+            &config.flows,
+            &config.flow_cookie,
+            CookieKeys::load(&config.flow_cookie.keys)?,
+            store.clone(),
+            clock.clone(),
+        ));
+        // Admin overrides made before we started (best effort, as above).
+        if let Err(e) = flows.reload_all().await {
+            tracing::warn!(error = %e, "cannot load flow overrides yet");
+        }
+        crate::flow::service::spawn_listener(flows.clone());
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -136,6 +154,7 @@ impl App {
             clock,
             signing,
             sessions,
+            flows,
             store,
             config: Arc::new(config),
         });

@@ -1,4 +1,4 @@
-//! The command line: `sessiongate [serve]`, `check-config`, `keygen`, `apikey`.
+//! The command line: `sessiongate [serve]`, `check-config`, `keygen`, `apikey`, `flow simulate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +60,48 @@ enum Command {
         #[arg(long, default_value = "my-service")]
         name: String,
     },
+    /// Rollout tools.
+    #[command(subcommand)]
+    Flow(FlowCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowCommand {
+    /// Resolve a flow for many synthetic users with ResolveFlow's own rules and print how many
+    /// land in NEW and LEGACY, and by which rule: check a change before applying it. Uses the
+    /// file's settings (not run-time admin overrides); cookies and accounts play no part.
+    Simulate {
+        /// The flow's name.
+        #[arg(long, default_value = "login")]
+        flow: String,
+        /// How many synthetic users (random UUIDs: device ids, or user ids for user stickiness).
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Simulate this percentage instead of the configured one.
+        #[arg(long)]
+        percentage: Option<u32>,
+        /// The users' country (ISO 3166-1 alpha-2), for country gates and constraints.
+        #[arg(long)]
+        country: Option<String>,
+        /// The users' app name (e.g. ios), for app-version gates.
+        #[arg(long)]
+        app_name: Option<String>,
+        /// The users' app version.
+        #[arg(long)]
+        app_version: Option<String>,
+        /// The users' IP address, for CIDR lists and remoteAddress strategies.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Seed of the synthetic ids (same seed, same ids).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file; default: SESSIONGATE_CONFIG.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line; the returned code is the process' exit code.
@@ -87,6 +129,50 @@ pub fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("sessiongate: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Flow(FlowCommand::Simulate {
+            flow,
+            users,
+            percentage,
+            country,
+            app_name,
+            app_version,
+            ip,
+            seed,
+            json,
+            config,
+        }) => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let sim = crate::flow::simulate::Simulation {
+                flow,
+                users,
+                percentage,
+                country,
+                app_name,
+                app_version,
+                ip,
+                seed,
+            };
+            match crate::flow::simulate::run(&cfg, &sim) {
+                Ok(report) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{}", report.table());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sessiongate: {e}");
+                    ExitCode::from(EX_USAGE)
                 }
             }
         }

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod flow;
 pub mod grpc;
 pub mod http;
 pub mod keys;

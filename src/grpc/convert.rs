@@ -236,3 +236,106 @@ mod tests {
         );
     }
 }
+
+// === ResolveFlow, RolloutAdminService ===
+
+/// ResolveFlowRequest → the domain request (normalised; empty strings are "not given").
+pub fn flow_request(r: pb::ResolveFlowRequest) -> crate::flow::Request {
+    let given = |s: String| (!s.is_empty()).then_some(s);
+    crate::flow::Request {
+        flow: if r.flow.is_empty() {
+            "login".into()
+        } else {
+            r.flow
+        },
+        user_id: given(r.user_id),
+        device_id: given(r.device_id),
+        flow_cookie: given(r.flow_cookie),
+        ip: r.ip.trim().parse().ok(),
+        country: crate::flow::resolve::normalise_country(&r.country),
+        app_name: given(r.app_name),
+        app_version: given(r.app_version),
+        properties: r.properties.into_iter().collect(),
+    }
+}
+
+pub fn flow_response(d: crate::flow::Decision) -> pb::ResolveFlowResponse {
+    use crate::flow::{Flow, FlowReason as R};
+    let reason = match d.reason {
+        R::FlowNotFound => pb::FlowReason::FlowNotFound,
+        R::Disabled => pb::FlowReason::Disabled,
+        R::NotEligible => pb::FlowReason::NotEligible,
+        R::ForcedLegacy => pb::FlowReason::ForcedLegacy,
+        R::ForcedNew => pb::FlowReason::ForcedNew,
+        R::Sticky => pb::FlowReason::Sticky,
+        R::RolloutIn => pb::FlowReason::RolloutIn,
+        R::RolloutOut => pb::FlowReason::RolloutOut,
+        R::NoMatch => pb::FlowReason::NoMatch,
+        R::Error => pb::FlowReason::Error,
+    };
+    pb::ResolveFlowResponse {
+        flow: match d.flow {
+            Flow::New => pb::Flow::New,
+            Flow::Legacy => pb::Flow::Legacy,
+        } as i32,
+        reason: reason as i32,
+        rule: d.rule,
+        bucket: d.bucket,
+        percentage: d.percentage,
+        device_id: d.device_id,
+        set_cookie: d.set_cookie.map(|c| pb::SetCookie {
+            name: c.name,
+            value: c.value,
+            max_age_seconds: u32::try_from(c.max_age_secs).unwrap_or(u32::MAX),
+            header_value: c.header_value,
+        }),
+        config_version: d.config_version,
+    }
+}
+
+pub fn rollout(r: crate::flow::Rollout) -> pb::Rollout {
+    use crate::flow::model::ListName as L;
+    let mut lists = r.lists;
+    let mut take = |l: L| lists.remove(&l).unwrap_or_default();
+    pb::Rollout {
+        flow: r.flow,
+        percentage: r.percentage,
+        kill_switch: r.kill_switch,
+        rollback_epoch: r.rollback_epoch,
+        stickiness: r.stickiness,
+        allow_users: take(L::AllowUsers),
+        deny_users: take(L::DenyUsers),
+        allow_devices: take(L::AllowDevices),
+        deny_devices: take(L::DenyDevices),
+        allow_cidrs: take(L::AllowCidrs),
+        deny_cidrs: take(L::DenyCidrs),
+        countries: r.countries,
+        min_app_versions: r.min_app_versions.into_iter().collect(),
+        config_version: r.config_version,
+        updated_at: r.updated_at_ms.map(timestamp),
+    }
+}
+
+pub fn rollout_update(r: pb::UpdateRolloutRequest) -> crate::flow::Update {
+    use crate::flow::model::ListName as L;
+    let lists = [
+        (L::AllowUsers, r.allow_users),
+        (L::DenyUsers, r.deny_users),
+        (L::AllowDevices, r.allow_devices),
+        (L::DenyDevices, r.deny_devices),
+        (L::AllowCidrs, r.allow_cidrs),
+        (L::DenyCidrs, r.deny_cidrs),
+    ]
+    .into_iter()
+    .filter_map(|(l, e)| e.map(|e| (l, e.add, e.remove)))
+    .filter(|(_, a, r)| !a.is_empty() || !r.is_empty())
+    .collect();
+    crate::flow::Update {
+        flow: r.flow,
+        percentage: r.percentage,
+        kill_switch: r.kill_switch,
+        rollback_epoch: r.rollback_epoch,
+        lists,
+        clear_overrides: r.clear_overrides,
+    }
+}

@@ -4,13 +4,12 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::pb;
+use super::{convert, pb};
 use crate::app::AppState;
-use crate::error::Error;
+use crate::auth::Caller;
 
 /// The handlers of `RolloutAdminService`.
 pub struct RolloutAdminApi {
-    #[allow(dead_code)] // read by the handlers once the rollout engine lands
     state: Arc<AppState>,
 }
 
@@ -20,28 +19,46 @@ impl RolloutAdminApi {
     }
 }
 
-const MISSING: &str = "RolloutAdminService is not served by this build yet: the rollout engine and its stored overrides are missing";
-
 #[tonic::async_trait]
 impl pb::rollout_admin_service_server::RolloutAdminService for RolloutAdminApi {
     async fn get_rollout(
         &self,
-        _request: Request<pb::GetRolloutRequest>,
+        request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::GetRolloutResponse>, Status> {
-        Err(Error::unimplemented(MISSING).into())
+        let r = self.state.flows.get(&request.into_inner().flow)?;
+        Ok(Response::new(pb::GetRolloutResponse {
+            rollout: Some(convert::rollout(r)),
+        }))
     }
 
     async fn list_rollouts(
         &self,
         _request: Request<pb::ListRolloutsRequest>,
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-        Err(Error::unimplemented(MISSING).into())
+        Ok(Response::new(pb::ListRolloutsResponse {
+            rollouts: self
+                .state
+                .flows
+                .list()
+                .into_iter()
+                .map(convert::rollout)
+                .collect(),
+        }))
     }
 
     async fn update_rollout(
         &self,
-        _request: Request<pb::UpdateRolloutRequest>,
+        request: Request<pb::UpdateRolloutRequest>,
     ) -> Result<Response<pb::UpdateRolloutResponse>, Status> {
-        Err(Error::unimplemented(MISSING).into())
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::anonymous);
+        let update = convert::rollout_update(request.into_inner());
+        let r = self.state.flows.update(update, &caller).await?;
+        Ok(Response::new(pb::UpdateRolloutResponse {
+            rollout: Some(convert::rollout(r)),
+        }))
     }
 }

@@ -85,12 +85,11 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
 
     async fn resolve_flow(
         &self,
-        _request: Request<pb::ResolveFlowRequest>,
+        request: Request<pb::ResolveFlowRequest>,
     ) -> Result<Response<pb::ResolveFlowResponse>, Status> {
-        Err(Error::unimplemented(
-            "ResolveFlow is not served by this build yet: the rollout engine (Unleash bucketing, rules, cookie) is missing",
-        )
-        .into())
+        let req = super::convert::flow_request(request.into_inner());
+        let decision = self.state.flows.resolve(&req).await?;
+        Ok(Response::new(super::convert::flow_response(decision)))
     }
 
     async fn create_session(

@@ -25,6 +25,8 @@ use crate::store::{Notice, Store, StoreError};
 pub enum Invalidation {
     /// Session `sid` was revoked; remember it until `until` (Unix seconds).
     Revoke { sid: String, until: i64 },
+    /// An admin changed flow `flow`'s overrides: reload them (handled by `flow::service`).
+    Rollout { flow: String },
 }
 
 /// Revoked session ids with the time (Unix seconds) after which they no longer matter.
@@ -130,6 +132,7 @@ pub fn spawn_listener(
                         Ok(Invalidation::Revoke { sid, until }) => {
                             revoked.insert(&sid, until, clock.now_secs())
                         }
+                        Ok(Invalidation::Rollout { .. }) => {}
                         Err(_) => tracing::debug!("ignoring an unknown invalidation message"),
                     }
                 }

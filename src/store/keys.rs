@@ -164,6 +164,22 @@ impl Keys {
         self.key(format_args!("deny-jti:{}", iss_jti.to_hex()))
     }
 
+    /// A flow's run-time overrides (the flow's name hashed: names are free text).
+    pub fn flow_overrides(&self, flow: &str) -> Key {
+        self.key(format_args!(
+            "flow:{}",
+            Digest::of(flow.as_bytes()).to_hex()
+        ))
+    }
+
+    /// The lock that serialises admin updates of one flow.
+    pub fn flow_overrides_lock(&self, flow: &str) -> Key {
+        self.key(format_args!(
+            "flow:{}:lock",
+            Digest::of(flow.as_bytes()).to_hex()
+        ))
+    }
+
     /// A fixed-window rate-limit counter for `subject` (a digest: subjects may be tokens).
     pub fn rate(&self, bucket: &str, subject: &Digest) -> Key {
         self.key(format_args!("rate:{bucket}:{}", subject.to_hex()))

@@ -10,14 +10,17 @@
 //! call `std::env::set_var` (linkerd's testable config seam). Unknown keys are refused: a typo
 //! must never silently fall back to a default.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+mod flows;
+pub use flows::{DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Stickiness};
+use flows::{RawFlow, RawFlowCookie};
 
 // === Environment variable names (contract) ===
 
@@ -183,6 +186,9 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub flows: Vec<FlowConfig>,
     pub unleash_features_file: Option<PathBuf>,
+    pub flow_cookie: FlowCookieConfig,
+    /// Surprises found in the flows (an Unleash export's edge rules), logged at start.
+    pub flow_warnings: Vec<String>,
     pub clients: Vec<ClientConfig>,
     pub migration: MigrationConfig,
 }
@@ -289,60 +295,6 @@ pub struct ProviderConfig {
     pub userinfo_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stickiness {
-    User,
-    Device,
-    Default,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FlowConfig {
-    pub name: String,
-    pub percentage: u32,
-    pub stickiness: Stickiness,
-    pub kill_switch: bool,
-    pub rollback_epoch: u32,
-    pub allow_users: Vec<String>,
-    pub deny_users: Vec<String>,
-    pub allow_devices: Vec<String>,
-    pub deny_devices: Vec<String>,
-    pub allow_cidrs: Vec<IpNet>,
-    pub deny_cidrs: Vec<IpNet>,
-    pub countries: Vec<String>,
-    pub min_app_versions: BTreeMap<String, semver::Version>,
-    /// Unleash-shaped strategies; `None` when the flow uses the simple form only.
-    pub strategies: Option<Vec<StrategyConfig>>,
-}
-
-/// One strategy in Unleash's client-API shape.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StrategyConfig {
-    pub name: String,
-    #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
-    #[serde(default)]
-    pub constraints: Vec<ConstraintConfig>,
-}
-
-/// One constraint in Unleash's client-API shape (camelCase keys, as Unleash writes them).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ConstraintConfig {
-    pub context_name: String,
-    pub operator: String,
-    #[serde(default)]
-    pub values: Vec<String>,
-    #[serde(default)]
-    pub value: Option<String>,
-    #[serde(default)]
-    pub inverted: bool,
-    #[serde(default)]
-    pub case_insensitive: bool,
-}
-
 /// The scopes a caller key can hold, one per RPC family (DESIGN.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -399,6 +351,8 @@ struct RawFile {
     #[serde(default)]
     flows: Vec<RawFlow>,
     unleash_features_file: Option<PathBuf>,
+    #[serde(default)]
+    flow_cookie: RawFlowCookie,
     #[serde(default)]
     clients: Vec<RawClient>,
     #[serde(default)]
@@ -464,36 +418,6 @@ struct RawProvider {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFlow {
-    name: String,
-    #[serde(default)]
-    percentage: u32,
-    stickiness: Option<Stickiness>,
-    #[serde(default)]
-    kill_switch: bool,
-    #[serde(default)]
-    rollback_epoch: u32,
-    #[serde(default)]
-    allow_users: Vec<String>,
-    #[serde(default)]
-    deny_users: Vec<String>,
-    #[serde(default)]
-    allow_devices: Vec<String>,
-    #[serde(default)]
-    deny_devices: Vec<String>,
-    #[serde(default)]
-    allow_cidrs: Vec<String>,
-    #[serde(default)]
-    deny_cidrs: Vec<String>,
-    #[serde(default)]
-    countries: Vec<String>,
-    #[serde(default)]
-    min_app_versions: BTreeMap<String, String>,
-    strategies: Option<Vec<StrategyConfig>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawClient {
     name: String,
     key_sha256: String,
@@ -520,28 +444,6 @@ pub const SESSION_MINUTES_MAX: u32 = 527_040;
 pub const ASYMMETRIC_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
-const UNLEASH_OPERATORS: &[&str] = &[
-    "IN",
-    "NOT_IN",
-    "STR_CONTAINS",
-    "STR_STARTS_WITH",
-    "STR_ENDS_WITH",
-    "NUM_EQ",
-    "NUM_GT",
-    "NUM_GTE",
-    "NUM_LT",
-    "NUM_LTE",
-    "DATE_AFTER",
-    "DATE_BEFORE",
-    "SEMVER_EQ",
-    "SEMVER_GT",
-    "SEMVER_LT",
-    "SEMVER_GTE",
-    "SEMVER_LTE",
-    "IN_CIDR",
-];
-const UNLEASH_STRATEGIES: &[&str] = &["flexibleRollout", "userWithId", "remoteAddress", "default"];
-
 // === Loading ===
 
 /// Loads the configuration the way `sessiongate serve` does: the file named by
@@ -963,19 +865,30 @@ fn build(
     let mut flows = Vec::new();
     let mut flow_names = BTreeSet::new();
     for (i, f) in raw.flows.into_iter().enumerate() {
-        flows.push(flow(&mut c, i, f, &mut flow_names));
+        flows.push(flows::flow(&mut c, i, f, &mut flow_names));
     }
-    if let Some(p) = &raw.unleash_features_file
-        && !flows.is_empty()
-    {
-        c.fail(
-            "unleash_features_file",
-            format!(
-                "`{}` and [[flows]] both define flows: use one or the other",
-                p.display()
-            ),
-        );
+    let mut flow_warnings = Vec::new();
+    if let Some(p) = &raw.unleash_features_file {
+        if flows.is_empty() {
+            // A relative path is relative to the config file.
+            let base = file
+                .as_deref()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."));
+            let (exported, warnings) = flows::unleash_export(&mut c, base, p);
+            flows = exported;
+            flow_warnings = warnings;
+        } else {
+            c.fail(
+                "unleash_features_file",
+                format!(
+                    "`{}` and [[flows]] both define flows: use one or the other",
+                    p.display()
+                ),
+            );
+        }
     }
+    let flow_cookie = flows::flow_cookie(&mut c, raw.flow_cookie, vars);
 
     // --- clients ---
     let mut clients = Vec::new();
@@ -1041,6 +954,9 @@ fn build(
         if raw.native.signing_keys.is_empty() {
             c.fail("native.signing_keys", "live refuses generated signing keys: create one with `sessiongate keygen > key.pem` and list it in native.signing_keys");
         }
+        if !flows.is_empty() && flow_cookie.keys.is_empty() {
+            c.fail("flow_cookie.keys", "live refuses a generated flow cookie key (cookies would not verify on other replicas or after a restart): set keys = [\"env:SESSIONGATE_FLOW_COOKIE_KEY\"] with `openssl rand -base64 32` in that variable");
+        }
         if clients.is_empty() {
             c.fail("clients", "live refuses to run without caller keys: add a [[clients]] entry (name, key_sha256, scopes); `sessiongate apikey` makes a key and its hash");
         }
@@ -1079,6 +995,8 @@ fn build(
         providers,
         flows,
         unleash_features_file: raw.unleash_features_file,
+        flow_cookie,
+        flow_warnings,
         clients,
         migration: MigrationConfig {
             per_caller_per_minute: per_caller,
@@ -1129,112 +1047,14 @@ fn url_field(c: &mut Check, env: Env, key: &str, value: Option<String>) -> Optio
     }
 }
 
-fn cidr(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
-fn flow(c: &mut Check, i: usize, f: RawFlow, names: &mut BTreeSet<String>) -> FlowConfig {
-    let k = |field: &str| format!("flows[{i}].{field}");
-    if f.name.is_empty() || f.name.len() > 256 {
-        c.fail(k("name"), "must be 1 to 256 bytes");
-    } else if !names.insert(f.name.clone()) {
-        c.fail(k("name"), format!("`{}` is defined twice", f.name));
-    }
-    if f.percentage > 100 {
-        c.fail(
-            k("percentage"),
-            format!("{} is more than 100", f.percentage),
-        );
-    }
-    let mut nets = |field: &str, list: Vec<String>| -> Vec<IpNet> {
-        list.iter()
-            .filter_map(|s| {
-                let n = cidr(s);
-                if n.is_none() {
-                    c.fail(k(field), format!("`{s}` is not an IP address or CIDR"));
-                }
-                n
-            })
-            .collect()
-    };
-    let allow_cidrs = nets("allow_cidrs", f.allow_cidrs);
-    let deny_cidrs = nets("deny_cidrs", f.deny_cidrs);
-    let mut countries = Vec::new();
-    for cc in f.countries {
-        let up = cc.trim().to_ascii_uppercase();
-        if up.len() != 2 || !up.chars().all(|ch| ch.is_ascii_alphabetic()) {
-            c.fail(
-                k("countries"),
-                format!("`{cc}` is not an ISO 3166-1 alpha-2 code"),
-            );
-        } else {
-            countries.push(up);
-        }
-    }
-    let mut min_app_versions = BTreeMap::new();
-    for (app, v) in f.min_app_versions {
-        match semver::Version::parse(&v) {
-            Ok(ver) => {
-                min_app_versions.insert(app, ver);
-            }
-            Err(e) => c.fail(
-                k(&format!("min_app_versions.{app}")),
-                format!("`{v}` is not a semantic version: {e}"),
-            ),
-        }
-    }
-    if let Some(strategies) = &f.strategies {
-        if strategies.is_empty() {
-            // Unleash treats a feature without strategies as ON for everyone: written by
-            // hand that is almost always a mistake, so it is refused here.
-            c.fail(k("strategies"), "an empty list would turn the flow on for everyone (Unleash semantics): remove it or add a strategy");
-        }
-        for (j, s) in strategies.iter().enumerate() {
-            let sk = format!("flows[{i}].strategies[{j}]");
-            if !UNLEASH_STRATEGIES.contains(&s.name.as_str()) {
-                c.fail(
-                    format!("{sk}.name"),
-                    format!(
-                        "`{}` is not supported; use one of {}",
-                        s.name,
-                        UNLEASH_STRATEGIES.join(", ")
-                    ),
-                );
-            }
-            for (n, con) in s.constraints.iter().enumerate() {
-                if !UNLEASH_OPERATORS.contains(&con.operator.as_str()) {
-                    c.fail(
-                        format!("{sk}.constraints[{n}].operator"),
-                        format!("`{}` is not an Unleash operator", con.operator),
-                    );
-                }
-            }
-        }
-    }
-    FlowConfig {
-        name: f.name,
-        percentage: f.percentage,
-        stickiness: f.stickiness.unwrap_or(Stickiness::Default),
-        kill_switch: f.kill_switch,
-        rollback_epoch: f.rollback_epoch,
-        allow_users: f.allow_users,
-        deny_users: f.deny_users,
-        allow_devices: f.allow_devices,
-        deny_devices: f.deny_devices,
-        allow_cidrs,
-        deny_cidrs,
-        countries,
-        min_app_versions,
-        strategies: f.strategies,
-    }
-}
 
 impl Config {
     /// Things that are allowed but worth a loud line in the log at start-up.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
+        let mut w = self.flow_warnings.clone();
+        if !self.flows.is_empty() && self.flow_cookie.keys.is_empty() {
+            w.push("no flow_cookie.keys: flow cookies are signed with a key generated at start; they stop verifying after a restart and on other replicas (test only)".into());
+        }
         if self.store.redis_url.is_none() {
             w.push("no REDIS_URL: using the embedded in-memory store; nothing survives a restart and replicas share nothing".into());
         }
@@ -1327,9 +1147,11 @@ allow_cidrs = ["10.20.0.0/16"]
 deny_cidrs = ["192.0.2.7"]
 countries = ["no", "SE"]
 min_app_versions = {{ ios = "5.12.0", android = "5.10.0" }}
+[[flows]]
+name = "checkout"
 [[flows.strategies]]
 name = "flexibleRollout"
-parameters = {{ rollout = "25", stickiness = "default", groupId = "login" }}
+parameters = {{ rollout = "25", stickiness = "default", groupId = "checkout" }}
 constraints = [ {{ contextName = "country", operator = "IN", values = ["NO", "SE"] }} ]
 [[clients]]
 name = "checkout-service"
@@ -1341,14 +1163,20 @@ scopes = ["validate", "flow"]
         assert_eq!(cfg.providers[0].policy, Policy::Upgrade);
         assert_eq!(cfg.providers[0].token_format, TokenFormat::Both);
         let f = &cfg.flows[0];
-        assert_eq!(f.percentage, 10);
+        assert!(matches!(
+            f.rules,
+            FlowRules::Percentage {
+                percentage: 10,
+                stickiness: Stickiness::Device
+            }
+        ));
         assert_eq!(f.countries, ["NO", "SE"]);
         assert_eq!(f.deny_cidrs[0].to_string(), "192.0.2.7/32");
         assert_eq!(f.min_app_versions["ios"], semver::Version::new(5, 12, 0));
-        assert_eq!(
-            f.strategies.as_ref().unwrap()[0].constraints[0].context_name,
-            "country"
-        );
+        let FlowRules::Strategies { strategies, .. } = &cfg.flows[1].rules else {
+            panic!("strategies expected");
+        };
+        assert_eq!(strategies[0].constraints[0].context_name, "country");
         assert_eq!(
             cfg.clients[0].scopes,
             BTreeSet::from([Scope::Validate, Scope::Flow])

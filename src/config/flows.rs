@@ -1,0 +1,630 @@
+//! `[[flows]]`, `unleash_features_file` and `[flow_cookie]` (DESIGN.md §3.4, §6).
+//!
+//! Hand-written flows are held to rules that keep a ramp monotone (an integer percentage, one
+//! group id — the flow's name — and one fixed stickiness per flow, no empty strategy list).
+//! An Unleash export is evaluated exactly as Unleash would, so its surprises are warnings, not
+//! refusals: the operator sees them at start-up and in `check-config`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{Check, KeySource, Secret, Vars};
+use crate::flow::engine::{self, ConstraintDef, OPERATORS, STRATEGIES, StrategyDef};
+
+/// The default flow cookie name; `__Host-` makes browsers insist on Secure, Path=/ and no
+/// Domain, so a sibling subdomain cannot plant one.
+pub const DEFAULT_COOKIE_NAME: &str = "__Host-sg_flow";
+/// Browsers cap cookie lifetimes at 400 days (RFC 6265bis).
+const MAX_COOKIE_DAYS: u32 = 400;
+/// An export is read whole at start-up; anything larger is not a feature list.
+const MAX_EXPORT_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stickiness {
+    User,
+    Device,
+    Default,
+}
+
+impl Stickiness {
+    /// The Unleash stickiness parameter this maps to (device id → Unleash `sessionId`).
+    pub fn unleash(self) -> &'static str {
+        match self {
+            Stickiness::User => "userId",
+            Stickiness::Device => "sessionId",
+            Stickiness::Default => "default",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stickiness::User => "user",
+            Stickiness::Device => "device",
+            Stickiness::Default => "default",
+        }
+    }
+}
+
+/// One flow as configured (the file's defaults; run-time overrides live in the store).
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowConfig {
+    pub name: String,
+    pub kill_switch: bool,
+    pub rollback_epoch: u32,
+    pub allow_users: Vec<String>,
+    pub deny_users: Vec<String>,
+    pub allow_devices: Vec<String>,
+    pub deny_devices: Vec<String>,
+    pub allow_cidrs: Vec<IpNet>,
+    pub deny_cidrs: Vec<IpNet>,
+    /// Eligible countries (upper-case ISO 3166-1 alpha-2); empty = all.
+    pub countries: Vec<String>,
+    pub min_app_versions: BTreeMap<String, semver::Version>,
+    pub rules: FlowRules,
+}
+
+/// How the percentage part of a flow is written.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "form", rename_all = "snake_case")]
+pub enum FlowRules {
+    /// The simple form: one flexibleRollout on the flow's own name as group id.
+    Percentage {
+        percentage: u32,
+        stickiness: Stickiness,
+    },
+    /// Unleash strategies: `[[flows.strategies]]`, or a feature of an Unleash export.
+    Strategies {
+        strategies: Vec<StrategyDef>,
+        #[serde(skip)]
+        segments: Arc<HashMap<u32, Vec<ConstraintDef>>>,
+        from_export: bool,
+    },
+}
+
+/// `[flow_cookie]`: the signed cookie that keeps a device on NEW.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowCookieConfig {
+    pub name: String,
+    /// HMAC keys; the first signs, all verify (rotation). Empty: generated at start (test).
+    pub keys: Vec<KeySource>,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlow {
+    name: String,
+    percentage: Option<u32>,
+    stickiness: Option<Stickiness>,
+    #[serde(default)]
+    kill_switch: bool,
+    #[serde(default)]
+    rollback_epoch: u32,
+    #[serde(default)]
+    allow_users: Vec<String>,
+    #[serde(default)]
+    deny_users: Vec<String>,
+    #[serde(default)]
+    allow_devices: Vec<String>,
+    #[serde(default)]
+    deny_devices: Vec<String>,
+    #[serde(default)]
+    allow_cidrs: Vec<String>,
+    #[serde(default)]
+    deny_cidrs: Vec<String>,
+    #[serde(default)]
+    countries: Vec<String>,
+    #[serde(default)]
+    min_app_versions: BTreeMap<String, String>,
+    strategies: Option<Vec<RawStrategy>>,
+}
+
+/// A hand-written strategy: Unleash's shape, but strict about unknown keys (a typo must not
+/// silently turn a rule off).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStrategy {
+    name: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    constraints: Vec<RawConstraint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConstraint {
+    context_name: String,
+    operator: String,
+    #[serde(default)]
+    values: Vec<String>,
+    value: Option<String>,
+    #[serde(default)]
+    inverted: bool,
+    #[serde(default)]
+    case_insensitive: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFlowCookie {
+    name: Option<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    max_age_days: Option<u32>,
+}
+
+/// Checks one `[[flows]]` entry.
+pub(super) fn flow(
+    c: &mut Check,
+    i: usize,
+    f: RawFlow,
+    names: &mut BTreeSet<String>,
+) -> FlowConfig {
+    let k = |field: &str| format!("flows[{i}].{field}");
+    check_name(c, &k("name"), &f.name, names);
+    let mut nets = |field: &str, list: Vec<String>| -> Vec<IpNet> {
+        list.iter()
+            .filter_map(|s| {
+                let n = engine::parse_net(s);
+                if n.is_none() {
+                    c.fail(k(field), format!("`{s}` is not an IP address or CIDR"));
+                }
+                n
+            })
+            .collect()
+    };
+    let allow_cidrs = nets("allow_cidrs", f.allow_cidrs);
+    let deny_cidrs = nets("deny_cidrs", f.deny_cidrs);
+    let mut countries = Vec::new();
+    for cc in f.countries {
+        let up = cc.trim().to_ascii_uppercase();
+        if up.len() != 2 || !up.chars().all(|ch| ch.is_ascii_alphabetic()) {
+            c.fail(
+                k("countries"),
+                format!("`{cc}` is not an ISO 3166-1 alpha-2 code"),
+            );
+        } else if up == "XX" || up == "T1" {
+            c.fail(
+                k("countries"),
+                format!("`{cc}` means an unknown country (Cloudflare); it can never be eligible"),
+            );
+        } else {
+            countries.push(up);
+        }
+    }
+    let mut min_app_versions = BTreeMap::new();
+    for (app, v) in f.min_app_versions {
+        match semver::Version::parse(&v) {
+            Ok(ver) => {
+                min_app_versions.insert(app, ver);
+            }
+            Err(e) => c.fail(
+                k(&format!("min_app_versions.{app}")),
+                format!("`{v}` is not a semantic version (e.g. 5.12.0): {e}"),
+            ),
+        }
+    }
+    let rules = match f.strategies {
+        None => {
+            let percentage = f.percentage.unwrap_or(0);
+            if percentage > 100 {
+                c.fail(k("percentage"), format!("{percentage} is more than 100"));
+            }
+            FlowRules::Percentage {
+                percentage,
+                stickiness: f.stickiness.unwrap_or(Stickiness::Default),
+            }
+        }
+        Some(raw) => {
+            if f.percentage.is_some() {
+                c.fail(k("percentage"), "a flow with [[flows.strategies]] takes its percentages from their `rollout` parameters: remove `percentage`");
+            }
+            if f.stickiness.is_some() {
+                c.fail(k("stickiness"), "a flow with [[flows.strategies]] takes its stickiness from their `stickiness` parameters: remove `stickiness`");
+            }
+            let strategies = hand_written_strategies(c, i, &f.name, raw);
+            FlowRules::Strategies {
+                strategies,
+                segments: Arc::default(),
+                from_export: false,
+            }
+        }
+    };
+    FlowConfig {
+        name: f.name,
+        kill_switch: f.kill_switch,
+        rollback_epoch: f.rollback_epoch,
+        allow_users: f.allow_users,
+        deny_users: f.deny_users,
+        allow_devices: f.allow_devices,
+        deny_devices: f.deny_devices,
+        allow_cidrs,
+        deny_cidrs,
+        countries,
+        min_app_versions,
+        rules,
+    }
+}
+
+fn check_name(c: &mut Check, key: &str, name: &str, names: &mut BTreeSet<String>) {
+    if name.is_empty() || name.len() > 256 {
+        c.fail(key, "must be 1 to 256 bytes");
+    } else if !names.insert(name.to_owned()) {
+        c.fail(key, format!("`{name}` is defined twice"));
+    }
+}
+
+fn hand_written_strategies(
+    c: &mut Check,
+    i: usize,
+    flow: &str,
+    raw: Vec<RawStrategy>,
+) -> Vec<StrategyDef> {
+    if raw.is_empty() {
+        // Unleash treats a feature without strategies as ON for everyone: written by hand
+        // that is almost always a mistake.
+        c.fail(
+            format!("flows[{i}].strategies"),
+            "an empty list would turn the flow on for everyone (Unleash semantics): remove it or add a strategy",
+        );
+    }
+    let mut stickiness: Option<String> = None;
+    let mut out = Vec::new();
+    for (j, s) in raw.into_iter().enumerate() {
+        let sk = format!("flows[{i}].strategies[{j}]");
+        if !STRATEGIES.contains(&s.name.as_str()) {
+            c.fail(
+                format!("{sk}.name"),
+                format!(
+                    "`{}` is not supported; use one of {}",
+                    s.name,
+                    STRATEGIES.join(", ")
+                ),
+            );
+        }
+        if s.name == "flexibleRollout" {
+            let p = &s.parameters;
+            match p.get("rollout").map(|r| r.trim().parse::<u32>()) {
+                Some(Ok(r)) if r <= 100 => {}
+                Some(_) => c.fail(
+                    format!("{sk}.parameters.rollout"),
+                    format!(
+                        "`{}` is not an integer 0..100 (Unleash turns such a strategy off)",
+                        p["rollout"]
+                    ),
+                ),
+                None => c.fail(
+                    format!("{sk}.parameters.rollout"),
+                    "missing: the percentage, e.g. rollout = \"25\"",
+                ),
+            }
+            if let Some(g) = p.get("groupId").filter(|g| *g != flow) {
+                c.fail(
+                    format!("{sk}.parameters.groupId"),
+                    format!("`{g}` differs from the flow's name `{flow}`: one group id per flow keeps each user in one bucket (leave it out)"),
+                );
+            }
+            let st = p
+                .get("stickiness")
+                .cloned()
+                .unwrap_or_else(|| "default".into());
+            if st == "random" {
+                c.fail(
+                    format!("{sk}.parameters.stickiness"),
+                    "`random` is never sticky: use userId, sessionId (the device) or default",
+                );
+            }
+            match &stickiness {
+                Some(prev) if *prev != st => c.fail(
+                    format!("{sk}.parameters.stickiness"),
+                    format!("`{st}` differs from `{prev}` of an earlier strategy: one stickiness per flow keeps the ramp monotone"),
+                ),
+                _ => stickiness = Some(st),
+            }
+        }
+        for (n, con) in s.constraints.iter().enumerate() {
+            let ck = format!("{sk}.constraints[{n}]");
+            check_constraint(c, &ck, con);
+        }
+        out.push(StrategyDef {
+            name: s.name,
+            parameters: s.parameters,
+            constraints: s
+                .constraints
+                .into_iter()
+                .map(|r| ConstraintDef {
+                    context_name: r.context_name,
+                    operator: r.operator,
+                    values: r.values,
+                    value: r.value,
+                    inverted: r.inverted,
+                    case_insensitive: r.case_insensitive,
+                })
+                .collect(),
+            segments: Vec::new(),
+        });
+    }
+    out
+}
+
+/// Hand-written constraints must mean what they say: Unleash would silently evaluate a bad
+/// value to false, here it is refused.
+fn check_constraint(c: &mut Check, key: &str, con: &RawConstraint) {
+    let op = con.operator.as_str();
+    if !OPERATORS.contains(&op) {
+        c.fail(
+            format!("{key}.operator"),
+            format!(
+                "`{op}` is not supported; use one of {}",
+                OPERATORS.join(", ")
+            ),
+        );
+        return;
+    }
+    let single = op.starts_with("NUM_") || op.starts_with("DATE_") || op.starts_with("SEMVER_");
+    if single {
+        let Some(v) = con.value.as_deref().map(str::trim) else {
+            c.fail(format!("{key}.value"), format!("{op} compares with one `value`"));
+            return;
+        };
+        let ok = if op.starts_with("NUM_") {
+            v.parse::<f64>().is_ok()
+        } else if op.starts_with("DATE_") {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .is_ok()
+        } else {
+            semver::Version::parse(v).is_ok()
+        };
+        if !ok {
+            c.fail(
+                format!("{key}.value"),
+                format!("`{v}` is not a valid operand of {op}"),
+            );
+        }
+    } else if con.values.is_empty() {
+        c.fail(format!("{key}.values"), format!("{op} needs `values`"));
+    } else if op == "IN_CIDR" {
+        for v in &con.values {
+            if engine::parse_net(v).is_none() {
+                c.fail(
+                    format!("{key}.values"),
+                    format!("`{v}` is not an IP address or CIDR"),
+                );
+            }
+        }
+    }
+}
+
+// --- Unleash export ------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+struct Export {
+    #[serde(default)]
+    features: Vec<ExportFeature>,
+    #[serde(default)]
+    segments: Vec<ExportSegment>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExportFeature {
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    strategies: Vec<StrategyDef>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+struct ExportSegment {
+    id: u32,
+    #[serde(default)]
+    constraints: Vec<ConstraintDef>,
+}
+
+/// Reads an Unleash client-features export: each feature becomes a flow of the same name
+/// (`enabled = false` is its kill switch), evaluated with Unleash's own edge rules. Returns
+/// the flows and one warning per surprise.
+pub(super) fn unleash_export(
+    c: &mut Check,
+    cwd: &Path,
+    path: &Path,
+) -> (Vec<FlowConfig>, Vec<String>) {
+    let key = "unleash_features_file";
+    let full: PathBuf = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        cwd.join(path)
+    };
+    let text = match std::fs::metadata(&full).and_then(|m| {
+        if m.len() > MAX_EXPORT_BYTES {
+            Err(std::io::Error::other(format!(
+                "{} bytes is more than the {MAX_EXPORT_BYTES} accepted",
+                m.len()
+            )))
+        } else {
+            std::fs::read_to_string(&full)
+        }
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            c.fail(key, format!("cannot read `{}`: {e}", full.display()));
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let export: Export = match serde_path_to_error::deserialize(de) {
+        Ok(e) => e,
+        Err(e) => {
+            c.fail(
+                key,
+                format!(
+                    "`{}` is not an Unleash client-features export: {} at {}",
+                    full.display(),
+                    e.inner(),
+                    e.path()
+                ),
+            );
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let segments: Arc<HashMap<u32, Vec<ConstraintDef>>> = Arc::new(
+        export
+            .segments
+            .into_iter()
+            .map(|s| (s.id, s.constraints))
+            .collect(),
+    );
+    let mut warnings = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut flows = Vec::new();
+    for (i, f) in export.features.into_iter().enumerate() {
+        check_name(c, &format!("{key}: features[{i}].name"), &f.name, &mut names);
+        let w = |m: String| format!("unleash_features_file: feature `{}`: {m}", f.name);
+        if f.enabled && f.strategies.is_empty() {
+            warnings.push(w(
+                "enabled with no strategies: Unleash turns it ON for everyone (NEW for all)".into(),
+            ));
+        }
+        let mut groups = BTreeSet::new();
+        let mut stickies = BTreeSet::new();
+        for (j, s) in f.strategies.iter().enumerate() {
+            if !STRATEGIES.contains(&s.name.as_str()) {
+                warnings.push(w(format!(
+                    "strategy {j} `{}` is not supported: it is always off",
+                    s.name
+                )));
+            }
+            if s.name == "flexibleRollout" {
+                match engine::parse_rollout(s.parameters.get("rollout")) {
+                    Some(r) if r <= 100 => {}
+                    Some(r) => warnings.push(w(format!(
+                        "strategy {j}: rollout {r} is more than 100: everyone is in"
+                    ))),
+                    None => warnings.push(w(format!(
+                        "strategy {j}: rollout `{}` is not an integer: Unleash turns the strategy off",
+                        s.parameters.get("rollout").map_or("(missing)", String::as_str)
+                    ))),
+                }
+                groups.insert(
+                    s.parameters
+                        .get("groupId")
+                        .filter(|g| !g.is_empty())
+                        .cloned()
+                        .unwrap_or_else(|| f.name.clone()),
+                );
+                let st = s
+                    .parameters
+                    .get("stickiness")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "default".into());
+                if st == "random" {
+                    warnings.push(w(format!(
+                        "strategy {j}: stickiness `random` is never sticky"
+                    )));
+                }
+                stickies.insert(st);
+            }
+            for con in &s.constraints {
+                if !OPERATORS.contains(&con.operator.as_str()) {
+                    warnings.push(w(format!(
+                        "strategy {j}: operator `{}` is not supported: that constraint is always false",
+                        con.operator
+                    )));
+                }
+            }
+            for id in &s.segments {
+                if !segments.contains_key(id) {
+                    warnings.push(w(format!(
+                        "strategy {j}: segment {id} is not in the export: the strategy is off"
+                    )));
+                }
+            }
+        }
+        if groups.len() > 1 {
+            warnings.push(w(format!(
+                "its flexibleRollout strategies use several group ids ({}): a user can be in one and out of another",
+                groups.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if stickies.len() > 1 {
+            warnings.push(w(format!(
+                "its flexibleRollout strategies use several stickiness values ({})",
+                stickies.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        flows.push(FlowConfig {
+            name: f.name,
+            kill_switch: !f.enabled,
+            rollback_epoch: 0,
+            allow_users: Vec::new(),
+            deny_users: Vec::new(),
+            allow_devices: Vec::new(),
+            deny_devices: Vec::new(),
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            countries: Vec::new(),
+            min_app_versions: BTreeMap::new(),
+            rules: FlowRules::Strategies {
+                strategies: f.strategies,
+                segments: segments.clone(),
+                from_export: true,
+            },
+        });
+    }
+    (flows, warnings)
+}
+
+/// Checks `[flow_cookie]`.
+pub(super) fn flow_cookie(c: &mut Check, raw: RawFlowCookie, vars: &dyn Vars) -> FlowCookieConfig {
+    let name = raw.name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.into());
+    // RFC 6265 cookie-name: a token (no separators, no controls).
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+    {
+        c.fail("flow_cookie.name", format!("`{name}` is not a cookie name"));
+    }
+    let days = raw.max_age_days.unwrap_or(MAX_COOKIE_DAYS);
+    if !(1..=MAX_COOKIE_DAYS).contains(&days) {
+        c.fail(
+            "flow_cookie.max_age_days",
+            format!("{days} is out of range 1..={MAX_COOKIE_DAYS} (browsers cap cookies at 400 days)"),
+        );
+    }
+    let mut keys = Vec::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let key = format!("flow_cookie.keys[{i}]");
+        match k.strip_prefix("env:") {
+            Some(var) => match vars.get(var).filter(|v| v.trim().len() >= 32) {
+                Some(value) => keys.push(KeySource::Env {
+                    var: var.to_owned(),
+                    value: Secret::new(value),
+                }),
+                None => c.fail(
+                    key,
+                    format!("environment variable {var} must hold at least 32 random characters (e.g. `openssl rand -base64 32`)"),
+                ),
+            },
+            None if k.is_empty() => c.fail(key, "empty path"),
+            None => keys.push(KeySource::File(PathBuf::from(k))),
+        }
+    }
+    FlowCookieConfig {
+        name,
+        keys,
+        max_age: Duration::from_secs(u64::from(days) * 86_400),
+    }
+}

@@ -1,0 +1,492 @@
+//! The flow service: ResolveFlow over the effective flows, and RolloutAdminService's run-time
+//! overrides — stored in the shared store, announced on the invalidation channel, applied on
+//! every replica within a round trip (and reloaded after a reconnect, since messages sent
+//! during an outage are lost).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::cookie::CookieKeys;
+use super::model::{Effective, ListName, Overrides};
+use super::resolve::{Decision, Early, Flow, FlowReason, Request, Resolver};
+use crate::auth::Caller;
+use crate::clock::Clock;
+use crate::config::{Env, FlowConfig, FlowCookieConfig};
+use crate::error::{Error, ErrorCode};
+use crate::session::revocation::Invalidation;
+use crate::store::keys::Keys;
+use crate::store::{Notice, Store, StoreError, Write};
+
+/// Longest a user or device id may be.
+const MAX_ID_BYTES: usize = 256;
+/// How long an admin update may hold a flow's override lock.
+const LOCK_TTL: Duration = Duration::from_secs(5);
+
+/// A flow's effective settings, as the admin API shows them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub flow: String,
+    pub percentage: u32,
+    pub kill_switch: bool,
+    pub rollback_epoch: u32,
+    pub stickiness: String,
+    pub lists: BTreeMap<ListName, Vec<String>>,
+    pub countries: Vec<String>,
+    pub min_app_versions: BTreeMap<String, String>,
+    pub config_version: String,
+    pub updated_at_ms: Option<i64>,
+}
+
+/// A partial update: only the fields present change.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub flow: String,
+    pub percentage: Option<u32>,
+    pub kill_switch: Option<bool>,
+    pub rollback_epoch: Option<u32>,
+    /// (list, add, remove)
+    pub lists: Vec<(ListName, Vec<String>, Vec<String>)>,
+    /// Drop every override first (back to the file), then apply the rest.
+    pub clear_overrides: bool,
+}
+
+pub struct FlowService {
+    env: Env,
+    files: BTreeMap<String, FlowConfig>,
+    effective: RwLock<HashMap<String, Arc<Effective>>>,
+    store: Arc<dyn Store>,
+    keys: Keys,
+    clock: Arc<dyn Clock>,
+    cookies: CookieKeys,
+    cookie_name: String,
+    cookie_max_age_secs: u64,
+    /// Users known to have an account (accounts are never deleted, so positives are final).
+    accounts: moka::sync::Cache<String, ()>,
+}
+
+impl FlowService {
+    pub fn new(
+        env: Env,
+        flows: &[FlowConfig],
+        cookie: &FlowCookieConfig,
+        cookies: CookieKeys,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let files: BTreeMap<String, FlowConfig> =
+            flows.iter().map(|f| (f.name.clone(), f.clone())).collect();
+        let effective = files
+            .iter()
+            .map(|(n, f)| (n.clone(), Effective::compile(f, &Overrides::default())))
+            .collect();
+        FlowService {
+            env,
+            files,
+            effective: RwLock::new(effective),
+            store,
+            keys: Keys::new(env),
+            clock,
+            cookies,
+            cookie_name: cookie.name.clone(),
+            cookie_max_age_secs: cookie.max_age.as_secs(),
+            accounts: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+        }
+    }
+
+    pub fn flow_names(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
+    fn current(&self, flow: &str) -> Option<Arc<Effective>> {
+        self.effective
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(flow)
+            .cloned()
+    }
+
+    fn resolver<'a>(&'a self, flow: &'a Effective) -> Resolver<'a> {
+        Resolver {
+            flow,
+            cookies: &self.cookies,
+            cookie_base: &self.cookie_name,
+            cookie_max_age_secs: self.cookie_max_age_secs,
+        }
+    }
+
+    /// Checks a request's sizes (the only errors ResolveFlow returns: everything else is a
+    /// decision, LEGACY when in doubt).
+    pub fn check(req: &Request) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::invalid_argument("INVALID_FLOW_REQUEST", m));
+        if req.flow.len() > 256 {
+            return bad("flow: at most 256 bytes".into());
+        }
+        for (name, v) in [("user_id", &req.user_id), ("device_id", &req.device_id)] {
+            if let Some(v) = v
+                && (v.len() > MAX_ID_BYTES || v.chars().any(char::is_control))
+            {
+                return bad(format!(
+                    "{name}: at most {MAX_ID_BYTES} bytes without control characters"
+                ));
+            }
+        }
+        if req.app_name.as_ref().is_some_and(|v| v.len() > 64)
+            || req.app_version.as_ref().is_some_and(|v| v.len() > 64)
+        {
+            return bad("app_name and app_version: at most 64 bytes each".into());
+        }
+        if req.properties.len() > 32
+            || req
+                .properties
+                .iter()
+                .any(|(k, v)| k.len() > 64 || v.len() > 256)
+        {
+            return bad(
+                "properties: at most 32, names up to 64 bytes, values up to 256 bytes".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// ResolveFlow.
+    pub async fn resolve(&self, req: &Request) -> Result<Decision, Error> {
+        Self::check(req)?;
+        let Some(flow) = self.current(&req.flow) else {
+            return Ok(Decision {
+                flow: Flow::Legacy,
+                reason: FlowReason::FlowNotFound,
+                rule: "flow_not_found".into(),
+                bucket: 0,
+                percentage: 0,
+                device_id: req.device_id.clone().unwrap_or_default(),
+                set_cookie: None,
+                config_version: String::new(),
+            });
+        };
+        let r = self.resolver(&flow);
+        let pending = match r.early(req) {
+            Early::Decided(d) => return Ok(d),
+            Early::Continue(p) => p,
+        };
+        let has_account = if pending.needs_account_check(req) {
+            match self.has_account(req.user_id.as_deref().unwrap_or_default()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // LEGACY is the known-good path; the caller still gets an answer.
+                    tracing::warn!(flow = %flow.name, error = %e, "ResolveFlow could not check for an account: LEGACY");
+                    metrics::counter!("sessiongate_flow_errors_total").increment(1);
+                    let mut d = r.late(req, pending, false);
+                    d.flow = Flow::Legacy;
+                    d.reason = FlowReason::Error;
+                    d.rule = "store_unavailable".into();
+                    d.bucket = 0;
+                    return Ok(d);
+                }
+            }
+        } else {
+            false
+        };
+        Ok(r.late(req, pending, has_account))
+    }
+
+    async fn has_account(&self, user_id: &str) -> Result<bool, StoreError> {
+        // Only sessiongate user ids of this env can be accounts; anything else needs no lookup.
+        let prefix = format!("user-{}-", self.env.as_str());
+        if !user_id
+            .strip_prefix(&prefix)
+            .is_some_and(|u| uuid::Uuid::parse_str(u).is_ok())
+        {
+            return Ok(false);
+        }
+        if self.accounts.contains_key(user_id) {
+            return Ok(true);
+        }
+        let found = self.store.get(&self.keys.user(user_id)).await?.is_some();
+        if found {
+            self.accounts.insert(user_id.to_owned(), ());
+        }
+        Ok(found)
+    }
+
+    // === RolloutAdminService ===
+
+    fn rollout_of(&self, e: &Effective) -> Rollout {
+        let cfg = &self.files[&e.name];
+        Rollout {
+            flow: e.name.clone(),
+            percentage: e.percentage,
+            kill_switch: e.kill_switch,
+            rollback_epoch: e.rollback_epoch,
+            stickiness: e
+                .stickiness
+                .map_or("strategies", |s| s.as_str())
+                .to_owned(),
+            lists: ListName::ALL.iter().map(|l| (*l, e.list(*l))).collect(),
+            countries: cfg.countries.clone(),
+            min_app_versions: cfg
+                .min_app_versions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            config_version: e.config_version.clone(),
+            updated_at_ms: e.updated_at_ms,
+        }
+    }
+
+    pub fn get(&self, flow: &str) -> Result<Rollout, Error> {
+        self.current(flow)
+            .map(|e| self.rollout_of(&e))
+            .ok_or_else(|| not_found(flow))
+    }
+
+    pub fn list(&self) -> Vec<Rollout> {
+        let map = self.effective.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Rollout> = map.values().map(|e| self.rollout_of(e)).collect();
+        v.sort_by(|a, b| a.flow.cmp(&b.flow));
+        v
+    }
+
+    /// UpdateRollout: a read-modify-write of the flow's override record under a short store
+    /// lock (so two admins' edits never overwrite each other), then an announcement.
+    pub async fn update(&self, u: Update, caller: &Caller) -> Result<Rollout, Error> {
+        let Some(cfg) = self.files.get(&u.flow) else {
+            return Err(not_found(&u.flow));
+        };
+        if let Some(p) = u.percentage {
+            if p > 100 {
+                return Err(Error::invalid_argument(
+                    "INVALID_ROLLOUT",
+                    format!("percentage {p} is more than 100"),
+                ));
+            }
+            if matches!(cfg.rules, crate::config::FlowRules::Strategies { .. }) {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    "FLOW_HAS_STRATEGIES",
+                    format!("flow `{}` takes its percentages from Unleash strategies: change their rollout in the configuration", u.flow),
+                ));
+            }
+        }
+        for (list, add, remove) in &u.lists {
+            for e in add.iter().chain(remove) {
+                let bad = if list.is_cidr() {
+                    super::engine::parse_net(e).is_none()
+                } else {
+                    e.is_empty() || e.len() > MAX_ID_BYTES || e.chars().any(char::is_control)
+                };
+                if bad {
+                    return Err(Error::invalid_argument(
+                        "INVALID_ROLLOUT",
+                        format!("{}: `{}` is not a valid entry", list.as_str(), e.escape_debug()),
+                    ));
+                }
+            }
+        }
+        let key = self.keys.flow_overrides(&u.flow);
+        let lock = self.keys.flow_overrides_lock(&u.flow);
+        let owner = uuid::Uuid::new_v4().to_string();
+        let mut acquired = false;
+        for attempt in 0..40u64 {
+            if self.store.put_if_absent(&lock, owner.as_bytes(), Some(LOCK_TTL)).await? {
+                acquired = true;
+                break;
+            }
+            // Another admin's update is in flight (milliseconds): wait briefly.
+            tokio::time::sleep(Duration::from_millis(10 + attempt * 5)).await;
+        }
+        if !acquired {
+            return Err(Error::unavailable(
+                "ROLLOUT_BUSY",
+                "another update of this flow is in progress; retry",
+            ));
+        }
+        let result = self.update_locked(cfg, &u, caller, &key).await;
+        if let Err(e) = self.store.write(vec![Write::Delete { key: lock }]).await {
+            tracing::warn!(error = %e, "could not release a rollout lock (it expires by itself)");
+        }
+        let ov = result?;
+        let eff = Effective::compile(cfg, &ov);
+        self.install(&u.flow, eff.clone());
+        let note = serde_json::to_vec(&Invalidation::Rollout {
+            flow: u.flow.clone(),
+        })
+        .map_err(Error::internal)?;
+        if let Err(e) = self.store.publish(&note).await {
+            // Stored: other replicas pick it up at their next resync.
+            tracing::warn!(error = %e, "could not announce a rollout change");
+        }
+        Ok(self.rollout_of(&eff))
+    }
+
+    async fn update_locked(
+        &self,
+        cfg: &FlowConfig,
+        u: &Update,
+        caller: &Caller,
+        key: &crate::store::Key,
+    ) -> Result<Overrides, Error> {
+        let mut ov = if u.clear_overrides {
+            Overrides::default()
+        } else {
+            self.load_overrides(key).await?
+        };
+        let before = Effective::compile(cfg, &ov);
+        if let Some(e) = u.rollback_epoch
+            && e < before.rollback_epoch
+        {
+            return Err(Error::invalid_argument(
+                "INVALID_ROLLOUT",
+                format!(
+                    "rollback_epoch must not go down ({} → {e}): a lower epoch would revive cookies it invalidated",
+                    before.rollback_epoch
+                ),
+            ));
+        }
+        let prev_revision = ov.revision;
+        if let Some(p) = u.percentage {
+            ov.percentage = Some(p);
+        }
+        if let Some(k) = u.kill_switch {
+            ov.kill_switch = Some(k);
+        }
+        if let Some(e) = u.rollback_epoch {
+            ov.rollback_epoch = Some(e);
+        }
+        for (list, add, remove) in &u.lists {
+            ov.edit(*list, add, remove);
+        }
+        ov.updated_at_ms = Some(self.clock.now_ms());
+        ov.revision = prev_revision + 1;
+        let after = Effective::compile(cfg, &ov);
+        let mut changes = serde_json::Map::new();
+        if u.clear_overrides {
+            changes.insert("cleared".into(), json!(true));
+        }
+        if before.percentage != after.percentage {
+            changes.insert("percentage".into(), json!([before.percentage, after.percentage]));
+        }
+        if before.kill_switch != after.kill_switch {
+            changes.insert("kill_switch".into(), json!([before.kill_switch, after.kill_switch]));
+        }
+        if before.rollback_epoch != after.rollback_epoch {
+            changes.insert(
+                "rollback_epoch".into(),
+                json!([before.rollback_epoch, after.rollback_epoch]),
+            );
+        }
+        for l in ListName::ALL {
+            let (b, a) = (before.list(l), after.list(l));
+            if b != a {
+                // Counts only: list entries are user and device ids.
+                changes.insert(l.as_str().into(), json!([b.len(), a.len()]));
+            }
+        }
+        let event = json!({
+            "type": "rollout.updated",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "at": humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + Duration::from_millis(self.clock.now_ms().max(0) as u64)
+            ).to_string(),
+            "env": self.env.as_str(),
+            "flow": u.flow,
+            "by": &*caller.name,
+            "changes": Value::Object(changes),
+            "config_version": after.config_version,
+        });
+        let value = serde_json::to_vec(&ov).map_err(Error::internal)?;
+        self.store
+            .write(vec![
+                Write::Put {
+                    key: key.clone(),
+                    value,
+                    ttl: None,
+                },
+                Write::Event(event),
+            ])
+            .await?;
+        Ok(ov)
+    }
+
+    async fn load_overrides(&self, key: &crate::store::Key) -> Result<Overrides, StoreError> {
+        match self.store.get(key).await? {
+            None => Ok(Overrides::default()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("flow overrides: {e}"))),
+        }
+    }
+
+    fn install(&self, flow: &str, e: Arc<Effective>) {
+        self.effective
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(flow.to_owned(), e);
+    }
+
+    /// Reloads one flow's overrides from the store.
+    pub async fn reload(&self, flow: &str) -> Result<(), StoreError> {
+        let Some(cfg) = self.files.get(flow) else {
+            return Ok(());
+        };
+        let ov = self.load_overrides(&self.keys.flow_overrides(flow)).await?;
+        let fresh = Effective::compile(cfg, &ov);
+        let changed = self
+            .current(flow)
+            .is_none_or(|e| e.config_version != fresh.config_version);
+        if changed {
+            tracing::info!(flow, config_version = %fresh.config_version, "flow settings changed");
+            self.install(flow, fresh);
+        }
+        Ok(())
+    }
+
+    /// Reloads every flow's overrides (at start and after the channel reconnects).
+    pub async fn reload_all(&self) -> Result<(), StoreError> {
+        let names: Vec<String> = self.files.keys().cloned().collect();
+        for n in names {
+            self.reload(&n).await?;
+        }
+        Ok(())
+    }
+}
+
+fn not_found(flow: &str) -> Error {
+    Error::new(
+        ErrorCode::NotFound,
+        "FLOW_NOT_FOUND",
+        format!("no flow named `{}` is configured", flow.escape_debug()),
+    )
+}
+
+/// Keeps `flows` in step with the other replicas' admin updates until the process ends.
+pub fn spawn_listener(flows: Arc<FlowService>) -> tokio::task::JoinHandle<()> {
+    let mut rx = flows.store.subscribe();
+    tokio::spawn(async move {
+        if flows.files.is_empty() {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(Notice::Message(payload)) => {
+                    if let Ok(Invalidation::Rollout { flow }) =
+                        serde_json::from_slice::<Invalidation>(&payload)
+                        && let Err(e) = flows.reload(&flow).await
+                    {
+                        tracing::warn!(error = %e, "could not reload a changed flow");
+                    }
+                }
+                Ok(Notice::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(e) = flows.reload_all().await {
+                        tracing::warn!(error = %e, "could not resynchronise flow overrides");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
