@@ -790,7 +790,7 @@ async fn bench_migrate(
                 ),
             );
         }
-        let direct = run_tokens(&tokens, concurrency, {
+        let direct = run_tokens(tokens.clone(), concurrency, {
             let http = reqwest::Client::new();
             let url = legacy.userinfo_url();
             move |token: String| {
@@ -807,7 +807,7 @@ async fn bench_migrate(
             }
         })
         .await;
-        let migrate = run_tokens(&tokens, concurrency, {
+        let migrate = run_tokens(tokens, concurrency, {
             let client = SessionGateServiceClient::new(channel.clone());
             move |token: String| {
                 let mut client = client.clone();
@@ -840,12 +840,12 @@ async fn bench_migrate(
 }
 
 /// Calls `call` once per token with `concurrency` calls in flight.
-async fn run_tokens<F, Fut>(tokens: &[String], concurrency: usize, call: F) -> Run
+async fn run_tokens<F, Fut>(tokens: Vec<String>, concurrency: usize, call: F) -> Run
 where
     F: Fn(String) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let queue = Arc::new(std::sync::Mutex::new(tokens.to_vec().into_iter()));
+    let queue = Arc::new(std::sync::Mutex::new(tokens.into_iter()));
     let start = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {

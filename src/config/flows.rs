@@ -371,14 +371,16 @@ fn check_constraint(c: &mut Check, key: &str, con: &RawConstraint) {
     let single = op.starts_with("NUM_") || op.starts_with("DATE_") || op.starts_with("SEMVER_");
     if single {
         let Some(v) = con.value.as_deref().map(str::trim) else {
-            c.fail(format!("{key}.value"), format!("{op} compares with one `value`"));
+            c.fail(
+                format!("{key}.value"),
+                format!("{op} compares with one `value`"),
+            );
             return;
         };
         let ok = if op.starts_with("NUM_") {
             v.parse::<f64>().is_ok()
         } else if op.starts_with("DATE_") {
-            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-                .is_ok()
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).is_ok()
         } else {
             semver::Version::parse(v).is_ok()
         };
@@ -489,7 +491,12 @@ pub(super) fn unleash_export(
     let mut names = BTreeSet::new();
     let mut flows = Vec::new();
     for (i, f) in export.features.into_iter().enumerate() {
-        check_name(c, &format!("{key}: features[{i}].name"), &f.name, &mut names);
+        check_name(
+            c,
+            &format!("{key}: features[{i}].name"),
+            &f.name,
+            &mut names,
+        );
         let w = |m: String| format!("unleash_features_file: feature `{}`: {m}", f.name);
         if f.enabled && f.strategies.is_empty() {
             warnings.push(w(
@@ -601,7 +608,9 @@ pub(super) fn flow_cookie(c: &mut Check, raw: RawFlowCookie, vars: &dyn Vars) ->
     if !(1..=MAX_COOKIE_DAYS).contains(&days) {
         c.fail(
             "flow_cookie.max_age_days",
-            format!("{days} is out of range 1..={MAX_COOKIE_DAYS} (browsers cap cookies at 400 days)"),
+            format!(
+                "{days} is out of range 1..={MAX_COOKIE_DAYS} (browsers cap cookies at 400 days)"
+            ),
         );
     }
     let mut keys = Vec::new();

@@ -1047,7 +1047,6 @@ fn url_field(c: &mut Check, env: Env, key: &str, value: Option<String>) -> Optio
     }
 }
 
-
 impl Config {
     /// Things that are allowed but worth a loud line in the log at start-up.
     pub fn warnings(&self) -> Vec<String> {
@@ -1383,5 +1382,151 @@ scopes = ["validate", "flow"]
             &[],
         );
         assert_eq!(p[0].key, "clients[0].scopes[0]");
+    }
+
+    fn keys_of(p: &[Problem]) -> Vec<&str> {
+        p.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn hand_written_strategies_must_keep_the_ramp_monotone() {
+        let p = problem(
+            r#"
+[[flows]]
+name = "login"
+percentage = 10
+stickiness = "device"
+[[flows.strategies]]
+name = "flexibleRollout"
+parameters = { rollout = "12.5", groupId = "other", stickiness = "random" }
+[[flows.strategies]]
+name = "flexibleRollout"
+parameters = { rollout = "20", stickiness = "userId" }
+constraints = [
+  { contextName = "remoteAddress", operator = "IN_CIDR", values = ["10.0.0.0/33"] },
+  { contextName = "appVersion", operator = "SEMVER_GTE", value = "v5" },
+  { contextName = "x", operator = "REGEX", value = ".*" },
+]
+[[flows.strategies]]
+name = "gradualRolloutRandom"
+"#,
+            &[],
+        );
+        let keys = keys_of(&p);
+        for want in [
+            "flows[0].percentage",
+            "flows[0].stickiness",
+            "flows[0].strategies[0].parameters.rollout",
+            "flows[0].strategies[0].parameters.groupId",
+            "flows[0].strategies[0].parameters.stickiness",
+            "flows[0].strategies[1].parameters.stickiness",
+            "flows[0].strategies[1].constraints[0].values",
+            "flows[0].strategies[1].constraints[1].value",
+            "flows[0].strategies[1].constraints[2].operator",
+            "flows[0].strategies[2].name",
+        ] {
+            assert!(keys.contains(&want), "{want} not in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn flow_countries_and_cookie_settings_are_checked() {
+        let p = problem(
+            "[[flows]]\nname = \"login\"\ncountries = [\"XX\", \"NOR\"]\n[flow_cookie]\nname = \"bad name\"\nmax_age_days = 401\nkeys = [\"env:SHORT\"]\n",
+            &[("SHORT", "too-short")],
+        );
+        let keys = keys_of(&p);
+        assert_eq!(
+            keys.iter().filter(|k| **k == "flows[0].countries").count(),
+            2,
+            "{p:?}"
+        );
+        for want in [
+            "flow_cookie.name",
+            "flow_cookie.max_age_days",
+            "flow_cookie.keys[0]",
+        ] {
+            assert!(keys.contains(&want), "{want} not in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn live_refuses_a_generated_flow_cookie_key() {
+        let p = problem(
+            &format!(
+                "env = \"live\"\n[native]\nsigning_keys = [\"/k.pem\"]\n[[clients]]\nname = \"a\"\nkey_sha256 = \"{HASH}\"\nscopes = [\"flow\"]\n[[flows]]\nname = \"login\"\n"
+            ),
+            &[("REDIS_URL", "redis://127.0.0.1/")],
+        );
+        assert_eq!(keys_of(&p), ["flow_cookie.keys"], "{p:?}");
+        assert!(p[0].message.contains("openssl rand"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn an_unleash_export_is_taken_as_unleash_would_with_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("features.json"),
+            r#"{"version": 2, "features": [
+                {"name": "login", "enabled": true, "type": "release", "project": "default",
+                 "strategies": [{"name": "flexibleRollout", "parameters":
+                   {"rollout": "25", "stickiness": "default", "groupId": "login"},
+                   "constraints": [], "segments": [1]}]},
+                {"name": "everyone", "enabled": true, "strategies": []},
+                {"name": "half", "enabled": true, "strategies": [
+                   {"name": "flexibleRollout", "parameters": {"rollout": "12.5"}},
+                   {"name": "default", "segments": [7]}]},
+                {"name": "off", "enabled": false, "strategies": [{"name": "default"}]}
+              ],
+              "segments": [{"id": 1, "name": "nordics", "constraints":
+                 [{"contextName": "country", "operator": "IN", "values": ["NO"]}]}]}"#,
+        )
+        .unwrap();
+        let cfg_path = dir.path().join("sessiongate.toml");
+        let raw = parse_toml(
+            "sessiongate.toml",
+            "unleash_features_file = \"features.json\"\n",
+        )
+        .unwrap();
+        let cfg = build(Env::Test, Some(cfg_path), raw, &vars(&[])).unwrap();
+        let names: Vec<&str> = cfg.flows.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["login", "everyone", "half", "off"]);
+        assert!(
+            cfg.flows[3].kill_switch,
+            "enabled = false is the kill switch"
+        );
+        let w = cfg.warnings().join("\n");
+        assert!(w.contains("`everyone`: enabled with no strategies"), "{w}");
+        assert!(
+            w.contains("`half`: strategy 0: rollout `12.5` is not an integer"),
+            "{w}"
+        );
+        assert!(
+            w.contains("`half`: strategy 1: segment 7 is not in the export"),
+            "{w}"
+        );
+        assert!(!w.contains("`login`"), "{w}");
+
+        // A broken export names the file and the place.
+        std::fs::write(
+            dir.path().join("features.json"),
+            r#"{"features": [{"enabled": true}]}"#,
+        )
+        .unwrap();
+        let raw = parse_toml(
+            "sessiongate.toml",
+            "unleash_features_file = \"features.json\"\n",
+        )
+        .unwrap();
+        let p = build(
+            Env::Test,
+            Some(dir.path().join("sessiongate.toml")),
+            raw,
+            &vars(&[]),
+        )
+        .unwrap_err()
+        .problems;
+        assert_eq!(p[0].key, "unleash_features_file");
+        assert!(p[0].message.contains("features[0]"), "{}", p[0].message);
     }
 }

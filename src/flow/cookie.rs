@@ -111,7 +111,10 @@ impl CookieKeys {
         let (kid, key) = &self.keys[0];
         let signed = Self::signed_part(c, kid);
         let tag = Self::mac(key, flow, &signed);
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&tag.as_ref()[..MAC_LEN]))
+        format!(
+            "{signed}.{}",
+            URL_SAFE_NO_PAD.encode(&tag.as_ref()[..MAC_LEN])
+        )
     }
 
     /// The cookie's content when it is a genuine cookie of `flow`; `None` otherwise.
@@ -164,7 +167,10 @@ pub fn cookie_name(base: &str, flow: &str) -> String {
     if flow == "login" {
         base.to_owned()
     } else {
-        format!("{base}-{}", hex::encode(&Sha256::digest(flow.as_bytes())[..6]))
+        format!(
+            "{base}-{}",
+            hex::encode(&Sha256::digest(flow.as_bytes())[..6])
+        )
     }
 }
 
@@ -198,7 +204,11 @@ mod tests {
         assert_eq!(k.verify("login", &v), Some(c.clone()));
         assert_eq!(k.verify("checkout", &v), None, "another flow");
         // Cookie-safe characters only.
-        assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{v}");
+        assert!(
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "{v}"
+        );
     }
 
     #[test]
@@ -240,7 +250,10 @@ mod tests {
             new: true,
             epoch: 1,
         };
-        assert_eq!(both.verify("login", &old.sign("login", &c)), Some(c.clone()));
+        assert_eq!(
+            both.verify("login", &old.sign("login", &c)),
+            Some(c.clone())
+        );
         assert_eq!(old.verify("login", &both.sign("login", &c)), None);
     }
 

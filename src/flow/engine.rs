@@ -228,11 +228,15 @@ impl Constraint {
         let result = match &self.op {
             Op::In(vals) => value.is_some_and(|v| vals.iter().any(|x| x == v)),
             Op::NotIn(vals) => value.is_none_or(|v| !vals.iter().any(|x| x == v)),
-            Op::StrContains(vals) => value.is_some_and(|v| vals.iter().any(|x| v.contains(x.as_str()))),
+            Op::StrContains(vals) => {
+                value.is_some_and(|v| vals.iter().any(|x| v.contains(x.as_str())))
+            }
             Op::StrStartsWith(vals) => {
                 value.is_some_and(|v| vals.iter().any(|x| v.starts_with(x.as_str())))
             }
-            Op::StrEndsWith(vals) => value.is_some_and(|v| vals.iter().any(|x| v.ends_with(x.as_str()))),
+            Op::StrEndsWith(vals) => {
+                value.is_some_and(|v| vals.iter().any(|x| v.ends_with(x.as_str())))
+            }
             Op::Num(cmp, Some(want)) => value
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .and_then(|got| got.partial_cmp(want))
@@ -528,17 +532,41 @@ mod tests {
             ("Feature.flexibleRollout.sessionId.42", "147", 391178641, 42),
             ("AB12A", "122", 1062108722, 23),
             ("AB12A", "155", 3268232399, 100),
-            ("Feature.flexible.rollout.custom.stickiness_50", "402", 3304166854, 55),
-            ("Feature.flexible.rollout.custom.stickiness_50", "388", 3162492009, 10),
-            ("Feature.flexible.rollout.custom.stickiness_50", "39", 4081093624, 25),
+            (
+                "Feature.flexible.rollout.custom.stickiness_50",
+                "402",
+                3304166854,
+                55,
+            ),
+            (
+                "Feature.flexible.rollout.custom.stickiness_50",
+                "388",
+                3162492009,
+                10,
+            ),
+            (
+                "Feature.flexible.rollout.custom.stickiness_50",
+                "39",
+                4081093624,
+                25,
+            ),
             ("auth-migration", "device-0001", 2578071814, 15),
             ("auth-migration", "device-0002", 1365214991, 92),
             ("auth-migration", "device-0003", 2705067087, 88),
             ("auth-migration", "device-0004", 4158232563, 64),
             ("auth-migration", "device-0005", 4053586744, 45),
-            ("auth-migration", "3f2b7c1e-9a4d-4e8b-8c2f-5d6e7a8b9c0d", 140122585, 86),
+            (
+                "auth-migration",
+                "3f2b7c1e-9a4d-4e8b-8c2f-5d6e7a8b9c0d",
+                140122585,
+                86,
+            ),
         ] {
-            assert_eq!(murmur3_32(&format!("{group}:{id}"), 0), hash, "{group}:{id}");
+            assert_eq!(
+                murmur3_32(&format!("{group}:{id}"), 0),
+                hash,
+                "{group}:{id}"
+            );
             assert_eq!(bucket(group, id), b, "{group}:{id}");
         }
     }
@@ -556,23 +584,55 @@ mod tests {
     fn the_percentage_boundary_is_inclusive() {
         // Bucket of "174" in this group is exactly 10.
         let g = "Feature.flexibleRollout.10";
-        assert!(feature(vec![flexible("10", "userId", g)]).evaluate(&user("174")).enabled);
-        assert!(!feature(vec![flexible("9", "userId", g)]).evaluate(&user("174")).enabled);
-        assert!(!feature(vec![flexible("0", "userId", g)]).evaluate(&user("174")).enabled);
-        assert!(feature(vec![flexible("100", "userId", g)]).evaluate(&user("499")).enabled);
+        assert!(
+            feature(vec![flexible("10", "userId", g)])
+                .evaluate(&user("174"))
+                .enabled
+        );
+        assert!(
+            !feature(vec![flexible("9", "userId", g)])
+                .evaluate(&user("174"))
+                .enabled
+        );
+        assert!(
+            !feature(vec![flexible("0", "userId", g)])
+                .evaluate(&user("174"))
+                .enabled
+        );
+        assert!(
+            feature(vec![flexible("100", "userId", g)])
+                .evaluate(&user("499"))
+                .enabled
+        );
     }
 
     #[test]
     fn rollout_must_be_an_integer_and_stickiness_present() {
         let g = "Feature.flexibleRollout.10";
-        assert!(!feature(vec![flexible("12.5", "userId", g)]).evaluate(&user("174")).enabled);
-        assert!(!feature(vec![flexible("", "userId", g)]).evaluate(&user("174")).enabled);
+        assert!(
+            !feature(vec![flexible("12.5", "userId", g)])
+                .evaluate(&user("174"))
+                .enabled
+        );
+        assert!(
+            !feature(vec![flexible("", "userId", g)])
+                .evaluate(&user("174"))
+                .enabled
+        );
         // Stickiness on a field the context lacks: off.
-        assert!(!feature(vec![flexible("100", "sessionId", g)]).evaluate(&user("174")).enabled);
+        assert!(
+            !feature(vec![flexible("100", "sessionId", g)])
+                .evaluate(&user("174"))
+                .enabled
+        );
         // Custom stickiness from a property.
         let mut ctx = Context::default();
         ctx.properties.insert("tenant", "174");
-        assert!(feature(vec![flexible("10", "tenant", g)]).evaluate(&ctx).enabled);
+        assert!(
+            feature(vec![flexible("10", "tenant", g)])
+                .evaluate(&ctx)
+                .enabled
+        );
         // `default` with a session id only buckets the session id.
         let ctx = Context {
             session_id: Some("147"),
@@ -594,14 +654,20 @@ mod tests {
     #[test]
     fn feature_level_rules() {
         // No strategies: on (Unleash), disabled: off.
-        assert!(Feature::compile("f", true, &[], &HashMap::new()).evaluate(&user("u")).enabled);
+        assert!(
+            Feature::compile("f", true, &[], &HashMap::new())
+                .evaluate(&user("u"))
+                .enabled
+        );
         let d = StrategyDef {
             name: "default".into(),
             ..Default::default()
         };
-        assert!(!Feature::compile("f", false, std::slice::from_ref(&d), &HashMap::new())
-            .evaluate(&user("u"))
-            .enabled);
+        assert!(
+            !Feature::compile("f", false, std::slice::from_ref(&d), &HashMap::new())
+                .evaluate(&user("u"))
+                .enabled
+        );
         // Unknown strategy: off; strategies are OR'ed.
         let unknown = StrategyDef {
             name: "gradualRolloutRandom".into(),
@@ -680,23 +746,73 @@ mod tests {
     fn set_and_string_operators() {
         let none = Context::default();
         assert!(check("IN", &["NO", " SE "], None, &with_x("SE")));
-        assert!(!check("IN", &["NO"], None, &with_x("no")), "IN is case-sensitive");
+        assert!(
+            !check("IN", &["NO"], None, &with_x("no")),
+            "IN is case-sensitive"
+        );
         assert!(!check("IN", &["NO"], None, &none), "missing: IN false");
-        assert!(check("NOT_IN", &["NO"], None, &none), "missing: NOT_IN true");
-        assert!(!check("IN", &[], None, &with_x("NO")), "empty values: IN false");
+        assert!(
+            check("NOT_IN", &["NO"], None, &none),
+            "missing: NOT_IN true"
+        );
+        assert!(
+            !check("IN", &[], None, &with_x("NO")),
+            "empty values: IN false"
+        );
         assert!(check("NOT_IN", &[], None, &with_x("NO")));
-        assert!(!check_with("IN", &["NO"], None, true, false, &with_x("NO")), "inverted");
-        assert!(check_with("NOT_IN", &["NO"], None, true, false, &with_x("NO")));
+        assert!(
+            !check_with("IN", &["NO"], None, true, false, &with_x("NO")),
+            "inverted"
+        );
+        assert!(check_with(
+            "NOT_IN",
+            &["NO"],
+            None,
+            true,
+            false,
+            &with_x("NO")
+        ));
         assert!(check("STR_CONTAINS", &["ell"], None, &with_x("hello")));
         assert!(!check("STR_CONTAINS", &["ELL"], None, &with_x("hello")));
-        assert!(check_with("STR_CONTAINS", &["ELL"], None, false, true, &with_x("hello")));
-        assert!(check("STR_STARTS_WITH", &["x", "he"], None, &with_x("hello")));
-        assert!(check("STR_ENDS_WITH", &["LO"], None, &with_x("hello")) == false);
-        assert!(check_with("STR_ENDS_WITH", &["LO"], None, false, true, &with_x("hellO")));
-        assert!(!check("STR_CONTAINS", &["a"], None, &none), "missing: false");
-        assert!(check_with("STR_CONTAINS", &["a"], None, true, false, &none), "inverted missing");
-        assert!(!check("REGEX", &[], Some(".*"), &with_x("a")), "unknown operator");
-        assert!(!check_with("REGEX", &[], Some(".*"), true, false, &with_x("a")), "even inverted");
+        assert!(check_with(
+            "STR_CONTAINS",
+            &["ELL"],
+            None,
+            false,
+            true,
+            &with_x("hello")
+        ));
+        assert!(check(
+            "STR_STARTS_WITH",
+            &["x", "he"],
+            None,
+            &with_x("hello")
+        ));
+        assert!(!check("STR_ENDS_WITH", &["LO"], None, &with_x("hello")));
+        assert!(check_with(
+            "STR_ENDS_WITH",
+            &["LO"],
+            None,
+            false,
+            true,
+            &with_x("hellO")
+        ));
+        assert!(
+            !check("STR_CONTAINS", &["a"], None, &none),
+            "missing: false"
+        );
+        assert!(
+            check_with("STR_CONTAINS", &["a"], None, true, false, &none),
+            "inverted missing"
+        );
+        assert!(
+            !check("REGEX", &[], Some(".*"), &with_x("a")),
+            "unknown operator"
+        );
+        assert!(
+            !check_with("REGEX", &[], Some(".*"), true, false, &with_x("a")),
+            "even inverted"
+        );
     }
 
     #[test]
@@ -707,8 +823,14 @@ mod tests {
         assert!(check("NUM_GTE", &[], Some("5"), &with_x("5")));
         assert!(check("NUM_LT", &[], Some("5"), &with_x("-1")));
         assert!(check("NUM_LTE", &[], Some("5"), &with_x("5")));
-        assert!(!check("NUM_EQ", &[], Some("five"), &with_x("5")), "bad value");
-        assert!(!check("NUM_EQ", &[], Some("5"), &with_x("five")), "bad context");
+        assert!(
+            !check("NUM_EQ", &[], Some("five"), &with_x("5")),
+            "bad value"
+        );
+        assert!(
+            !check("NUM_EQ", &[], Some("5"), &with_x("five")),
+            "bad context"
+        );
 
         let at = OffsetDateTime::parse("2026-06-01T12:00:00Z", &Rfc3339).unwrap();
         let ctx = Context {
@@ -726,17 +848,34 @@ mod tests {
         };
         assert!(date("DATE_AFTER", "2026-06-01T11:59:59Z"));
         assert!(!date("DATE_AFTER", "2026-06-01T12:00:00Z"), "strict");
-        assert!(date("DATE_BEFORE", "2026-06-01T13:00:00+00:30"), "offsets respected");
-        assert!(!date("DATE_BEFORE", "2026-06-01T14:00:00+02:00"), "equal is not before");
+        assert!(
+            date("DATE_BEFORE", "2026-06-01T13:00:00+00:30"),
+            "offsets respected"
+        );
+        assert!(
+            !date("DATE_BEFORE", "2026-06-01T14:00:00+02:00"),
+            "equal is not before"
+        );
         assert!(!date("DATE_AFTER", "yesterday"));
 
-        assert!(check("SEMVER_EQ", &[], Some("2.0.0"), &with_x("2.0.0+build.7")), "build ignored");
-        assert!(check("SEMVER_GT", &[], Some("2.0.0-alpha"), &with_x("2.0.0-alpha.1")));
+        assert!(
+            check("SEMVER_EQ", &[], Some("2.0.0"), &with_x("2.0.0+build.7")),
+            "build ignored"
+        );
+        assert!(check(
+            "SEMVER_GT",
+            &[],
+            Some("2.0.0-alpha"),
+            &with_x("2.0.0-alpha.1")
+        ));
         assert!(check("SEMVER_LT", &[], Some("2.0.0"), &with_x("2.0.0-rc")));
         assert!(check("SEMVER_GTE", &[], Some("5.12.0"), &with_x("5.12.0")));
         assert!(check("SEMVER_LTE", &[], Some("5.12.0"), &with_x("5.11.9")));
         for bad in ["v2.0.0", "1.2", "not a semver", ""] {
-            assert!(!check("SEMVER_GTE", &[], Some("0.0.1"), &with_x(bad)), "{bad}");
+            assert!(
+                !check("SEMVER_GTE", &[], Some("0.0.1"), &with_x(bad)),
+                "{bad}"
+            );
         }
     }
 
@@ -795,12 +934,21 @@ mod tests {
         let mut ctx = user("499");
         let e = f.evaluate(&ctx);
         assert_eq!(
-            (e.enabled, e.strategy, e.bucket, e.rollout, e.constraints_matched),
+            (
+                e.enabled,
+                e.strategy,
+                e.bucket,
+                e.rollout,
+                e.constraints_matched
+            ),
             (false, None, Some(32), Some(10), true)
         );
         ctx.properties.insert("country", "NO");
         let e = f.evaluate(&ctx);
-        assert_eq!((e.enabled, e.strategy, e.bucket, e.rollout), (true, Some(0), Some(32), Some(50)));
+        assert_eq!(
+            (e.enabled, e.strategy, e.bucket, e.rollout),
+            (true, Some(0), Some(32), Some(50))
+        );
         let only_no = feature(vec![country_no("50")]);
         let e = only_no.evaluate(&user("499"));
         assert!(!e.enabled && !e.constraints_matched, "NO_MATCH");

@@ -17,3 +17,6 @@ pub mod simulate;
 
 pub use resolve::{Decision, Flow, FlowReason, Request};
 pub use service::{FlowService, Rollout, Update};
+
+#[cfg(test)]
+mod tests;

@@ -305,11 +305,23 @@ impl Resolver<'_> {
             _ => "percentage".into(),
         };
         let mut d = if e.enabled {
-            self.decision(Flow::New, FlowReason::RolloutIn, rule(e.strategy), dev, true)
+            self.decision(
+                Flow::New,
+                FlowReason::RolloutIn,
+                rule(e.strategy),
+                dev,
+                true,
+            )
         } else if e.constraints_matched {
             self.decision(Flow::Legacy, FlowReason::RolloutOut, rule(None), dev, false)
         } else {
-            self.decision(Flow::Legacy, FlowReason::NoMatch, "no_strategy_matched", dev, false)
+            self.decision(
+                Flow::Legacy,
+                FlowReason::NoMatch,
+                "no_strategy_matched",
+                dev,
+                false,
+            )
         };
         d.bucket = e.bucket.unwrap_or(0);
         if let Some(r) = e.rollout {

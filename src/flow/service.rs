@@ -175,7 +175,10 @@ impl FlowService {
             Early::Continue(p) => p,
         };
         let has_account = if pending.needs_account_check(req) {
-            match self.has_account(req.user_id.as_deref().unwrap_or_default()).await {
+            match self
+                .has_account(req.user_id.as_deref().unwrap_or_default())
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     // LEGACY is the known-good path; the caller still gets an answer.
@@ -198,9 +201,9 @@ impl FlowService {
     async fn has_account(&self, user_id: &str) -> Result<bool, StoreError> {
         // Only sessiongate user ids of this env can be accounts; anything else needs no lookup.
         let prefix = format!("user-{}-", self.env.as_str());
-        if !user_id
+        if user_id
             .strip_prefix(&prefix)
-            .is_some_and(|u| uuid::Uuid::parse_str(u).is_ok())
+            .is_none_or(|u| uuid::Uuid::parse_str(u).is_err())
         {
             return Ok(false);
         }
@@ -223,10 +226,7 @@ impl FlowService {
             percentage: e.percentage,
             kill_switch: e.kill_switch,
             rollback_epoch: e.rollback_epoch,
-            stickiness: e
-                .stickiness
-                .map_or("strategies", |s| s.as_str())
-                .to_owned(),
+            stickiness: e.stickiness.map_or("strategies", |s| s.as_str()).to_owned(),
             lists: ListName::ALL.iter().map(|l| (*l, e.list(*l))).collect(),
             countries: cfg.countries.clone(),
             min_app_versions: cfg
@@ -269,7 +269,10 @@ impl FlowService {
                 return Err(Error::new(
                     ErrorCode::FailedPrecondition,
                     "FLOW_HAS_STRATEGIES",
-                    format!("flow `{}` takes its percentages from Unleash strategies: change their rollout in the configuration", u.flow),
+                    format!(
+                        "flow `{}` takes its percentages from Unleash strategies: change their rollout in the configuration",
+                        u.flow
+                    ),
                 ));
             }
         }
@@ -283,7 +286,11 @@ impl FlowService {
                 if bad {
                     return Err(Error::invalid_argument(
                         "INVALID_ROLLOUT",
-                        format!("{}: `{}` is not a valid entry", list.as_str(), e.escape_debug()),
+                        format!(
+                            "{}: `{}` is not a valid entry",
+                            list.as_str(),
+                            e.escape_debug()
+                        ),
                     ));
                 }
             }
@@ -293,7 +300,11 @@ impl FlowService {
         let owner = uuid::Uuid::new_v4().to_string();
         let mut acquired = false;
         for attempt in 0..40u64 {
-            if self.store.put_if_absent(&lock, owner.as_bytes(), Some(LOCK_TTL)).await? {
+            if self
+                .store
+                .put_if_absent(&lock, owner.as_bytes(), Some(LOCK_TTL))
+                .await?
+            {
                 acquired = true;
                 break;
             }
@@ -369,10 +380,16 @@ impl FlowService {
             changes.insert("cleared".into(), json!(true));
         }
         if before.percentage != after.percentage {
-            changes.insert("percentage".into(), json!([before.percentage, after.percentage]));
+            changes.insert(
+                "percentage".into(),
+                json!([before.percentage, after.percentage]),
+            );
         }
         if before.kill_switch != after.kill_switch {
-            changes.insert("kill_switch".into(), json!([before.kill_switch, after.kill_switch]));
+            changes.insert(
+                "kill_switch".into(),
+                json!([before.kill_switch, after.kill_switch]),
+            );
         }
         if before.rollback_epoch != after.rollback_epoch {
             changes.insert(

@@ -98,7 +98,9 @@ pub fn run(cfg: &Config, sim: &Simulation) -> Result<Report, SimulateError> {
     for _ in 0..sim.users {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
-        let id = uuid::Builder::from_random_bytes(bytes).into_uuid().to_string();
+        let id = uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string();
         let req = Request {
             flow: sim.flow.clone(),
             user_id: as_users.then(|| id.clone()),

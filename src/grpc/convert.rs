@@ -202,41 +202,6 @@ pub fn verdict_out(v: Verdict) -> pb::ValidateSessionResponse {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_round_trip_including_before_1970() {
-        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
-            assert_eq!(millis(&timestamp(ms)), ms);
-        }
-    }
-
-    #[test]
-    fn structs_round_trip_and_keep_integers() {
-        let j: Map<String, Value> = serde_json::from_str(
-            r#"{"tier":3,"ratio":0.5,"tags":["a",true,null],"nested":{"x":"y"}}"#,
-        )
-        .unwrap();
-        let back = struct_to_json(json_to_struct(&j), "f").unwrap();
-        assert_eq!(back, j);
-        let nan = prost_types::Struct {
-            fields: [(
-                "n".to_string(),
-                prost_types::Value {
-                    kind: Some(Kind::NumberValue(f64::NAN)),
-                },
-            )]
-            .into(),
-        };
-        assert_eq!(
-            struct_to_json(nan, "f").unwrap_err().reason,
-            "INVALID_NUMBER"
-        );
-    }
-}
-
 // === ResolveFlow, RolloutAdminService ===
 
 /// ResolveFlowRequest → the domain request (normalised; empty strings are "not given").
@@ -337,5 +302,40 @@ pub fn rollout_update(r: pb::UpdateRolloutRequest) -> crate::flow::Update {
         rollback_epoch: r.rollback_epoch,
         lists,
         clear_overrides: r.clear_overrides,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_1970() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(millis(&timestamp(ms)), ms);
+        }
+    }
+
+    #[test]
+    fn structs_round_trip_and_keep_integers() {
+        let j: Map<String, Value> = serde_json::from_str(
+            r#"{"tier":3,"ratio":0.5,"tags":["a",true,null],"nested":{"x":"y"}}"#,
+        )
+        .unwrap();
+        let back = struct_to_json(json_to_struct(&j), "f").unwrap();
+        assert_eq!(back, j);
+        let nan = prost_types::Struct {
+            fields: [(
+                "n".to_string(),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
+        };
+        assert_eq!(
+            struct_to_json(nan, "f").unwrap_err().reason,
+            "INVALID_NUMBER"
+        );
     }
 }

@@ -23,11 +23,24 @@ check() { # check NAME PATTERN TEXT
 # A caller key, configured only by its SHA-256.
 key=grpcurl-smoke-key
 hash=$(printf %s "$key" | sha256sum | cut -d' ' -f1)
+flow_key=grpcurl-flow-key
+flow_hash=$(printf %s "$flow_key" | sha256sum | cut -d' ' -f1)
 cat >"$work/sessiongate.toml" <<TOML
 [[clients]]
 name = "smoke"
 key_sha256 = "$hash"
 scopes = ["validate", "admin", "issue", "revoke"]
+
+[[clients]]
+name = "login-page"
+key_sha256 = "$flow_hash"
+scopes = ["flow"]
+
+[[flows]]
+name = "login"
+percentage = 100
+stickiness = "device"
+countries = ["NO", "SE"]
 TOML
 
 # Start on free ports and read the addresses it reports; reading the log line blocks until
@@ -84,7 +97,25 @@ check "wrong key: UNAUTHENTICATED" 'Code: Unauthenticated' "$out"
 out=$(g -H "authorization: Bearer $key" -d '{}' "$addr" sessiongate.v1.SessionGateService/ResolveFlow)
 check "key without the scope: PERMISSION_DENIED" 'Code: PermissionDenied' "$out"
 out=$(g -H "authorization: Bearer $key" -d '{}' "$addr" sessiongate.v1.RolloutAdminService/ListRollouts)
-check "key with the scope passes auth" 'Code: Unimplemented|"rollouts"' "$out"
+check "key with the scope passes auth" '"rollouts"' "$out"
+
+# ResolveFlow: a new device gets a minted id and a ready Set-Cookie line; the cookie keeps
+# it on NEW after the percentage drops to 0; the kill switch beats it.
+out=$(g -H "authorization: Bearer $flow_key" -d '{"country":"no"}' "$addr" sessiongate.v1.SessionGateService/ResolveFlow)
+check "ResolveFlow: NEW for a new device at 100%" '"flow": "FLOW_NEW"' "$out"
+check "ResolveFlow: reason ROLLOUT_IN" '"reason": "FLOW_REASON_ROLLOUT_IN"' "$out"
+check "ResolveFlow: a ready Set-Cookie line" '"headerValue": "__Host-sg_flow=v1\.[^"]*; Max-Age=34560000; Path=/; Secure; HttpOnly; SameSite=Lax"' "$out"
+cookie=$(grep -oE '"value": "v1\.[^"]+"' <<<"$out" | cut -d'"' -f4)
+out=$(g -H "authorization: Bearer $flow_key" -d '{"country":"XX"}' "$addr" sessiongate.v1.SessionGateService/ResolveFlow)
+check "ResolveFlow: unknown country not eligible" '"reason": "FLOW_REASON_NOT_ELIGIBLE"' "$out"
+out=$(g -H "authorization: Bearer $key" -d '{"flow":"login","percentage":0}' "$addr" sessiongate.v1.RolloutAdminService/UpdateRollout)
+check "UpdateRollout: percentage 0" '"configVersion"' "$out"
+out=$(g -H "authorization: Bearer $flow_key" -d "{\"country\":\"SE\",\"flow_cookie\":\"$cookie\"}" "$addr" sessiongate.v1.SessionGateService/ResolveFlow)
+check "ResolveFlow: the cookie keeps the device on NEW at 0%" '"reason": "FLOW_REASON_STICKY"' "$out"
+out=$(g -H "authorization: Bearer $key" -d '{"flow":"login","kill_switch":true}' "$addr" sessiongate.v1.RolloutAdminService/UpdateRollout)
+check "UpdateRollout: kill switch on" '"killSwitch": true' "$out"
+out=$(g -H "authorization: Bearer $flow_key" -d "{\"country\":\"SE\",\"flow_cookie\":\"$cookie\"}" "$addr" sessiongate.v1.SessionGateService/ResolveFlow)
+check "ResolveFlow: the kill switch beats the cookie" '"reason": "FLOW_REASON_DISABLED"' "$out"
 
 # Native sessions: create, validate the token and the JWT, verify the JWT offline with
 # PyJWT and the JWKS only, revoke.

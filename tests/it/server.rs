@@ -131,11 +131,12 @@ async fn scoped_rpcs_need_a_key_with_the_scope() {
     );
 
     // The right key gets through the auth layer to the handler.
-    let e = admin
+    let r = admin
         .list_rollouts(bearer(req(), ADMIN_KEY))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+        .unwrap()
+        .into_inner();
+    assert!(r.rollouts.is_empty(), "no flows configured: {r:?}");
 
     // Health stays open.
     app.health()
@@ -161,18 +162,6 @@ async fn open_test_mode_never_opens_issue_or_admin() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-}
-
-#[tokio::test]
-async fn unimplemented_rpcs_say_what_is_missing() {
-    let app = spawn_app().await;
-    let e = app
-        .session()
-        .resolve_flow(pb::ResolveFlowRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
-    assert!(e.message().contains("rollout engine"), "{}", e.message());
 }
 
 #[tokio::test]
