@@ -100,6 +100,7 @@ enum Path {
     LegacyEs256,
     LegacyEdDsa,
     Opaque,
+    ResolveFlow,
 }
 
 impl Path {
@@ -120,6 +121,7 @@ impl Path {
             Path::LegacyEs256 => "ValidateSession legacy JWT, uncached ES256",
             Path::LegacyEdDsa => "ValidateSession legacy JWT, uncached EdDSA",
             Path::Opaque => "ValidateSession native opaque via Redis",
+            Path::ResolveFlow => "ResolveFlow, device id, 50% rollout",
         }
     }
     fn key(self) -> &'static str {
@@ -131,6 +133,7 @@ impl Path {
             Path::LegacyEs256 => "legacy_es256",
             Path::LegacyEdDsa => "legacy_eddsa",
             Path::Opaque => "opaque",
+            Path::ResolveFlow => "resolve_flow",
         }
     }
     /// DESIGN.md §11 targets: minimum throughput ratio and p99 allowance over baseline (µs).
@@ -142,6 +145,7 @@ impl Path {
             // No target of their own in DESIGN.md §11: reported for comparison.
             Path::LegacyEs256 | Path::LegacyEdDsa => None,
             Path::Opaque => Some((0.6, 50.0)),
+            Path::ResolveFlow => Some((0.85, 20.0)),
         }
     }
 }
@@ -193,7 +197,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(
         &config_path,
         format!(
-            "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\", \"migrate\"]\n\
+            "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\", \"migrate\", \"flow\"]\n\
+             [[flows]]\nname = \"login\"\npercentage = 50\nstickiness = \"device\"\ncountries = [\"NO\", \"SE\"]\n\
              [migration]\nper_caller_per_minute = 10000000\n\
              [[providers]]\nname = \"legacy\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\naudiences = [\"{LEGACY_API}\"]\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n",
             key_path.display(),
@@ -278,6 +283,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Path::JwtCached,
         Path::JwtUncached,
         Path::Opaque,
+        Path::ResolveFlow,
         Path::LegacyRs256,
         Path::LegacyEs256,
         Path::LegacyEdDsa,
@@ -532,8 +538,29 @@ async fn measure(
                     if limit.map_or(Instant::now() >= deadline, |l| n >= l) {
                         break;
                     }
+                    if path == Path::ResolveFlow {
+                        i += concurrency;
+                        let mut req = tonic::Request::new(pb::ResolveFlowRequest {
+                            flow: "login".into(),
+                            device_id: format!("device-{}", i % 100_000),
+                            country: "NO".into(),
+                            ..Default::default()
+                        });
+                        req.metadata_mut()
+                            .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"));
+                        let t0 = Instant::now();
+                        let good = matches!(resolve_lean(&mut session, req).await, Ok(f) if f.flow != 0);
+                        let us = t0.elapsed().as_micros() as u64;
+                        if good {
+                            ok += 1;
+                            let _ = hist.record(us.max(1));
+                        } else {
+                            errors += 1;
+                        }
+                        continue;
+                    }
                     let token = match path {
-                        Path::Baseline => None,
+                        Path::Baseline | Path::ResolveFlow => None,
                         Path::JwtCached => Some(fx.cached_jwt.clone()),
                         Path::Opaque => Some(fx.opaque[i % fx.opaque.len()].clone()),
                         p => match fx.fresh.get(p.key()).and_then(|m| m.lock().expect("lock").next()) {
@@ -608,6 +635,29 @@ async fn validate_lean(
     let codec = tonic_prost::ProstCodec::<pb::ValidateSessionRequest, VerdictOnly>::default();
     let path =
         http::uri::PathAndQuery::from_static("/sessiongate.v1.SessionGateService/ValidateSession");
+    grpc.unary(req, path, codec).await.map(|r| r.into_inner())
+}
+
+/// The first two fields of `ResolveFlowResponse` (flow, reason), decoded lean for the same
+/// reason as [`VerdictOnly`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct FlowOnly {
+    #[prost(int32, tag = "1")]
+    flow: i32,
+    #[prost(int32, tag = "2")]
+    reason: i32,
+}
+
+async fn resolve_lean(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    req: tonic::Request<pb::ResolveFlowRequest>,
+) -> Result<FlowOnly, tonic::Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<pb::ResolveFlowRequest, FlowOnly>::default();
+    let path =
+        http::uri::PathAndQuery::from_static("/sessiongate.v1.SessionGateService/ResolveFlow");
     grpc.unary(req, path, codec).await.map(|r| r.into_inner())
 }
 

@@ -81,6 +81,8 @@ impl App {
 
     /// [`App::build`] with a given clock (tests move time instead of waiting).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, AppError> {
+        // The metrics recorder first, so handles the services resolve up front are live.
+        crate::telemetry::metrics();
         for w in config.warnings() {
             tracing::warn!("{w}");
         }

@@ -31,6 +31,19 @@ pub enum FlowReason {
 }
 
 impl FlowReason {
+    pub const ALL: [FlowReason; 10] = [
+        FlowReason::FlowNotFound,
+        FlowReason::Disabled,
+        FlowReason::NotEligible,
+        FlowReason::ForcedLegacy,
+        FlowReason::ForcedNew,
+        FlowReason::Sticky,
+        FlowReason::RolloutIn,
+        FlowReason::RolloutOut,
+        FlowReason::NoMatch,
+        FlowReason::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FlowReason::FlowNotFound => "flow_not_found",
@@ -140,7 +153,8 @@ impl Pending {
 pub struct Resolver<'a> {
     pub flow: &'a Effective,
     pub cookies: &'a CookieKeys,
-    pub cookie_base: &'a str,
+    /// This flow's cookie name ([`cookie::cookie_name`]).
+    pub cookie_name: &'a str,
     pub cookie_max_age_secs: u64,
 }
 
@@ -165,7 +179,7 @@ impl Resolver<'_> {
                     epoch: self.flow.rollback_epoch,
                 },
             );
-            let name = cookie::cookie_name(self.cookie_base, &self.flow.name);
+            let name = self.cookie_name.to_owned();
             SetCookie {
                 header_value: cookie::header_value(&name, &value, self.cookie_max_age_secs),
                 name,

@@ -61,10 +61,39 @@ pub struct FlowService {
     keys: Keys,
     clock: Arc<dyn Clock>,
     cookies: CookieKeys,
-    cookie_name: String,
+    /// Each flow's cookie name, computed once.
+    cookie_names: HashMap<String, String>,
     cookie_max_age_secs: u64,
     /// Users known to have an account (accounts are never deleted, so positives are final).
     accounts: moka::sync::Cache<String, ()>,
+    /// `sessiongate_flow_decisions_total` handles per flow, resolved once: looking labels up
+    /// on every call cost more than the decision itself.
+    decisions: HashMap<String, Vec<metrics::Counter>>,
+    unknown_flow: metrics::Counter,
+}
+
+fn counters(flow: &str) -> Vec<metrics::Counter> {
+    FlowReason::ALL
+        .iter()
+        .flat_map(|r| {
+            ["legacy", "new"].map(|result| {
+                metrics::counter!(
+                    "sessiongate_flow_decisions_total",
+                    "flow" => flow.to_owned(),
+                    "result" => result,
+                    "reason" => r.as_str()
+                )
+            })
+        })
+        .collect()
+}
+
+fn counter_index(flow: Flow, reason: FlowReason) -> usize {
+    let r = FlowReason::ALL
+        .iter()
+        .position(|x| *x == reason)
+        .unwrap_or_default();
+    r * 2 + usize::from(flow == Flow::New)
 }
 
 impl FlowService {
@@ -84,18 +113,28 @@ impl FlowService {
             .collect();
         FlowService {
             env,
-            files,
             effective: RwLock::new(effective),
             store,
             keys: Keys::new(env),
             clock,
             cookies,
-            cookie_name: cookie.name.clone(),
+            cookie_names: files
+                .keys()
+                .map(|n| (n.clone(), super::cookie::cookie_name(&cookie.name, n)))
+                .collect(),
             cookie_max_age_secs: cookie.max_age.as_secs(),
             accounts: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            decisions: files.keys().map(|n| (n.clone(), counters(n))).collect(),
+            unknown_flow: metrics::counter!(
+                "sessiongate_flow_decisions_total",
+                "flow" => "(unknown)",
+                "result" => "legacy",
+                "reason" => FlowReason::FlowNotFound.as_str()
+            ),
+            files,
         }
     }
 
@@ -115,7 +154,7 @@ impl FlowService {
         Resolver {
             flow,
             cookies: &self.cookies,
-            cookie_base: &self.cookie_name,
+            cookie_name: self.cookie_names.get(&flow.name).map_or("", String::as_str),
             cookie_max_age_secs: self.cookie_max_age_secs,
         }
     }
@@ -156,6 +195,16 @@ impl FlowService {
 
     /// ResolveFlow.
     pub async fn resolve(&self, req: &Request) -> Result<Decision, Error> {
+        let d = self.decide(req).await?;
+        // Labels: configured flow names only (request text never becomes a label).
+        match self.decisions.get(&req.flow) {
+            Some(c) => c[counter_index(d.flow, d.reason)].increment(1),
+            None => self.unknown_flow.increment(1),
+        }
+        Ok(d)
+    }
+
+    async fn decide(&self, req: &Request) -> Result<Decision, Error> {
         Self::check(req)?;
         let Some(flow) = self.current(&req.flow) else {
             return Ok(Decision {

@@ -81,7 +81,7 @@ pub fn run(cfg: &Config, sim: &Simulation) -> Result<Report, SimulateError> {
     let r = Resolver {
         flow: &eff,
         cookies: &cookies,
-        cookie_base: &cfg.flow_cookie.name,
+        cookie_name: &super::cookie::cookie_name(&cfg.flow_cookie.name, &sim.flow),
         cookie_max_age_secs: cfg.flow_cookie.max_age.as_secs(),
     };
     // User stickiness buckets user ids; every other form buckets the device (pre-login).

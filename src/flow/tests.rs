@@ -57,7 +57,7 @@ fn resolve(eff: &Effective, keys: &CookieKeys, req: &Request) -> Decision {
     let r = Resolver {
         flow: eff,
         cookies: keys,
-        cookie_base: "__Host-sg_flow",
+        cookie_name: "__Host-sg_flow",
         cookie_max_age_secs: 34_560_000,
     };
     match r.early(req) {
