@@ -58,3 +58,47 @@ pub fn metrics() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// `sessiongate_migration_validations_total{client, provider, origin}`: VALID verdicts by
+/// calling client, provider and side of the migration — the migration's progress:
+/// `sum by (client) (rate(…{origin="new"}[5m])) / sum by (client) (rate(…[5m]))`.
+///
+/// Handles are resolved once per label set (clients and providers are configured, so the set
+/// is small) instead of on every validation.
+#[derive(Default)]
+pub struct MigrationProgress {
+    handles: std::sync::RwLock<
+        std::collections::HashMap<String, std::collections::HashMap<String, [metrics::Counter; 2]>>,
+    >,
+}
+
+impl MigrationProgress {
+    pub fn record(&self, client: &str, provider: &str, new: bool) {
+        let i = usize::from(new);
+        if let Some(c) = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client)
+            .and_then(|m| m.get(provider))
+        {
+            c[i].increment(1);
+            return;
+        }
+        let pair = ["legacy", "new"].map(|origin| {
+            metrics::counter!(
+                "sessiongate_migration_validations_total",
+                "client" => client.to_owned(),
+                "provider" => provider.to_owned(),
+                "origin" => origin
+            )
+        });
+        pair[i].increment(1);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(client.to_owned())
+            .or_default()
+            .insert(provider.to_owned(), pair);
+    }
+}

@@ -36,11 +36,13 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         &self,
         request: Request<pb::ValidateSessionRequest>,
     ) -> Result<Response<pb::ValidateSessionResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let verdict = self
             .state
             .sessions
             .validate(ValidateRequest {
+                caller: caller.name,
                 token: r.token,
                 max_token_age_seconds: r.max_token_age_seconds,
                 session_duration_minutes: r.session_duration_minutes,

@@ -132,6 +132,7 @@ pub struct SessionService {
     pub(super) max_token_bytes: usize,
     pub(super) default_minutes: u32,
     pub(super) migration_limits: crate::config::MigrationConfig,
+    pub(super) progress: crate::telemetry::MigrationProgress,
     revoke_window_secs: i64,
 }
 
@@ -167,6 +168,7 @@ impl SessionService {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             migration_limits: cfg.migration.clone(),
+            progress: Default::default(),
             max_token_bytes: cfg.server.max_token_bytes,
             default_minutes: cfg.native.session_duration_minutes,
             // Every JWT minted up to now expires within its TTL (+ leeway): that is how long a

@@ -103,6 +103,8 @@ fn opaque_token_ok(token: &str) -> bool {
 /// A `ValidateSession` call, decoded.
 #[derive(Debug, Clone, Default)]
 pub struct ValidateRequest {
+    /// The calling client's configured name (for the migration-progress metric).
+    pub caller: std::sync::Arc<str>,
     pub token: String,
     pub max_token_age_seconds: u32,
     pub session_duration_minutes: u32,
@@ -176,6 +178,17 @@ impl SessionService {
             && !v.subject.is_empty()
         {
             v.user_id = self.migrated_user(&v.provider, &v.subject).await;
+        }
+        if let Ok(v) = &verdict
+            && v.is_valid()
+        {
+            let provider = if v.provider.is_empty() {
+                "native"
+            } else {
+                &v.provider
+            };
+            self.progress
+                .record(&req.caller, provider, v.origin == Origin::New);
         }
         if let Ok(v) = &verdict {
             metrics::counter!(

@@ -9,4 +9,5 @@ mod server;
 mod sessions;
 mod store;
 mod support;
+mod telemetry;
 mod wycheproof;
