@@ -223,7 +223,6 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    crate::telemetry::init_logging(cfg.log_format);
     // Worker threads: tokio reads TOKIO_WORKER_THREADS itself (set it from the pod's CPU
     // request in Kubernetes), else one per available core.
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -236,10 +235,26 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Telemetry inside the runtime: the span exporter runs on it.
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        match crate::telemetry::init(cfg.log_format, &cfg.telemetry) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("sessiongate: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        }
+    };
     let result = rt.block_on(async {
         let app = crate::App::build(cfg).await?;
         app.run(crate::shutdown::signal()).await
     });
+    {
+        // Flush the last spans while the runtime that exports them still runs.
+        let _in_runtime = rt.enter();
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,33 +1,134 @@
-//! Logging and metrics set-up.
+//! Logging, tracing and metrics set-up.
 //!
 //! Logs go to stderr: human-readable by default, JSON with `SESSIONGATE_LOG_FORMAT=json`;
-//! `RUST_LOG` filters (default `info`). Metrics go to one process-wide Prometheus recorder
-//! rendered at `/metrics`.
+//! `RUST_LOG` filters them (default `info`). Spans — one per RPC, continued from the caller's
+//! `traceparent`, and one per Redis, JWKS and UserInfo call — are exported over OTLP/gRPC when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Metrics go to one process-wide Prometheus recorder
+//! rendered at `/metrics`. Nothing secret is ever a field: spans carry method names, codes,
+//! provider names and key *kinds*, never tokens, keys or key names.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetryConfig};
 
-/// Installs the global tracing subscriber. Call once, from `main`.
-pub fn init_logging(format: LogFormat) {
+/// Keeps the span exporter alive; [`Telemetry::shutdown`] flushes what is queued.
+#[must_use = "dropping it without shutdown() loses the last spans"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops span export (call after the server stopped, outside async code).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("sessiongate: flushing spans at exit failed: {e}");
+        }
+    }
+}
+
+/// Why span export could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("OpenTelemetry export to {endpoint}: {source}")]
+pub struct TelemetryError {
+    endpoint: String,
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
+/// Installs the global tracing subscriber (logs, and span export when configured). Call once,
+/// from inside the tokio runtime: the exporter runs on it.
+pub fn init(format: LogFormat, cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    // try_init: a second call (tests that build several apps) is a no-op, not a panic.
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(fmt.json().flatten_event(true).with_current_span(true))
-            .try_init(),
-        LogFormat::Human => registry.with(fmt).try_init(),
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Human => fmt.with_filter(filter).boxed(),
     };
+    let (spans, provider) = match &cfg.otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|source| TelemetryError {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            // The batch processor that runs on tokio: the stable one exports from its own
+            // thread, where tonic's exporter finds no reactor and drops every span.
+            let processor =
+                opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+                    exporter,
+                    opentelemetry_sdk::runtime::Tokio,
+                )
+                .build();
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(processor)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(cfg.service_name.clone())
+                        .build(),
+                )
+                .build();
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("sessiongate"))
+                // Dependency-call spans are DEBUG (free when not exported); logs stay at
+                // RUST_LOG's level.
+                .with_filter(EnvFilter::new("info,sessiongate=debug"))
+                .boxed();
+            (Some(layer), Some(provider))
+        }
+    };
+    // try_init: a second call (tests that build several apps) is a no-op, not a panic.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+/// Installs logging only (no span export): for tests and tools.
+pub fn init_logging(format: LogFormat) {
+    let _ = init(
+        format,
+        &TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "sessiongate".into(),
+        },
+    );
+}
+
+/// Reads a W3C `traceparent` (and `tracestate`) from request headers.
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 /// Latency buckets in seconds: sessiongate answers in microseconds, upstream calls in

@@ -180,6 +180,7 @@ pub struct Config {
     /// The `.env-<env>` file that was read, if any.
     pub dotenv_file: Option<PathBuf>,
     pub log_format: LogFormat,
+    pub telemetry: TelemetryConfig,
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub native: NativeConfig,
@@ -191,6 +192,16 @@ pub struct Config {
     pub flow_warnings: Vec<String>,
     pub clients: Vec<ClientConfig>,
     pub migration: MigrationConfig,
+}
+
+/// OpenTelemetry export, from the standard `OTEL_*` variables.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryConfig {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`: spans go there
+    /// over OTLP/gRPC. `None`: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME` (default `sessiongate`).
+    pub service_name: String,
 }
 
 /// MigrateSession's rate limits (fixed one-minute windows, shared by replicas through the
@@ -934,6 +945,28 @@ fn build(
         }
     };
 
+    // --- telemetry ---
+    let otlp_endpoint = vars
+        .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| vars.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .filter(|e| !e.trim().is_empty());
+    if let Some(e) = &otlp_endpoint
+        && !url::Url::parse(e).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    {
+        c.fail_at(
+            "environment variable OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("`{e}` is not an http(s) URL of an OTLP/gRPC collector (e.g. http://otel-collector:4317)"),
+        );
+    }
+    let telemetry = TelemetryConfig {
+        otlp_endpoint,
+        service_name: vars
+            .get("OTEL_SERVICE_NAME")
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "sessiongate".into()),
+    };
+
     // --- migration ---
     let per_caller = raw.migration.per_caller_per_minute.unwrap_or(600);
     let per_identity = raw.migration.per_identity_per_minute.unwrap_or(5);
@@ -972,6 +1005,7 @@ fn build(
         file,
         dotenv_file: None,
         log_format,
+        telemetry,
         server: ServerConfig {
             grpc_addr,
             http_addr,

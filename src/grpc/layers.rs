@@ -114,8 +114,22 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let name = method(req.uri().path()).name;
-        let span =
-            tracing::info_span!("grpc", rpc.method = name, grpc.code = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = name,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = name,
+            grpc.code = tracing::field::Empty,
+        );
+        // Continue the caller's trace (W3C traceparent in the gRPC metadata).
+        if req.headers().contains_key("traceparent") {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&crate::telemetry::HeaderExtractor(req.headers()))
+            });
+            let _ = span.set_parent(parent);
+        }
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(

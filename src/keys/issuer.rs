@@ -186,7 +186,11 @@ impl IssuerKeys {
                 return Ok::<_, String>((set, fetched_at_ms, "shared"));
             }
             let url = self.jwks_url().await?;
-            let body = fetch_capped(&self.http, &url, "application/jwk-set+json, application/json", MAX_BODY_BYTES).await?;
+            let body = tracing::Instrument::instrument(
+                fetch_capped(&self.http, &url, "application/jwk-set+json, application/json", MAX_BODY_BYTES),
+                tracing::debug_span!("jwks.fetch", otel.kind = "client", provider = %self.provider),
+            )
+            .await?;
             let (set, rejected) = parse_set(&body, &self.allowed)?;
             for r in rejected {
                 metrics::counter!("sessiongate_jwks_keys_rejected_total", "provider" => self.provider.clone(), "reason" => r.as_str())

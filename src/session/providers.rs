@@ -82,7 +82,16 @@ impl Provider {
             .userinfo_endpoint()
             .ok_or_else(|| unavailable("not discovered yet"))?;
         let started = std::time::Instant::now();
-        let outcome = self.userinfo.fetch(&url, token).await;
+        let outcome = tracing::Instrument::instrument(
+            self.userinfo.fetch(&url, token),
+            tracing::debug_span!(
+                "userinfo",
+                otel.kind = "client",
+                provider = self.name(),
+                http.request.method = "GET"
+            ),
+        )
+        .await;
         metrics::histogram!("sessiongate_upstream_duration_seconds", "provider" => self.name().to_owned(), "call" => "userinfo")
             .record(started.elapsed().as_secs_f64());
         match outcome {

@@ -104,17 +104,30 @@ impl RedisStore {
             cmd.arg("PX").arg(ttl_ms(t));
         }
         let reply: Option<String> = self
-            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .run("SET", |mut c| async move { cmd.query_async(&mut c).await })
             .await?;
         Ok(reply.is_some())
     }
 
-    /// Runs one command future with the call bound.
-    async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> StoreResult<T>
+    /// Runs one command future with the call bound, in a span named by the operation (never
+    /// by the key: key names are digests, but still nobody's business).
+    async fn run<T, F>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(ConnectionManager) -> F,
+    ) -> StoreResult<T>
     where
         F: Future<Output = Result<T, RedisError>>,
     {
-        match tokio::time::timeout(self.timeouts.command, f(self.conn.clone())).await {
+        let span = tracing::debug_span!(
+            "redis",
+            otel.name = op,
+            otel.kind = "client",
+            db.system = "redis",
+            db.operation = op
+        );
+        let call = tokio::time::timeout(self.timeouts.command, f(self.conn.clone()));
+        match tracing::Instrument::instrument(call, span).await {
             Ok(r) => r.map_err(classify),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "no answer within {} ms",
@@ -183,13 +196,15 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
-            .await
-            .map(|_| ())
+        self.run("PING", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
-        self.run(|mut c| async move { c.get(key.as_str()).await })
+        self.run("GET", |mut c| async move { c.get(key.as_str()).await })
             .await
     }
 
@@ -202,8 +217,10 @@ impl Store for RedisStore {
         for k in keys {
             pipe.get(k.as_str());
         }
-        self.run(|mut c| async move { pipe.query_async(&mut c).await })
-            .await
+        self.run("GET pipeline", |mut c| async move {
+            pipe.query_async(&mut c).await
+        })
+        .await
     }
 
     async fn put_if_absent(
@@ -268,8 +285,10 @@ impl Store for RedisStore {
                 }
             }
         }
-        self.run(|mut c| async move { pipe.query_async::<()>(&mut c).await })
-            .await
+        self.run("MULTI/EXEC", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
     }
 
     async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64> {
@@ -282,19 +301,25 @@ impl Store for RedisStore {
             .arg("NX")
             .ignore();
         let (n,): (u64,) = self
-            .run(|mut c| async move { pipe.query_async(&mut c).await })
+            .run(
+                "INCR",
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
             .await?;
         Ok(n)
     }
 
     async fn set_members(&self, key: &Key) -> StoreResult<Vec<Vec<u8>>> {
-        self.run(|mut c| async move { c.smembers(key.as_str()).await })
-            .await
+        self.run(
+            "SMEMBERS",
+            |mut c| async move { c.smembers(key.as_str()).await },
+        )
+        .await
     }
 
     async fn ttl(&self, key: &Key) -> StoreResult<Option<Option<Duration>>> {
         let ms: i64 = self
-            .run(|mut c| async move { c.pttl(key.as_str()).await })
+            .run("PTTL", |mut c| async move { c.pttl(key.as_str()).await })
             .await?;
         Ok(match ms {
             -2 => None,
@@ -305,9 +330,11 @@ impl Store for RedisStore {
 
     async fn publish(&self, payload: &[u8]) -> StoreResult<()> {
         let channel = self.channel.as_str();
-        self.run(|mut c| async move { c.publish::<_, _, i64>(channel, payload).await })
-            .await
-            .map(|_| ())
+        self.run("PUBLISH", |mut c| async move {
+            c.publish::<_, _, i64>(channel, payload).await
+        })
+        .await
+        .map(|_| ())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
@@ -316,9 +343,11 @@ impl Store for RedisStore {
 
     async fn append_event(&self, event: &serde_json::Value) -> StoreResult<()> {
         let cmd = xadd(event);
-        self.run(|mut c| async move { cmd.query_async::<String>(&mut c).await })
-            .await
-            .map(|_| ())
+        self.run("XADD", |mut c| async move {
+            cmd.query_async::<String>(&mut c).await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn recent_events(&self, count: usize) -> StoreResult<Vec<serde_json::Value>> {
@@ -329,7 +358,10 @@ impl Store for RedisStore {
             .arg("COUNT")
             .arg(count);
         let entries: Vec<(String, Vec<(String, String)>)> = self
-            .run(|mut c| async move { cmd.query_async(&mut c).await })
+            .run(
+                "XREVRANGE",
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
             .await?;
         let mut out = Vec::with_capacity(entries.len());
         for (_, fields) in entries.into_iter().rev() {

@@ -4,6 +4,7 @@
 mod cli;
 mod flows;
 mod migrate;
+mod observability;
 mod providers;
 mod server;
 mod sessions;

@@ -1,0 +1,369 @@
+//! The real binary's traces and logs: spans reach an OTLP collector (an in-process one on
+//! loopback) and continue the caller's trace; and with every RPC driven with canary secrets —
+//! tokens, legacy tokens, cookies, API keys, the session credentials it mints — no canary and
+//! no minted credential reaches a log line, a span or an error message (threat: secrets in
+//! telemetry).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::json;
+use sessiongate::grpc::pb;
+use sessiongate::grpc::pb::rollout_admin_service_client::RolloutAdminServiceClient;
+use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient;
+use tonic::Request;
+use tonic::transport::Channel;
+
+use crate::support::RedisServer;
+use crate::support::idp::{FakeIdp, UserInfoReply};
+
+/// Keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+    raw: Arc<Mutex<String>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let req = request.into_inner();
+        self.raw.lock().unwrap().push_str(&format!("{req:?}\n"));
+        let mut spans = self.spans.lock().unwrap();
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn start_collector() -> (Collector, std::net::SocketAddr) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = TraceServiceServer::new(collector.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    });
+    (collector, addr)
+}
+
+struct Binary {
+    child: Child,
+    grpc: String,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    fn start(toml: &str, env: &[(&str, String)]) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessiongate.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+            .env_clear()
+            .env("SESSIONGATE_CONFIG", &path)
+            .env("SESSIONGATE_GRPC_ADDR", "127.0.0.1:0")
+            .env("SESSIONGATE_HTTP_ADDR", "127.0.0.1:0")
+            .env("SESSIONGATE_LOG_FORMAT", "json")
+            // Everything sessiongate logs, at every level.
+            .env("RUST_LOG", "trace")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(dir.path())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sessiongate");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("\"sessiongate serving\"") {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    let _ = tx.send(v["grpc_addr"].as_str().unwrap_or_default().to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let grpc = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no serving line: {:?}", log.lock().unwrap()));
+        Binary {
+            child,
+            grpc,
+            log,
+            _dir: dir,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// SIGTERM, and wait: the binary flushes its spans on the way out.
+    fn stop(mut self) -> String {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit status {status}");
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+fn sha(s: &str) -> String {
+    sessiongate::store::keys::Digest::of(s.as_bytes()).to_hex()
+}
+
+fn with<T>(msg: T, key: &str, traceparent: Option<&str>) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    if let Some(tp) = traceparent {
+        r.metadata_mut().insert("traceparent", tp.parse().unwrap());
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_continue_the_callers_trace_and_no_secret_reaches_logs_spans_or_errors() {
+    let (collector, collector_addr) = start_collector().await;
+    let redis = RedisServer::start().await;
+    let idp = FakeIdp::start().await;
+    let canary = format!("CANARY{}", uuid::Uuid::new_v4().simple());
+    let key = format!("key-{canary}");
+    // A legacy opaque token the provider accepts, one it refuses, both canaries.
+    let legacy_ok = format!("legacy-ok-{canary}");
+    let legacy_bad = format!("legacy-bad-{canary}");
+    idp.on_userinfo(
+        &legacy_ok,
+        UserInfoReply::Json(json!({"sub": "canary-user", "email": "c@example.com"})),
+    );
+    let toml = format!(
+        "[[clients]]\nname = \"observer\"\nkey_sha256 = \"{}\"\n\
+         scopes = [\"validate\", \"migrate\", \"flow\", \"issue\", \"revoke\", \"admin\"]\n\
+         [[providers]]\nname = \"legacy\"\nkind = \"legacy\"\nissuer = \"{}\"\n\
+         token_format = \"opaque\"\nuserinfo_url = \"{}\"\n\
+         [[flows]]\nname = \"login\"\npercentage = 50\n",
+        sha(&key),
+        idp.issuer(),
+        idp.userinfo_url()
+    );
+    let bin = Binary::start(
+        &toml,
+        &[
+            ("REDIS_URL", redis.url()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{collector_addr}"),
+            ),
+            ("OTEL_SERVICE_NAME", "sessiongate-under-test".into()),
+        ],
+    );
+    let channel = bin.channel().await;
+    let mut api = SessionGateServiceClient::new(channel.clone());
+    let mut admin = RolloutAdminServiceClient::new(channel);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{parent}-01");
+    let tp = Some(traceparent.as_str());
+    let mut errors = Vec::new();
+    let mut secrets = vec![canary.clone()];
+
+    // Every RPC, with canaries wherever a secret goes.
+    let created = api
+        .create_session(with(
+            pb::CreateSessionRequest {
+                who: Some(pb::create_session_request::Who::NewUser(pb::NewUser {
+                    email: "observer@example.com".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+            &key,
+            tp,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.push(created.session_token.clone());
+    secrets.push(created.session_jwt.clone());
+    for token in [
+        created.session_token.clone(),
+        created.session_jwt.clone(),
+        format!("sgs_{canary}"),
+        format!("eyJhbGciOiJSUzI1NiJ9.{canary}.{canary}"),
+        legacy_ok.clone(),
+        legacy_bad.clone(),
+    ] {
+        let r = api
+            .validate_session(with(
+                pb::ValidateSessionRequest {
+                    token,
+                    ..Default::default()
+                },
+                &key,
+                tp,
+            ))
+            .await;
+        if let Err(e) = r {
+            errors.push(format!("{e:?}"));
+        }
+    }
+    let migrated = api
+        .migrate_session(with(
+            pb::MigrateSessionRequest {
+                legacy_token: legacy_ok.clone(),
+                ..Default::default()
+            },
+            &key,
+            tp,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    secrets.push(migrated.session_token.clone());
+    secrets.push(migrated.session_jwt.clone());
+    let e = api
+        .migrate_session(with(
+            pb::MigrateSessionRequest {
+                legacy_token: legacy_bad.clone(),
+                ..Default::default()
+            },
+            &key,
+            tp,
+        ))
+        .await
+        .unwrap_err();
+    errors.push(format!("{e:?}"));
+    let flow = api
+        .resolve_flow(with(
+            pb::ResolveFlowRequest {
+                flow_cookie: format!("v1.{canary}.N.0.kid.{canary}"),
+                ..Default::default()
+            },
+            &key,
+            tp,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(flow.set_cookie.is_some());
+    admin
+        .update_rollout(with(
+            pb::UpdateRolloutRequest {
+                flow: "login".into(),
+                percentage: Some(60),
+                ..Default::default()
+            },
+            &key,
+            tp,
+        ))
+        .await
+        .unwrap();
+    for target in [
+        pb::revoke_session_request::Target::SessionToken(format!("sgs_{canary}")),
+        pb::revoke_session_request::Target::LegacyToken(legacy_ok.clone()),
+        pb::revoke_session_request::Target::SessionJwt(created.session_jwt.clone()),
+        pb::revoke_session_request::Target::SessionToken(migrated.session_token.clone()),
+    ] {
+        if let Err(e) = api
+            .revoke_session(with(
+                pb::RevokeSessionRequest {
+                    target: Some(target),
+                },
+                &key,
+                tp,
+            ))
+            .await
+        {
+            errors.push(format!("{e:?}"));
+        }
+    }
+    // A wrong API key carrying the canary.
+    let e = api
+        .validate_session(with(
+            pb::ValidateSessionRequest::default(),
+            &format!("wrong-{canary}"),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    errors.push(format!("{e:?}"));
+
+    drop((api, admin));
+    // Waiting for the exit blocks: off the runtime, which serves the collector meanwhile.
+    let logs = tokio::task::spawn_blocking(move || bin.stop())
+        .await
+        .unwrap();
+    let spans = collector.spans.lock().unwrap().clone();
+    let raw_spans = collector.raw.lock().unwrap().clone();
+
+    // The caller's trace continues in sessiongate's spans, down to its Redis calls.
+    let in_trace: Vec<&Span> = spans
+        .iter()
+        .filter(|s| hex::encode(&s.trace_id) == trace_id)
+        .collect();
+    let rpc = in_trace
+        .iter()
+        .find(|s| s.name == "SessionGateService/ValidateSession")
+        .unwrap_or_else(|| panic!("no ValidateSession span in trace {trace_id}: {spans:#?}"));
+    assert_eq!(
+        hex::encode(&rpc.parent_span_id),
+        parent,
+        "the caller's span is the parent"
+    );
+    assert!(
+        in_trace.iter().any(|s| s.name == "GET pipeline"),
+        "a Redis span in the caller's trace"
+    );
+    assert!(
+        in_trace.iter().any(|s| s.name == "userinfo"),
+        "a UserInfo span"
+    );
+    assert!(raw_spans.contains("sessiongate-under-test"), "service.name");
+
+    // No secret anywhere.
+    assert!(!logs.is_empty() && !raw_spans.is_empty() && errors.len() >= 3);
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret in the logs: {secret}"
+        );
+        assert!(
+            !raw_spans.contains(secret.as_str()),
+            "a secret in the spans: {secret}"
+        );
+        for e in &errors {
+            assert!(!e.contains(secret.as_str()), "a secret in an error: {e}");
+        }
+    }
+    assert!(
+        !logs.contains(&key) && !raw_spans.contains(&key),
+        "the API key leaked"
+    );
+}
