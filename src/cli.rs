@@ -1,4 +1,5 @@
-//! The command line: `sessiongate [serve]`, `check-config`, `keygen`, `apikey`, `flow simulate`.
+//! The command line: `sessiongate [serve]`, `check-config`, `keygen`, `apikey`, `flow simulate`,
+//! `token inspect`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +27,9 @@ SESSIONGATE_GRPC_ADDR   gRPC listen address (default 0.0.0.0:50051)\n  \
 SESSIONGATE_HTTP_ADDR   HTTP listen address for /metrics and /.well-known/jwks.json (default 0.0.0.0:8080)\n  \
 REDIS_URL               Redis for shared state; unset = embedded in-memory store (test only)\n  \
 SESSIONGATE_LOG_FORMAT  human | json (default human)\n  \
-RUST_LOG                log filter (default info)\n\n\
+RUST_LOG                log filter (default info)\n  \
+OTEL_EXPORTER_OTLP_ENDPOINT  export spans over OTLP/gRPC (e.g. http://otel-collector:4317); unset = none\n  \
+OTEL_SERVICE_NAME       service.name of the spans (default sessiongate)\n\n\
 With no configuration at all it starts in `test` with an embedded store: the quick start."
 )]
 pub struct Cli {
@@ -60,9 +63,27 @@ enum Command {
         #[arg(long, default_value = "my-service")]
         name: String,
     },
-    /// Rollout tools.
+    /// Rollout tools: `flow simulate` dry-runs a flow over many synthetic users.
     #[command(subcommand)]
     Flow(FlowCommand),
+    /// Token tools: `token inspect` decodes a credential without trusting it.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Classify and decode a credential WITHOUT verifying it: its shape, a JWT's header,
+    /// claims and times (expired?), which configured verifier would take it (with a config),
+    /// and a SHA-256 fingerprint. Signatures and opaque token bodies are never printed in full.
+    Inspect {
+        /// The token; `-` (or nothing) reads it from stdin, which keeps it out of shell history.
+        token: Option<String>,
+        /// Configuration file (default: SESSIONGATE_CONFIG, if set) to say which verifier would
+        /// take the token.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +196,37 @@ pub fn main() -> ExitCode {
                     ExitCode::from(EX_USAGE)
                 }
             }
+        }
+        Command::Token(TokenCommand::Inspect { token, config }) => {
+            let token = match token.filter(|t| t != "-") {
+                Some(t) => t,
+                None => {
+                    let mut t = String::new();
+                    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut t) {
+                        eprintln!("sessiongate: cannot read the token from stdin: {e}");
+                        return ExitCode::from(EX_USAGE);
+                    }
+                    t
+                }
+            };
+            let cfg = if config.is_some() || std::env::var_os(config::ENV_CONFIG).is_some() {
+                match load(config) {
+                    Ok(c) => Some(c),
+                    Err(code) => return code,
+                }
+            } else {
+                None
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let report = crate::session::inspect::inspect(&token, now, cfg.as_ref());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            eprintln!("NOT VERIFIED: the signature and the store were not checked");
+            ExitCode::SUCCESS
         }
         Command::Apikey { name } => {
             let (key, hash) = crate::auth::new_api_key();

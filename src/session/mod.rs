@@ -1,6 +1,7 @@
 //! Native sessions: minting (`CreateSession`), validating (`ValidateSession`) and revoking
 //! (`RevokeSession`) sessiongate's own credentials — the NEW side of every migration.
 
+pub mod inspect;
 mod migrate;
 pub mod model;
 pub mod native;

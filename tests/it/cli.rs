@@ -95,3 +95,101 @@ fn apikey_prints_a_key_whose_hash_it_configures() {
     let hash = sessiongate::store::keys::Digest::of(key.as_bytes()).to_hex();
     assert!(text.contains(&format!("key_sha256 = \"{hash}\"")), "{text}");
 }
+
+#[test]
+fn token_inspect_decodes_without_trusting_and_never_prints_a_signature() {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let sig = "bm90LWEtcmVhbC1zaWduYXR1cmUtYnV0LWxvbmctZW5vdWdoLXRvLW1hdHRlcg";
+    let token = format!(
+        "{}.{}.{sig}",
+        b64(serde_json::json!({"alg": "ES256", "kid": "k-9"})),
+        b64(
+            serde_json::json!({"iss": "https://idp.example.com/", "sub": "s-1", "exp": 4_000_000_000u64})
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sessiongate.toml");
+    std::fs::write(
+        &cfg,
+        "[[providers]]\nname = \"old\"\nkind = \"legacy\"\nissuer = \"https://idp.example.com/\"\naudiences = [\"a\"]\n",
+    )
+    .unwrap();
+    let out = sessiongate(
+        &[
+            "token",
+            "inspect",
+            &token,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["header"]["kid"], "k-9");
+    assert_eq!(v["claims"]["sub"], "s-1");
+    assert_eq!(v["expired"], false);
+    assert_eq!(v["verifier"], "legacy provider `old`");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(sig));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT VERIFIED"));
+}
+
+#[test]
+fn flow_simulate_counts_where_users_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sessiongate.toml");
+    std::fs::write(
+        &cfg,
+        "[[flows]]\nname = \"login\"\npercentage = 30\nstickiness = \"device\"\ncountries = [\"NO\"]\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "flow",
+            "simulate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--users",
+            "20000",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = sessiongate(&args, &[], dir.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let share = |v: &serde_json::Value| v["new"].as_f64().unwrap() / 20000.0 * 100.0;
+    let at30 = run(&["--country", "no"]);
+    assert!((share(&at30) - 30.0).abs() < 1.5, "{at30}");
+    let at60 = run(&["--country", "NO", "--percentage", "60"]);
+    assert!((share(&at60) - 60.0).abs() < 1.5, "{at60}");
+    let elsewhere = run(&["--country", "SE"]);
+    assert_eq!(elsewhere["new"], 0);
+    assert_eq!(elsewhere["rows"][0][1], "not_eligible");
+    let out = sessiongate(
+        &[
+            "flow",
+            "simulate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--flow",
+            "nope",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no flow named `nope`"));
+}
