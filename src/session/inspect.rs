@@ -185,7 +185,7 @@ mod tests {
         let v = inspect("sgs_short", 0, None);
         assert_eq!(
             (v["shape"].as_str(), v["reason"].as_str()),
-            (Some("malformed"), Some("malformed"))
+            (Some("malformed"), Some("MALFORMED"))
         );
     }
 }
