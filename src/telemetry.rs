@@ -203,3 +203,58 @@ impl MigrationProgress {
             .insert(provider.to_owned(), pair);
     }
 }
+
+/// `sessiongate_validations_total{origin, provider, verdict, reason, source}` with handles
+/// resolved once per label set: resolving labels on every validation (an owned provider name,
+/// a hash of five labels in the recorder) cost more than a cached verdict itself.
+#[derive(Default)]
+pub struct ValidationCounters {
+    #[allow(clippy::type_complexity)]
+    handles: std::sync::RwLock<
+        std::collections::HashMap<
+            String,
+            std::collections::HashMap<
+                (&'static str, &'static str, &'static str, &'static str),
+                metrics::Counter,
+            >,
+        >,
+    >,
+}
+
+impl ValidationCounters {
+    pub fn record(
+        &self,
+        provider: &str,
+        origin: &'static str,
+        verdict: &'static str,
+        reason: &'static str,
+        source: &'static str,
+    ) {
+        let labels = (origin, verdict, reason, source);
+        if let Some(c) = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(provider)
+            .and_then(|m| m.get(&labels))
+        {
+            c.increment(1);
+            return;
+        }
+        let c = metrics::counter!(
+            "sessiongate_validations_total",
+            "origin" => origin,
+            "provider" => provider.to_owned(),
+            "verdict" => verdict,
+            "reason" => reason,
+            "source" => source,
+        );
+        c.increment(1);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(provider.to_owned())
+            .or_default()
+            .insert(labels, c);
+    }
+}

@@ -133,6 +133,7 @@ pub struct SessionService {
     pub(super) default_minutes: u32,
     pub(super) migration_limits: crate::config::MigrationConfig,
     pub(super) progress: crate::telemetry::MigrationProgress,
+    pub(super) counters: crate::telemetry::ValidationCounters,
     revoke_window_secs: i64,
 }
 
@@ -169,6 +170,7 @@ impl SessionService {
                 .build(),
             migration_limits: cfg.migration.clone(),
             progress: Default::default(),
+            counters: Default::default(),
             max_token_bytes: cfg.server.max_token_bytes,
             default_minutes: cfg.native.session_duration_minutes,
             // Every JWT minted up to now expires within its TTL (+ leeway): that is how long a

@@ -191,16 +191,22 @@ impl SessionService {
                 .record(&req.caller, provider, v.origin == Origin::New);
         }
         if let Ok(v) = &verdict {
-            metrics::counter!(
-                "sessiongate_validations_total",
-                "origin" => match v.origin { Origin::New => "NEW", Origin::Legacy => "LEGACY", Origin::Unknown => "UNKNOWN" },
-                // Provider names come from the configuration: a small, fixed set.
-                "provider" => if v.provider.is_empty() { "unknown".to_owned() } else { v.provider.clone() },
-                "verdict" => if v.is_valid() { "VALID" } else { "INVALID" },
-                "reason" => v.invalid.map_or("", Reason::as_str),
-                "source" => v.source.as_str(),
-            )
-            .increment(1);
+            // Provider names come from the configuration: a small, fixed set.
+            self.counters.record(
+                if v.provider.is_empty() {
+                    "unknown"
+                } else {
+                    &v.provider
+                },
+                match v.origin {
+                    Origin::New => "NEW",
+                    Origin::Legacy => "LEGACY",
+                    Origin::Unknown => "UNKNOWN",
+                },
+                if v.is_valid() { "VALID" } else { "INVALID" },
+                v.invalid.map_or("", Reason::as_str),
+                v.source.as_str(),
+            );
         }
         verdict
     }
