@@ -38,9 +38,23 @@ pub struct Jws<'a> {
     pub signing_input: &'a str,
 }
 
+/// `true` for the bytes of the base64url alphabet.
+const B64URL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+        b += 1;
+    }
+    t
+};
+
 fn is_b64url(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    // A table and a fold without early exit: the compiler vectorises it (a JWT is ~600 bytes
+    // and every validation checks all of them; `all()` with a branchy predicate cost ~3 ns a
+    // byte, a third of a cached validation).
+    s.bytes().fold(true, |ok, b| ok & B64URL[b as usize])
 }
 
 /// Classifies `token` by shape alone. `sgs_` tokens of the wrong shape are malformed, not

@@ -7,8 +7,6 @@
 
 use std::fmt;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::config::Env;
 
 /// A store key. Only this module constructs one.
@@ -40,7 +38,12 @@ pub struct Digest([u8; 32]);
 
 impl Digest {
     pub fn of(secret: &[u8]) -> Self {
-        Self(Sha256::digest(secret).into())
+        // aws-lc's SHA-256 (SHA-NI/AVX2 assembly): about 3× the `sha2` crate's speed on a
+        // 600-byte JWT, and every validation hashes its token once.
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Self(out)
     }
 
     /// A digest read back from the store.
