@@ -385,6 +385,11 @@ impl SessionService {
         let now = self.clock.now_ms();
         let digest = Digest::of(token.as_bytes());
         match self.lookup(&digest, now).await? {
+            // The in-process revoked set too: a revocation acknowledged just before Redis
+            // lost its last second of writes (AOF everysec) stays effective here.
+            Lookup::Active(session, _) if self.revoked.contains(&session.session_id) => Ok(
+                Verdict::invalid(Reason::Revoked, Origin::New, Source::Cache),
+            ),
             Lookup::Active(session, d) => self.active(*session, &d, req, now).await,
             Lookup::Expired(_) => Ok(Verdict::invalid(
                 Reason::Expired,

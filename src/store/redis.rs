@@ -32,10 +32,67 @@ pub struct Timeouts {
     pub connect: Duration,
 }
 
+/// Consecutive failed calls that open the circuit.
+const BREAKER_THRESHOLD: u32 = 5;
+/// How long an open circuit fails calls at once before letting one through again.
+const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+/// Calls in flight at most; past it, calls fail at once (load shedding) instead of queueing.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Fails calls fast while Redis is known to be down or hung, so that each request does not
+/// pay the whole command timeout (and a queue of them does not pile up): after
+/// [`BREAKER_THRESHOLD`] consecutive failures it opens for [`BREAKER_COOLDOWN`]; the next call
+/// after that is a probe — success closes it, failure opens it again. Recovery after Redis
+/// returns therefore takes at most one cooldown.
+#[derive(Default)]
+struct Breaker {
+    failures: std::sync::atomic::AtomicU32,
+    /// Milliseconds since `epoch` until which the circuit is open.
+    open_until: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        self.epoch
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    }
+
+    fn is_open(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.now_ms() < self.open_until.load(Relaxed)
+    }
+
+    fn record(&self, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ok {
+            if self.failures.swap(0, Relaxed) >= BREAKER_THRESHOLD {
+                tracing::info!("Redis answers again: store circuit closed");
+            }
+            return;
+        }
+        let n = self.failures.fetch_add(1, Relaxed) + 1;
+        if n >= BREAKER_THRESHOLD {
+            if n == BREAKER_THRESHOLD {
+                tracing::warn!(
+                    failures = n,
+                    "Redis keeps failing: store circuit open, calls fail fast"
+                );
+            }
+            self.open_until
+                .store(self.now_ms() + BREAKER_COOLDOWN.as_millis() as u64, Relaxed);
+        }
+    }
+}
+
 /// The Redis-backed store.
 pub struct RedisStore {
     conn: ConnectionManager,
     timeouts: Timeouts,
+    breaker: Breaker,
+    in_flight: tokio::sync::Semaphore,
     channel: String,
     notices: broadcast::Sender<Notice>,
     subscriber: tokio::task::JoinHandle<()>,
@@ -84,6 +141,8 @@ impl RedisStore {
         Ok(Self {
             conn,
             timeouts,
+            breaker: Breaker::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             channel,
             notices,
             subscriber,
@@ -126,14 +185,32 @@ impl RedisStore {
             db.system = "redis",
             db.operation = op
         );
+        if self.breaker.is_open() {
+            metrics::counter!("sessiongate_store_fast_failures_total", "why" => "circuit_open")
+                .increment(1);
+            return Err(StoreError::Unavailable(
+                "Redis failed repeatedly just now (circuit open)".into(),
+            ));
+        }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            metrics::counter!("sessiongate_store_fast_failures_total", "why" => "overloaded")
+                .increment(1);
+            return Err(StoreError::Unavailable(format!(
+                "{MAX_IN_FLIGHT} Redis calls already in flight (load shed)"
+            )));
+        };
         let call = tokio::time::timeout(self.timeouts.command, f(self.conn.clone()));
-        match tracing::Instrument::instrument(call, span).await {
+        let result = match tracing::Instrument::instrument(call, span).await {
             Ok(r) => r.map_err(classify),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "no answer within {} ms",
                 self.timeouts.command.as_millis()
             ))),
-        }
+        };
+        // Only "unavailable" counts against Redis: a corrupt record is not an outage.
+        self.breaker
+            .record(!matches!(result, Err(StoreError::Unavailable(_))));
+        result
     }
 }
 

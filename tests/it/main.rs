@@ -2,6 +2,7 @@
 //! service — gRPC over loopback, real redis-server processes.
 
 mod cli;
+mod faults;
 mod flows;
 mod migrate;
 mod observability;

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // shared helpers: not every test binary module uses each one
 
 pub mod idp;
+pub mod proxy;
 pub mod redis;
 
 use std::collections::HashMap;
