@@ -30,7 +30,7 @@ fn key_file(dir: &std::path::Path) -> String {
     format!(
         "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"load\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\", \"revoke\"]\n",
         path.display(),
-        sessiongate::store::keys::Digest::of(KEY.as_bytes()).to_hex()
+        crate::support::sha(KEY)
     )
 }
 
@@ -237,10 +237,12 @@ async fn r1_redis_killed_mid_load_and_restarted_with_aof_loses_nothing_acknowled
         let e = validate(&mut api, &probe.session_token).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         let unavailable_after = t0.elapsed();
+        // The outage lasts this long under load (a phase of the scenario, not a wait for an event).
         tokio::time::sleep(Duration::from_millis(500)).await;
         redis.restart().await;
         let back = Instant::now();
         let recovered = recovery(&mut api, &probe.session_token, back).await;
+        // A little load after recovery, then stop the drivers.
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (killed.elapsed(), unavailable_after, recovered)
@@ -322,6 +324,7 @@ async fn r2_redis_hung_answers_fast_and_bounded_then_recovers() {
     while paused.elapsed() < Duration::from_secs(10) {
         let e = validate(&mut api, &s.session_token).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
+        // Pacing of the calls made while Redis is hung.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     redis.resume();
@@ -496,6 +499,7 @@ async fn s1_sigterm_under_load_fails_no_call_and_says_not_serving_first() {
         .collect();
     let mut health = app.health();
     // Let the load run, then shut down while it runs.
+    // Load runs this long before the shutdown (a phase, not a wait for an event).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = done.load(std::sync::atomic::Ordering::Relaxed);
     let stopping = tokio::spawn(app.stop());

@@ -5,18 +5,13 @@
 use std::time::{Duration, Instant};
 
 use sessiongate::grpc::pb;
-use tonic::Request;
 
-use crate::support::{RedisServer, Setup, eventually, reason};
+use crate::support::{RedisServer, Setup, bearer, eventually, reason, sha};
 
 const FLOW_KEY: &str = "flows-test-flow-key";
 const ADMIN_KEY: &str = "flows-test-admin-key";
 const ISSUE_KEY: &str = "flows-test-issue-key";
 const COOKIE_KEY: &str = "flows-test-cookie-key-0123456789abcdef";
-
-fn sha(s: &str) -> String {
-    sessiongate::store::keys::Digest::of(s.as_bytes()).to_hex()
-}
 
 fn setup(flows: &str) -> Setup {
     Setup::new()
@@ -33,13 +28,6 @@ fn setup(flows: &str) -> Setup {
 }
 
 const LOGIN_AT_0: &str = "[[flows]]\nname = \"login\"\npercentage = 0\nstickiness = \"default\"\n";
-
-fn bearer<T>(msg: T, key: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    r
-}
 
 fn device(id: &str) -> pb::ResolveFlowRequest {
     pb::ResolveFlowRequest {

@@ -22,8 +22,8 @@ use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient
 use tonic::Request;
 use tonic::transport::Channel;
 
-use crate::support::RedisServer;
 use crate::support::idp::{FakeIdp, UserInfoReply};
+use crate::support::{RedisServer, sha};
 
 /// Keeps every span it is sent.
 #[derive(Clone, Default)]
@@ -133,10 +133,6 @@ impl Binary {
         assert!(status.success(), "exit status {status}");
         self.log.lock().unwrap().join("\n")
     }
-}
-
-fn sha(s: &str) -> String {
-    sessiongate::store::keys::Digest::of(s.as_bytes()).to_hex()
 }
 
 fn with<T>(msg: T, key: &str, traceparent: Option<&str>) -> Request<T> {

@@ -4,19 +4,14 @@ use std::collections::BTreeSet;
 
 use futures::StreamExt;
 use sessiongate::grpc::pb;
-use tonic::Request;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{Setup, reason, spawn_app};
+use crate::support::{Setup, bearer, reason, sha, spawn_app};
 
 // sha256("test-validate-key") and sha256("test-admin-key")
 const VALIDATE_KEY: &str = "test-validate-key";
 const ADMIN_KEY: &str = "test-admin-key";
-
-fn sha(s: &str) -> String {
-    sessiongate::store::keys::Digest::of(s.as_bytes()).to_hex()
-}
 
 fn with_keys() -> Setup {
     Setup::new().toml(&format!(
@@ -25,13 +20,6 @@ fn with_keys() -> Setup {
         sha(VALIDATE_KEY),
         sha(ADMIN_KEY)
     ))
-}
-
-fn bearer<T>(msg: T, key: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    r
 }
 
 #[tokio::test]

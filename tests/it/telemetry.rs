@@ -7,23 +7,11 @@ use std::time::Duration;
 use serde_json::json;
 use sessiongate::grpc::pb;
 use sessiongate::keys::KeyKind;
-use tonic::Request;
 
 use crate::support::idp::{FakeIdp, sign};
-use crate::support::{Setup, TestApp, eventually};
+use crate::support::{Setup, TestApp, bearer, eventually, sha};
 
 const API: &str = "https://api.example.com";
-
-fn sha(s: &str) -> String {
-    sessiongate::store::keys::Digest::of(s.as_bytes()).to_hex()
-}
-
-fn bearer<T>(msg: T, key: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    r
-}
 
 /// The value of the sample of `metric` whose labels include all of `labels`, or 0.
 async fn sample(app: &TestApp, metric: &str, labels: &[(&str, &str)]) -> f64 {

@@ -179,6 +179,19 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// The hex SHA-256 of a caller key, as `[[clients]] key_sha256` wants it.
+pub fn sha(key: &str) -> String {
+    sessiongate::store::keys::Digest::of(key.as_bytes()).to_hex()
+}
+
+/// `msg` with `authorization: Bearer <key>`.
+pub fn bearer<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
 /// The reason in a status' `google.rpc.ErrorInfo`.
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt as _;
