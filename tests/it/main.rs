@@ -4,6 +4,7 @@
 mod cli;
 mod faults;
 mod flows;
+mod hostile;
 mod migrate;
 mod observability;
 mod providers;

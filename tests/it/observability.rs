@@ -4,8 +4,6 @@
 //! no minted credential reaches a log line, a span or an error message (threat: secrets in
 //! telemetry).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -20,8 +18,8 @@ use sessiongate::grpc::pb;
 use sessiongate::grpc::pb::rollout_admin_service_client::RolloutAdminServiceClient;
 use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient;
 use tonic::Request;
-use tonic::transport::Channel;
 
+use crate::support::binary::Binary;
 use crate::support::idp::{FakeIdp, UserInfoReply};
 use crate::support::{RedisServer, sha};
 
@@ -62,77 +60,6 @@ async fn start_collector() -> (Collector, std::net::SocketAddr) {
             .await
     });
     (collector, addr)
-}
-
-struct Binary {
-    child: Child,
-    grpc: String,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Binary {
-    fn start(toml: &str, env: &[(&str, String)]) -> Binary {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sessiongate.toml");
-        std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
-            .env_clear()
-            .env("SESSIONGATE_CONFIG", &path)
-            .env("SESSIONGATE_GRPC_ADDR", "127.0.0.1:0")
-            .env("SESSIONGATE_HTTP_ADDR", "127.0.0.1:0")
-            .env("SESSIONGATE_LOG_FORMAT", "json")
-            // Everything sessiongate logs, at every level.
-            .env("RUST_LOG", "trace")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .current_dir(dir.path())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn sessiongate");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("\"sessiongate serving\"") {
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                    let _ = tx.send(v["grpc_addr"].as_str().unwrap_or_default().to_owned());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let grpc = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no serving line: {:?}", log.lock().unwrap()));
-        Binary {
-            child,
-            grpc,
-            log,
-            _dir: dir,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    /// SIGTERM, and wait: the binary flushes its spans on the way out.
-    fn stop(mut self) -> String {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "exit status {status}");
-        self.log.lock().unwrap().join("\n")
-    }
 }
 
 fn with<T>(msg: T, key: &str, traceparent: Option<&str>) -> Request<T> {

@@ -1,6 +1,7 @@
 //! Test support: real redis-server processes, the app on `127.0.0.1:0`, typed clients.
 #![allow(dead_code)] // shared helpers: not every test binary module uses each one
 
+pub mod binary;
 pub mod idp;
 pub mod proxy;
 pub mod redis;
