@@ -108,17 +108,6 @@ pub fn init(format: LogFormat, cfg: &TelemetryConfig) -> Result<Telemetry, Telem
     Ok(Telemetry { provider })
 }
 
-/// Installs logging only (no span export): for tests and tools.
-pub fn init_logging(format: LogFormat) {
-    let _ = init(
-        format,
-        &TelemetryConfig {
-            otlp_endpoint: None,
-            service_name: "sessiongate".into(),
-        },
-    );
-}
-
 /// Reads a W3C `traceparent` (and `tracestate`) from request headers.
 pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
 

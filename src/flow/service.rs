@@ -138,10 +138,6 @@ impl FlowService {
         }
     }
 
-    pub fn flow_names(&self) -> impl Iterator<Item = &str> {
-        self.files.keys().map(String::as_str)
-    }
-
     fn current(&self, flow: &str) -> Option<Arc<Effective>> {
         self.effective
             .read()
