@@ -83,6 +83,38 @@ struct Run {
 }
 
 impl Run {
+    fn new() -> Self {
+        Run {
+            ok: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        }
+    }
+
+    /// Counts one call that took `took`; only good calls enter the latency histogram.
+    fn record(&mut self, good: bool, took: Duration) {
+        if good {
+            self.ok += 1;
+            let _ = self.hist.record((took.as_micros() as u64).max(1));
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    /// The workers' runs as one, timed from `start`.
+    async fn gather(workers: Vec<tokio::task::JoinHandle<Run>>, start: Instant) -> Run {
+        let mut run = Run::new();
+        for w in workers {
+            let r = w.await.expect("worker");
+            run.ok += r.ok;
+            run.errors += r.errors;
+            let _ = run.hist.add(r.hist);
+        }
+        run.elapsed = start.elapsed();
+        run
+    }
+
     fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -528,8 +560,7 @@ async fn measure(
             let fx = fx.clone();
             let issued = issued.clone();
             tokio::spawn(async move {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut run = Run::new();
                 let mut health = HealthClient::new(channel.clone());
                 let mut session = tonic::client::Grpc::new(channel);
                 let mut i = w;
@@ -550,13 +581,7 @@ async fn measure(
                             .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"));
                         let t0 = Instant::now();
                         let good = matches!(resolve_lean(&mut session, req).await, Ok(f) if f.flow != 0);
-                        let us = t0.elapsed().as_micros() as u64;
-                        if good {
-                            ok += 1;
-                            let _ = hist.record(us.max(1));
-                        } else {
-                            errors += 1;
-                        }
+                        run.record(good, t0.elapsed());
                         continue;
                     }
                     let token = match path {
@@ -585,32 +610,13 @@ async fn measure(
                             matches!(validate_lean(&mut session, req).await, Ok(v) if v.verdict == pb::Verdict::Valid as i32)
                         }
                     };
-                    let us = t0.elapsed().as_micros() as u64;
-                    if good {
-                        ok += 1;
-                        let _ = hist.record(us.max(1));
-                    } else {
-                        errors += 1;
-                    }
+                    run.record(good, t0.elapsed());
                 }
-                (ok, errors, hist)
+                run
             })
         })
         .collect();
-    let mut run = Run {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    };
-    for t in tasks {
-        let (ok, errors, hist) = t.await.expect("worker");
-        run.ok += ok;
-        run.errors += errors;
-        let _ = run.hist.add(hist);
-    }
-    run.elapsed = start.elapsed();
-    run
+    Run::gather(tasks, start).await
 }
 
 /// The first two fields of `ValidateSessionResponse`. The load generator shares the server's
@@ -902,37 +908,18 @@ where
             let queue = queue.clone();
             let call = call.clone();
             tokio::spawn(async move {
-                let mut hist =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut run = Run::new();
                 loop {
                     let Some(token) = queue.lock().expect("lock").next() else {
                         break;
                     };
                     let t0 = Instant::now();
-                    if call(token).await {
-                        ok += 1;
-                        let _ = hist.record((t0.elapsed().as_micros() as u64).max(1));
-                    } else {
-                        errors += 1;
-                    }
+                    let good = call(token).await;
+                    run.record(good, t0.elapsed());
                 }
-                (ok, errors, hist)
+                run
             })
         })
         .collect();
-    let mut run = Run {
-        ok: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
-    };
-    for t in tasks {
-        let (ok, errors, hist) = t.await.expect("worker");
-        run.ok += ok;
-        run.errors += errors;
-        let _ = run.hist.add(hist);
-    }
-    run.elapsed = start.elapsed();
-    run
+    Run::gather(tasks, start).await
 }

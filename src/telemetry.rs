@@ -149,33 +149,64 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
-/// `sessiongate_migration_validations_total{client, provider, origin}`: VALID verdicts by
-/// calling client, provider and side of the migration — the migration's progress:
-/// `sum by (client) (rate(…{origin="new"}[5m])) / sum by (client) (rate(…[5m]))`.
-///
-/// Handles are resolved once per label set (clients and providers are configured, so the set
-/// is small) instead of on every validation.
-#[derive(Default)]
-pub struct MigrationProgress {
-    handles: std::sync::RwLock<
-        std::collections::HashMap<String, std::collections::HashMap<String, [metrics::Counter; 2]>>,
-    >,
+/// Counter handles by label set, resolved once: resolving labels on every call (owned label
+/// strings, a hash of the whole key in the recorder) cost more than a cached verdict itself.
+/// Keyed by up to two configured names (client, provider: small sets) and `&'static` labels.
+type Handles<K> = std::collections::HashMap<
+    String,
+    std::collections::HashMap<String, std::collections::HashMap<K, metrics::Counter>>,
+>;
+
+struct CounterCache<K> {
+    handles: std::sync::RwLock<Handles<K>>,
 }
 
-impl MigrationProgress {
-    pub fn record(&self, client: &str, provider: &str, new: bool) {
-        let i = usize::from(new);
+impl<K> Default for CounterCache<K> {
+    fn default() -> Self {
+        Self {
+            handles: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> CounterCache<K> {
+    fn increment(&self, a: &str, b: &str, labels: K, register: impl FnOnce() -> metrics::Counter) {
         if let Some(c) = self
             .handles
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(client)
-            .and_then(|m| m.get(provider))
+            .get(a)
+            .and_then(|m| m.get(b))
+            .and_then(|m| m.get(&labels))
         {
-            c[i].increment(1);
+            c.increment(1);
             return;
         }
-        let pair = ["legacy", "new"].map(|origin| {
+        let c = register();
+        c.increment(1);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(a.to_owned())
+            .or_default()
+            .entry(b.to_owned())
+            .or_default()
+            .insert(labels, c);
+    }
+}
+
+/// `sessiongate_migration_validations_total{client, provider, origin}`: VALID verdicts by
+/// calling client, provider and side of the migration — the migration's progress:
+/// `sum by (client) (rate(…{origin="new"}[5m])) / sum by (client) (rate(…[5m]))`.
+#[derive(Default)]
+pub struct MigrationProgress {
+    counters: CounterCache<&'static str>,
+}
+
+impl MigrationProgress {
+    pub fn record(&self, client: &str, provider: &str, new: bool) {
+        let origin = if new { "new" } else { "legacy" };
+        self.counters.increment(client, provider, origin, || {
             metrics::counter!(
                 "sessiongate_migration_validations_total",
                 "client" => client.to_owned(),
@@ -183,31 +214,14 @@ impl MigrationProgress {
                 "origin" => origin
             )
         });
-        pair[i].increment(1);
-        self.handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(client.to_owned())
-            .or_default()
-            .insert(provider.to_owned(), pair);
     }
 }
 
-/// `sessiongate_validations_total{origin, provider, verdict, reason, source}` with handles
-/// resolved once per label set: resolving labels on every validation (an owned provider name,
-/// a hash of five labels in the recorder) cost more than a cached verdict itself.
+/// `sessiongate_validations_total{origin, provider, verdict, reason, source}`.
 #[derive(Default)]
 pub struct ValidationCounters {
     #[allow(clippy::type_complexity)]
-    handles: std::sync::RwLock<
-        std::collections::HashMap<
-            String,
-            std::collections::HashMap<
-                (&'static str, &'static str, &'static str, &'static str),
-                metrics::Counter,
-            >,
-        >,
-    >,
+    counters: CounterCache<(&'static str, &'static str, &'static str, &'static str)>,
 }
 
 impl ValidationCounters {
@@ -219,31 +233,16 @@ impl ValidationCounters {
         reason: &'static str,
         source: &'static str,
     ) {
-        let labels = (origin, verdict, reason, source);
-        if let Some(c) = self
-            .handles
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(provider)
-            .and_then(|m| m.get(&labels))
-        {
-            c.increment(1);
-            return;
-        }
-        let c = metrics::counter!(
-            "sessiongate_validations_total",
-            "origin" => origin,
-            "provider" => provider.to_owned(),
-            "verdict" => verdict,
-            "reason" => reason,
-            "source" => source,
-        );
-        c.increment(1);
-        self.handles
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(provider.to_owned())
-            .or_default()
-            .insert(labels, c);
+        self.counters
+            .increment(provider, "", (origin, verdict, reason, source), || {
+                metrics::counter!(
+                    "sessiongate_validations_total",
+                    "origin" => origin,
+                    "provider" => provider.to_owned(),
+                    "verdict" => verdict,
+                    "reason" => reason,
+                    "source" => source,
+                )
+            });
     }
 }

@@ -33,6 +33,14 @@ pub fn struct_to_json(s: prost_types::Struct, field: &str) -> Result<Map<String,
         .collect()
 }
 
+/// `session_custom_claims` of CreateSession and MigrateSession: absent = none.
+pub fn custom_claims_in(s: Option<prost_types::Struct>) -> Result<Map<String, Value>, Error> {
+    s.map_or_else(
+        || Ok(Map::new()),
+        |s| struct_to_json(s, "session_custom_claims"),
+    )
+}
+
 fn value_to_json(v: prost_types::Value, field: &str) -> Result<Value, Error> {
     Ok(match v.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,

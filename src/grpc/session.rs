@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{client_in, factor_in, session_out, struct_to_json, user_out, verdict_out};
+use super::convert::{
+    client_in, custom_claims_in, factor_in, flow_request, flow_response, session_out, user_out,
+    verdict_out,
+};
 use super::pb;
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -58,10 +61,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
     ) -> Result<Response<pb::MigrateSessionResponse>, Status> {
         let caller = caller(&request);
         let r = request.into_inner();
-        let custom_claims = match r.session_custom_claims {
-            Some(s) => struct_to_json(s, "session_custom_claims")?,
-            None => Default::default(),
-        };
+        let custom_claims = custom_claims_in(r.session_custom_claims)?;
         let (created, replayed) = self
             .state
             .sessions
@@ -89,9 +89,9 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         &self,
         request: Request<pb::ResolveFlowRequest>,
     ) -> Result<Response<pb::ResolveFlowResponse>, Status> {
-        let req = super::convert::flow_request(request.into_inner());
+        let req = flow_request(request.into_inner());
         let decision = self.state.flows.resolve(&req).await?;
-        Ok(Response::new(super::convert::flow_response(decision)))
+        Ok(Response::new(flow_response(decision)))
     }
 
     async fn create_session(
@@ -107,10 +107,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
                 name: u.name,
             },
         });
-        let custom_claims = match r.session_custom_claims {
-            Some(s) => struct_to_json(s, "session_custom_claims")?,
-            None => Default::default(),
-        };
+        let custom_claims = custom_claims_in(r.session_custom_claims)?;
         let created = self
             .state
             .sessions

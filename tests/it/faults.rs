@@ -88,6 +88,14 @@ async fn validate(
     .map(|r| r.into_inner())
 }
 
+/// The verdict on `token` (the call itself must succeed).
+async fn verdict(api: &mut Api, token: &str) -> pb::Verdict {
+    validate(api, token)
+        .await
+        .expect("ValidateSession answers")
+        .verdict()
+}
+
 /// Creates and revokes sessions on `workers` tasks until `stop`, recording what was
 /// acknowledged; returns the ledger and how the calls ended.
 async fn drive(
@@ -315,10 +323,7 @@ async fn r2_redis_hung_answers_fast_and_bounded_then_recovers() {
     let p50 = latencies[latencies.len() / 2];
     // JWT validation does not notice.
     let t = Instant::now();
-    assert_eq!(
-        validate(&mut api, &s.session_jwt).await.unwrap().verdict(),
-        pb::Verdict::Valid
-    );
+    assert_eq!(verdict(&mut api, &s.session_jwt).await, pb::Verdict::Valid);
     let jwt_latency = t.elapsed();
     // Keep it hung for 10 s in all (reliability.md R2), calling meanwhile.
     while paused.elapsed() < Duration::from_secs(10) {
@@ -337,10 +342,7 @@ async fn r2_redis_hung_answers_fast_and_bounded_then_recovers() {
     assert!(worst < Duration::from_millis(1500), "{worst:?}");
     assert!(jwt_latency < Duration::from_millis(100), "{jwt_latency:?}");
     assert_eq!(
-        validate(&mut api, &s.session_token)
-            .await
-            .unwrap()
-            .verdict(),
+        verdict(&mut api, &s.session_token).await,
         pb::Verdict::Valid
     );
 }
@@ -370,10 +372,7 @@ async fn r3_redis_absent_at_start_then_appearing_needs_no_restart() {
         health.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    assert_eq!(
-        validate(&mut api, &s.session_jwt).await.unwrap().verdict(),
-        pb::Verdict::Valid
-    );
+    assert_eq!(verdict(&mut api, &s.session_jwt).await, pb::Verdict::Valid);
     let e = validate(&mut api, &s.session_token).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable);
 
@@ -384,10 +383,7 @@ async fn r3_redis_absent_at_start_then_appearing_needs_no_restart() {
         "R3: started without Redis; opaque validation answered {recovered:?} after Redis appeared"
     );
     assert_eq!(
-        validate(&mut api, &s.session_token)
-            .await
-            .unwrap()
-            .verdict(),
+        verdict(&mut api, &s.session_token).await,
         pb::Verdict::Valid
     );
 }
@@ -422,10 +418,7 @@ async fn r4_slow_redis_fails_fast_through_the_circuit_and_recovers() {
     }
     let open_each = t.elapsed() / 50;
     let t = Instant::now();
-    assert_eq!(
-        validate(&mut api, &s.session_jwt).await.unwrap().verdict(),
-        pb::Verdict::Valid
-    );
+    assert_eq!(verdict(&mut api, &s.session_jwt).await, pb::Verdict::Valid);
     let jwt_latency = t.elapsed();
 
     proxy.set(Fault::Pass);

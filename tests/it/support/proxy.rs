@@ -3,8 +3,6 @@
 //! existing connections alike (reliability.md §7: a deterministic netem/toxiproxy stand-in).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,7 +25,6 @@ pub enum Fault {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     fault: watch::Sender<Fault>,
-    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,11 +39,9 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (fault, _) = watch::channel(Fault::Pass);
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (tx, count) = (fault.clone(), accepted.clone());
+        let tx = fault.clone();
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
                 let rx = tx.subscribe();
                 tokio::spawn(async move {
                     if *rx.borrow() == Fault::Reset {
@@ -67,21 +62,11 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy {
-            addr,
-            fault,
-            accepted,
-            task,
-        }
+        FaultProxy { addr, fault, task }
     }
 
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
-    }
-
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
     }
 }
 
