@@ -227,8 +227,10 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreConfig {
-    /// `None`: the embedded in-memory store.
+    /// `None`: the embedded in-memory store. In cluster mode, comma-separated seed nodes.
     pub redis_url: Option<Secret>,
+    /// `redis.cluster`: `redis_url` names the seed nodes of a Redis Cluster.
+    pub cluster: bool,
     /// Upper bound on any one store call, reconnects included: a down Redis answers
     /// `UNAVAILABLE` within this, never hangs a request.
     pub command_timeout: Duration,
@@ -390,6 +392,7 @@ struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRedis {
+    cluster: Option<bool>,
     command_timeout_ms: Option<u32>,
     connect_timeout_ms: Option<u32>,
 }
@@ -680,18 +683,29 @@ fn build(
 
     // --- store ---
     let redis_url = vars.get(ENV_REDIS_URL).filter(|s| !s.is_empty());
-    if let Some(u) = &redis_url
-        && !(u.starts_with("redis://")
-            || u.starts_with("rediss://")
-            || u.starts_with("redis+unix://")
-            || u.starts_with("unix://"))
-    {
+    let cluster = raw.redis.cluster.unwrap_or(false);
+    if let Some(u) = &redis_url {
+        let urls: Vec<&str> = u.split(',').map(str::trim).collect();
         // Never echo the URL: it may carry a password.
-        c.fail_at(
-            &format!("environment variable {ENV_REDIS_URL}"),
-            ENV_REDIS_URL,
-            "must start with redis://, rediss:// or unix://",
-        );
+        let at = format!("environment variable {ENV_REDIS_URL}");
+        if urls.iter().any(|u| {
+            !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("redis+unix://")
+                || u.starts_with("unix://"))
+        }) {
+            c.fail_at(
+                &at,
+                ENV_REDIS_URL,
+                "must start with redis://, rediss:// or unix:// (in cluster mode: each comma-separated node)",
+            );
+        } else if urls.len() > 1 && !cluster {
+            c.fail_at(
+                &at,
+                ENV_REDIS_URL,
+                "lists several nodes: set redis.cluster = true for a Redis Cluster (one URL otherwise)",
+            );
+        }
     }
     let command_timeout_ms = raw
         .redis
@@ -1015,6 +1029,7 @@ fn build(
         },
         store: StoreConfig {
             redis_url: redis_url.map(Secret::new),
+            cluster,
             command_timeout: Duration::from_millis(command_timeout_ms.into()),
             connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
         },
@@ -1331,6 +1346,26 @@ scopes = ["validate", "flow"]
         assert!(!cfg.describe().contains("hunter2"));
         let p = problem("", &[(ENV_REDIS_URL, "http://:hunter2@r")]);
         assert!(!p[0].to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_takes_a_list_of_seed_nodes_and_only_a_cluster_does() {
+        let seeds = "redis://:hunter2@a:7000, redis://:hunter2@b:7001";
+        let cfg = from_toml("[redis]\ncluster = true\n", &[(ENV_REDIS_URL, seeds)]).unwrap();
+        assert!(cfg.store.cluster);
+        let p = problem("", &[(ENV_REDIS_URL, seeds)]);
+        assert_eq!(p[0].key, ENV_REDIS_URL);
+        assert!(p[0].message.contains("redis.cluster = true"), "{}", p[0]);
+        assert!(!p[0].to_string().contains("hunter2"));
+        let p = problem(
+            "[redis]\ncluster = true\n",
+            &[(ENV_REDIS_URL, "redis://a:7000,http://b")],
+        );
+        assert!(
+            p[0].message.contains("each comma-separated node"),
+            "{}",
+            p[0]
+        );
     }
 
     #[test]

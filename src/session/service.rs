@@ -349,11 +349,9 @@ impl SessionService {
         let token = token::new_native_token();
         let digest = Digest::of(token.as_bytes());
         let ttl = self.record_ttl(session.expires_at_ms, now);
-        writes.push(Write::Put {
-            key: self.keys.session(&digest),
-            value: Self::encode(&session)?,
-            ttl: Some(ttl),
-        });
+        // The indexes before the record that makes the token valid: in a Redis Cluster the
+        // batch is applied per hash tag, and a batch cut short must not leave a valid session
+        // that revocation by id or by user cannot find.
         writes.push(Write::Put {
             key: self.keys.session_token(&session.session_id),
             value: digest.to_hex().into_bytes(),
@@ -362,6 +360,11 @@ impl SessionService {
         writes.push(Write::SetAdd {
             key: self.keys.user_sessions(user_id),
             member: session.session_id.clone().into_bytes(),
+            ttl: Some(ttl),
+        });
+        writes.push(Write::Put {
+            key: self.keys.session(&digest),
+            value: Self::encode(&session)?,
             ttl: Some(ttl),
         });
         writes.push(Write::Event(self.event(
@@ -505,7 +508,11 @@ impl SessionService {
                     revoked_at_ms: now,
                 };
                 let ttl = self.record_ttl(s.expires_at_ms, now);
+                // Deny first, then delete: in a Redis Cluster the batch is applied per hash
+                // tag, and a revocation cut short must leave the session more revoked, never
+                // less (the caller's retry completes it).
                 let writes = vec![
+                    self.revoked_sid_write(&s.session_id, until),
                     Write::Delete {
                         key: self.keys.session(d),
                     },
@@ -517,11 +524,6 @@ impl SessionService {
                     Write::SetRemove {
                         key: self.keys.user_sessions(&s.user_id),
                         member: s.session_id.clone().into_bytes(),
-                    },
-                    Write::SetAdd {
-                        key: self.keys.revoked_sids(),
-                        member: RevokedSids::member(&s.session_id, until),
-                        ttl: Some(Duration::from_secs(self.revoke_window_secs as u64)),
                     },
                     Write::Event(self.event(
                         "session.revoked",
@@ -540,6 +542,11 @@ impl SessionService {
                 let stored = self.store.get(&self.keys.tombstone(d)).await?;
                 if let Some(t) = stored {
                     let t: Tombstone = Self::decode(&t)?;
+                    // And store the sid again: idempotent, and it completes a revocation
+                    // whose batch was cut short.
+                    self.store
+                        .write(vec![self.revoked_sid_write(&t.session_id, until)])
+                        .await?;
                     self.broadcast(&t.session_id, until, now).await?;
                 }
                 Ok(0)
@@ -633,6 +640,15 @@ impl SessionService {
         }
         metrics::counter!("sessiongate_legacy_tokens_revoked_total").increment(1);
         Ok(1)
+    }
+
+    /// Adds a revoked native sid to the shared set until every JWT naming it has expired.
+    fn revoked_sid_write(&self, sid: &str, until: i64) -> Write {
+        Write::SetAdd {
+            key: self.keys.revoked_sids(),
+            member: RevokedSids::member(sid, until),
+            ttl: Some(Duration::from_secs(self.revoke_window_secs as u64)),
+        }
     }
 
     async fn broadcast(&self, sid: &str, until: i64, now_ms: i64) -> Result<(), Error> {

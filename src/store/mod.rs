@@ -123,7 +123,12 @@ pub trait Store: Send + Sync + 'static {
         ttl: Option<Duration>,
     ) -> StoreResult<bool>;
 
-    /// Apply `writes` atomically: every reader sees all of them or none.
+    /// Apply `writes` atomically: every reader sees all of them or none — on one Redis server
+    /// and in the embedded store. In a Redis Cluster a transaction cannot span slots, so
+    /// atomicity holds per hash tag: the writes are grouped by slot and the groups applied in
+    /// the order the batch first names them, stopping at the first failure (which is
+    /// returned). Callers therefore order a batch so that a prefix of it is safe: what makes a
+    /// credential valid goes last, what revokes one goes first.
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()>;
 
     /// Add one to the counter at `key` and return the new value; a new counter expires after
@@ -164,6 +169,7 @@ pub fn from_config(
     Ok(match &cfg.redis_url {
         Some(url) => Arc::new(redis::RedisStore::connect(
             url.expose(),
+            cfg.cluster,
             env,
             redis::Timeouts {
                 command: cfg.command_timeout,

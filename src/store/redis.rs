@@ -1,11 +1,19 @@
 //! The Redis store (`REDIS_URL`): what replicas share, and what survives a restart.
 //!
-//! One multiplexed [`ConnectionManager`] carries every command and reconnects on its own;
-//! sessiongate starts (and serves JWT validations) while Redis is still down. Every call is
-//! bounded by `command_timeout` *including* reconnect attempts, so an outage turns into a fast
-//! `UNAVAILABLE` instead of a queue of hanging requests. Pub/sub needs a connection of its
-//! own: a background task keeps it subscribed and reports each (re)subscription as
-//! [`Notice::Resync`], because messages published during an outage are lost.
+//! Standalone: one multiplexed [`ConnectionManager`] carries every command and reconnects on
+//! its own. Cluster (`redis.cluster = true`, `REDIS_URL` a comma-separated list of seed
+//! nodes): redis-rs' cluster connection routes each command to its slot's master and follows
+//! MOVED/ASK. Either way sessiongate starts (and serves JWT validations) while Redis is still
+//! down. Every call is bounded by `command_timeout` *including* reconnect attempts, so an
+//! outage turns into a fast `UNAVAILABLE` instead of a queue of hanging requests. Pub/sub
+//! needs a connection of its own: a background task keeps it subscribed (in a cluster, to any
+//! seed node that answers: classic pub/sub reaches every node) and reports each
+//! (re)subscription as [`Notice::Resync`], because messages published during an outage are
+//! lost.
+//!
+//! In a cluster a MULTI/EXEC may only touch one slot, so [`Store::write`] runs one
+//! transaction per hash-tag group, in the order the batch first names each group (see the
+//! trait's contract; the domain orders its batches so that a batch cut short is safe).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,8 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, ErrorKind, RedisError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, ErrorKind, RedisError, RedisFuture};
 use tokio::sync::broadcast;
 
 use super::keys::Keys;
@@ -44,54 +53,164 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// [`BREAKER_THRESHOLD`] consecutive failures it opens for [`BREAKER_COOLDOWN`]; the next call
 /// after that is a probe — success closes it, failure opens it again. Recovery after Redis
 /// returns therefore takes at most one cooldown.
+///
+/// Standalone Redis has one circuit. A cluster has one per slot: a dead or hung master must
+/// not fail calls that its healthy peers would answer. (16 384 × 16 bytes; keyless calls —
+/// PING, PUBLISH — go through no circuit in a cluster.)
+struct Breakers {
+    circuits: Vec<Circuit>,
+    epoch: std::time::Instant,
+    /// When the last "circuit open" warning was logged (ms since `epoch`): one a second.
+    warned_at: std::sync::atomic::AtomicU64,
+}
+
 #[derive(Default)]
-struct Breaker {
+struct Circuit {
     failures: std::sync::atomic::AtomicU32,
     /// Milliseconds since `epoch` until which the circuit is open.
     open_until: std::sync::atomic::AtomicU64,
-    epoch: std::sync::OnceLock<std::time::Instant>,
 }
 
-impl Breaker {
+impl Breakers {
+    fn new(cluster: bool) -> Self {
+        let n = if cluster { 16_384 } else { 1 };
+        Self {
+            circuits: (0..n).map(|_| Circuit::default()).collect(),
+            epoch: std::time::Instant::now(),
+            warned_at: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The circuit of a call on `key` (`None`: a keyless call).
+    fn circuit(&self, key: Option<&str>) -> Option<&Circuit> {
+        match (self.circuits.len(), key) {
+            (1, _) => self.circuits.first(),
+            (_, Some(k)) => self.circuits.get(usize::from(slot_number(k))),
+            (_, None) => None,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
-        self.epoch
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis() as u64
+        self.epoch.elapsed().as_millis() as u64
     }
 
-    fn is_open(&self) -> bool {
+    fn is_open(&self, c: &Circuit) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        self.now_ms() < self.open_until.load(Relaxed)
+        self.now_ms() < c.open_until.load(Relaxed)
     }
 
-    fn record(&self, ok: bool) {
+    fn record(&self, c: &Circuit, ok: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         if ok {
-            if self.failures.swap(0, Relaxed) >= BREAKER_THRESHOLD {
-                tracing::info!("Redis answers again: store circuit closed");
+            if c.failures.swap(0, Relaxed) >= BREAKER_THRESHOLD {
+                tracing::debug!("Redis answers again: store circuit closed");
             }
             return;
         }
-        let n = self.failures.fetch_add(1, Relaxed) + 1;
+        let n = c.failures.fetch_add(1, Relaxed) + 1;
         if n >= BREAKER_THRESHOLD {
+            let now = self.now_ms();
             if n == BREAKER_THRESHOLD {
-                tracing::warn!(
-                    failures = n,
-                    "Redis keeps failing: store circuit open, calls fail fast"
-                );
+                let last = self.warned_at.load(Relaxed);
+                if (last == 0 || now >= last + 1000)
+                    && self
+                        .warned_at
+                        .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        failures = n,
+                        "Redis keeps failing: store circuit open, calls fail fast"
+                    );
+                }
             }
-            self.open_until
-                .store(self.now_ms() + BREAKER_COOLDOWN.as_millis() as u64, Relaxed);
+            c.open_until
+                .store(now + BREAKER_COOLDOWN.as_millis() as u64, Relaxed);
         }
     }
 }
 
+/// A key's cluster slot (CRC16 of its hash tag, as Redis computes it).
+fn slot_number(key: &str) -> u16 {
+    // `Slot` only exposes equality; its Debug form is `Slot(n)`. Compute it ourselves instead
+    // of parsing that: the same function Redis and redis-rs use.
+    let bytes = key.as_bytes();
+    let tagged = bytes
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    crc16_xmodem(tagged) % 16_384
+}
+
+/// CRC-16/XMODEM, the checksum of Redis Cluster's key hashing (cluster spec, appendix A).
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// One connection handle for either deployment; cheap to clone (both multiplex).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where pub/sub subscribes: the one server, or any seed node of a cluster.
+#[derive(Clone)]
+struct Subscribers(Vec<redis::Client>);
+
 /// The Redis-backed store.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// Cluster mode: multi-key batches are split by slot.
+    cluster: bool,
     timeouts: Timeouts,
-    breaker: Breaker,
+    breakers: Breakers,
     in_flight: tokio::sync::Semaphore,
     channel: String,
     notices: broadcast::Sender<Notice>,
@@ -110,43 +229,94 @@ fn classify(e: RedisError) -> StoreError {
     match e.kind() {
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
         _ if e.code() == Some("WRONGTYPE") => StoreError::Corrupt(e.to_string()),
+        // A cluster node behind a standalone configuration: say what to change.
+        _ if e.code() == Some("MOVED") => StoreError::Unavailable(
+            "Redis answered MOVED: REDIS_URL is a Redis Cluster node; set redis.cluster = true"
+                .into(),
+        ),
         _ => StoreError::Unavailable(e.category().to_owned()),
     }
 }
 
 impl RedisStore {
-    /// Creates the store without waiting for Redis: the first command connects.
-    pub fn connect(url: &str, env: Env, timeouts: Timeouts) -> StoreResult<Self> {
+    /// Creates the store without waiting for Redis: the first command connects. `urls` is one
+    /// URL, or the seed nodes of a cluster when `cluster` is set.
+    pub fn connect(urls: &str, cluster: bool, env: Env, timeouts: Timeouts) -> StoreResult<Self> {
         // The URL may carry a password: never include it in an error.
-        let client = redis::Client::open(url)
-            .map_err(|_| StoreError::Unavailable("REDIS_URL is not a valid Redis URL".into()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeouts.connect))
-            .set_response_timeout(Some(timeouts.command))
-            // Few, quick retries: the per-call timeout bounds the wait anyway, and the next
-            // call after a failed reconnect starts a fresh one.
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(200));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(classify)?;
+        let invalid = |_| StoreError::Unavailable("REDIS_URL is not a valid Redis URL".into());
+        let seeds: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let clients = seeds
+            .iter()
+            .map(|u| redis::Client::open(*u).map_err(invalid))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let conn = if cluster {
+            let client = redis::cluster::ClusterClient::builder(seeds)
+                // Few, quick retries (MOVED/ASK and reconnects): the per-call timeout bounds
+                // the wait anyway. The defaults wait up to minutes between retries.
+                .retries(2)
+                .min_retry_wait(20)
+                .max_retry_wait(200)
+                .build()
+                .map_err(invalid)?;
+            let config = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(timeouts.connect)
+                .set_response_timeout(timeouts.command);
+            Conn::Cluster(client.get_pending_async_connection_with_config(config))
+        } else {
+            if clients.len() != 1 {
+                return Err(StoreError::Unavailable(
+                    "REDIS_URL lists several nodes: set redis.cluster = true for a Redis Cluster"
+                        .into(),
+                ));
+            }
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeouts.connect))
+                .set_response_timeout(Some(timeouts.command))
+                // Few, quick retries: the per-call timeout bounds the wait anyway, and the next
+                // call after a failed reconnect starts a fresh one.
+                .set_number_of_retries(2)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_millis(200));
+            Conn::Single(
+                ConnectionManager::new_lazy_with_config(clients[0].clone(), config)
+                    .map_err(classify)?,
+            )
+        };
         let channel = Keys::new(env).channel();
         let notices = broadcast::channel(1024).0;
         let subscriber = tokio::spawn(subscribe_forever(
-            client,
+            Subscribers(clients),
             channel.clone(),
             notices.clone(),
             timeouts,
         ));
         Ok(Self {
             conn,
+            cluster,
             timeouts,
-            breaker: Breaker::default(),
+            breakers: Breakers::new(cluster),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             channel,
             notices,
             subscriber,
         })
+    }
+
+    /// Splits keyed items into groups that a cluster can serve in one request (one slot
+    /// each), in the order each group first appears; standalone: one group.
+    fn by_slot<T>(&self, items: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+        if !self.cluster {
+            return vec![items];
+        }
+        let mut groups: Vec<(u16, Vec<T>)> = Vec::new();
+        for item in items {
+            let slot = slot_number(key(&item));
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, g)) => g.push(item),
+                None => groups.push((slot, vec![item])),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
     }
 
     /// `SET key value NX|XX [PX ttl]`: true if it was set.
@@ -163,17 +333,21 @@ impl RedisStore {
             cmd.arg("PX").arg(ttl_ms(t));
         }
         let reply: Option<String> = self
-            .run("SET", |mut c| async move { cmd.query_async(&mut c).await })
+            .run("SET", Some(key.as_str()), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
             .await?;
         Ok(reply.is_some())
     }
 
     /// Runs one command future with the call bound, in a span named by the operation (never
-    /// by the key: key names are digests, but still nobody's business).
+    /// by the key: key names are digests, but still nobody's business). `key` (the first key
+    /// of the call) picks the circuit in a cluster.
     async fn run<T, F>(
         &self,
         op: &'static str,
-        f: impl FnOnce(ConnectionManager) -> F,
+        key: Option<&str>,
+        f: impl FnOnce(Conn) -> F,
     ) -> StoreResult<T>
     where
         F: Future<Output = Result<T, RedisError>>,
@@ -185,7 +359,8 @@ impl RedisStore {
             db.system = "redis",
             db.operation = op
         );
-        if self.breaker.is_open() {
+        let circuit = self.breakers.circuit(key);
+        if circuit.is_some_and(|c| self.breakers.is_open(c)) {
             metrics::counter!("sessiongate_store_fast_failures_total", "why" => "circuit_open")
                 .increment(1);
             return Err(StoreError::Unavailable(
@@ -208,21 +383,24 @@ impl RedisStore {
             ))),
         };
         // Only "unavailable" counts against Redis: a corrupt record is not an outage.
-        self.breaker
-            .record(!matches!(result, Err(StoreError::Unavailable(_))));
+        if let Some(c) = circuit {
+            self.breakers
+                .record(c, !matches!(result, Err(StoreError::Unavailable(_))));
+        }
         result
     }
 }
 
-/// Keeps one pub/sub connection subscribed, forever, with capped exponential backoff.
+/// Keeps one pub/sub connection subscribed, forever, with capped exponential backoff; in a
+/// cluster it moves on to the next seed node when one does not answer.
 async fn subscribe_forever(
-    client: redis::Client,
+    nodes: Subscribers,
     channel: String,
     notices: broadcast::Sender<Notice>,
     timeouts: Timeouts,
 ) {
     let mut backoff = Duration::from_millis(50);
-    loop {
+    for client in nodes.0.iter().cycle() {
         let attempt = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -261,6 +439,62 @@ fn xadd(event: &serde_json::Value) -> redis::Cmd {
     cmd
 }
 
+/// The key a write touches (what decides its cluster slot).
+fn write_key(w: &Write) -> &str {
+    match w {
+        Write::Put { key, .. }
+        | Write::Delete { key }
+        | Write::SetAdd { key, .. }
+        | Write::SetRemove { key, .. } => key.as_str(),
+        Write::Event(_) => EVENTS_STREAM,
+    }
+}
+
+/// One MULTI/EXEC applying `writes`.
+fn transaction(writes: &[Write]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for w in writes {
+        match w {
+            Write::Put { key, value, ttl } => {
+                let cmd = pipe.cmd("SET").arg(key.as_str()).arg(value.as_slice());
+                if let Some(t) = ttl {
+                    cmd.arg("PX").arg(ttl_ms(*t));
+                }
+                cmd.ignore();
+            }
+            Write::Delete { key } => {
+                pipe.del(key.as_str()).ignore();
+            }
+            Write::SetAdd { key, member, ttl } => {
+                pipe.sadd(key.as_str(), member.as_slice()).ignore();
+                if let Some(t) = ttl {
+                    // NX sets the TTL of a new set, GT extends an existing one: the set
+                    // lives as long as its longest-lived member needs (Redis >= 7.0).
+                    let ms = ttl_ms(*t);
+                    pipe.cmd("PEXPIRE")
+                        .arg(key.as_str())
+                        .arg(ms)
+                        .arg("NX")
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(key.as_str())
+                        .arg(ms)
+                        .arg("GT")
+                        .ignore();
+                }
+            }
+            Write::SetRemove { key, member } => {
+                pipe.srem(key.as_str(), member.as_slice()).ignore();
+            }
+            Write::Event(event) => {
+                pipe.add_command(xadd(event)).ignore();
+            }
+        }
+    }
+    pipe
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     // Redis refuses PX 0; a zero TTL means "expire at once", so 1 ms.
     (ttl.as_millis() as u64).max(1)
@@ -273,7 +507,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run("PING", |mut c| async move {
+        self.run("PING", None, |mut c| async move {
             redis::cmd("PING").query_async::<String>(&mut c).await
         })
         .await
@@ -281,23 +515,39 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
-        self.run("GET", |mut c| async move { c.get(key.as_str()).await })
-            .await
+        self.run("GET", Some(key.as_str()), |mut c| async move {
+            c.get(key.as_str()).await
+        })
+        .await
     }
 
     async fn get_many(&self, keys: &[Key]) -> StoreResult<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // A pipeline of GETs rather than MGET: the keys need not share a Cluster slot.
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.get(k.as_str());
+        // A pipeline of GETs per slot (one in standalone, and in a cluster whenever the keys
+        // share a hash tag — the hot lookups do), the slots asked concurrently.
+        let indexed: Vec<(usize, &Key)> = keys.iter().enumerate().collect();
+        let groups = self.by_slot(indexed, |(_, k)| k.as_str());
+        let calls = groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for (_, k) in group {
+                pipe.get(k.as_str());
+            }
+            self.run(
+                "GET pipeline",
+                group.first().map(|(_, k)| k.as_str()),
+                |mut c| async move { pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await },
+            )
+        });
+        let answers = futures::future::try_join_all(calls).await?;
+        let mut out = vec![None; keys.len()];
+        for (group, values) in groups.iter().zip(answers) {
+            for ((i, _), v) in group.iter().zip(values) {
+                out[*i] = v;
+            }
         }
-        self.run("GET pipeline", |mut c| async move {
-            pipe.query_async(&mut c).await
-        })
-        .await
+        Ok(out)
     }
 
     async fn put_if_absent(
@@ -322,50 +572,18 @@ impl Store for RedisStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for w in &writes {
-            match w {
-                Write::Put { key, value, ttl } => {
-                    let cmd = pipe.cmd("SET").arg(key.as_str()).arg(value.as_slice());
-                    if let Some(t) = ttl {
-                        cmd.arg("PX").arg(ttl_ms(*t));
-                    }
-                    cmd.ignore();
-                }
-                Write::Delete { key } => {
-                    pipe.del(key.as_str()).ignore();
-                }
-                Write::SetAdd { key, member, ttl } => {
-                    pipe.sadd(key.as_str(), member.as_slice()).ignore();
-                    if let Some(t) = ttl {
-                        // NX sets the TTL of a new set, GT extends an existing one: the set
-                        // lives as long as its longest-lived member needs (Redis >= 7.0).
-                        let ms = ttl_ms(*t);
-                        pipe.cmd("PEXPIRE")
-                            .arg(key.as_str())
-                            .arg(ms)
-                            .arg("NX")
-                            .ignore();
-                        pipe.cmd("PEXPIRE")
-                            .arg(key.as_str())
-                            .arg(ms)
-                            .arg("GT")
-                            .ignore();
-                    }
-                }
-                Write::SetRemove { key, member } => {
-                    pipe.srem(key.as_str(), member.as_slice()).ignore();
-                }
-                Write::Event(event) => {
-                    pipe.add_command(xadd(event)).ignore();
-                }
-            }
+        // Standalone: one MULTI/EXEC. Cluster: one per slot, in order, stopping at the first
+        // failure (the trait's contract).
+        for group in self.by_slot(writes, write_key) {
+            let pipe = transaction(&group);
+            self.run(
+                "MULTI/EXEC",
+                group.first().map(write_key),
+                |mut c| async move { pipe.query_async::<()>(&mut c).await },
+            )
+            .await?;
         }
-        self.run("MULTI/EXEC", |mut c| async move {
-            pipe.query_async::<()>(&mut c).await
-        })
-        .await
+        Ok(())
     }
 
     async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64> {
@@ -378,25 +596,25 @@ impl Store for RedisStore {
             .arg("NX")
             .ignore();
         let (n,): (u64,) = self
-            .run(
-                "INCR",
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
+            .run("INCR", Some(key.as_str()), |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
             .await?;
         Ok(n)
     }
 
     async fn set_members(&self, key: &Key) -> StoreResult<Vec<Vec<u8>>> {
-        self.run(
-            "SMEMBERS",
-            |mut c| async move { c.smembers(key.as_str()).await },
-        )
+        self.run("SMEMBERS", Some(key.as_str()), |mut c| async move {
+            c.smembers(key.as_str()).await
+        })
         .await
     }
 
     async fn ttl(&self, key: &Key) -> StoreResult<Option<Option<Duration>>> {
         let ms: i64 = self
-            .run("PTTL", |mut c| async move { c.pttl(key.as_str()).await })
+            .run("PTTL", Some(key.as_str()), |mut c| async move {
+                c.pttl(key.as_str()).await
+            })
             .await?;
         Ok(match ms {
             -2 => None,
@@ -407,7 +625,7 @@ impl Store for RedisStore {
 
     async fn publish(&self, payload: &[u8]) -> StoreResult<()> {
         let channel = self.channel.as_str();
-        self.run("PUBLISH", |mut c| async move {
+        self.run("PUBLISH", None, |mut c| async move {
             c.publish::<_, _, i64>(channel, payload).await
         })
         .await
@@ -420,7 +638,7 @@ impl Store for RedisStore {
 
     async fn append_event(&self, event: &serde_json::Value) -> StoreResult<()> {
         let cmd = xadd(event);
-        self.run("XADD", |mut c| async move {
+        self.run("XADD", Some(EVENTS_STREAM), |mut c| async move {
             cmd.query_async::<String>(&mut c).await
         })
         .await
@@ -435,10 +653,9 @@ impl Store for RedisStore {
             .arg("COUNT")
             .arg(count);
         let entries: Vec<(String, Vec<(String, String)>)> = self
-            .run(
-                "XREVRANGE",
-                |mut c| async move { cmd.query_async(&mut c).await },
-            )
+            .run("XREVRANGE", Some(EVENTS_STREAM), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
             .await?;
         let mut out = Vec::with_capacity(entries.len());
         for (_, fields) in entries.into_iter().rev() {
@@ -452,5 +669,39 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_the_ones_redis_computes() {
+        // Known answers from `CLUSTER KEYSLOT` on Redis 7.0 and the cluster spec.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(slot_number("foo"), 12182);
+        assert_eq!(slot_number("somekey"), 11058);
+        assert_eq!(slot_number("{user1000}.following"), slot_number("user1000"));
+        // An empty tag `{}` hashes the whole key; only the first tag counts.
+        assert_eq!(
+            slot_number("foo{}{bar}"),
+            crc16_xmodem(b"foo{}{bar}") % 16_384
+        );
+        assert_eq!(slot_number("foo{{bar}}zap"), slot_number("{bar"));
+        // The same slot redis-rs routes to (its `Slot` exposes only equality).
+        for key in [
+            "sg:test:{t:ab}:session",
+            "revoked",
+            "sessiongate:events",
+            "{x}y",
+        ] {
+            let other = if key == "revoked" { "{x}y" } else { "revoked" };
+            assert_eq!(
+                redis::cluster_routing::Slot::for_key(key)
+                    == redis::cluster_routing::Slot::for_key(other),
+                slot_number(key) == slot_number(other),
+            );
+        }
     }
 }

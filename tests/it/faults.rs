@@ -14,7 +14,7 @@ use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient
 use tonic::transport::Channel;
 
 use crate::support::proxy::{Fault, FaultProxy};
-use crate::support::{RedisServer, Setup, TestApp};
+use crate::support::{RedisCluster, RedisServer, Setup, TestApp};
 
 const KEY: &str = "faults-test-key";
 
@@ -281,6 +281,117 @@ async fn r1_redis_killed_mid_load_and_restarted_with_aof_loses_nothing_acknowled
         lost <= ledger.created.len() / 2,
         "lost {lost} of {}",
         ledger.created.len()
+    );
+}
+
+/// The cluster node holding an opaque token's session record.
+async fn node_of_token(cluster: &RedisCluster, token: &str) -> usize {
+    use sessiongate::store::keys::{Digest, Keys};
+    let key = Keys::new(sessiongate::config::Env::Test).session(&Digest::of(token.as_bytes()));
+    cluster.node_of(key.as_str()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_redis_cluster_master_killed_mid_load_loses_nothing_and_spares_its_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = RedisCluster::start().await;
+    let app = Setup::new()
+        .toml(&format!(
+            "{}[redis]\ncluster = true\n",
+            key_file(dir.path())
+        ))
+        .var("REDIS_URL", &cluster.urls())
+        .spawn()
+        .await;
+    let mut api = client_of(&app);
+    // Sessions on every master: the victim holds the probe; a peer holds the bystander.
+    let probe = create(&mut api).await.unwrap();
+    let victim = node_of_token(&cluster, &probe.session_token).await;
+    let mut bystander = None;
+    while bystander.is_none() {
+        let s = create(&mut api).await.unwrap();
+        if node_of_token(&cluster, &s.session_token).await != victim {
+            bystander = Some(s);
+        }
+    }
+    let bystander = bystander.unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let app = &app;
+        let stop = stop.clone();
+        async move { drive(app, 4, stop).await }
+    };
+    let chaos = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        cluster.nodes[victim].kill().await;
+        let killed = Instant::now();
+        let mut api = client_of(&app);
+        // The victim's slots: UNAVAILABLE, never INVALID. Its peers' slots keep answering.
+        let e = validate(&mut api, &probe.session_token).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let mut peer_latencies = Vec::new();
+        // The outage lasts 1.5 s under load (a phase of the scenario), past the cluster's
+        // 1 s node timeout, so the peers mark the master failed meanwhile.
+        while killed.elapsed() < Duration::from_millis(1500) {
+            let t = Instant::now();
+            assert_eq!(
+                verdict(&mut api, &bystander.session_token).await,
+                pb::Verdict::Valid,
+                "a healthy master's session stopped validating"
+            );
+            assert_eq!(
+                verdict(&mut api, &probe.session_jwt).await,
+                pb::Verdict::Valid
+            );
+            peer_latencies.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.nodes[victim].restart().await;
+        let restarted = Instant::now();
+        // The dependency is back when the cluster says so: a rejoining master waits out
+        // Redis' rejoin delay (the node timeout) before it serves again.
+        cluster.wait_until_ok().await;
+        let rejoined = restarted.elapsed();
+        let back = Instant::now();
+        let recovered = recovery(&mut api, &probe.session_token, back).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        peer_latencies.sort();
+        (killed.elapsed(), (rejoined, recovered), peer_latencies)
+    };
+    let ((ledger, counts), (down, (rejoined, recovered), peer)) = tokio::join!(load, chaos);
+    let (lost, undone) = replay(&mut api, &ledger).await;
+    let p99 = peer[(peer.len() * 99 / 100).min(peer.len() - 1)];
+    eprintln!(
+        "C1: cluster of 3 masters, one killed for {down:?} under load: {} sessions and {} revocations acknowledged; \
+         {} calls OK, {} UNAVAILABLE; a peer's session and the JWT stayed VALID (worst of {} checks {p99:?}); \
+         cluster OK {rejoined:?} after the restart, sessiongate answering {recovered:?} after that; \
+         lost {lost}, revocations undone {undone}",
+        ledger.created.len(),
+        ledger.revoked.len(),
+        counts.ok,
+        counts.unavailable,
+        peer.len()
+    );
+    assert!(
+        counts.other.is_empty(),
+        "only UNAVAILABLE may fail: {:?}",
+        counts.other
+    );
+    assert!(
+        ledger.created.len() > 20 && counts.unavailable > 0,
+        "the load overlapped the outage"
+    );
+    assert_eq!(undone, 0, "an acknowledged revocation was undone");
+    assert!(
+        lost <= ledger.created.len() / 2,
+        "lost {lost} of {}",
+        ledger.created.len()
+    );
+    assert_eq!(
+        verdict(&mut api, &probe.session_token).await,
+        pb::Verdict::Valid
     );
 }
 

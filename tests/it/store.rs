@@ -9,7 +9,7 @@ use sessiongate::store::memory::MemoryStore;
 use sessiongate::store::redis::{RedisStore, Timeouts};
 use sessiongate::store::{Notice, Store, StoreError, Write};
 
-use crate::support::{RedisServer, eventually};
+use crate::support::{RedisCluster, RedisServer, eventually};
 
 const TIMEOUTS: Timeouts = Timeouts {
     command: Duration::from_millis(500),
@@ -17,7 +17,7 @@ const TIMEOUTS: Timeouts = Timeouts {
 };
 
 fn redis_store(r: &RedisServer) -> Arc<dyn Store> {
-    Arc::new(RedisStore::connect(&r.url(), Env::Test, TIMEOUTS).expect("valid URL"))
+    Arc::new(RedisStore::connect(&r.url(), false, Env::Test, TIMEOUTS).expect("valid URL"))
 }
 
 /// The behavioural suite both implementations must pass.
@@ -196,6 +196,17 @@ async fn memory_store_passes_the_suite() {
 async fn redis_store_passes_the_suite() {
     let redis = RedisServer::start().await;
     suite(redis_store(&redis)).await;
+}
+
+/// The same suite on a three-master Redis Cluster: its batches span slots (two session ids
+/// with different hash tags, a set, the event stream), so they exercise the per-slot split.
+#[tokio::test]
+async fn redis_cluster_store_passes_the_suite() {
+    let cluster = RedisCluster::start().await;
+    let s: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&cluster.urls(), true, Env::Test, TIMEOUTS).expect("valid URLs"),
+    );
+    suite(s).await;
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-pub use self::redis::RedisServer;
+pub use self::redis::{RedisCluster, RedisServer};
 
 /// A running sessiongate, stopped (and drained) on drop or by [`TestApp::stop`].
 pub struct TestApp {

@@ -13,6 +13,7 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     aof: bool,
+    cluster: bool,
 }
 
 fn binary() -> PathBuf {
@@ -33,16 +34,16 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// A throwaway Redis: no persistence.
     pub async fn start() -> Self {
-        Self::launch(false).await
+        Self::launch(false, false).await
     }
 
     /// A Redis with AOF (`appendfsync everysec`), as the shipped manifest runs it: what was
     /// written survives [`RedisServer::kill`] + [`RedisServer::restart`].
     pub async fn start_with_aof() -> Self {
-        Self::launch(true).await
+        Self::launch(true, false).await
     }
 
-    async fn launch(aof: bool) -> Self {
+    async fn launch(aof: bool, cluster: bool) -> Self {
         let mut dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..5 {
             let mut server = Self {
@@ -50,6 +51,7 @@ impl RedisServer {
                 port: free_port(),
                 dir,
                 aof,
+                cluster,
             };
             if server.spawn().await {
                 return server;
@@ -79,6 +81,14 @@ impl RedisServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        if self.cluster {
+            // A short node timeout so that a killed master is noticed quickly; partial
+            // coverage so that the other masters keep serving their slots meanwhile.
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--cluster-require-full-coverage", "no"]);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => panic!(
@@ -168,4 +178,112 @@ fn signal(pid: u32, sig: &str) {
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// A Redis Cluster of three masters (no replicas) on loopback, created with
+/// `redis-cli --cluster create`, each node with AOF so that a killed master comes back with
+/// its data and its `nodes.conf`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(RedisServer::launch(true, true).await);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli (installed with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    /// Every node reports `cluster_state:ok` and knows all three masters (polled with
+    /// backoff, within 30 s).
+    pub async fn wait_until_ok(&self) {
+        for node in &self.nodes {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut pause = Duration::from_millis(10);
+            while !cluster_ok(&node.url()).await {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "cluster node {} not OK within 30 s",
+                    node.port
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The seed list sessiongate takes in `REDIS_URL` (comma-separated).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node serving `key`'s slot.
+    pub async fn node_of(&self, key: &str) -> usize {
+        let client = ::redis::Client::open(self.nodes[0].url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let slot: u16 = ::redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let slots: Vec<(u16, u16, Vec<::redis::Value>)> = ::redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        for (start, end, master) in slots {
+            if (start..=end).contains(&slot) {
+                let port = match master.get(1) {
+                    Some(::redis::Value::Int(p)) => *p as u16,
+                    other => panic!("unexpected CLUSTER SLOTS entry {other:?}"),
+                };
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| n.port == port)
+                    .expect("a node of ours");
+            }
+        }
+        panic!("slot {slot} is not served");
+    }
+}
+
+async fn cluster_ok(url: &str) -> bool {
+    let info = async {
+        let client = ::redis::Client::open(url).ok()?;
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        ::redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async::<String>(&mut c)
+            .await
+            .ok()
+    };
+    info.await
+        .is_some_and(|i| i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:3"))
 }
