@@ -7,9 +7,11 @@
 //! - Every ~10 minutes (with jitter) the set is refreshed; a failed refresh keeps the last
 //!   good set (stale-if-error), so an issuer outage does not log anyone out.
 //! - A token with an unknown `kid` (a rotation) triggers at most one refresh per issuer per
-//!   30 s, single-flight: a flood of random kids cannot turn into a flood of fetches.
+//!   30 s, single-flight: a flood of random kids cannot turn into a flood of fetches. While
+//!   the issuer fails, those refreshes back off from 1 s up to 30 s, and an unknown kid is
+//!   `KEYS_UNAVAILABLE` (it may be a rotation we cannot see), not INVALID.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -140,6 +142,11 @@ pub struct IssuerKeys {
     /// there, not from the periodic refreshes, so a rotation right after start-up is seen at
     /// once.
     last_on_demand_ms: AtomicI64,
+    /// Whether the latest refresh attempt (periodic or on demand) failed: then a kid missing
+    /// from the last good set may be a rotation we could not see, not a forgery.
+    last_refresh_failed: AtomicBool,
+    /// Consecutive failed on-demand refreshes (their cooldown backs off).
+    on_demand_failures: std::sync::atomic::AtomicU32,
     single_flight: tokio::sync::Mutex<()>,
     epoch: Instant,
 }
@@ -156,6 +163,8 @@ impl IssuerKeys {
             loaded_at: RwLock::new(None),
             shared: None,
             last_on_demand_ms: AtomicI64::new(i64::MIN / 2),
+            last_refresh_failed: AtomicBool::new(false),
+            on_demand_failures: std::sync::atomic::AtomicU32::new(0),
             single_flight: tokio::sync::Mutex::new(()),
             epoch: Instant::now(),
         }
@@ -203,6 +212,8 @@ impl IssuerKeys {
             Ok((set, now, "issuer"))
         }
         .await;
+        self.last_refresh_failed
+            .store(result.is_err(), Ordering::Relaxed);
         match result {
             Ok((set, fetched_at_ms, from)) => {
                 let n = set.keys.len();
@@ -259,12 +270,19 @@ impl IssuerKeys {
         }
     }
 
+    /// Whether the latest refresh failed (the issuer is down or answers garbage): an unknown
+    /// kid cannot be told apart from a rotation then.
+    pub fn refresh_failing(&self) -> bool {
+        self.last_refresh_failed.load(Ordering::Relaxed)
+    }
+
     /// A refresh on behalf of a request with an unknown kid: single-flight, and at most once
-    /// per cooldown. Returns once the refresh (this one or a concurrent
-    /// one) is done, or at once when the cooldown forbids one.
+    /// per cooldown — 30 s after a successful one; after failed ones 1 s, 2 s, 4 s … up to
+    /// 30 s, so that a rotation is seen within seconds of a short issuer outage ending while
+    /// a long outage still costs the issuer one fetch per 30 s. Returns once the refresh
+    /// (this one or a concurrent one) is done, or at once when the cooldown forbids one.
     pub async fn refresh_on_demand(&self) {
-        let cooldown = UNKNOWN_KID_COOLDOWN.as_millis() as i64;
-        if self.now_ms() - self.last_on_demand_ms.load(Ordering::Relaxed) < cooldown {
+        if !self.on_demand_allowed() {
             // No new fetch; but if one is running (for the same new kid, most likely), its
             // result is worth waiting for — as long as the caller's deadline allows.
             self.wait_for_fetch().await;
@@ -272,14 +290,31 @@ impl IssuerKeys {
         }
         let _flight = self.single_flight.lock().await;
         // Someone else may have refreshed while we waited for the lock.
-        if self.now_ms() - self.last_on_demand_ms.load(Ordering::Relaxed) < cooldown {
+        if !self.on_demand_allowed() {
             return;
         }
         self.last_on_demand_ms
             .store(self.now_ms(), Ordering::Relaxed);
         // A replica that met the same new kid moments ago shared the rotated set; else ask
         // the issuer.
-        let _ = self.refresh(UNKNOWN_KID_COOLDOWN).await;
+        let ok = self.refresh(UNKNOWN_KID_COOLDOWN).await.is_ok();
+        if ok {
+            self.on_demand_failures.store(0, Ordering::Relaxed);
+        } else {
+            self.on_demand_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the cooldown since the last on-demand refresh has passed.
+    fn on_demand_allowed(&self) -> bool {
+        let failures = self.on_demand_failures.load(Ordering::Relaxed);
+        let cooldown = if failures == 0 {
+            UNKNOWN_KID_COOLDOWN
+        } else {
+            (Duration::from_secs(1) * 2u32.saturating_pow(failures - 1)).min(UNKNOWN_KID_COOLDOWN)
+        };
+        self.now_ms() - self.last_on_demand_ms.load(Ordering::Relaxed)
+            >= cooldown.as_millis() as i64
     }
 
     /// The JWKS URL: configured, or discovered (once; the discovery is redone only while it

@@ -162,6 +162,18 @@ impl Provider {
                 }
                 match keys.get(kid) {
                     KeyLookup::Found(k) => k,
+                    // The issuer could not be asked: the kid may be a rotation we cannot see
+                    // yet. Retryable, not INVALID — a current token must not be refused
+                    // because its issuer is down (reliability.md J1).
+                    KeyLookup::Unknown if keys.refresh_failing() => {
+                        return Err(Err(Error::unavailable(
+                            "KEYS_UNAVAILABLE",
+                            format!(
+                                "the keys of provider `{}` could not be refreshed to find this token's key; retry shortly",
+                                self.name()
+                            ),
+                        )));
+                    }
                     KeyLookup::Unknown => return invalid(Reason::UnknownKey),
                     KeyLookup::NotLoaded => {
                         return Err(Err(Error::unavailable(

@@ -13,4 +13,5 @@ mod sessions;
 mod store;
 mod support;
 mod telemetry;
+mod upstream_faults;
 mod wycheproof;

@@ -40,6 +40,15 @@ struct Shared {
     /// Extra raw JWKs published as they are (hostile entries).
     extra: Vec<Value>,
     status: u16,
+    /// A raw JWKS answer replacing the real one (hostile issuers).
+    jwks_raw: Option<RawAnswer>,
+}
+
+#[derive(Clone)]
+struct RawAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -127,8 +136,24 @@ async fn userinfo(
 
 async fn jwks(
     State((shared, hits)): State<(Arc<Mutex<Shared>>, Arc<AtomicUsize>)>,
-) -> impl IntoResponse {
+) -> axum::response::Response {
     hits.fetch_add(1, Ordering::SeqCst);
+    let raw = shared.lock().unwrap().jwks_raw.clone();
+    if let Some(RawAnswer {
+        status,
+        headers,
+        body,
+    }) = raw
+    {
+        let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
+        for (k, v) in headers {
+            resp.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_str(&v).unwrap(),
+            );
+        }
+        return resp;
+    }
     let delay = shared.lock().unwrap().jwks_delay;
     if let Some(d) = delay {
         // A hanging issuer: simulated latency, not synchronisation.
@@ -147,6 +172,7 @@ async fn jwks(
         [("content-type", "application/json")],
         json!({ "keys": keys }).to_string(),
     )
+        .into_response()
 }
 
 impl FakeIdp {
@@ -163,6 +189,7 @@ impl FakeIdp {
             keys,
             extra: Vec::new(),
             status: 200,
+            jwks_raw: None,
         }));
         let hits = Arc::new(AtomicUsize::new(0));
         let userinfo_hits = Arc::new(AtomicUsize::new(0));
@@ -234,6 +261,28 @@ impl FakeIdp {
 
     pub fn set_status(&self, status: u16) {
         self.shared.lock().unwrap().status = status;
+    }
+
+    /// Answers the JWKS URL with exactly this from now on.
+    pub fn serve_jwks_raw(&self, status: u16, headers: &[(&str, &str)], body: Vec<u8>) {
+        self.shared.lock().unwrap().jwks_raw = Some(RawAnswer {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body,
+        });
+    }
+
+    /// Serves the real key set again after [`FakeIdp::serve_jwks_raw`].
+    pub fn serve_real_jwks(&self) {
+        self.shared.lock().unwrap().jwks_raw = None;
+    }
+
+    /// Stops publishing the key with this kid (the end of a rotation).
+    pub fn retire(&self, kid: &str) {
+        self.shared.lock().unwrap().keys.retain(|k| k.kid() != kid);
     }
 
     /// Publishes a raw JWK as it is.
