@@ -90,8 +90,13 @@ impl App {
         if store.kind() == StoreKind::Redis {
             // Not fatal: Redis may come up after us. JWT validation works without it;
             // whatever needs it answers UNAVAILABLE until it is back.
-            if let Err(e) = store.ping().await {
-                tracing::warn!(error = %e, "Redis is not reachable yet; continuing");
+            match store.ping().await {
+                Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; continuing"),
+                Ok(()) => {
+                    for w in store.durability_warnings().await {
+                        tracing::warn!("{w}");
+                    }
+                }
             }
         }
         let signing = Arc::new(SigningKeys::load_or_generate(&config.native.signing_keys)?);

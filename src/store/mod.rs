@@ -99,6 +99,13 @@ pub trait Store: Send + Sync + 'static {
     /// Round trip to the backend.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// What about the backend's own configuration puts acknowledged writes at risk (no AOF,
+    /// an evicting memory policy), in words for the log. Empty when nothing does or it
+    /// cannot be read (managed Redis often hides CONFIG).
+    async fn durability_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The value at `key`, or `None` if absent or expired.
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>>;
 

@@ -514,6 +514,37 @@ impl Store for RedisStore {
         .map(|_| ())
     }
 
+    async fn durability_warnings(&self) -> Vec<String> {
+        let get = |name: &'static str| async move {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg(name);
+            self.run("CONFIG GET", None, |mut c| async move {
+                cmd.query_async::<Vec<String>>(&mut c).await
+            })
+            .await
+            .ok()
+            .and_then(|pair| pair.into_iter().nth(1))
+        };
+        let mut out = Vec::new();
+        if get("appendonly").await.as_deref() == Some("no") {
+            out.push(
+                "Redis runs without AOF (appendonly no): a Redis crash loses the sessions and \
+                 revocations written since its last snapshot; run it with appendonly yes \
+                 (appendfsync everysec or always)"
+                    .to_owned(),
+            );
+        }
+        if let Some(policy) = get("maxmemory-policy").await
+            && policy != "noeviction"
+        {
+            out.push(format!(
+                "Redis maxmemory-policy is {policy}: evicting keys logs users out and can \
+                 un-revoke sessions; use noeviction"
+            ));
+        }
+        out
+    }
+
     async fn get(&self, key: &Key) -> StoreResult<Option<Vec<u8>>> {
         self.run("GET", Some(key.as_str()), |mut c| async move {
             c.get(key.as_str()).await

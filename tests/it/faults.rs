@@ -18,6 +18,16 @@ use crate::support::{RedisCluster, RedisServer, Setup, TestApp};
 
 const KEY: &str = "faults-test-key";
 
+/// How much longer the phases of a scenario last: 1 in CI; `SESSIONGATE_SOAK=<n>` stretches
+/// load and outage phases (and counts) n-fold for a soak run (README, "Reliability").
+pub fn soak() -> u32 {
+    std::env::var("SESSIONGATE_SOAK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=1000).contains(n))
+        .unwrap_or(1)
+}
+
 /// A signing key on disk (so that several replicas and restarts share it) and a caller key
 /// with every scope the load needs.
 fn key_file(dir: &std::path::Path) -> String {
@@ -216,8 +226,17 @@ async fn recovery(api: &mut Api, token: &str, since: Instant) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r1_redis_killed_mid_load_and_restarted_with_aof_loses_nothing_acknowledged() {
+    r1(RedisServer::start_with_aof().await, "everysec").await;
+}
+
+/// R1 with `appendfsync always`: not even the last second may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r1_with_appendfsync_always_loses_not_one_acknowledged_session() {
+    r1(RedisServer::start_with_aof_always().await, "always").await;
+}
+
+async fn r1(mut redis: RedisServer, fsync: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut redis = RedisServer::start_with_aof().await;
     let app = Setup::new()
         .toml(&key_file(dir.path()))
         .redis(&redis)
@@ -234,7 +253,7 @@ async fn r1_redis_killed_mid_load_and_restarted_with_aof_loses_nothing_acknowled
     };
     let chaos = async {
         // Load for a while, then a crash mid-load; the load keeps going meanwhile.
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(700) * soak()).await;
         redis.kill().await;
         let killed = Instant::now();
         // While Redis is away: JWTs validate, opaque tokens are UNAVAILABLE, never INVALID.
@@ -246,7 +265,7 @@ async fn r1_redis_killed_mid_load_and_restarted_with_aof_loses_nothing_acknowled
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
         let unavailable_after = t0.elapsed();
         // The outage lasts this long under load (a phase of the scenario, not a wait for an event).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500) * soak()).await;
         redis.restart().await;
         let back = Instant::now();
         let recovered = recovery(&mut api, &probe.session_token, back).await;
@@ -258,9 +277,9 @@ async fn r1_redis_killed_mid_load_and_restarted_with_aof_loses_nothing_acknowled
     let ((ledger, counts), (down, unavailable_after, recovered)) = tokio::join!(load, chaos);
     let (lost, undone) = replay(&mut api, &ledger).await;
     eprintln!(
-        "R1: {} sessions and {} revocations acknowledged; {} calls OK, {} UNAVAILABLE during {down:?} of outage; \
+        "R1 (appendfsync {fsync}): {} sessions and {} revocations acknowledged; {} calls OK, {} UNAVAILABLE during {down:?} of outage; \
          opaque UNAVAILABLE answered in {unavailable_after:?}; recovered {recovered:?} after restart; \
-         lost {lost} (AOF everysec window), revocations undone {undone}",
+         lost {lost}, revocations undone {undone}",
         ledger.created.len(),
         ledger.revoked.len(),
         counts.ok,
@@ -276,12 +295,16 @@ async fn r1_redis_killed_mid_load_and_restarted_with_aof_loses_nothing_acknowled
         "the load overlapped the outage"
     );
     assert_eq!(undone, 0, "an acknowledged revocation was undone");
-    // appendfsync everysec: at most the last second before the crash may be lost; report it.
-    assert!(
-        lost <= ledger.created.len() / 2,
-        "lost {lost} of {}",
-        ledger.created.len()
-    );
+    if fsync == "always" {
+        assert_eq!(lost, 0, "appendfsync always lost acknowledged sessions");
+    } else {
+        // everysec: at most the last second before the crash may be lost; reported above.
+        assert!(
+            lost <= ledger.created.len() / 2,
+            "lost {lost} of {}",
+            ledger.created.len()
+        );
+    }
 }
 
 /// The cluster node holding an opaque token's session record.
@@ -323,7 +346,7 @@ async fn c1_redis_cluster_master_killed_mid_load_loses_nothing_and_spares_its_pe
         async move { drive(app, 4, stop).await }
     };
     let chaos = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::sleep(Duration::from_millis(700) * soak()).await;
         cluster.nodes[victim].kill().await;
         let killed = Instant::now();
         let mut api = client_of(&app);
@@ -333,7 +356,7 @@ async fn c1_redis_cluster_master_killed_mid_load_loses_nothing_and_spares_its_pe
         let mut peer_latencies = Vec::new();
         // The outage lasts 1.5 s under load (a phase of the scenario), past the cluster's
         // 1 s node timeout, so the peers mark the master failed meanwhile.
-        while killed.elapsed() < Duration::from_millis(1500) {
+        while killed.elapsed() < Duration::from_millis(1500) * soak() {
             let t = Instant::now();
             assert_eq!(
                 verdict(&mut api, &bystander.session_token).await,
@@ -437,7 +460,7 @@ async fn r2_redis_hung_answers_fast_and_bounded_then_recovers() {
     assert_eq!(verdict(&mut api, &s.session_jwt).await, pb::Verdict::Valid);
     let jwt_latency = t.elapsed();
     // Keep it hung for 10 s in all (reliability.md R2), calling meanwhile.
-    while paused.elapsed() < Duration::from_secs(10) {
+    while paused.elapsed() < Duration::from_secs(10) * soak() {
         let e = validate(&mut api, &s.session_token).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unavailable);
         // Pacing of the calls made while Redis is hung.

@@ -145,6 +145,8 @@ async fn m1_ten_thousand_malformed_requests_never_pass_never_panic_and_stay_boun
         .into_inner();
     let rss_before = rss_kb(pid);
 
+    // 10 000 in CI; a soak run multiplies it (faults::soak).
+    let total = 10_000 * crate::faults::soak() as usize;
     let started = Instant::now();
     let tasks: Vec<_> = (0..16)
         .map(|w| {
@@ -157,7 +159,7 @@ async fn m1_ten_thousand_malformed_requests_never_pass_never_panic_and_stay_boun
                     pb::session_gate_service_client::SessionGateServiceClient::new(channel);
                 let (mut errors, mut invalid, mut valid_ok, mut slowest) =
                     (0, 0, 0, Duration::ZERO);
-                for i in (w as usize..10_000).step_by(16) {
+                for i in (w as usize..total).step_by(16) {
                     let body = garbage(&mut rng, i);
                     let path = PATHS[i % PATHS.len()];
                     let t = Instant::now();
@@ -223,11 +225,11 @@ async fn m1_ten_thousand_malformed_requests_never_pass_never_panic_and_stay_boun
         .await
         .unwrap();
     eprintln!(
-        "M1: 10000 malformed requests in {took:?}: {errors} errors, {answered} answers (none VALID), \
+        "M1: {total} malformed requests in {took:?}: {errors} errors, {answered} answers (none VALID), \
          slowest {slowest:?}; {valid_ok} interleaved valid validations all VALID; RSS {rss_before} → {rss_after} kB"
     );
-    assert_eq!(errors + answered, 10_000);
-    assert!(valid_ok >= 90, "{valid_ok}");
+    assert_eq!(errors + answered, total);
+    assert!(valid_ok >= total / 112, "{valid_ok}");
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");
     assert!(!logs.contains("panicked"), "a panic: {logs}");
     assert!(

@@ -296,6 +296,37 @@ async fn redis_with_aof_keeps_data_across_a_crash() {
 }
 
 /// True if Redis runs with AOF on and its last AOF write succeeded.
+/// reliability.md R7: a Redis that would lose acknowledged writes is named at start-up.
+#[tokio::test]
+async fn a_redis_without_aof_or_with_eviction_is_warned_about() {
+    let plain = RedisServer::start().await;
+    let s = redis_store(&plain);
+    let w = s.durability_warnings().await;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("appendonly no"), "{w:?}");
+    let durable = RedisServer::start_with_aof().await;
+    let s = redis_store(&durable);
+    assert!(s.durability_warnings().await.is_empty());
+    let client = ::redis::Client::open(durable.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let w = s.durability_warnings().await;
+    assert!(w.len() == 1 && w[0].contains("allkeys-lru"), "{w:?}");
+    // The embedded store has its own start-up warning (config); nothing here.
+    assert!(
+        MemoryStore::new(Env::Test)
+            .durability_warnings()
+            .await
+            .is_empty()
+    );
+}
+
 async fn aof_enabled(port: u16) -> bool {
     let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();

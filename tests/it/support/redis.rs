@@ -12,7 +12,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
-    aof: bool,
+    /// `appendfsync` policy; `None`: no AOF.
+    aof: Option<&'static str>,
     cluster: bool,
 }
 
@@ -34,16 +35,21 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// A throwaway Redis: no persistence.
     pub async fn start() -> Self {
-        Self::launch(false, false).await
+        Self::launch(None, false).await
     }
 
     /// A Redis with AOF (`appendfsync everysec`), as the shipped manifest runs it: what was
     /// written survives [`RedisServer::kill`] + [`RedisServer::restart`].
     pub async fn start_with_aof() -> Self {
-        Self::launch(true, false).await
+        Self::launch(Some("everysec"), false).await
     }
 
-    async fn launch(aof: bool, cluster: bool) -> Self {
+    /// AOF with `appendfsync always`: every acknowledged write is on disk.
+    pub async fn start_with_aof_always() -> Self {
+        Self::launch(Some("always"), false).await
+    }
+
+    async fn launch(aof: Option<&'static str>, cluster: bool) -> Self {
         let mut dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..5 {
             let mut server = Self {
@@ -71,13 +77,12 @@ impl RedisServer {
             .args(["--protected-mode", "no", "--loglevel", "notice"])
             .arg("--dir")
             .arg(self.dir.path())
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
             .args([
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
+                "--appendonly",
+                if self.aof.is_some() { "yes" } else { "no" },
             ])
+            .args(["--appendfsync", self.aof.unwrap_or("everysec")])
+            .args(["--maxmemory-policy", "noeviction"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
@@ -191,7 +196,7 @@ impl RedisCluster {
     pub async fn start() -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::launch(true, true).await);
+            nodes.push(RedisServer::launch(Some("everysec"), true).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
