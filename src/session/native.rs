@@ -45,15 +45,59 @@ pub const RESERVED_CLAIMS: &[&str] = &[
 
 /// A native JWT whose signature and claims checked out (it may still be expired: see
 /// [`VerifiedJwt::expired`]).
+///
+/// This is what the verdict cache keeps per token, so it is kept small: a token minted by
+/// these rules is fully described by its session and four values, and its claims are rebuilt
+/// from them when a response needs them ([`NativeIssuer::claims`]). Only a token whose claims
+/// are not exactly that (minted under other settings, say) keeps its parsed claims.
 #[derive(Debug, Clone)]
 pub struct VerifiedJwt {
-    pub session_id: String,
-    pub user_id: String,
     pub issued_at: i64,
+    pub not_before: i64,
     pub expires_at: i64,
-    pub claims: Arc<Map<String, Value>>,
-    /// The session as the JWT describes it, derived once (no store round trip).
-    pub session: Session,
+    /// The `jti` of a canonical token: 32 lowercase hex digits (as minted).
+    jti: u128,
+    session: CachedSession,
+    /// The claims as received, when they are not the canonical ones rebuilt from the above.
+    claims: Option<Arc<Map<String, Value>>>,
+}
+
+/// The session a JWT describes, in the smallest form that gives it back (a JWT's session
+/// carries no client attributes).
+#[derive(Debug, Clone)]
+struct CachedSession {
+    session_id: Box<str>,
+    user_id: Box<str>,
+    started_at_ms: i64,
+    last_accessed_at_ms: i64,
+    expires_at_ms: i64,
+    factors: Box<[AuthFactor]>,
+    custom_claims: Option<Box<Map<String, Value>>>,
+}
+
+impl VerifiedJwt {
+    pub fn session_id(&self) -> &str {
+        &self.session.session_id
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.session.user_id
+    }
+
+    /// The session as the JWT describes it (no store round trip).
+    pub fn session(&self) -> Session {
+        let s = &self.session;
+        Session {
+            session_id: s.session_id.to_string(),
+            user_id: s.user_id.to_string(),
+            started_at_ms: s.started_at_ms,
+            last_accessed_at_ms: s.last_accessed_at_ms,
+            expires_at_ms: s.expires_at_ms,
+            factors: s.factors.to_vec(),
+            attributes: Default::default(),
+            custom_claims: s.custom_claims.as_deref().cloned().unwrap_or_default(),
+        }
+    }
 }
 
 /// Mints and verifies sessiongate's own JWTs.
@@ -110,6 +154,34 @@ impl NativeIssuer {
         let exp = (iat + self.ttl_secs)
             .min(session.expires_at_ms.div_euclid(1000))
             .max(iat + 1);
+        let jti = uuid::Uuid::new_v4().simple().to_string();
+        let claims = self.claims_of(session, iat, iat, exp, &jti);
+        // jsonwebtoken serialises an Algorithm as its JOSE name ("RS256", "EdDSA", …).
+        let header = json!({"alg": key.algorithm(), "kid": key.kid(), "typ": "JWT"});
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string())
+        );
+        let signature = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            key.encoding_key(),
+            key.algorithm(),
+        )
+        .map_err(Error::internal)?;
+        Ok(format!("{signing_input}.{signature}"))
+    }
+
+    /// The claims of a JWT minted for `session` with these times and id — the one layout
+    /// minting writes and the verdict cache rebuilds.
+    fn claims_of(
+        &self,
+        session: &Session,
+        iat: i64,
+        nbf: i64,
+        exp: i64,
+        jti: &str,
+    ) -> Map<String, Value> {
         let aud = match self.audiences.as_slice() {
             [one] => json!(one),
             many => json!(many),
@@ -138,9 +210,9 @@ impl NativeIssuer {
             ("sub", json!(session.user_id)),
             ("sid", json!(session.session_id)),
             ("iat", json!(iat)),
-            ("nbf", json!(iat)),
+            ("nbf", json!(nbf)),
             ("exp", json!(exp)),
-            ("jti", json!(uuid::Uuid::new_v4().simple().to_string())),
+            ("jti", json!(jti)),
             (
                 "session",
                 json!({
@@ -154,20 +226,22 @@ impl NativeIssuer {
         ] {
             claims.insert(k.into(), v);
         }
-        // jsonwebtoken serialises an Algorithm as its JOSE name ("RS256", "EdDSA", …).
-        let header = json!({"alg": key.algorithm(), "kid": key.kid(), "typ": "JWT"});
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string())
-        );
-        let signature = jsonwebtoken::crypto::sign(
-            signing_input.as_bytes(),
-            key.encoding_key(),
-            key.algorithm(),
-        )
-        .map_err(Error::internal)?;
-        Ok(format!("{signing_input}.{signature}"))
+        claims
+    }
+
+    /// The claims of a verified JWT: as received, or rebuilt from its compact form and
+    /// `session` (its [`VerifiedJwt::session`], which the caller has at hand anyway).
+    pub fn claims(&self, jwt: &VerifiedJwt, session: &Session) -> Arc<Map<String, Value>> {
+        match &jwt.claims {
+            Some(c) => c.clone(),
+            None => Arc::new(self.claims_of(
+                session,
+                jwt.issued_at,
+                jwt.not_before,
+                jwt.expires_at,
+                &format!("{:032x}", jwt.jti),
+            )),
+        }
     }
 
     /// Verifies a JWT already routed here by its `iss`. `Ok` includes expired tokens (see
@@ -252,13 +326,32 @@ impl NativeIssuer {
             return Err(Reason::WrongEnv);
         }
         let session = session_from_claims(&session_id, &user_id, &claims);
+        // A minted jti is 32 lowercase hex digits; anything else is not canonical (below),
+        // so 0 stands in for it.
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .filter(|j| j.len() == 32 && j.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .and_then(|j| u128::from_str_radix(j, 16).ok())
+            .unwrap_or(0);
+        // Keep the parsed claims only when rebuilding them would not give them back exactly.
+        let canonical = self.claims_of(&session, iat, nbf, exp, &format!("{jti:032x}")) == claims;
         Ok(VerifiedJwt {
-            session_id,
-            user_id,
             issued_at: iat,
+            not_before: nbf,
             expires_at: exp,
-            claims: Arc::new(claims),
-            session,
+            jti,
+            session: CachedSession {
+                session_id: session.session_id.into(),
+                user_id: session.user_id.into(),
+                started_at_ms: session.started_at_ms,
+                last_accessed_at_ms: session.last_accessed_at_ms,
+                expires_at_ms: session.expires_at_ms,
+                factors: session.factors.into(),
+                custom_claims: (!session.custom_claims.is_empty())
+                    .then(|| Box::new(session.custom_claims)),
+            },
+            claims: (!canonical).then(|| Arc::new(claims)),
         })
     }
 
@@ -314,5 +407,100 @@ fn session_from_claims(session_id: &str, user_id: &str, claims: &Map<String, Val
             .filter(|(k, _)| !RESERVED_CLAIMS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::token::{self, Shape};
+
+    fn issuer() -> NativeIssuer {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load(
+            &std::collections::HashMap::<String, String>::new(),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        let keys = Arc::new(SigningKeys::load_or_generate(&[]).unwrap());
+        NativeIssuer::new(cfg.env, &cfg.native, keys)
+    }
+
+    fn parts(jwt: &str) -> (Header, Map<String, Value>) {
+        let Ok(Shape::Jws(jws)) = token::classify(jwt) else {
+            panic!("not a JWS")
+        };
+        (token::header(&jws).unwrap(), token::payload(&jws).unwrap())
+    }
+
+    fn session(now_ms: i64) -> Session {
+        let mut custom = Map::new();
+        custom.insert("tenant".into(), json!("acme"));
+        custom.insert("roles".into(), json!(["admin", {"scope": 3}]));
+        Session {
+            session_id: "session-test-0b8e7c1e-2f7a-4d5b-9c3e-5a6b7c8d9e0f".into(),
+            user_id: "user-test-1c2d3e4f-5a6b-7c8d-9e0f-1a2b3c4d5e6f".into(),
+            started_at_ms: now_ms - 61_000,
+            last_accessed_at_ms: now_ms,
+            expires_at_ms: now_ms + 3_600_000,
+            factors: vec![
+                AuthFactor {
+                    kind: "otp".into(),
+                    delivery: "email".into(),
+                    last_authenticated_at_ms: Some(now_ms - 61_000),
+                },
+                AuthFactor {
+                    kind: "passkey".into(),
+                    ..Default::default()
+                },
+            ],
+            attributes: Default::default(),
+            custom_claims: custom,
+        }
+    }
+
+    /// What the verdict cache keeps must give back exactly the claims the token carries:
+    /// responses are built from it on every cache hit.
+    #[test]
+    fn a_minted_token_is_kept_compact_and_its_claims_come_back_exactly() {
+        let issuer = issuer();
+        let now_ms = 1_800_000_000_000;
+        let jwt = issuer.mint(&session(now_ms), now_ms).unwrap();
+        let (header, claims) = parts(&jwt);
+        let Ok(Shape::Jws(jws)) = token::classify(&jwt) else {
+            unreachable!()
+        };
+        let v = issuer
+            .verify(&jws, &header, claims.clone(), now_ms / 1000)
+            .unwrap();
+        assert!(v.claims.is_none(), "a minted token was not kept compact");
+        let s = v.session();
+        assert_eq!(*issuer.claims(&v, &s), claims);
+        assert_eq!(s.factors, session(now_ms).factors);
+        assert_eq!(s.custom_claims, session(now_ms).custom_claims);
+        assert_eq!(v.session_id(), session(now_ms).session_id);
+    }
+
+    /// A token of ours whose claims are not what minting writes (here: an extra reserved
+    /// claim, a jti in another format) keeps its claims as received.
+    #[test]
+    fn a_token_minted_otherwise_keeps_its_claims_as_received() {
+        let issuer = issuer();
+        let now_ms = 1_800_000_000_000;
+        let jwt = issuer.mint(&session(now_ms), now_ms).unwrap();
+        let (_, mut claims) = parts(&jwt);
+        // (check_claims is what verify runs after the signature: these claims stand for
+        // what another minting would have signed)
+        for (name, value) in [("azp", json!("someone")), ("jti", json!("NOT-HEX"))] {
+            let mut c = claims.clone();
+            c.insert(name.into(), value);
+            let v = issuer.check_claims(c.clone(), now_ms / 1000).unwrap();
+            assert!(v.claims.is_some(), "{name}");
+            assert_eq!(*issuer.claims(&v, &v.session()), c);
+        }
+        claims.remove("nbf");
+        let v = issuer.check_claims(claims.clone(), now_ms / 1000).unwrap();
+        assert_eq!(*issuer.claims(&v, &v.session()), claims);
     }
 }

@@ -587,7 +587,7 @@ impl SessionService {
                 }
             }
         };
-        if self.revoked.contains(&jwt.session_id) {
+        if self.revoked.contains(jwt.session_id()) {
             return Ok(Verdict::invalid(Reason::Revoked, Origin::New, source));
         }
 
@@ -597,7 +597,7 @@ impl SessionService {
         if expired || too_old || req.session_duration_minutes > 0 {
             // The store decides: the session must still be active.
             source = Source::Store;
-            return match self.lookup_by_id(&jwt.session_id, now_ms).await? {
+            return match self.lookup_by_id(jwt.session_id(), now_ms).await? {
                 Lookup::Active(session, d) => {
                     let fresh = expired || req.session_duration_minutes > 0;
                     let mut v = self.active(*session, &d, req, now_ms).await?;
@@ -605,7 +605,7 @@ impl SessionService {
                         // Not expired, only re-checked: the caller's JWT stays good.
                         v.session_jwt = None;
                     }
-                    v.claims = Some(jwt.claims.clone());
+                    v.claims = Some(self.issuer.claims(&jwt, &jwt.session()));
                     Ok(v)
                 }
                 Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
@@ -618,9 +618,11 @@ impl SessionService {
             };
         }
 
-        let mut v = Verdict::native(jwt.session.clone(), source);
+        let session = jwt.session();
+        let claims = self.issuer.claims(&jwt, &session);
+        let mut v = Verdict::native(session, source);
         v.expires_at_ms = Some(jwt.expires_at * 1000);
-        v.claims = Some(jwt.claims.clone());
+        v.claims = Some(claims);
         Ok(v)
     }
 }
