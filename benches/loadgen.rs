@@ -133,6 +133,9 @@ enum Path {
     LegacyEdDsa,
     Opaque,
     ResolveFlow,
+    /// A tiny malformed token: the fixed cost of a ValidateSession call (auth, layers,
+    /// metrics, a small response), for comparison.
+    Malformed,
 }
 
 impl Path {
@@ -154,6 +157,7 @@ impl Path {
             Path::LegacyEdDsa => "ValidateSession legacy JWT, uncached EdDSA",
             Path::Opaque => "ValidateSession native opaque via Redis",
             Path::ResolveFlow => "ResolveFlow, device id, 50% rollout",
+            Path::Malformed => "ValidateSession, malformed token (fixed cost)",
         }
     }
     fn key(self) -> &'static str {
@@ -166,6 +170,7 @@ impl Path {
             Path::LegacyEdDsa => "legacy_eddsa",
             Path::Opaque => "opaque",
             Path::ResolveFlow => "resolve_flow",
+            Path::Malformed => "malformed",
         }
     }
     /// DESIGN.md §11 targets: minimum throughput ratio and p99 allowance over baseline (µs).
@@ -175,7 +180,7 @@ impl Path {
             Path::JwtCached => Some((0.85, 20.0)),
             Path::JwtUncached | Path::LegacyRs256 => Some((0.28, 40.0)),
             // No target of their own in DESIGN.md §11: reported for comparison.
-            Path::LegacyEs256 | Path::LegacyEdDsa => None,
+            Path::LegacyEs256 | Path::LegacyEdDsa | Path::Malformed => None,
             Path::Opaque => Some((0.6, 50.0)),
             Path::ResolveFlow => Some((0.85, 20.0)),
         }
@@ -316,6 +321,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Path::JwtUncached,
         Path::Opaque,
         Path::ResolveFlow,
+        Path::Malformed,
         Path::LegacyRs256,
         Path::LegacyEs256,
         Path::LegacyEdDsa,
@@ -330,14 +336,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         measure(p, &channel, &fixtures, 8, Duration::from_millis(300), None).await;
     }
 
+    let pid = server.child.id();
     let mut results = Vec::new();
     for &path in &paths {
         let mut ratios = Vec::new();
         let mut runs = Vec::new();
         let mut bases = Vec::new();
+        // Server CPU per request (µs), path and baseline: a cost that host noise and the
+        // load generator's own share of the cores do not move the way throughput moves.
+        let (mut cpu, mut base_cpu) = (Vec::new(), Vec::new());
         for _ in 0..args.rounds {
             let limit = path.fresh().then_some(args.uncached_tokens);
             let dur = Duration::from_secs_f64(args.seconds);
+            let t0 = cpu_us(pid);
             let base = measure(
                 Path::Baseline,
                 &channel,
@@ -347,7 +358,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 None,
             )
             .await;
+            let t1 = cpu_us(pid);
             let run = measure(path, &channel, &fixtures, args.concurrency, dur, limit).await;
+            let t2 = cpu_us(pid);
+            base_cpu.push((t1 - t0) as f64 / base.ok.max(1) as f64);
+            cpu.push((t2 - t1) as f64 / run.ok.max(1) as f64);
             anyhow::ensure!(
                 run.errors == 0 && base.errors == 0,
                 "{}: {} errors",
@@ -372,6 +387,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let run1 = measure(path, &channel, &fixtures, 1, Duration::from_secs(1), limit1).await;
         ratios.sort_by(f64::total_cmp);
         let median = ratios[ratios.len() / 2];
+        let mid = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
         let best = runs
             .iter()
             .max_by(|a, b| a.rps().total_cmp(&b.rps()))
@@ -391,6 +410,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             unloaded_p50: run1.p(0.5),
             unloaded_p99: run1.p(0.99),
             base_unloaded_p99: base1.p(0.99),
+            cpu_us: mid(cpu),
+            base_cpu_us: mid(base_cpu),
         });
     }
 
@@ -587,6 +608,7 @@ async fn measure(
                     let token = match path {
                         Path::Baseline | Path::ResolveFlow => None,
                         Path::JwtCached => Some(fx.cached_jwt.clone()),
+                        Path::Malformed => Some(std::env::var("MALFORMED").unwrap_or("not-a-token".to_owned())),
                         Path::Opaque => Some(fx.opaque[i % fx.opaque.len()].clone()),
                         p => match fx.fresh.get(p.key()).and_then(|m| m.lock().expect("lock").next()) {
                             Some(t) => Some(t),
@@ -607,7 +629,8 @@ async fn measure(
                             });
                             req.metadata_mut()
                                 .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"));
-                            matches!(validate_lean(&mut session, req).await, Ok(v) if v.verdict == pb::Verdict::Valid as i32)
+                            let want = if path == Path::Malformed { pb::Verdict::Invalid } else { pb::Verdict::Valid };
+                            matches!(validate_lean(&mut session, req).await, Ok(v) if v.verdict == want as i32)
                         }
                     };
                     run.record(good, t0.elapsed());
@@ -678,6 +701,9 @@ struct Row {
     unloaded_p50: f64,
     unloaded_p99: f64,
     base_unloaded_p99: f64,
+    /// Median server CPU time per request (user + system), µs.
+    cpu_us: f64,
+    base_cpu_us: f64,
 }
 
 impl Row {
@@ -704,6 +730,8 @@ impl Row {
             "p50_us": self.p50, "p99_us": self.p99, "p999_us": self.p999,
             "unloaded_p50_us": self.unloaded_p50, "unloaded_p99_us": self.unloaded_p99,
             "baseline_unloaded_p99_us": self.base_unloaded_p99,
+            "server_cpu_us_per_request": (self.cpu_us * 10.0).round() / 10.0,
+            "baseline_server_cpu_us_per_request": (self.base_cpu_us * 10.0).round() / 10.0,
             "target_ratio": target.map(|t| t.0),
             "target_p99_over_baseline_us": target.map(|t| t.1),
             "target": self.verdict(),
@@ -714,9 +742,9 @@ impl Row {
 fn print_table(rows: &[Row], listening: Duration, serving: Duration, rss_kb: Option<u64>) {
     println!();
     println!(
-        "| path | req/s | baseline req/s | ratio (median) | target | p50 µs | p99 µs | p99.9 µs | unloaded p99 µs (baseline) | |"
+        "| path | req/s | baseline req/s | ratio (median) | target | p50 µs | p99 µs | p99.9 µs | unloaded p99 µs (baseline) | server CPU µs/req (baseline) | |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         let t = r
             .path
@@ -724,7 +752,7 @@ fn print_table(rows: &[Row], listening: Duration, serving: Duration, rss_kb: Opt
             .map(|(ratio, extra)| format!("≥ {ratio}×, +{extra} µs"))
             .unwrap_or_default();
         println!(
-            "| {} | {:.0} | {:.0} | {:.2}× | {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}) | {} |",
+            "| {} | {:.0} | {:.0} | {:.2}× | {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.1} ({:.1}) | {} |",
             r.path.name(),
             r.rps,
             r.base_rps,
@@ -735,6 +763,8 @@ fn print_table(rows: &[Row], listening: Duration, serving: Duration, rss_kb: Opt
             r.p999,
             r.unloaded_p99,
             r.base_unloaded_p99,
+            r.cpu_us,
+            r.base_cpu_us,
             r.verdict()
         );
     }
@@ -748,6 +778,22 @@ fn print_table(rows: &[Row], listening: Duration, serving: Duration, rss_kb: Opt
             .unwrap_or_else(|| "n/a".into())
     );
     println!();
+}
+
+/// CPU time (user + system) the process has used, in µs (clock ticks of 10 ms: read it
+/// around rounds of seconds, not single calls).
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may contain spaces: utime and stime are the 12th and
+    // 13th of those.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() * 10_000
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {

@@ -1,11 +1,14 @@
 //! Conversions between generated types and domain types.
 
+use std::collections::BTreeMap;
+
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
 use super::pb;
 use crate::error::Error;
 use crate::session::model::{AuthFactor, ClientInfo, LegacyIdentity, Session, User};
+use crate::session::native::Claims;
 use crate::session::{Action, Origin, Reason, Source, Verdict};
 
 /// Unix milliseconds → Timestamp.
@@ -78,6 +81,81 @@ pub fn json_to_struct(m: &Map<String, Value>) -> prost_types::Struct {
             .map(|(k, v)| (k.clone(), json_to_value(v)))
             .collect(),
     }
+}
+
+/// A verdict's claims as a Struct. A canonical native token's are rendered straight from
+/// the cached compact form, field for field what `NativeClaims::to_json` builds (the test
+/// `native_claims_render_exactly_as_their_json` holds the two together).
+pub fn claims_out(c: &Claims) -> prost_types::Struct {
+    let n = match c {
+        Claims::Json(m) => return json_to_struct(m),
+        Claims::Native(n) => n,
+    };
+    let string = |s: &str| prost_types::Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let number = |n: i64| prost_types::Value {
+        kind: Some(Kind::NumberValue(n as f64)),
+    };
+    let object = |fields: BTreeMap<String, prost_types::Value>| prost_types::Value {
+        kind: Some(Kind::StructValue(prost_types::Struct { fields })),
+    };
+    let mut fields: BTreeMap<String, prost_types::Value> = n
+        .custom()
+        .map(|m| json_to_struct(m).fields)
+        .unwrap_or_default();
+    let aud = match &*n.audiences {
+        [one] => string(one),
+        many => prost_types::Value {
+            kind: Some(Kind::ListValue(prost_types::ListValue {
+                values: many.iter().map(|a| string(a)).collect(),
+            })),
+        },
+    };
+    let factors = n
+        .factors()
+        .iter()
+        .map(|f| {
+            let mut o = BTreeMap::new();
+            o.insert("type".to_owned(), string(&f.kind));
+            if !f.delivery.is_empty() {
+                o.insert("delivery".to_owned(), string(&f.delivery));
+            }
+            if let Some(ms) = f.last_authenticated_at_ms {
+                o.insert(
+                    "last_authenticated_at".to_owned(),
+                    number(ms.div_euclid(1000)),
+                );
+            }
+            object(o)
+        })
+        .collect();
+    let mut session: BTreeMap<String, prost_types::Value> = n
+        .session_times()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), number(v)))
+        .collect();
+    session.insert("id".to_owned(), string(n.session_id()));
+    session.insert(
+        "authentication_factors".to_owned(),
+        prost_types::Value {
+            kind: Some(Kind::ListValue(prost_types::ListValue { values: factors })),
+        },
+    );
+    for (k, v) in [
+        ("iss", string(&n.issuer)),
+        ("aud", aud),
+        ("sub", string(n.subject())),
+        ("sid", string(n.session_id())),
+        ("iat", number(n.issued_at())),
+        ("nbf", number(n.not_before())),
+        ("exp", number(n.expires_at())),
+        ("jti", string(&n.jti())),
+        ("session", object(session)),
+    ] {
+        fields.insert(k.to_owned(), v);
+    }
+    prost_types::Struct { fields }
 }
 
 fn json_to_value(v: &Value) -> prost_types::Value {
@@ -194,7 +272,7 @@ pub fn verdict_out(v: Verdict) -> pb::ValidateSessionResponse {
         user_id: v.user_id,
         subject: v.subject,
         session: v.session.as_ref().map(session_out),
-        claims: v.claims.as_deref().map(json_to_struct),
+        claims: v.claims.as_ref().map(claims_out),
         expires_at: v.expires_at_ms.map(timestamp),
         session_jwt: v.session_jwt.unwrap_or_default(),
         action: match v.action {
@@ -316,6 +394,76 @@ pub fn rollout_update(r: pb::UpdateRolloutRequest) -> crate::flow::Update {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A canonical native token's claims, rendered from the compact form, are exactly the
+    /// JSON claims the token carries, converted — for one audience (a string) and several (a
+    /// list), with custom claims and factors with and without optional fields.
+    #[test]
+    fn native_claims_render_exactly_as_their_json() {
+        use crate::session::native::NativeIssuer;
+        use crate::session::token::{self, Shape};
+        use std::sync::Arc;
+        for audiences in ["[\"one\"]", "[\"one\", \"two\"]"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("sessiongate.toml"),
+                format!("[native]\naudiences = {audiences}\n"),
+            )
+            .unwrap();
+            let cfg = crate::config::load(
+                &std::collections::HashMap::<String, String>::new(),
+                dir.path(),
+                Some(&dir.path().join("sessiongate.toml")),
+            )
+            .unwrap();
+            let keys = Arc::new(crate::keys::SigningKeys::load_or_generate(&[]).unwrap());
+            let issuer = NativeIssuer::new(cfg.env, &cfg.native, keys);
+            let now_ms = 1_800_000_000_123;
+            let mut custom = Map::new();
+            custom.insert("tenant".into(), serde_json::json!("acme"));
+            custom.insert(
+                "n".into(),
+                serde_json::json!({"deep": [1, 2.5, null, true]}),
+            );
+            let session = Session {
+                session_id: "session-test-0b8e7c1e-2f7a-4d5b-9c3e-5a6b7c8d9e0f".into(),
+                user_id: "user-test-1c2d3e4f-5a6b-7c8d-9e0f-1a2b3c4d5e6f".into(),
+                started_at_ms: now_ms - 90_500,
+                last_accessed_at_ms: now_ms - 1,
+                expires_at_ms: now_ms + 3_600_000,
+                factors: vec![
+                    AuthFactor {
+                        kind: "otp".into(),
+                        delivery: "sms".into(),
+                        last_authenticated_at_ms: Some(now_ms - 90_500),
+                    },
+                    AuthFactor {
+                        kind: "passkey".into(),
+                        ..Default::default()
+                    },
+                ],
+                attributes: Default::default(),
+                custom_claims: custom,
+            };
+            let jwt = issuer.mint(&session, now_ms).unwrap();
+            let Ok(Shape::Jws(jws)) = token::classify(&jwt) else {
+                panic!("not a JWS")
+            };
+            let payload = token::payload(&jws).unwrap();
+            let verified = issuer
+                .verify(
+                    &jws,
+                    &token::header(&jws).unwrap(),
+                    payload.clone(),
+                    now_ms / 1000,
+                )
+                .unwrap();
+            let claims = issuer.claims(&Arc::new(verified));
+            assert!(matches!(claims, Claims::Native(_)), "{audiences}");
+            assert_eq!(*claims.to_json(), payload, "{audiences}");
+            assert_eq!(claims_out(&claims), json_to_struct(&payload), "{audiences}");
+        }
+    }
 
     #[test]
     fn timestamps_round_trip_including_before_1970() {

@@ -152,7 +152,8 @@ impl Replay {
         }))
     }
 
-    async fn write(
+    /// Records the outcome (when it is worth replaying) and releases the lock, atomically.
+    async fn finish(
         &self,
         store: &dyn crate::store::Store,
         result: &Result<Created, Error>,
@@ -189,7 +190,14 @@ impl Replay {
                 )
             }
             // Transient failures are not replayed: the next call tries again.
-            Err(_) => return Ok(()),
+            Err(_) => {
+                store
+                    .write(vec![Write::Delete {
+                        key: self.lock.clone(),
+                    }])
+                    .await?;
+                return Ok(());
+            }
         };
         let mut body = serde_json::to_vec(&outcome).map_err(Error::internal)?;
         let nonce_bytes: [u8; 12] = rand::random();
@@ -203,11 +211,16 @@ impl Replay {
         let mut sealed = nonce_bytes.to_vec();
         sealed.extend(body);
         store
-            .write(vec![Write::Put {
-                key: self.record.clone(),
-                value: sealed,
-                ttl: Some(ttl),
-            }])
+            .write(vec![
+                Write::Put {
+                    key: self.record.clone(),
+                    value: sealed,
+                    ttl: Some(ttl),
+                },
+                Write::Delete {
+                    key: self.lock.clone(),
+                },
+            ])
             .await?;
         Ok(())
     }
@@ -270,16 +283,18 @@ impl SessionService {
         let task = tokio::spawn(async move {
             let result = this.migrate_once(req).await;
             // Remember the outcome for the replay window (errors that a retry could change —
-            // an unavailable dependency — are not remembered), then release the lock.
-            if let Err(e) = replay.write(&*this.store, &result).await {
+            // an unavailable dependency — are not remembered) and release the lock, in one
+            // transaction (the two keys share a hash tag).
+            if let Err(e) = replay.finish(&*this.store, &result).await {
                 tracing::warn!(error = %e, "could not record the migration for replays");
+                // Still release the lock, so that a retry need not wait for its TTL.
+                let _ = this
+                    .store
+                    .write(vec![Write::Delete {
+                        key: replay.lock.clone(),
+                    }])
+                    .await;
             }
-            let _ = this
-                .store
-                .write(vec![Write::Delete {
-                    key: replay.lock.clone(),
-                }])
-                .await;
             result
         });
         task.await
@@ -330,24 +345,23 @@ impl SessionService {
                 Digest::of(req.legacy_token.as_bytes()).to_hex()
             ),
         };
-        self.rate_limit(
-            "migrate-caller",
-            &req.caller,
-            self.migration_limits.per_caller_per_minute,
-        )
-        .await?;
-        self.rate_limit(
-            "migrate-identity",
-            &identity,
-            self.migration_limits.per_identity_per_minute,
-        )
-        .await?;
+        // Both counters at once (one round trip of latency). They are also the check that the
+        // store is up before the provider is asked: a UserInfo call whose result cannot be
+        // stored is wasted (and rate-limited).
+        tokio::try_join!(
+            self.rate_limit(
+                "migrate-caller",
+                &req.caller,
+                self.migration_limits.per_caller_per_minute,
+            ),
+            self.rate_limit(
+                "migrate-identity",
+                &identity,
+                self.migration_limits.per_identity_per_minute,
+            ),
+        )?;
 
-        // 2. The store must be up before the provider is asked: a UserInfo call whose result
-        //    cannot be stored is wasted (and rate-limited).
-        self.store.ping().await?;
-
-        // 3. UserInfo.
+        // 2. UserInfo.
         let info = match provider.userinfo(&req.legacy_token).await? {
             UserInfoOutcome::Ok(info) => info,
             UserInfoOutcome::Rejected(status) => {
@@ -371,12 +385,12 @@ impl SessionService {
             return Err(rejected("UserInfo names another subject than the token"));
         }
 
-        // 4. The user: by (provider, sub), claimed atomically so that concurrent migrations of
+        // 3. The user: by (provider, sub), claimed atomically so that concurrent migrations of
         //    one identity on any replica end with one user.
         let (user, user_created, mut writes) =
             self.user_for_identity(&provider, &sub, &info, now).await?;
 
-        // 5. The session.
+        // 4. The session.
         let factors = vec![AuthFactor {
             kind: "legacy_migration".into(),
             delivery: provider.name().to_owned(),

@@ -100,13 +100,150 @@ impl VerifiedJwt {
     }
 }
 
+/// A verified token's claims, as the API needs them.
+#[derive(Debug, Clone)]
+pub enum Claims {
+    /// As received (provider tokens, and native tokens minted under other rules).
+    Json(Arc<Map<String, Value>>),
+    /// A canonical native token's, read from its cached compact form.
+    Native(NativeClaims),
+}
+
+impl Claims {
+    /// As a JSON object: exactly what the token carries.
+    pub fn to_json(&self) -> Arc<Map<String, Value>> {
+        match self {
+            Claims::Json(m) => m.clone(),
+            Claims::Native(n) => Arc::new(n.to_json()),
+        }
+    }
+}
+
+/// The claims of a canonical native JWT — the layout [`NativeIssuer::mint`] signs:
+/// custom claims, then `iss`, `aud` (a string when there is one audience), `sub`, `sid`,
+/// `iat`, `nbf`, `exp`, `jti` and the `session` object. Renderers must follow
+/// [`NativeClaims::to_json`] exactly (a test in the API layer holds them to it).
+#[derive(Debug, Clone)]
+pub struct NativeClaims {
+    pub issuer: Arc<str>,
+    pub audiences: Arc<[String]>,
+    jwt: Arc<VerifiedJwt>,
+}
+
+impl NativeClaims {
+    pub fn custom(&self) -> Option<&Map<String, Value>> {
+        self.jwt.session.custom_claims.as_deref()
+    }
+    pub fn subject(&self) -> &str {
+        self.jwt.user_id()
+    }
+    pub fn session_id(&self) -> &str {
+        self.jwt.session_id()
+    }
+    pub fn issued_at(&self) -> i64 {
+        self.jwt.issued_at
+    }
+    pub fn not_before(&self) -> i64 {
+        self.jwt.not_before
+    }
+    pub fn expires_at(&self) -> i64 {
+        self.jwt.expires_at
+    }
+    pub fn jti(&self) -> String {
+        format!("{:032x}", self.jwt.jti)
+    }
+    /// `session.started_at`, `last_accessed_at`, `expires_at` (seconds).
+    pub fn session_times(&self) -> [(&'static str, i64); 3] {
+        let s = &self.jwt.session;
+        [
+            ("started_at", s.started_at_ms.div_euclid(1000)),
+            ("last_accessed_at", s.last_accessed_at_ms.div_euclid(1000)),
+            ("expires_at", s.expires_at_ms.div_euclid(1000)),
+        ]
+    }
+    pub fn factors(&self) -> &[AuthFactor] {
+        &self.jwt.session.factors
+    }
+
+    /// The claims as JSON, built the way minting builds them.
+    pub fn to_json(&self) -> Map<String, Value> {
+        claims_of(
+            &self.issuer,
+            &self.audiences,
+            &self.jwt.session(),
+            self.jwt.issued_at,
+            self.jwt.not_before,
+            self.jwt.expires_at,
+            &self.jti(),
+        )
+    }
+}
+
+/// The claims of a JWT minted for `session` with these times and id — the one layout
+/// minting writes and the verdict cache rebuilds.
+fn claims_of(
+    issuer: &str,
+    audiences: &[String],
+    session: &Session,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    jti: &str,
+) -> Map<String, Value> {
+    let aud = match audiences {
+        [one] => json!(one),
+        many => json!(many),
+    };
+    let factors: Vec<Value> = session
+        .factors
+        .iter()
+        .map(|f| {
+            let mut o = Map::new();
+            o.insert("type".into(), json!(f.kind));
+            if !f.delivery.is_empty() {
+                o.insert("delivery".into(), json!(f.delivery));
+            }
+            if let Some(ms) = f.last_authenticated_at_ms {
+                o.insert("last_authenticated_at".into(), json!(ms.div_euclid(1000)));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    // Custom claims first: reserved names were refused at creation, and the registered
+    // claims below overwrite anything that slipped through.
+    let mut claims = session.custom_claims.clone();
+    for (k, v) in [
+        ("iss", json!(issuer)),
+        ("aud", aud),
+        ("sub", json!(session.user_id)),
+        ("sid", json!(session.session_id)),
+        ("iat", json!(iat)),
+        ("nbf", json!(nbf)),
+        ("exp", json!(exp)),
+        ("jti", json!(jti)),
+        (
+            "session",
+            json!({
+                "id": session.session_id,
+                "started_at": session.started_at_ms.div_euclid(1000),
+                "last_accessed_at": session.last_accessed_at_ms.div_euclid(1000),
+                "expires_at": session.expires_at_ms.div_euclid(1000),
+                "authentication_factors": factors,
+            }),
+        ),
+    ] {
+        claims.insert(k.into(), v);
+    }
+    claims
+}
+
 /// Mints and verifies sessiongate's own JWTs.
 pub struct NativeIssuer {
     env: Env,
-    issuer: String,
+    issuer: Arc<str>,
     /// The same deployment's issuer in the other env, to answer WRONG_ENV precisely.
     other_env_issuer: Option<String>,
-    audiences: Vec<String>,
+    audiences: Arc<[String]>,
     ttl_secs: i64,
     leeway_secs: i64,
     keys: Arc<SigningKeys>,
@@ -124,9 +261,9 @@ impl NativeIssuer {
             .then(|| cfg.issuer.replace(env.as_str(), other.as_str()));
         Self {
             env,
-            issuer: cfg.issuer.clone(),
+            issuer: cfg.issuer.as_str().into(),
             other_env_issuer,
-            audiences: cfg.audiences.clone(),
+            audiences: cfg.audiences.clone().into(),
             ttl_secs: cfg.jwt_ttl.as_secs() as i64,
             leeway_secs: cfg.leeway.as_secs() as i64,
             keys,
@@ -155,7 +292,7 @@ impl NativeIssuer {
             .min(session.expires_at_ms.div_euclid(1000))
             .max(iat + 1);
         let jti = uuid::Uuid::new_v4().simple().to_string();
-        let claims = self.claims_of(session, iat, iat, exp, &jti);
+        let claims = claims_of(&self.issuer, &self.audiences, session, iat, iat, exp, &jti);
         // jsonwebtoken serialises an Algorithm as its JOSE name ("RS256", "EdDSA", …).
         let header = json!({"alg": key.algorithm(), "kid": key.kid(), "typ": "JWT"});
         let signing_input = format!(
@@ -172,75 +309,17 @@ impl NativeIssuer {
         Ok(format!("{signing_input}.{signature}"))
     }
 
-    /// The claims of a JWT minted for `session` with these times and id — the one layout
-    /// minting writes and the verdict cache rebuilds.
-    fn claims_of(
-        &self,
-        session: &Session,
-        iat: i64,
-        nbf: i64,
-        exp: i64,
-        jti: &str,
-    ) -> Map<String, Value> {
-        let aud = match self.audiences.as_slice() {
-            [one] => json!(one),
-            many => json!(many),
-        };
-        let factors: Vec<Value> = session
-            .factors
-            .iter()
-            .map(|f| {
-                let mut o = Map::new();
-                o.insert("type".into(), json!(f.kind));
-                if !f.delivery.is_empty() {
-                    o.insert("delivery".into(), json!(f.delivery));
-                }
-                if let Some(ms) = f.last_authenticated_at_ms {
-                    o.insert("last_authenticated_at".into(), json!(ms.div_euclid(1000)));
-                }
-                Value::Object(o)
-            })
-            .collect();
-        // Custom claims first: reserved names were refused at creation, and the registered
-        // claims below overwrite anything that slipped through.
-        let mut claims = session.custom_claims.clone();
-        for (k, v) in [
-            ("iss", json!(self.issuer)),
-            ("aud", aud),
-            ("sub", json!(session.user_id)),
-            ("sid", json!(session.session_id)),
-            ("iat", json!(iat)),
-            ("nbf", json!(nbf)),
-            ("exp", json!(exp)),
-            ("jti", json!(jti)),
-            (
-                "session",
-                json!({
-                    "id": session.session_id,
-                    "started_at": session.started_at_ms.div_euclid(1000),
-                    "last_accessed_at": session.last_accessed_at_ms.div_euclid(1000),
-                    "expires_at": session.expires_at_ms.div_euclid(1000),
-                    "authentication_factors": factors,
-                }),
-            ),
-        ] {
-            claims.insert(k.into(), v);
-        }
-        claims
-    }
-
-    /// The claims of a verified JWT: as received, or rebuilt from its compact form and
-    /// `session` (its [`VerifiedJwt::session`], which the caller has at hand anyway).
-    pub fn claims(&self, jwt: &VerifiedJwt, session: &Session) -> Arc<Map<String, Value>> {
+    /// The claims of a verified JWT: as received, or — for a canonical token — a view of its
+    /// compact form that the API renders directly (building a JSON map on every cache hit
+    /// cost more than the rest of the hit together).
+    pub fn claims(&self, jwt: &Arc<VerifiedJwt>) -> Claims {
         match &jwt.claims {
-            Some(c) => c.clone(),
-            None => Arc::new(self.claims_of(
-                session,
-                jwt.issued_at,
-                jwt.not_before,
-                jwt.expires_at,
-                &format!("{:032x}", jwt.jti),
-            )),
+            Some(c) => Claims::Json(c.clone()),
+            None => Claims::Native(NativeClaims {
+                issuer: self.issuer.clone(),
+                audiences: self.audiences.clone(),
+                jwt: jwt.clone(),
+            }),
         }
     }
 
@@ -280,7 +359,7 @@ impl NativeIssuer {
     }
 
     fn check_claims(&self, claims: Map<String, Value>, now: i64) -> Result<VerifiedJwt, Reason> {
-        if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+        if claims.get("iss").and_then(Value::as_str) != Some(&*self.issuer) {
             return Err(Reason::UnknownIssuer);
         }
         if !audience_matches(&claims, &self.audiences) {
@@ -335,7 +414,15 @@ impl NativeIssuer {
             .and_then(|j| u128::from_str_radix(j, 16).ok())
             .unwrap_or(0);
         // Keep the parsed claims only when rebuilding them would not give them back exactly.
-        let canonical = self.claims_of(&session, iat, nbf, exp, &format!("{jti:032x}")) == claims;
+        let canonical = claims_of(
+            &self.issuer,
+            &self.audiences,
+            &session,
+            iat,
+            nbf,
+            exp,
+            &format!("{jti:032x}"),
+        ) == claims;
         Ok(VerifiedJwt {
             issued_at: iat,
             not_before: nbf,
@@ -476,7 +563,7 @@ mod tests {
             .unwrap();
         assert!(v.claims.is_none(), "a minted token was not kept compact");
         let s = v.session();
-        assert_eq!(*issuer.claims(&v, &s), claims);
+        assert_eq!(*issuer.claims(&Arc::new(v.clone())).to_json(), claims);
         assert_eq!(s.factors, session(now_ms).factors);
         assert_eq!(s.custom_claims, session(now_ms).custom_claims);
         assert_eq!(v.session_id(), session(now_ms).session_id);
@@ -497,10 +584,10 @@ mod tests {
             c.insert(name.into(), value);
             let v = issuer.check_claims(c.clone(), now_ms / 1000).unwrap();
             assert!(v.claims.is_some(), "{name}");
-            assert_eq!(*issuer.claims(&v, &v.session()), c);
+            assert_eq!(*issuer.claims(&Arc::new(v)).to_json(), c);
         }
         claims.remove("nbf");
         let v = issuer.check_claims(claims.clone(), now_ms / 1000).unwrap();
-        assert_eq!(*issuer.claims(&v, &v.session()), claims);
+        assert_eq!(*issuer.claims(&Arc::new(v)).to_json(), claims);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::model::{ClientInfo, Session};
+use super::native::Claims;
 use super::providers::{Provider, VerifiedProviderJwt};
 use super::service::{
     Lookup, Minted, ProviderHit, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS, legacy_ids,
@@ -56,7 +57,7 @@ impl SessionService {
             Ok(jwt) => {
                 v.subject = jwt.subject.clone();
                 v.expires_at_ms = jwt.expires_at.map(|exp| exp * 1000);
-                v.claims = Some(jwt.claims.clone());
+                v.claims = Some(Claims::Json(jwt.claims.clone()));
                 match (provider.is_legacy(), provider.policy()) {
                     // The all-at-once cutover: legacy tokens, however good, are retired.
                     (true, Policy::Reject) => v.invalid = Some(Reason::LegacyRetired),
@@ -122,7 +123,7 @@ pub struct Verdict {
     pub subject: String,
     pub session: Option<Session>,
     /// Shared with the verdict cache: converting is the only copy.
-    pub claims: Option<Arc<Map<String, Value>>>,
+    pub claims: Option<Claims>,
     pub expires_at_ms: Option<i64>,
     pub session_jwt: Option<String>,
     pub action: Action,
@@ -605,7 +606,7 @@ impl SessionService {
                         // Not expired, only re-checked: the caller's JWT stays good.
                         v.session_jwt = None;
                     }
-                    v.claims = Some(self.issuer.claims(&jwt, &jwt.session()));
+                    v.claims = Some(self.issuer.claims(&jwt));
                     Ok(v)
                 }
                 Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
@@ -618,11 +619,9 @@ impl SessionService {
             };
         }
 
-        let session = jwt.session();
-        let claims = self.issuer.claims(&jwt, &session);
-        let mut v = Verdict::native(session, source);
+        let mut v = Verdict::native(jwt.session(), source);
         v.expires_at_ms = Some(jwt.expires_at * 1000);
-        v.claims = Some(claims);
+        v.claims = Some(self.issuer.claims(&jwt));
         Ok(v)
     }
 }
