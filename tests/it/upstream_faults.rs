@@ -62,14 +62,7 @@ fn fresh(idp: &FakeIdp, key: &SigningKey, n: usize) -> String {
 
 /// Waits until the app has the issuer's keys.
 async fn warm(app: &TestApp, idp: &FakeIdp) {
-    let t = fresh(idp, &idp.key(KeyKind::Rs256), 0);
-    eventually(Duration::from_secs(5), || async {
-        validate(app, &t)
-            .await
-            .ok()
-            .filter(|r| r.verdict() == pb::Verdict::Valid)
-    })
-    .await;
+    warm_with(app, idp, &idp.key(KeyKind::Rs256)).await;
 }
 
 /// How a validation ended, for counting.
@@ -111,7 +104,8 @@ async fn j1_jwks_failing_keeps_known_keys_and_a_rotation_is_unavailable_never_in
             while outage.elapsed() < Duration::from_millis(1500) {
                 i += 1;
                 let n = 1000 * (w + 1) + i;
-                let rotated = i % 10 == 0;
+                // Every fifth call, starting with the first: each worker tries the new kid.
+                let rotated = i % 5 == 1;
                 let key = if rotated { &rotated_key } else { &known_key };
                 let t0 = Instant::now();
                 let r = validate(app, &fresh(idp, key, n)).await;
@@ -175,29 +169,28 @@ async fn j4_a_rotation_under_load_never_refuses_a_current_token() {
     let old = idp.key(KeyKind::Rs256);
     // What the issuer signs with right now; swapped mid-load.
     let current = Arc::new(Mutex::new(old.clone()));
-    let started = Instant::now();
     let results = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
     let before = idp.jwks_hits();
+    // 4 workers × 30 validations; whichever worker starts the 40th publishes a new key and
+    // signs with it from then on (counted, not timed: the other workers are mid-call).
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let workers = (0..4).map(|w| {
-        let (app, idp, current, results) = (&app, &idp, current.clone(), results.clone());
+        let (app, idp) = (&app, &idp);
+        let (current, results, started) = (current.clone(), results.clone(), started.clone());
         async move {
-            let mut i = 0;
-            while started.elapsed() < Duration::from_millis(1200) {
-                i += 1;
+            for i in 0..30 {
+                if started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 40 {
+                    // Before any scheduled refresh could have seen it.
+                    let new = idp.rotate(KeyKind::Rs256);
+                    *current.lock().unwrap() = new;
+                }
                 let key = current.lock().unwrap().clone();
                 let r = validate(app, &fresh(idp, &key, 10_000 * (w + 1) + i)).await;
                 *results.lock().unwrap().entry(outcome(&r)).or_default() += 1;
             }
         }
     });
-    let rotate = async {
-        // Mid-load the issuer publishes a new key and signs with it at once — before any
-        // scheduled refresh could have seen it.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let new = idp.rotate(KeyKind::Rs256);
-        *current.lock().unwrap() = new;
-    };
-    tokio::join!(futures::future::join_all(workers), rotate);
+    futures::future::join_all(workers).await;
     let results = results.lock().unwrap().clone();
     let fetches = idp.jwks_hits() - before;
     eprintln!("J4: rotation under load: {results:?}; {fetches} JWKS fetch(es) for it");
@@ -221,6 +214,7 @@ async fn j4_a_rotation_under_load_never_refuses_a_current_token() {
     );
 }
 
+/// Waits until a token signed with `key` validates.
 async fn warm_with(app: &TestApp, idp: &FakeIdp, key: &SigningKey) {
     let t = fresh(idp, key, 1);
     eventually(Duration::from_secs(5), || async {
