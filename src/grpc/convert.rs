@@ -400,51 +400,12 @@ mod tests {
     /// list), with custom claims and factors with and without optional fields.
     #[test]
     fn native_claims_render_exactly_as_their_json() {
-        use crate::session::native::NativeIssuer;
         use crate::session::token::{self, Shape};
         use std::sync::Arc;
-        for audiences in ["[\"one\"]", "[\"one\", \"two\"]"] {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(
-                dir.path().join("sessiongate.toml"),
-                format!("[native]\naudiences = {audiences}\n"),
-            )
-            .unwrap();
-            let cfg = crate::config::load(
-                &std::collections::HashMap::<String, String>::new(),
-                dir.path(),
-                Some(&dir.path().join("sessiongate.toml")),
-            )
-            .unwrap();
-            let keys = Arc::new(crate::keys::SigningKeys::load_or_generate(&[]).unwrap());
-            let issuer = NativeIssuer::new(cfg.env, &cfg.native, keys);
+        for audiences in [r#"["one"]"#, r#"["one", "two"]"#] {
+            let issuer = crate::session::native::tests::issuer_with(audiences);
             let now_ms = 1_800_000_000_123;
-            let mut custom = Map::new();
-            custom.insert("tenant".into(), serde_json::json!("acme"));
-            custom.insert(
-                "n".into(),
-                serde_json::json!({"deep": [1, 2.5, null, true]}),
-            );
-            let session = Session {
-                session_id: "session-test-0b8e7c1e-2f7a-4d5b-9c3e-5a6b7c8d9e0f".into(),
-                user_id: "user-test-1c2d3e4f-5a6b-7c8d-9e0f-1a2b3c4d5e6f".into(),
-                started_at_ms: now_ms - 90_500,
-                last_accessed_at_ms: now_ms - 1,
-                expires_at_ms: now_ms + 3_600_000,
-                factors: vec![
-                    AuthFactor {
-                        kind: "otp".into(),
-                        delivery: "sms".into(),
-                        last_authenticated_at_ms: Some(now_ms - 90_500),
-                    },
-                    AuthFactor {
-                        kind: "passkey".into(),
-                        ..Default::default()
-                    },
-                ],
-                attributes: Default::default(),
-                custom_claims: custom,
-            };
+            let session = crate::session::native::tests::sample_session(now_ms);
             let jwt = issuer.mint(&session, now_ms).unwrap();
             let Ok(Shape::Jws(jws)) = token::classify(&jwt) else {
                 panic!("not a JWS")

@@ -497,17 +497,25 @@ fn session_from_claims(session_id: &str, user_id: &str, claims: &Map<String, Val
     }
 }
 
+/// Fixtures shared with the API layer's rendering test.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::session::token::{self, Shape};
 
     fn issuer() -> NativeIssuer {
+        issuer_with(r#"["sessiongate"]"#)
+    }
+
+    /// An issuer of the test env with these audiences (a TOML array) and a generated key.
+    pub(crate) fn issuer_with(audiences: &str) -> NativeIssuer {
         let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sessiongate.toml");
+        std::fs::write(&file, format!("[native]\naudiences = {audiences}\n")).unwrap();
         let cfg = crate::config::load(
             &std::collections::HashMap::<String, String>::new(),
             dir.path(),
-            None,
+            Some(&file),
         )
         .unwrap();
         let keys = Arc::new(SigningKeys::load_or_generate(&[]).unwrap());
@@ -522,9 +530,16 @@ mod tests {
     }
 
     fn session(now_ms: i64) -> Session {
+        sample_session(now_ms)
+    }
+
+    /// A session with custom claims (nested, of every JSON type) and two factors, one with
+    /// every optional field and one with none.
+    pub(crate) fn sample_session(now_ms: i64) -> Session {
         let mut custom = Map::new();
         custom.insert("tenant".into(), json!("acme"));
         custom.insert("roles".into(), json!(["admin", {"scope": 3}]));
+        custom.insert("n".into(), json!({"deep": [1, 2.5, null, true]}));
         Session {
             session_id: "session-test-0b8e7c1e-2f7a-4d5b-9c3e-5a6b7c8d9e0f".into(),
             user_id: "user-test-1c2d3e4f-5a6b-7c8d-9e0f-1a2b3c4d5e6f".into(),

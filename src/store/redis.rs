@@ -184,10 +184,6 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Where pub/sub subscribes: the one server, or any seed node of a cluster.
-#[derive(Clone)]
-struct Subscribers(Vec<redis::Client>);
-
 /// The Redis-backed store.
 pub struct RedisStore {
     conn: Conn,
@@ -269,7 +265,7 @@ impl RedisStore {
         let channel = Keys::new(env).channel();
         let notices = broadcast::channel(1024).0;
         let subscriber = tokio::spawn(subscribe_forever(
-            Subscribers(clients),
+            clients,
             channel.clone(),
             notices.clone(),
             timeouts,
@@ -378,13 +374,14 @@ impl RedisStore {
 /// Keeps one pub/sub connection subscribed, forever, with capped exponential backoff; in a
 /// cluster it moves on to the next seed node when one does not answer.
 async fn subscribe_forever(
-    nodes: Subscribers,
+    // The one server, or the seed nodes of a cluster (any of them will do).
+    nodes: Vec<redis::Client>,
     channel: String,
     notices: broadcast::Sender<Notice>,
     timeouts: Timeouts,
 ) {
     let mut backoff = Duration::from_millis(50);
-    for client in nodes.0.iter().cycle() {
+    for client in nodes.iter().cycle() {
         let attempt = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;

@@ -24,16 +24,6 @@ async fn app_for(idp: &FakeIdp) -> TestApp {
         .await
 }
 
-async fn migrate(app: &TestApp, token: &str) -> Result<pb::MigrateSessionResponse, tonic::Status> {
-    app.session()
-        .migrate_session(pb::MigrateSessionRequest {
-            legacy_token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
 #[tokio::test]
 async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once() {
     let idp = FakeIdp::start().await;
@@ -44,7 +34,7 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
         UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1", "email": "ada@example.com", "email_verified": true, "name": "Ada"})),
     );
     let first = eventually(std::time::Duration::from_secs(5), || async {
-        migrate(&app, &token).await.ok()
+        app.migrate(&token).await.ok()
     })
     .await;
     assert!(first.user_created);
@@ -95,7 +85,7 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
     // The same token again, within the replay window: the same session, replayed, and no
     // second UserInfo call.
     let calls = idp.userinfo_hits();
-    let replay = migrate(&app, &token).await.unwrap();
+    let replay = app.migrate(&token).await.unwrap();
     assert!(replay.replayed && !first.replayed);
     assert_eq!(
         (replay.session_token.as_str(), replay.user_id.as_str()),
@@ -111,7 +101,7 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
         &second,
         UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1"})),
     );
-    let again = migrate(&app, &second).await.unwrap();
+    let again = app.migrate(&second).await.unwrap();
     assert_eq!(again.user_id, first.user_id);
     assert!(!again.user_created && !again.replayed);
     assert_ne!(again.session_token, first.session_token);
@@ -151,7 +141,7 @@ async fn threat_29_refusals_map_to_the_contract_codes_and_foreign_tokens_never_r
     let mut other_client = idp.claims(API);
     other_client["azp"] = json!("client-evil");
     let t = sign(&key, json!({}), &other_client);
-    let e = migrate(&app, &t).await.unwrap_err();
+    let e = app.migrate(&t).await.unwrap_err();
     assert_eq!(
         (e.code(), reason(&e).as_str()),
         (tonic::Code::Unauthenticated, "LEGACY_TOKEN_REJECTED")
@@ -196,14 +186,14 @@ async fn threat_29_refusals_map_to_the_contract_codes_and_foreign_tokens_never_r
         c["jti"] = json!(format!("case-{i}"));
         let t = sign(&key, json!({}), &c);
         idp.on_userinfo(&t, reply);
-        let e = migrate(&app, &t).await.unwrap_err();
+        let e = app.migrate(&t).await.unwrap_err();
         assert_eq!((e.code(), reason(&e).as_str()), (code, why), "case {i}");
     }
 
     // An opaque legacy token the provider does not know.
-    let e = migrate(&app, "opaque-unknown").await.unwrap_err();
+    let e = app.migrate("opaque-unknown").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    let e = migrate(&app, "").await.unwrap_err();
+    let e = app.migrate("").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(
         app.state.store.recent_events(100).await.unwrap().is_empty(),
@@ -250,7 +240,7 @@ async fn a_hundred_concurrent_migrations_over_two_replicas_make_one_userinfo_cal
     let calls = (0..100).map(|i| {
         let app = if i % 2 == 0 { &a } else { &b };
         let token = token.clone();
-        async move { migrate(app, &token).await }
+        async move { app.migrate(&token).await }
     });
     let results: Vec<_> = futures::future::join_all(calls)
         .await
@@ -273,7 +263,7 @@ async fn a_refusal_is_replayed_briefly_without_asking_the_provider_again() {
     let app = app_for(&idp).await;
     idp.on_userinfo("opaque-refused", UserInfoReply::Status(401));
     for _ in 0..3 {
-        let e = migrate(&app, "opaque-refused").await.unwrap_err();
+        let e = app.migrate("opaque-refused").await.unwrap_err();
         assert_eq!(reason(&e), "LEGACY_TOKEN_REJECTED");
     }
     assert_eq!(idp.userinfo_hits(), 1);
@@ -419,9 +409,9 @@ async fn migrations_are_rate_limited_per_legacy_identity_and_per_caller() {
     })
     .await;
     // The same legacy user logging in with three different tokens within a minute.
-    migrate(&app, &token_for("alice", 1)).await.unwrap();
-    migrate(&app, &token_for("alice", 2)).await.unwrap();
-    let e = migrate(&app, &token_for("alice", 3)).await.unwrap_err();
+    app.migrate(&token_for("alice", 1)).await.unwrap();
+    app.migrate(&token_for("alice", 2)).await.unwrap();
+    let e = app.migrate(&token_for("alice", 3)).await.unwrap_err();
     assert_eq!(
         (e.code(), reason(&e).as_str()),
         (tonic::Code::ResourceExhausted, "RATE_LIMITED")
@@ -436,8 +426,8 @@ async fn migrations_are_rate_limited_per_legacy_identity_and_per_caller() {
         .unwrap();
     assert!((1..=60).contains(&after), "{after}");
     // The (anonymous) caller has made 3 attempts; the 4th passes, the 5th does not.
-    migrate(&app, &token_for("bob", 1)).await.unwrap();
-    let e = migrate(&app, &token_for("carol", 1)).await.unwrap_err();
+    app.migrate(&token_for("bob", 1)).await.unwrap();
+    let e = app.migrate(&token_for("carol", 1)).await.unwrap_err();
     assert_eq!(reason(&e), "RATE_LIMITED");
     assert!(e.message().contains("caller"), "{}", e.message());
 }
@@ -479,7 +469,7 @@ async fn slow_oversize_and_redirecting_userinfo_answers_are_unavailable_and_boun
     for (name, reply) in cases {
         let t = token(name, reply);
         let started = std::time::Instant::now();
-        let e = migrate(&app, &t).await.unwrap_err();
+        let e = app.migrate(&t).await.unwrap_err();
         assert_eq!(
             (e.code(), reason(&e).as_str()),
             (tonic::Code::Unavailable, "LEGACY_PROVIDER_UNAVAILABLE"),
@@ -514,7 +504,7 @@ async fn slow_oversize_and_redirecting_userinfo_answers_are_unavailable_and_boun
         "{e:?}"
     );
     let done = eventually(std::time::Duration::from_secs(3), || async {
-        migrate(&app, &t).await.ok()
+        app.migrate(&t).await.ok()
     })
     .await;
     assert!(

@@ -16,7 +16,7 @@ use sessiongate::grpc::pb;
 use sessiongate::keys::KeyKind;
 
 use crate::support::idp::{FakeIdp, UserInfoReply, sign};
-use crate::support::{Setup, TestApp, eventually, reason};
+use crate::support::{Setup, eventually, reason};
 
 const API: &str = "https://api.example.com";
 
@@ -26,19 +26,6 @@ fn provider(name: &str, kind: &str, idp: &FakeIdp, extra: &str) -> String {
         idp.issuer(),
         idp.jwks_url()
     )
-}
-
-async fn validate(
-    app: &TestApp,
-    token: &str,
-) -> Result<pb::ValidateSessionResponse, tonic::Status> {
-    app.session()
-        .validate_session(pb::ValidateSessionRequest {
-            token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
 }
 
 fn verdict(r: &pb::ValidateSessionResponse) -> (pb::Verdict, pb::Reason) {
@@ -69,7 +56,7 @@ async fn legacy_and_external_tokens_validate_with_their_policy() {
     for kind in [KeyKind::Rs256, KeyKind::Es256, KeyKind::Eddsa] {
         let token = sign(&legacy.key(kind), json!({}), &legacy.claims(API));
         let r = eventually(Duration::from_secs(5), || async {
-            validate(&app, &token).await.ok()
+            app.validate(&token).await.ok()
         })
         .await;
         assert_eq!(verdict(&r), VALID, "{kind:?}");
@@ -80,7 +67,7 @@ async fn legacy_and_external_tokens_validate_with_their_policy() {
         assert_eq!(r.source(), pb::DecisionSource::LocalVerify);
         assert!(r.claims.unwrap().fields.contains_key("scope"));
         assert!(r.session.is_none() && r.session_jwt.is_empty());
-        let again = validate(&app, &token).await.unwrap();
+        let again = app.validate(&token).await.unwrap();
         assert_eq!(
             (verdict(&again), again.source()),
             (VALID, pb::DecisionSource::Cache)
@@ -93,7 +80,7 @@ async fn legacy_and_external_tokens_validate_with_their_policy() {
         &upgrade.claims(API),
     );
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&app, &token).await.ok()
+        app.validate(&token).await.ok()
     })
     .await;
     assert_eq!((verdict(&r), r.action()), (VALID, pb::Action::Migrate));
@@ -104,7 +91,7 @@ async fn legacy_and_external_tokens_validate_with_their_policy() {
         &retired.claims(API),
     );
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&app, &token).await.ok()
+        app.validate(&token).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), invalid(pb::Reason::LegacyRetired));
@@ -119,7 +106,7 @@ async fn legacy_and_external_tokens_validate_with_their_policy() {
         &external.claims(API),
     );
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&app, &token).await.ok()
+        app.validate(&token).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), VALID);
@@ -147,14 +134,14 @@ async fn threat_05_keys_are_bound_to_their_issuer() {
     for idp in [&a, &b] {
         let t = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
         eventually(Duration::from_secs(5), || async {
-            validate(&app, &t).await.ok()
+            app.validate(&t).await.ok()
         })
         .await;
     }
     // B signs a token that claims to be from A, with B's kid: A has no such key.
     let forged = sign(&b.key(KeyKind::Rs256), json!({}), &a.claims(API));
     assert_eq!(
-        verdict(&validate(&app, &forged).await.unwrap()),
+        verdict(&app.validate(&forged).await.unwrap()),
         invalid(pb::Reason::UnknownKey)
     );
     // Same, but B's key presented under A's kid: the signature fails under A's key.
@@ -164,7 +151,7 @@ async fn threat_05_keys_are_bound_to_their_issuer() {
         &a.claims(API),
     );
     assert_eq!(
-        verdict(&validate(&app, &forged).await.unwrap()),
+        verdict(&app.validate(&forged).await.unwrap()),
         invalid(pb::Reason::BadSignature)
     );
 }
@@ -185,7 +172,7 @@ async fn threat_04_10_11_12_claims_and_kids_are_checked_strictly() {
     let good = idp.claims(API);
     let ok = sign(&key, json!({}), &good);
     eventually(Duration::from_secs(5), || async {
-        validate(&app, &ok).await.ok()
+        app.validate(&ok).await.ok()
     })
     .await;
 
@@ -331,7 +318,8 @@ async fn threat_04_10_11_12_claims_and_kids_are_checked_strictly() {
     ];
     for (name, header, claims, want) in cases {
         let token = sign(&key, header, &claims);
-        let r = validate(&app, &token)
+        let r = app
+            .validate(&token)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(verdict(&r), invalid(want), "{name}");
@@ -366,7 +354,7 @@ async fn threat_02_03_06_hostile_key_sets_and_header_urls_are_ignored() {
     let claims = idp.claims(API);
     let ok = sign(&key, json!({}), &claims);
     eventually(Duration::from_secs(5), || async {
-        validate(&app, &ok).await.ok()
+        app.validate(&ok).await.ok()
     })
     .await;
 
@@ -385,7 +373,7 @@ async fn threat_02_03_06_hostile_key_sets_and_header_urls_are_ignored() {
         format!("{input}.{sig}")
     };
     assert_eq!(
-        verdict(&validate(&app, &hs256).await.unwrap()),
+        verdict(&app.validate(&hs256).await.unwrap()),
         invalid(pb::Reason::UnsupportedAlgorithm)
     );
     let jku = sign(
@@ -400,7 +388,7 @@ async fn threat_02_03_06_hostile_key_sets_and_header_urls_are_ignored() {
     );
     for t in [jku, x5u] {
         assert_eq!(
-            verdict(&validate(&app, &t).await.unwrap()),
+            verdict(&app.validate(&t).await.unwrap()),
             invalid(pb::Reason::Malformed)
         );
     }
@@ -420,7 +408,7 @@ async fn threat_26_rotation_is_picked_up_once_and_random_kids_cannot_storm_the_i
     let claims = idp.claims(API);
     let first = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
     eventually(Duration::from_secs(5), || async {
-        validate(&app, &first)
+        app.validate(&first)
             .await
             .ok()
             .filter(|r| verdict(r) == VALID)
@@ -431,14 +419,14 @@ async fn threat_26_rotation_is_picked_up_once_and_random_kids_cannot_storm_the_i
     // The issuer rotates: a token with the new kid makes one refresh and verifies.
     let new_key = idp.rotate(KeyKind::Es256);
     let rotated = sign(&new_key, json!({}), &claims);
-    assert_eq!(verdict(&validate(&app, &rotated).await.unwrap()), VALID);
+    assert_eq!(verdict(&app.validate(&rotated).await.unwrap()), VALID);
     assert_eq!(idp.jwks_hits(), before + 1);
 
     // 200 tokens with random kids within the cooldown: not one more fetch.
     for i in 0..200 {
         let t = sign(&new_key, json!({"kid": format!("random-{i}")}), &claims);
         assert_eq!(
-            verdict(&validate(&app, &t).await.unwrap()),
+            verdict(&app.validate(&t).await.unwrap()),
             invalid(pb::Reason::UnknownKey)
         );
     }
@@ -456,7 +444,7 @@ async fn issuer_down_at_start_is_unavailable_then_recovers_and_outages_keep_last
     // Start-up did not wait for the issuer; its tokens cannot be checked yet: UNAVAILABLE,
     // never INVALID.
     let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
-    let e = validate(&app, &token).await.unwrap_err();
+    let e = app.validate(&token).await.unwrap_err();
     assert_eq!(
         (e.code(), reason(&e).as_str()),
         (tonic::Code::Unavailable, "KEYS_UNAVAILABLE")
@@ -465,7 +453,7 @@ async fn issuer_down_at_start_is_unavailable_then_recovers_and_outages_keep_last
     // The issuer comes back: the background fetch (with backoff) loads the keys.
     idp.set_status(200);
     let r = eventually(Duration::from_secs(10), || async {
-        validate(&app, &token).await.ok()
+        app.validate(&token).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), VALID);
@@ -475,7 +463,7 @@ async fn issuer_down_at_start_is_unavailable_then_recovers_and_outages_keep_last
     let mut other = idp.claims(API);
     other["sub"] = json!("auth0|someone-else");
     let fresh = sign(&idp.key(KeyKind::Es256), json!({}), &other);
-    assert_eq!(verdict(&validate(&app, &fresh).await.unwrap()), VALID);
+    assert_eq!(verdict(&app.validate(&fresh).await.unwrap()), VALID);
 }
 
 #[tokio::test]
@@ -500,7 +488,7 @@ async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
     idp.on_userinfo("opaque-slow", UserInfoReply::Slow(Duration::from_secs(3)));
     idp.on_userinfo("opaque-html", UserInfoReply::NotJson);
 
-    let r = validate(&app, "opaque-good").await.unwrap();
+    let r = app.validate("opaque-good").await.unwrap();
     assert_eq!((verdict(&r), r.action()), (VALID, pb::Action::Migrate));
     assert_eq!(
         (r.origin(), r.provider.as_str(), r.subject.as_str()),
@@ -509,7 +497,7 @@ async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
     assert_eq!(r.source(), pb::DecisionSource::Upstream);
     assert!(r.claims.unwrap().fields.contains_key("email"));
     // The answer is cached (by digest): no second call.
-    let r = validate(&app, "opaque-good").await.unwrap();
+    let r = app.validate("opaque-good").await.unwrap();
     assert_eq!(
         (verdict(&r), r.source()),
         (VALID, pb::DecisionSource::Cache)
@@ -517,13 +505,13 @@ async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
     assert_eq!(idp.userinfo_hits(), 1);
 
     // Refused by the provider: INVALID, and the refusal is cached too.
-    let r = validate(&app, "opaque-unknown").await.unwrap();
+    let r = app.validate("opaque-unknown").await.unwrap();
     assert_eq!(verdict(&r), invalid(pb::Reason::NotFound));
-    let _ = validate(&app, "opaque-unknown").await.unwrap();
+    let _ = app.validate("opaque-unknown").await.unwrap();
     assert_eq!(idp.userinfo_hits(), 2);
 
     // Rate limited: RESOURCE_EXHAUSTED with the provider's retry-after.
-    let e = validate(&app, "opaque-429").await.unwrap_err();
+    let e = app.validate("opaque-429").await.unwrap_err();
     assert_eq!(
         (e.code(), reason(&e).as_str()),
         (tonic::Code::ResourceExhausted, "LEGACY_RATE_LIMITED")
@@ -532,7 +520,7 @@ async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
     // Down, slow or broken: UNAVAILABLE — never an INVALID verdict.
     for token in ["opaque-503", "opaque-slow", "opaque-html"] {
         let started = std::time::Instant::now();
-        let e = validate(&app, token).await.unwrap_err();
+        let e = app.validate(token).await.unwrap_err();
         assert_eq!(
             (e.code(), reason(&e).as_str()),
             (tonic::Code::Unavailable, "LEGACY_PROVIDER_UNAVAILABLE"),
@@ -548,7 +536,7 @@ async fn legacy_opaque_tokens_go_through_userinfo_cached_by_digest() {
     let before = idp.userinfo_hits();
     for bad in ["has space", "tab\there", "new\nline"] {
         assert_eq!(
-            verdict(&validate(&app, bad).await.unwrap()),
+            verdict(&app.validate(bad).await.unwrap()),
             invalid(pb::Reason::Malformed)
         );
     }
@@ -578,12 +566,12 @@ async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_repli
     idp.on_userinfo("opaque-1", UserInfoReply::Json(json!({"sub": "auth0|9"})));
     for t in [&token, &twin, &plain] {
         let r = eventually(Duration::from_secs(5), || async {
-            validate(&b, t).await.ok()
+            b.validate(t).await.ok()
         })
         .await;
         assert_eq!(verdict(&r), VALID);
     }
-    assert_eq!(verdict(&validate(&b, "opaque-1").await.unwrap()), VALID);
+    assert_eq!(verdict(&b.validate("opaque-1").await.unwrap()), VALID);
 
     let revoke = |t: &str| pb::RevokeSessionRequest {
         target: Some(pb::revoke_session_request::Target::LegacyToken(t.into())),
@@ -600,13 +588,13 @@ async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_repli
     // Replica B had all of them cached; within a second they are REVOKED there.
     for t in [&token, &twin, &plain, &"opaque-1".to_string()] {
         eventually(Duration::from_secs(1), || async {
-            (verdict(&validate(&b, t).await.unwrap()) == invalid(pb::Reason::Revoked)).then_some(())
+            (verdict(&b.validate(t).await.unwrap()) == invalid(pb::Reason::Revoked)).then_some(())
         })
         .await;
     }
     let hits = idp.userinfo_hits();
     assert_eq!(
-        verdict(&validate(&a, "opaque-1").await.unwrap()),
+        verdict(&a.validate("opaque-1").await.unwrap()),
         invalid(pb::Reason::Revoked)
     );
     assert_eq!(
@@ -664,17 +652,17 @@ async fn endpoints_left_out_are_discovered_from_the_issuer() {
     idp.on_userinfo("opaque-d", UserInfoReply::Json(json!({"sub": "auth0|d"})));
     let jwt = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&app, &jwt).await.ok()
+        app.validate(&jwt).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), VALID);
-    let r = validate(&app, "opaque-d").await.unwrap();
+    let r = app.validate("opaque-d").await.unwrap();
     assert_eq!((verdict(&r), r.subject.as_str()), (VALID, "auth0|d"));
 
     // A discovery document that names another issuer is refused: that provider's keys never
     // load, so its tokens are UNAVAILABLE (not trusted, not INVALID).
     let jwt = sign(&liar.key(KeyKind::Rs256), json!({}), &liar.claims(API));
-    let e = validate(&app, &jwt).await.unwrap_err();
+    let e = app.validate(&jwt).await.unwrap_err();
     assert_eq!(reason(&e), "KEYS_UNAVAILABLE");
     assert_eq!(liar.jwks_hits(), 0);
 }
@@ -689,7 +677,7 @@ async fn replicas_share_the_jwks_through_the_store_instead_of_asking_the_issuer_
     let a = setup.clone().spawn().await;
     let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
     eventually(Duration::from_secs(5), || async {
-        validate(&a, &token).await.ok()
+        a.validate(&token).await.ok()
     })
     .await;
     assert_eq!(idp.jwks_hits(), 1);
@@ -697,7 +685,7 @@ async fn replicas_share_the_jwks_through_the_store_instead_of_asking_the_issuer_
     // A second replica (or a restart) starts from the shared copy.
     let b = setup.spawn().await;
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&b, &token).await.ok()
+        b.validate(&token).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), VALID);
@@ -714,7 +702,7 @@ async fn a_hanging_issuer_costs_one_fetch_and_no_more_than_the_callers_deadline(
     let claims = idp.claims(API);
     let known = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
     eventually(Duration::from_secs(5), || async {
-        validate(&app, &known).await.ok()
+        app.validate(&known).await.ok()
     })
     .await;
     let before = idp.jwks_hits();
@@ -761,7 +749,7 @@ async fn a_hanging_issuer_costs_one_fetch_and_no_more_than_the_callers_deadline(
     let mut other = claims.clone();
     other["sub"] = json!("auth0|not-cached");
     let fresh = sign(&idp.key(KeyKind::Es256), json!({}), &other);
-    assert_eq!(verdict(&validate(&app, &fresh).await.unwrap()), VALID);
+    assert_eq!(verdict(&app.validate(&fresh).await.unwrap()), VALID);
     assert!(t0.elapsed() < Duration::from_millis(200));
 }
 
@@ -785,20 +773,20 @@ async fn threat_08_09_expiry_and_leeway_boundaries_on_the_injected_clock() {
     claims["exp"] = json!(now - 29); // leeway is 30 s: still inside
     let inside = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&app, &inside).await.ok()
+        app.validate(&inside).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), VALID);
     claims["exp"] = json!(now - 30); // exactly at exp + leeway: expired
     let at = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
     assert_eq!(
-        verdict(&validate(&app, &at).await.unwrap()),
+        verdict(&app.validate(&at).await.unwrap()),
         invalid(pb::Reason::Expired)
     );
     // The cached verdict of the first token expires with the clock too.
     clock.advance(Duration::from_secs(2));
     assert_eq!(
-        verdict(&validate(&app, &inside).await.unwrap()),
+        verdict(&app.validate(&inside).await.unwrap()),
         invalid(pb::Reason::Expired)
     );
 }
@@ -833,7 +821,7 @@ async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
     assert_ne!(twin, token);
     for t in [&token, &twin] {
         let r = eventually(Duration::from_secs(5), || async {
-            validate(&app, t).await.ok()
+            app.validate(t).await.ok()
         })
         .await;
         assert_eq!(verdict(&r), VALID, "both encodings verify");
@@ -846,7 +834,7 @@ async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
     app.session().revoke_session(revoke).await.unwrap();
     // Revocation is keyed by (iss, jti), never by token bytes: the twin is revoked as well.
     assert_eq!(
-        verdict(&validate(&app, &twin).await.unwrap()),
+        verdict(&app.validate(&twin).await.unwrap()),
         invalid(pb::Reason::Revoked)
     );
 }
@@ -860,7 +848,7 @@ async fn threat_22_24_missing_signatures_and_cache_poisoning() {
         .await;
     let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&app, &token).await.ok()
+        app.validate(&token).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), VALID);
@@ -873,11 +861,11 @@ async fn threat_22_24_missing_signatures_and_cache_poisoning() {
         format!("{head}.AAAA"),
         format!("{head}.{}", "A".repeat(342)),
     ] {
-        let r = validate(&app, &forged).await.unwrap();
+        let r = app.validate(&forged).await.unwrap();
         assert_eq!(r.verdict(), pb::Verdict::Invalid, "{forged}");
         assert_ne!(r.source(), pb::DecisionSource::Cache);
     }
-    assert_eq!(verdict(&validate(&app, &token).await.unwrap()), VALID);
+    assert_eq!(verdict(&app.validate(&token).await.unwrap()), VALID);
 }
 
 fn b64json(v: &Value) -> String {
@@ -898,7 +886,7 @@ async fn threat_01_07_13_14_17_hostile_headers_and_payloads_never_fetch_and_neve
     let claims = idp.claims(API);
     let good = sign(&key, json!({}), &claims);
     eventually(Duration::from_secs(5), || async {
-        validate(&app, &good).await.ok()
+        app.validate(&good).await.ok()
     })
     .await;
     let real_sig = good.rsplit_once('.').unwrap().1.to_owned();
@@ -979,13 +967,14 @@ async fn threat_01_07_13_14_17_hostile_headers_and_payloads_never_fetch_and_neve
         ),
     ));
     for (name, t) in tokens {
-        let r = validate(&app, &t)
+        let r = app
+            .validate(&t)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(r.verdict(), pb::Verdict::Invalid, "{name}");
     }
     // 100,000 dots do not even reach the handler: the 64 KiB message cap refuses the call.
-    let e = validate(&app, &".".repeat(100_000)).await.unwrap_err();
+    let e = app.validate(&".".repeat(100_000)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::OutOfRange);
     assert_eq!(
         idp.jwks_hits(),
@@ -1008,7 +997,7 @@ async fn threat_25_26_forged_tokens_cannot_poison_a_victim_and_random_kids_canno
     };
     let victim = sign(&idp.key(KeyKind::Rs256), json!({}), &victim_claims);
     let r = eventually(Duration::from_secs(5), || async {
-        validate(&app, &victim).await.ok()
+        app.validate(&victim).await.ok()
     })
     .await;
     assert_eq!(verdict(&r), VALID);
@@ -1028,7 +1017,7 @@ async fn threat_25_26_forged_tokens_cannot_poison_a_victim_and_random_kids_canno
             };
             let t = sign(&attacker, header, &victim_claims);
             let app = &app;
-            async move { validate(app, &t).await.unwrap() }
+            async move { app.validate(&t).await.unwrap() }
         });
         for r in futures::future::join_all(calls).await {
             assert_eq!(r.verdict(), pb::Verdict::Invalid);
@@ -1047,7 +1036,7 @@ async fn threat_25_26_forged_tokens_cannot_poison_a_victim_and_random_kids_canno
         idp.jwks_hits() - fetches
     );
     assert_eq!(
-        verdict(&validate(&app, &victim).await.unwrap()),
+        verdict(&app.validate(&victim).await.unwrap()),
         VALID,
         "the victim's token was poisoned"
     );

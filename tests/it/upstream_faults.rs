@@ -39,19 +39,6 @@ fn provider(idp: &FakeIdp) -> String {
     )
 }
 
-async fn validate(
-    app: &TestApp,
-    token: &str,
-) -> Result<pb::ValidateSessionResponse, tonic::Status> {
-    app.session()
-        .validate_session(pb::ValidateSessionRequest {
-            token: token.into(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// A token never seen before (a distinct subject), signed with `key`: it is verified, not
 /// answered from the cache.
 fn fresh(idp: &FakeIdp, key: &SigningKey, n: usize) -> String {
@@ -108,7 +95,7 @@ async fn j1_jwks_failing_keeps_known_keys_and_a_rotation_is_unavailable_never_in
                 let rotated = i % 5 == 1;
                 let key = if rotated { &rotated_key } else { &known_key };
                 let t0 = Instant::now();
-                let r = validate(app, &fresh(idp, key, n)).await;
+                let r = app.validate(&fresh(idp, key, n)).await;
                 latencies.lock().unwrap().push(t0.elapsed());
                 *counts
                     .lock()
@@ -132,7 +119,7 @@ async fn j1_jwks_failing_keeps_known_keys_and_a_rotation_is_unavailable_never_in
         let t = fresh(&idp, &rotated_key, n);
         let app = &app;
         async move {
-            validate(app, &t)
+            app.validate(&t)
                 .await
                 .ok()
                 .filter(|r| r.verdict() == pb::Verdict::Valid)
@@ -185,7 +172,7 @@ async fn j4_a_rotation_under_load_never_refuses_a_current_token() {
                     *current.lock().unwrap() = new;
                 }
                 let key = current.lock().unwrap().clone();
-                let r = validate(app, &fresh(idp, &key, 10_000 * (w + 1) + i)).await;
+                let r = app.validate(&fresh(idp, &key, 10_000 * (w + 1) + i)).await;
                 *results.lock().unwrap().entry(outcome(&r)).or_default() += 1;
             }
         }
@@ -207,7 +194,7 @@ async fn j4_a_rotation_under_load_never_refuses_a_current_token() {
     let later = Setup::new().toml(&provider(&idp)).spawn().await;
     let new = current.lock().unwrap().clone();
     warm_with(&later, &idp, &new).await;
-    let r = validate(&later, &fresh(&idp, &old, 99_999)).await.unwrap();
+    let r = later.validate(&fresh(&idp, &old, 99_999)).await.unwrap();
     assert_eq!(
         (r.verdict(), r.reason()),
         (pb::Verdict::Invalid, pb::Reason::UnknownKey)
@@ -218,7 +205,7 @@ async fn j4_a_rotation_under_load_never_refuses_a_current_token() {
 async fn warm_with(app: &TestApp, idp: &FakeIdp, key: &SigningKey) {
     let t = fresh(idp, key, 1);
     eventually(Duration::from_secs(5), || async {
-        validate(app, &t)
+        app.validate(&t)
             .await
             .ok()
             .filter(|r| r.verdict() == pb::Verdict::Valid)
@@ -330,15 +317,17 @@ async fn j5_hostile_jwks_answers_keep_the_last_good_keys() {
         let mut claims = idp.claims(API);
         claims["sub"] = json!(format!("auth0|{name}"));
         let unknown = sign(&idp.key(KeyKind::Es256), json!({"kid": "next"}), &claims);
-        let r = validate(&app, &unknown).await;
+        let r = app.validate(&unknown).await;
         assert_eq!(outcome(&r), unknown_kid_answer, "{name}");
         if name == "a duplicate kid" {
             // The new set is in use: its unambiguous key verifies, the ambiguous kid does not.
-            let es = validate(&app, &fresh(&idp, &idp.key(KeyKind::Es256), 7))
+            let es = app
+                .validate(&fresh(&idp, &idp.key(KeyKind::Es256), 7))
                 .await
                 .unwrap();
             assert_eq!(es.verdict(), pb::Verdict::Valid, "{name}");
-            let rs = validate(&app, &fresh(&idp, &idp.key(KeyKind::Rs256), 8))
+            let rs = app
+                .validate(&fresh(&idp, &idp.key(KeyKind::Rs256), 8))
                 .await
                 .unwrap();
             assert_eq!(
@@ -349,9 +338,7 @@ async fn j5_hostile_jwks_answers_keep_the_last_good_keys() {
         } else {
             // The last good keys are still in use for tokens never seen before.
             for kind in [KeyKind::Rs256, KeyKind::Eddsa] {
-                let known = validate(&app, &fresh(&idp, &idp.key(kind), 7))
-                    .await
-                    .unwrap();
+                let known = app.validate(&fresh(&idp, &idp.key(kind), 7)).await.unwrap();
                 assert_eq!(known.verdict(), pb::Verdict::Valid, "{name}");
             }
         }
@@ -448,13 +435,7 @@ async fn u1_to_u5_migrations_under_userinfo_trouble_lose_nothing_and_duplicate_n
                     continue;
                 }
                 let t0 = Instant::now();
-                let r = app
-                    .session()
-                    .migrate_session(pb::MigrateSessionRequest {
-                        legacy_token: token.clone(),
-                        ..Default::default()
-                    })
-                    .await;
+                let r = app.migrate(token).await;
                 latencies.lock().unwrap().push(t0.elapsed());
                 let what = match &r {
                     Ok(_) => "OK".to_owned(),
@@ -462,7 +443,6 @@ async fn u1_to_u5_migrations_under_userinfo_trouble_lose_nothing_and_duplicate_n
                 };
                 *outcomes.lock().unwrap().entry((*kind, what)).or_default() += 1;
                 if let Ok(m) = r {
-                    let m = m.into_inner();
                     ledger.lock().unwrap().push((
                         *kind,
                         token.clone(),
@@ -514,7 +494,7 @@ async fn u1_to_u5_migrations_under_userinfo_trouble_lose_nothing_and_duplicate_n
     // Each acknowledged session is VALID afterwards.
     let mut lost = 0;
     for (_, _, _, session_token) in &ledger {
-        let v = validate(&app, session_token).await.unwrap();
+        let v = app.validate(session_token).await.unwrap();
         if v.verdict() != pb::Verdict::Valid {
             lost += 1;
         }
@@ -524,25 +504,10 @@ async fn u1_to_u5_migrations_under_userinfo_trouble_lose_nothing_and_duplicate_n
     let slow = &tokens[i].1;
     idp.on_userinfo(slow, UserInfoReply::Json(json!({"sub": subject(i)})));
     let retried = eventually(Duration::from_secs(3), || async {
-        app.session()
-            .migrate_session(pb::MigrateSessionRequest {
-                legacy_token: slow.clone(),
-                ..Default::default()
-            })
-            .await
-            .ok()
+        app.migrate(slow).await.ok()
     })
-    .await
-    .into_inner();
-    let again = app
-        .session()
-        .migrate_session(pb::MigrateSessionRequest {
-            legacy_token: slow.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    .await;
+    let again = app.migrate(slow).await.unwrap();
     assert_eq!(
         retried.session.as_ref().unwrap().session_id,
         again.session.as_ref().unwrap().session_id

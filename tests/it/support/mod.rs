@@ -115,6 +115,34 @@ impl TestApp {
         SessionGateServiceClient::new(self.channel.clone())
     }
 
+    /// ValidateSession of `token` with nothing else set (open test mode: no caller key).
+    pub async fn validate(
+        &self,
+        token: &str,
+    ) -> Result<sessiongate::grpc::pb::ValidateSessionResponse, tonic::Status> {
+        self.session()
+            .validate_session(sessiongate::grpc::pb::ValidateSessionRequest {
+                token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// MigrateSession of `legacy_token` with nothing else set (open test mode).
+    pub async fn migrate(
+        &self,
+        legacy_token: &str,
+    ) -> Result<sessiongate::grpc::pb::MigrateSessionResponse, tonic::Status> {
+        self.session()
+            .migrate_session(sessiongate::grpc::pb::MigrateSessionRequest {
+                legacy_token: legacy_token.into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
     pub fn admin(&self) -> RolloutAdminServiceClient<Channel> {
         RolloutAdminServiceClient::new(self.channel.clone())
     }
