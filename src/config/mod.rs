@@ -837,6 +837,11 @@ fn build(
             if userinfo_url.is_none() && !discoverable {
                 c.fail(k("userinfo_url"), "opaque legacy tokens are checked through UserInfo: set userinfo_url, or make issuer an https URL to discover it");
             }
+            // UserInfo answers "whose token is this", never "which client was it issued to":
+            // an allow-list of clients cannot be enforced on a token UserInfo vouches for.
+            if !p.allowed_client_ids.is_empty() {
+                c.fail(k("allowed_client_ids"), "cannot be enforced on opaque tokens: UserInfo does not say which client a token was issued to, so another client's opaque token of the same tenant would pass. Set token_format = \"jwt\" (a JWT's azp/client_id is checked), or remove allowed_client_ids");
+            }
             if opaque_provider.replace(p.name.clone()).is_some() {
                 c.fail(k("token_format"), "only one legacy provider may accept opaque tokens: an opaque token names no issuer to route it by");
             }
@@ -1179,7 +1184,7 @@ jwks_url = "https://example.auth0.com/.well-known/jwks.json"
 audiences = ["https://api.example.com"]
 algorithms = ["RS256"]
 userinfo_url = "https://example.auth0.com/userinfo"
-token_format = "both"
+token_format = "jwt"
 policy = "upgrade"
 allowed_client_ids = ["abc123"]
 link_verified_email = true
@@ -1209,7 +1214,8 @@ scopes = ["validate", "flow"]
         );
         let cfg = from_toml(&text, &[]).unwrap();
         assert_eq!(cfg.providers[0].policy, Policy::Upgrade);
-        assert_eq!(cfg.providers[0].token_format, TokenFormat::Both);
+        assert_eq!(cfg.providers[0].token_format, TokenFormat::Jwt);
+        assert_eq!(cfg.providers[0].allowed_client_ids, ["abc123"]);
         let f = &cfg.flows[0];
         assert!(matches!(
             f.rules,
@@ -1282,6 +1288,20 @@ scopes = ["validate", "flow"]
             &[],
         );
         assert_eq!(p[0].key, "providers[0].algorithms");
+    }
+
+    #[test]
+    fn a_client_allow_list_is_refused_where_opaque_tokens_would_bypass_it() {
+        for format in ["opaque", "both"] {
+            let p = problem(
+                &format!(
+                    "[[providers]]\nname = \"a\"\nkind = \"legacy\"\nissuer = \"https://a/\"\naudiences = [\"x\"]\njwks_url = \"https://a/j\"\nuserinfo_url = \"https://a/u\"\ntoken_format = \"{format}\"\nallowed_client_ids = [\"web\"]\n"
+                ),
+                &[],
+            );
+            assert_eq!(p[0].key, "providers[0].allowed_client_ids", "{format}");
+            assert!(p[0].message.contains("token_format = \"jwt\""), "{format}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::model::{AuthFactor, ClientInfo, LegacyIdentity, User};
 use super::providers::Provider;
 use super::service::{Created, SessionService, check_client, check_custom_claims, session_minutes};
 use super::token::{self, Shape};
+use crate::config::Policy;
 use crate::error::{Error, ErrorCode};
 use crate::store::Write;
 use crate::store::keys::Digest;
@@ -252,6 +253,29 @@ impl SessionService {
                 "legacy_token is larger than the token size cap",
             ));
         }
+        // Never shown to a provider, and never a session: sessiongate's own credentials and
+        // strings that could not be a header value stop here (and cost no budget).
+        if !token::upstream_safe(&req.legacy_token) {
+            return Err(rejected("not a token of a legacy provider"));
+        }
+        let provider = self.migration_provider(&req.provider)?;
+        // The all-at-once cutover: a retired provider's tokens are valid for nothing, least
+        // of all for a new session.
+        if provider.policy() == Policy::Reject {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                "LEGACY_RETIRED",
+                format!(
+                    "provider `{}` is retired (policy = \"reject\"): its tokens no longer migrate; sign in again",
+                    provider.name()
+                ),
+            ));
+        }
+        // The deny-list before anything else — before the replay record, which may hold a
+        // session minted before the revocation, and before UserInfo.
+        if self.legacy_denied(&provider, &req.legacy_token) {
+            return Err(rejected("it was revoked"));
+        }
         let replay = Replay::new(&self.keys, &req.legacy_token);
         if let Some(done) = replay.read(&*self.store).await? {
             return done.map(|c| (c, true));
@@ -281,7 +305,7 @@ impl SessionService {
         }
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let result = this.migrate_once(req).await;
+            let result = this.migrate_once(req, provider).await;
             // Remember the outcome for the replay window (errors that a retry could change —
             // an unavailable dependency — are not remembered) and release the lock, in one
             // transaction (the two keys share a hash tag).
@@ -302,12 +326,16 @@ impl SessionService {
             .map(|c| (c, false))
     }
 
-    /// The migration itself; `migrate` has checked the token's presence and size.
-    async fn migrate_once(&self, req: MigrateRequest) -> Result<Created, Error> {
+    /// The migration itself; `migrate` has checked the token's presence, size and shape, the
+    /// provider's policy and the deny-list.
+    async fn migrate_once(
+        &self,
+        req: MigrateRequest,
+        provider: Arc<Provider>,
+    ) -> Result<Created, Error> {
         let minutes = session_minutes(req.duration_minutes, self.default_minutes)?;
         check_custom_claims(&req.custom_claims)?;
         check_client(&req.client)?;
-        let provider = self.migration_provider(&req.provider)?;
         let now = self.clock.now_ms();
 
         // 1. A JWT is verified locally first: a token of another client or issuer never
@@ -396,6 +424,7 @@ impl SessionService {
             delivery: provider.name().to_owned(),
             last_authenticated_at_ms: Some(now),
         }];
+        let first_session_write = writes.len();
         let (session, session_token) = self.mint_session(
             &user.user_id,
             factors,
@@ -406,7 +435,24 @@ impl SessionService {
             now,
             &mut writes,
         )?;
+        // The legacy token → session index, before the record that makes the session valid:
+        // revoking the legacy token must always find what was minted from it.
+        let signed = self.legacy_signed_digest(&req.legacy_token);
+        writes.insert(
+            first_session_write,
+            Write::SetAdd {
+                key: self.keys.migrated_sessions(&signed),
+                member: session.session_id.clone().into_bytes(),
+                ttl: Some(self.record_ttl(session.expires_at_ms, now)),
+            },
+        );
         self.store.write(writes).await?;
+        // A revocation of the legacy token that raced this migration (it read the index
+        // before our write) is caught here: the session goes the way of the token.
+        if self.legacy_denied(&provider, &req.legacy_token) {
+            self.revoke_sessions_migrated_from(&signed, now).await?;
+            return Err(rejected("it was revoked"));
+        }
         let session_jwt = self.issuer.mint(&session, now)?;
         metrics::counter!("sessiongate_migrations_total", "provider" => provider.name().to_owned(), "outcome" => if user_created { "user_created" } else { "user_found" })
             .increment(1);

@@ -385,7 +385,7 @@ impl NativeIssuer {
         }
         // Maximum lifetime: a native JWT never lives longer than the configured TTL; one that
         // claims to was not minted by this deployment's rules.
-        if exp - iat > self.ttl_secs || exp < iat {
+        if exp.checked_sub(iat).is_none_or(|life| life > self.ttl_secs) || exp < iat {
             return Err(Reason::InvalidClaims);
         }
         let text = |name: &str| {

@@ -218,15 +218,21 @@ impl Provider {
         let iat = date("iat")?;
         let nbf = date("nbf")?;
         let leeway = self.leeway_secs;
-        if nbf.is_some_and(|t| t > now + leeway) || iat.is_some_and(|t| t > now + leeway) {
+        // Dates are bounded by `numeric_date`, so none of these sums can overflow; checked
+        // arithmetic all the same, so that a wrap can never turn into VALID.
+        let later = |t: i64| t.checked_sub(leeway).is_none_or(|t| t > now);
+        if nbf.is_some_and(later) || iat.is_some_and(later) {
             return Err(Reason::NotYetValid);
         }
-        if now >= exp + leeway {
+        if exp.checked_add(leeway).is_none_or(|end| now >= end) {
             return Err(Reason::Expired);
         }
         // Maximum lifetime: measured from `iat` when present, else from now. This also
         // refuses `exp` written in milliseconds.
-        if exp - iat.unwrap_or(now) > self.max_lifetime_secs {
+        if exp
+            .checked_sub(iat.unwrap_or(now))
+            .is_none_or(|life| life > self.max_lifetime_secs)
+        {
             return Err(Reason::InvalidClaims);
         }
         let subject = claims

@@ -42,6 +42,8 @@ pub(super) struct Minted {
 pub(super) struct ProviderHit {
     pub provider: Arc<Provider>,
     pub jwt: VerifiedProviderJwt,
+    /// The digest of the token's signing input: what its deny-list entry is keyed by.
+    pub signed: Digest,
 }
 
 /// Whose session to create.
@@ -86,16 +88,27 @@ pub enum RevokeTarget {
     LegacyToken(String),
 }
 
-/// The revocation id of a provider token: by `(iss, jti)` when it has a `jti` — robust to
-/// re-encodings of the same token (ECDSA malleability) — and by the token's digest always.
-pub(super) fn legacy_ids(iss: &str, jti: Option<&str>, token: &Digest) -> (Option<String>, String) {
+/// The revocation ids of a provider token: by `(iss, jti)` when it has a `jti`, and always by
+/// `signed`, the digest of what the signature covers — a JWT's `header.payload`, an opaque
+/// token whole. Never by a JWT's full bytes: an ECDSA signature `(r, s)` has a twin `(r, n−s)`
+/// that verifies as well, and a deny-list keyed by the whole token would let the twin through.
+pub(super) fn legacy_ids(
+    iss: &str,
+    jti: Option<&str>,
+    signed: &Digest,
+) -> (Option<String>, String) {
     let by_jti = jti.map(|j| {
         format!(
             "lt:{}",
             Digest::of(format!("{iss}\0{j}").as_bytes()).to_hex()
         )
     });
-    (by_jti, format!("lt:{}", token.to_hex()))
+    (by_jti, format!("lt:{}", signed.to_hex()))
+}
+
+/// What a JWT's deny-list entry is keyed by: the digest of its signing input.
+pub(super) fn signed_digest(jws: &token::Jws<'_>) -> Digest {
+    Digest::of(jws.signing_input.as_bytes())
 }
 
 /// Where a session stands in the store.
@@ -574,6 +587,7 @@ impl SessionService {
             return Err(not_ours("empty or too large"));
         }
         let digest = Digest::of(token.as_bytes());
+        let signed = self.legacy_signed_digest(token);
         let (ids, until) = match token::classify(token) {
             Ok(Shape::Jws(jws)) => {
                 let header = token::header(&jws).map_err(|r| not_ours(r.as_str()))?;
@@ -590,20 +604,23 @@ impl SessionService {
                     .ok_or_else(|| not_ours("unknown issuer"))?;
                 let jwt = match provider.verify(&jws, &header, claims, now).await {
                     Ok(jwt) => jwt,
-                    // Already expired: nothing left to revoke.
-                    Err(Ok(super::Reason::Expired)) => return Ok(0),
+                    // Already expired (the signature checked out): nothing left to deny,
+                    // but the sessions migrated from it live on until revoked.
+                    Err(Ok(super::Reason::Expired)) => {
+                        return self.revoke_sessions_migrated_from(&signed, now_ms).await;
+                    }
                     Err(Ok(r)) => return Err(not_ours(r.as_str())),
                     Err(Err(e)) => return Err(e),
                 };
                 let jti = jwt.claims.get("jti").and_then(Value::as_str);
-                let (by_jti, by_token) = legacy_ids(&iss, jti, &digest);
+                let (by_jti, by_token) = legacy_ids(&iss, jti, &signed);
                 let until = jwt.expires_at.unwrap_or(now) + self.leeway_secs;
                 (
                     by_jti.into_iter().chain([by_token]).collect::<Vec<_>>(),
                     until,
                 )
             }
-            Ok(Shape::Other) => {
+            Ok(Shape::Other) if token::upstream_safe(token) => {
                 let provider = self
                     .providers
                     .opaque()
@@ -626,9 +643,13 @@ impl SessionService {
                 ttl: Some(ttl),
             })
             .collect();
-        // A cached UserInfo answer must not outlive the revocation.
+        // A cached UserInfo answer must not outlive the revocation, nor a migration's replay
+        // record (it holds a session to hand out again).
         writes.push(Write::Delete {
             key: self.keys.userinfo(&digest),
+        });
+        writes.push(Write::Delete {
+            key: self.keys.replay(&digest),
         });
         writes.push(Write::Event(self.event(
             "legacy_token.revoked",
@@ -639,7 +660,64 @@ impl SessionService {
             self.broadcast(id, until, now_ms).await?;
         }
         metrics::counter!("sessiongate_legacy_tokens_revoked_total").increment(1);
-        Ok(1)
+        // Denied first, so that a migration racing this revocation refuses on its own; then
+        // the sessions already minted from the token ("one revoke across both providers").
+        Ok(1 + self.revoke_sessions_migrated_from(&signed, now_ms).await?)
+    }
+
+    /// What a legacy token's deny-list entry and migrated-sessions index are keyed by: a
+    /// JWT's signing input (its ECDSA twin shares it), an opaque token whole.
+    pub(super) fn legacy_signed_digest(&self, token: &str) -> Digest {
+        match token::classify(token) {
+            Ok(Shape::Jws(jws)) => signed_digest(&jws),
+            _ => Digest::of(token.as_bytes()),
+        }
+    }
+
+    /// Whether a legacy token of `provider` is on the deny-list — the in-process revoked set
+    /// ValidateSession reads — by `(iss, jti)` or by its signed digest. Read from the token
+    /// unverified: a deny-list hit only ever refuses.
+    pub(super) fn legacy_denied(&self, provider: &Provider, token: &str) -> bool {
+        let (by_jti, by_signed) = match token::classify(token) {
+            Ok(Shape::Jws(jws)) => {
+                let claims = token::payload(&jws).ok();
+                let jti = claims
+                    .as_ref()
+                    .and_then(|c| c.get("jti"))
+                    .and_then(Value::as_str);
+                legacy_ids(&provider.config.issuer, jti, &signed_digest(&jws))
+            }
+            _ => legacy_ids("", None, &Digest::of(token.as_bytes())),
+        };
+        by_jti.is_some_and(|id| self.revoked.contains(&id)) || self.revoked.contains(&by_signed)
+    }
+
+    /// Revokes every session minted by migrating the legacy token whose signed digest is
+    /// `signed`; returns how many were still live.
+    pub(super) async fn revoke_sessions_migrated_from(
+        &self,
+        signed: &Digest,
+        now: i64,
+    ) -> Result<u32, Error> {
+        let sids = self
+            .store
+            .set_members(&self.keys.migrated_sessions(signed))
+            .await?;
+        let mut revoked = 0;
+        for sid in sids {
+            let Ok(sid) = String::from_utf8(sid) else {
+                continue;
+            };
+            if let Some(d) = self.digest_of(&sid).await? {
+                revoked += match self.revoke_digest(&d, now).await {
+                    Ok(n) => n,
+                    // Expired and gone meanwhile: nothing left to revoke.
+                    Err(e) if e.code == ErrorCode::NotFound => 0,
+                    Err(e) => return Err(e),
+                };
+            }
+        }
+        Ok(revoked)
     }
 
     /// Adds a revoked native sid to the shared set until every JWT naming it has expired.

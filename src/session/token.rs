@@ -86,6 +86,19 @@ pub fn classify(token: &str) -> Result<Shape<'_>, Reason> {
     }
 }
 
+/// The prefix of sessiongate's caller API keys.
+pub const CALLER_KEY_PREFIX: &str = "sgk_";
+
+/// Whether `token` may be shown to a provider (UserInfo, introspection): visible ASCII only
+/// (nothing that could split or smuggle a header), and never a credential of sessiongate's
+/// own — a session token or a caller key sent to another party would leak it.
+pub fn upstream_safe(token: &str) -> bool {
+    !token.is_empty()
+        && token.bytes().all(|b| (0x21..0x7f).contains(&b))
+        && !token.starts_with(NATIVE_TOKEN_PREFIX)
+        && !token.starts_with(CALLER_KEY_PREFIX)
+}
+
 /// A new native opaque token: `sgs_` + 256 random bits, base64url.
 pub fn new_native_token() -> String {
     let bytes: [u8; NATIVE_TOKEN_BYTES] = rand::random();
@@ -163,14 +176,19 @@ pub fn payload(jws: &Jws<'_>) -> Result<Map<String, Value>, Reason> {
     decode_json::<UniqueKeys>(jws.payload).map(|u| u.0)
 }
 
-/// An RFC 7519 NumericDate: a JSON number of seconds (fractions truncated), sane in magnitude;
-/// anything else (a string, NaN, 1e300) is `None`.
+/// The largest NumericDate magnitude accepted (about 31 million years): far beyond any real
+/// token, and small enough that sums and differences of two dates (`exp - iat`, `exp +
+/// leeway`, seconds to milliseconds) can never overflow an `i64`.
+pub const MAX_NUMERIC_DATE: i64 = 1_000_000_000_000_000;
+
+/// An RFC 7519 NumericDate: a JSON number of seconds (fractions truncated), sane in magnitude,
+/// integer or float alike; anything else (a string, NaN, 1e300, 2^62) is `None`.
 pub fn numeric_date(v: &Value) -> Option<i64> {
     if let Some(i) = v.as_i64() {
-        return Some(i);
+        return (i.unsigned_abs() < MAX_NUMERIC_DATE as u64).then_some(i);
     }
     let f = v.as_f64()?;
-    (f.is_finite() && f.abs() < 1e15).then_some(f as i64)
+    (f.is_finite() && f.abs() < MAX_NUMERIC_DATE as f64).then_some(f as i64)
 }
 
 /// True if the `aud` claim (a string, or an array of strings) names one of `audiences`.
@@ -268,6 +286,25 @@ mod tests {
         );
         assert_eq!(parse(&jws(r#"{"exp":1,"exp":2}"#)), Err(Reason::Malformed));
         assert_eq!(parse(&jws(r#"["sub"]"#)), Err(Reason::Malformed));
+    }
+
+    #[test]
+    fn numeric_dates_are_bounded_whatever_their_json_type() {
+        use serde_json::json;
+        assert_eq!(numeric_date(&json!(1_700_000_000)), Some(1_700_000_000));
+        assert_eq!(numeric_date(&json!(1_700_000_000.9)), Some(1_700_000_000));
+        assert_eq!(numeric_date(&json!(-5)), Some(-5));
+        for bad in [
+            json!(4_611_686_018_427_387_904_i64),
+            json!(-4_611_686_018_427_387_905_i64),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(1e300),
+            json!(MAX_NUMERIC_DATE),
+            json!("1700000000"),
+        ] {
+            assert_eq!(numeric_date(&bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::native::Claims;
 use super::providers::{Provider, VerifiedProviderJwt};
 use super::service::{
     Lookup, Minted, ProviderHit, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS, legacy_ids,
+    signed_digest,
 };
 use super::token::{self, Shape};
 use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
@@ -93,12 +94,6 @@ impl CachedUserInfo {
             _ => Err(Reason::NotFound),
         }
     }
-}
-
-/// An opaque token worth sending upstream: visible ASCII only (no spaces, no control
-/// characters that could split a header).
-fn opaque_token_ok(token: &str) -> bool {
-    token.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 /// A `ValidateSession` call, decoded.
@@ -232,7 +227,9 @@ impl SessionService {
             // Legacy opaque tokens are checked through the legacy provider's UserInfo; with none
             // configured that accepts them, an unknown shape is malformed.
             Ok(Shape::Other) => match self.providers.opaque().cloned() {
-                Some(p) if opaque_token_ok(token) => self.validate_legacy_opaque(token, &p).await,
+                Some(p) if token::upstream_safe(token) => {
+                    self.validate_legacy_opaque(token, &p).await
+                }
                 _ => Ok(Verdict::invalid(
                     Reason::Malformed,
                     Origin::Unknown,
@@ -344,16 +341,17 @@ impl SessionService {
         Ok(self.userinfo_verdict(provider, cached.into_result(), Source::Upstream, now))
     }
 
-    /// A verified provider token, unless it was revoked (by `(iss, jti)` or by digest): the
-    /// deny-list is the in-process revoked set, fed like the revoked sids.
-    fn not_denied(
+    /// A verified provider token, unless it was revoked (by `(iss, jti)` or by the digest of
+    /// its signing input): the deny-list is the in-process revoked set, fed like the revoked
+    /// sids.
+    pub(super) fn not_denied(
         &self,
         provider: &Provider,
         jwt: VerifiedProviderJwt,
-        digest: &Digest,
+        signed: &Digest,
     ) -> Result<VerifiedProviderJwt, Reason> {
         let jti = jwt.claims.get("jti").and_then(Value::as_str);
-        let (by_jti, by_token) = legacy_ids(&provider.config.issuer, jti, digest);
+        let (by_jti, by_token) = legacy_ids(&provider.config.issuer, jti, signed);
         if by_jti.is_some_and(|id| self.revoked.contains(&id)) || self.revoked.contains(&by_token) {
             Err(Reason::Revoked)
         } else {
@@ -510,7 +508,7 @@ impl SessionService {
         let now = now_ms.div_euclid(1000);
         let digest = Digest::of(token.as_bytes());
         if let Some(hit) = self.provider_cache.get(digest.as_bytes()) {
-            let jwt = self.not_denied(&hit.provider, hit.jwt.clone(), &digest);
+            let jwt = self.not_denied(&hit.provider, hit.jwt.clone(), &hit.signed);
             return Ok(self.provider_verdict(&hit.provider, jwt, Source::Cache, now));
         }
         let (jwt, mut source) = match self.cache.get(digest.as_bytes()) {
@@ -549,14 +547,16 @@ impl SessionService {
                         };
                         return match provider.verify(&jws, &header, claims, now).await {
                             Ok(jwt) => {
+                                let signed = signed_digest(&jws);
                                 self.provider_cache.insert(
                                     *digest.as_bytes(),
                                     Arc::new(ProviderHit {
                                         provider: provider.clone(),
                                         jwt: jwt.clone(),
+                                        signed,
                                     }),
                                 );
-                                let jwt = self.not_denied(&provider, jwt, &digest);
+                                let jwt = self.not_denied(&provider, jwt, &signed);
                                 Ok(self.provider_verdict(&provider, jwt, Source::LocalVerify, now))
                             }
                             Err(Ok(reason)) => Ok(self.provider_verdict(

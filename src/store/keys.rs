@@ -157,14 +157,11 @@ impl Keys {
         self.key(format_args!("ui:{}", token.to_hex()))
     }
 
-    /// A revoked legacy token, by digest (opaque tokens, and JWTs without `jti`).
-    pub fn legacy_denied(&self, token: &Digest) -> Key {
-        self.key(format_args!("deny:{}", token.to_hex()))
-    }
-
-    /// A revoked legacy JWT, by issuer and `jti` (hashed: both are attacker-chosen text).
-    pub fn legacy_denied_jti(&self, iss_jti: &Digest) -> Key {
-        self.key(format_args!("deny-jti:{}", iss_jti.to_hex()))
+    /// The sessions minted by migrating a legacy token, by the digest its deny-list entry is
+    /// keyed by (a JWT's signing input, an opaque token whole): revoking the legacy token
+    /// revokes them too.
+    pub fn migrated_sessions(&self, signed: &Digest) -> Key {
+        self.key(format_args!("{{m:{}}}:sessions", signed.to_hex()))
     }
 
     /// A flow's run-time overrides (the flow's name hashed: names are free text).

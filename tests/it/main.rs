@@ -1,6 +1,7 @@
 //! The one integration-test binary (one link on a 2-core machine): every test runs the real
 //! service — gRPC over loopback, real redis-server processes.
 
+mod attacks;
 mod cli;
 mod faults;
 mod flows;

@@ -11,11 +11,24 @@ use crate::support::{Setup, TestApp, eventually, reason};
 const API: &str = "https://api.example.com";
 
 async fn app_for(idp: &FakeIdp) -> TestApp {
+    app_with(idp, "token_format = \"both\"").await
+}
+
+/// JWTs only, of one allowed client (an allow-list cannot hold for opaque tokens).
+async fn app_for_one_client(idp: &FakeIdp) -> TestApp {
+    app_with(
+        idp,
+        "token_format = \"jwt\"\nallowed_client_ids = [\"client-web\"]",
+    )
+    .await
+}
+
+async fn app_with(idp: &FakeIdp, extra: &str) -> TestApp {
     Setup::new()
         .toml(&format!(
             "[migration]\nper_identity_per_minute = 100\n\
              [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
-                          audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\ntoken_format = \"both\"\npolicy = \"upgrade\"\nallowed_client_ids = [\"client-web\"]\nuserinfo_timeout_ms = 300\n",
+                          audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\n{extra}\npolicy = \"upgrade\"\nuserinfo_timeout_ms = 300\n",
             idp.issuer(),
             idp.jwks_url(),
             idp.userinfo_url()
@@ -123,7 +136,7 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
 #[tokio::test]
 async fn threat_29_refusals_map_to_the_contract_codes_and_foreign_tokens_never_reach_userinfo() {
     let idp = FakeIdp::start().await;
-    let app = app_for(&idp).await;
+    let app = app_for_one_client(&idp).await;
     let key = idp.key(KeyKind::Rs256);
     let warm = sign(&key, json!({}), &idp.claims(API));
     eventually(std::time::Duration::from_secs(5), || async {

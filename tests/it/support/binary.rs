@@ -77,3 +77,11 @@ impl Binary {
         self.log.lock().unwrap().join("\n")
     }
 }
+
+impl Drop for Binary {
+    /// A test that fails half-way must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,356 @@
+//! Attacks on the migration path, tried against the real binary and a real redis-server, as
+//! an attacker holding a legacy token would try them. Each test here failed before the fix it
+//! names (docs/security.md lists them): a revoked token that still migrated, an ECDSA twin
+//! that undid a revocation, a NumericDate that wrapped, a retired provider that still minted
+//! sessions, a client allow-list that opaque tokens walked around, sessiongate's own
+//! credentials sent to the legacy provider.
+//!
+//! Multi-threaded runtimes: the fake IdP runs in this process and must answer while
+//! `Binary::start` blocks on the binary's first log line.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+use sessiongate::grpc::pb;
+use sessiongate::grpc::pb::revoke_session_request::Target;
+use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient;
+use sessiongate::keys::KeyKind;
+use tonic::transport::Channel;
+
+use crate::support::binary::Binary;
+use crate::support::idp::{FakeIdp, UserInfoReply, sign};
+use crate::support::{RedisServer, bearer, eventually, reason, sha};
+
+const API: &str = "https://api.example.com";
+const KEY: &str = "attacks-test-key";
+
+/// The binary on a real Redis, one legacy provider of `idp` configured with `extra`.
+struct Gate {
+    bin: Binary,
+    client: SessionGateServiceClient<Channel>,
+    _redis: RedisServer,
+}
+
+async fn start(idp: &FakeIdp, extra: &str) -> Gate {
+    let redis = RedisServer::start().await;
+    let toml = format!(
+        "[[clients]]\nname = \"attacker-facing-edge\"\nkey_sha256 = \"{}\"\n\
+         scopes = [\"validate\", \"migrate\", \"revoke\"]\n\
+         [migration]\nper_identity_per_minute = 100\n\
+         [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\n\
+         userinfo_url = \"{}\"\naudiences = [\"{API}\"]\nalgorithms = [\"RS256\", \"ES256\"]\n{extra}\n",
+        sha(KEY),
+        idp.issuer(),
+        idp.jwks_url(),
+        idp.userinfo_url(),
+    );
+    let bin = Binary::start(
+        &toml,
+        &[
+            ("REDIS_URL", redis.url()),
+            ("RUST_LOG", "warn,sessiongate::app=info".into()),
+        ],
+    );
+    let client = SessionGateServiceClient::new(bin.channel().await);
+    Gate {
+        bin,
+        client,
+        _redis: redis,
+    }
+}
+
+impl Gate {
+    async fn validate(&self, token: &str) -> pb::ValidateSessionResponse {
+        self.client
+            .clone()
+            .validate_session(bearer(
+                pb::ValidateSessionRequest {
+                    token: token.into(),
+                    ..Default::default()
+                },
+                KEY,
+            ))
+            .await
+            .expect("ValidateSession answers")
+            .into_inner()
+    }
+
+    async fn migrate(&self, token: &str) -> Result<pb::MigrateSessionResponse, tonic::Status> {
+        self.client
+            .clone()
+            .migrate_session(bearer(
+                pb::MigrateSessionRequest {
+                    legacy_token: token.into(),
+                    ..Default::default()
+                },
+                KEY,
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// RevokeSession; how many it revoked.
+    async fn revoke(&self, target: Target) -> u32 {
+        self.client
+            .clone()
+            .revoke_session(bearer(
+                pb::RevokeSessionRequest {
+                    target: Some(target),
+                },
+                KEY,
+            ))
+            .await
+            .expect("RevokeSession succeeds")
+            .into_inner()
+            .revoked
+    }
+
+    /// Waits until the binary has the issuer's keys (the first fetch runs in the background).
+    async fn warm(&self, token: &str) {
+        eventually(Duration::from_secs(10), || async {
+            (self.validate(token).await.verdict() == pb::Verdict::Valid).then_some(())
+        })
+        .await;
+    }
+}
+
+fn verdict(r: &pb::ValidateSessionResponse) -> (pb::Verdict, pb::Reason) {
+    (r.verdict(), r.reason())
+}
+
+fn refused_as_rejected(e: &tonic::Status) {
+    assert_eq!(
+        (e.code(), reason(e).as_str()),
+        (tonic::Code::Unauthenticated, "LEGACY_TOKEN_REJECTED"),
+        "{e:?}"
+    );
+}
+
+/// Migrates `token`, revokes it, and checks that the token and what it became are dead and
+/// that it never migrates again — without another UserInfo call.
+async fn migrate_then_revoke(t: &Gate, idp: &FakeIdp, token: &str) {
+    let minted = t.migrate(token).await.expect("migrates");
+    assert_eq!(
+        verdict(&t.validate(&minted.session_token).await).0,
+        pb::Verdict::Valid
+    );
+    let n = t.revoke(Target::LegacyToken(token.into())).await;
+    assert_eq!(n, 2, "the legacy token and the one session minted from it");
+    for native in [&minted.session_token, &minted.session_jwt] {
+        assert_eq!(
+            verdict(&t.validate(native).await),
+            (pb::Verdict::Invalid, pb::Reason::Revoked),
+            "what the revoked legacy token became"
+        );
+    }
+    let calls = idp.userinfo_hits();
+    // Within the replay window: refused, not replayed.
+    refused_as_rejected(&t.migrate(token).await.unwrap_err());
+    assert_eq!(
+        verdict(&t.validate(token).await),
+        (pb::Verdict::Invalid, pb::Reason::Revoked)
+    );
+    assert_eq!(
+        idp.userinfo_hits(),
+        calls,
+        "UserInfo asked about a revoked token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_legacy_token_never_migrates_and_revoking_it_revokes_its_sessions() {
+    let idp = FakeIdp::start().await;
+    let t = start(&idp, "token_format = \"both\"\npolicy = \"upgrade\"").await;
+    let key = idp.key(KeyKind::Rs256);
+    let mut claims = idp.claims(API);
+    let who = json!({"sub": "auth0|legacy-user-1"});
+
+    // A JWT (with a jti) and an opaque token, each migrated and then revoked.
+    claims["jti"] = json!("login-1");
+    let jwt = sign(&key, json!({}), &claims);
+    idp.on_userinfo(&jwt, UserInfoReply::Json(who.clone()));
+    t.warm(&jwt).await;
+    migrate_then_revoke(&t, &idp, &jwt).await;
+    idp.on_userinfo("legacy-opaque-1", UserInfoReply::Json(who.clone()));
+    migrate_then_revoke(&t, &idp, "legacy-opaque-1").await;
+
+    // Revoked first, then presented for migration: refused before UserInfo.
+    claims["jti"] = json!("login-2");
+    let jwt2 = sign(&key, json!({}), &claims);
+    idp.on_userinfo(&jwt2, UserInfoReply::Json(who.clone()));
+    idp.on_userinfo("legacy-opaque-2", UserInfoReply::Json(who));
+    let calls = idp.userinfo_hits();
+    for token in [jwt2.as_str(), "legacy-opaque-2"] {
+        assert_eq!(t.revoke(Target::LegacyToken(token.into())).await, 1);
+        refused_as_rejected(&t.migrate(token).await.unwrap_err());
+    }
+    assert_eq!(idp.userinfo_hits(), calls);
+    t.bin.stop();
+}
+
+/// `(r, n − s)`: the other ES256 signature of the same input, which verifies as well.
+fn ecdsa_twin(token: &str) -> String {
+    // The order of P-256.
+    const N: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        0xFF, 0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63,
+        0x25, 0x51,
+    ];
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    let s = &mut sig[32..];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        s[i] = (d + 256 * borrow) as u8;
+    }
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
+    let idp = FakeIdp::start().await;
+    let t = start(&idp, "policy = \"upgrade\"").await;
+    // No jti: the deny-list can only go by the token's bytes.
+    let token = sign(&idp.key(KeyKind::Es256), json!({}), &idp.claims(API));
+    let twin = ecdsa_twin(&token);
+    assert_ne!(twin, token);
+    t.warm(&token).await;
+    assert_eq!(
+        verdict(&t.validate(&twin).await).0,
+        pb::Verdict::Valid,
+        "the twin verifies: it is the same token to any ECDSA verifier"
+    );
+    assert_eq!(t.revoke(Target::LegacyToken(token.clone())).await, 1);
+    for presented in [&token, &twin] {
+        assert_eq!(
+            verdict(&t.validate(presented).await),
+            (pb::Verdict::Invalid, pb::Reason::Revoked)
+        );
+        refused_as_rejected(&t.migrate(presented).await.unwrap_err());
+    }
+    // And the other way round: the twin revoked, the original denied.
+    let mut claims = idp.claims(API);
+    claims["sub"] = json!("auth0|another");
+    let other = sign(&idp.key(KeyKind::Es256), json!({}), &claims);
+    assert_eq!(t.revoke(Target::LegacyToken(ecdsa_twin(&other))).await, 1);
+    assert_eq!(
+        verdict(&t.validate(&other).await),
+        (pb::Verdict::Invalid, pb::Reason::Revoked)
+    );
+    t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_dates_that_would_overflow_are_invalid() {
+    let idp = FakeIdp::start().await;
+    let t = start(&idp, "").await;
+    let key = idp.key(KeyKind::Rs256);
+    t.warm(&sign(&key, json!({}), &idp.claims(API))).await;
+    let wrapping = [
+        // exp − iat wraps to a small number in two's complement.
+        (
+            json!(4_611_686_018_427_387_904_i64),
+            json!(-4_611_686_018_427_387_905_i64),
+        ),
+        (json!(i64::MAX), json!(i64::MIN)),
+        (json!(9_223_372_036_854_775_807_u64), json!(0)),
+        (json!(1e300), json!(0)),
+    ];
+    for (exp, iat) in wrapping {
+        let mut claims = idp.claims(API);
+        claims["exp"] = exp.clone();
+        claims["iat"] = iat.clone();
+        let token = sign(&key, json!({}), &claims);
+        assert_eq!(
+            verdict(&t.validate(&token).await).0,
+            pb::Verdict::Invalid,
+            "exp {exp}, iat {iat}"
+        );
+        refused_as_rejected(&t.migrate(&token).await.unwrap_err());
+    }
+    assert_eq!(idp.userinfo_hits(), 0);
+    t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_provider_migrates_nothing() {
+    let idp = FakeIdp::start().await;
+    let t = start(&idp, "token_format = \"both\"\npolicy = \"reject\"").await;
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    idp.on_userinfo(
+        &token,
+        UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1"})),
+    );
+    idp.on_userinfo(
+        "legacy-opaque",
+        UserInfoReply::Json(json!({"sub": "auth0|x"})),
+    );
+    eventually(Duration::from_secs(10), || async {
+        (t.validate(&token).await.reason() == pb::Reason::LegacyRetired).then_some(())
+    })
+    .await;
+    for presented in [token.as_str(), "legacy-opaque"] {
+        let e = t.migrate(presented).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (tonic::Code::FailedPrecondition, "LEGACY_RETIRED")
+        );
+    }
+    assert_eq!(idp.userinfo_hits(), 0);
+    t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessiongates_own_credentials_and_unprintable_strings_never_reach_the_provider() {
+    let idp = FakeIdp::start().await;
+    let t = start(&idp, "token_format = \"both\"\npolicy = \"upgrade\"").await;
+    let native = format!("sgs_{}", "A".repeat(43));
+    for hostile in [
+        "sgk_a-caller-api-key-of-this-deployment",
+        native.as_str(),
+        "sgs_short",
+        "opaque with spaces",
+        "opaque\u{7f}del",
+        "opaqué",
+    ] {
+        assert_eq!(
+            verdict(&t.validate(hostile).await).0,
+            pb::Verdict::Invalid,
+            "{hostile:?}"
+        );
+        let e = t.migrate(hostile).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{hostile:?}");
+    }
+    assert_eq!(idp.userinfo_hits(), 0);
+    t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_allow_list_that_opaque_tokens_would_bypass_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessiongate.toml");
+    std::fs::write(
+        &path,
+        "[[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"https://tenant.example.com/\"\n\
+         audiences = [\"https://api.example.com\"]\ntoken_format = \"both\"\nallowed_client_ids = [\"web\"]\n",
+    )
+    .unwrap();
+    // `check-config` runs the same checks as start-up and exits either way.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+        .env_clear()
+        .arg("check-config")
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("providers[0].allowed_client_ids") && stderr.contains("token_format"),
+        "{stderr}"
+    );
+}
