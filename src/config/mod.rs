@@ -281,6 +281,62 @@ pub enum TokenFormat {
     Both,
 }
 
+/// The characters a provider's opaque tokens are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpaqueAlphabet {
+    /// Any visible ASCII character (the default: nothing narrower is assumed).
+    VisibleAscii,
+    /// `A–Z a–z 0–9 - _`.
+    Base64url,
+    /// `A–Z a–z 0–9 + / =`.
+    Base64,
+    /// `0–9 a–f A–F`.
+    Hex,
+    /// `A–Z a–z 0–9`.
+    Alphanumeric,
+}
+
+impl OpaqueAlphabet {
+    fn allows(self, b: u8) -> bool {
+        match self {
+            OpaqueAlphabet::VisibleAscii => (0x21..0x7f).contains(&b),
+            OpaqueAlphabet::Base64url => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
+            OpaqueAlphabet::Base64 => {
+                b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='
+            }
+            OpaqueAlphabet::Hex => b.is_ascii_hexdigit(),
+            OpaqueAlphabet::Alphanumeric => b.is_ascii_alphanumeric(),
+        }
+    }
+}
+
+/// What a provider's opaque tokens look like, checked before any of them is sent upstream:
+/// junk that cannot be a token of this provider costs no UserInfo call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpaqueShape {
+    pub prefix: String,
+    pub min_length: usize,
+    pub max_length: usize,
+    pub alphabet: OpaqueAlphabet,
+}
+
+impl OpaqueShape {
+    pub fn accepts(&self, token: &str) -> bool {
+        (self.min_length..=self.max_length).contains(&token.len())
+            && token.starts_with(&self.prefix)
+            && token.bytes().all(|b| self.alphabet.allows(b))
+    }
+}
+
+/// A provider's budget of upstream calls (UserInfo), per replica: a token bucket refilled at
+/// `per_second`, holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UpstreamBudget {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
@@ -306,6 +362,10 @@ pub struct ProviderConfig {
     pub max_token_lifetime: Duration,
     /// Bound on one UserInfo call.
     pub userinfo_timeout: Duration,
+    /// UserInfo calls this replica may make, whatever asks for them.
+    pub userinfo_budget: UpstreamBudget,
+    /// What this provider's opaque tokens look like.
+    pub opaque_shape: OpaqueShape,
 }
 
 /// The scopes a caller key can hold, one per RPC family (DESIGN.md §2).
@@ -428,6 +488,13 @@ struct RawProvider {
     link_verified_email: bool,
     max_token_lifetime_seconds: Option<u32>,
     userinfo_timeout_ms: Option<u32>,
+    userinfo_budget_per_second: Option<u32>,
+    userinfo_budget_burst: Option<u32>,
+    #[serde(default)]
+    opaque_token_prefix: String,
+    opaque_token_min_length: Option<u32>,
+    opaque_token_max_length: Option<u32>,
+    opaque_token_alphabet: Option<OpaqueAlphabet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -868,6 +935,41 @@ fn build(
                 format!("{lifetime} is out of range 60..=31536000"),
             );
         }
+        let per_second = p.userinfo_budget_per_second.unwrap_or(50);
+        if !(1..=100_000).contains(&per_second) {
+            c.fail(
+                k("userinfo_budget_per_second"),
+                format!("{per_second} is out of range 1..=100000"),
+            );
+        }
+        let burst = p
+            .userinfo_budget_burst
+            .unwrap_or(per_second.saturating_mul(2));
+        if !(1..=200_000).contains(&burst) {
+            c.fail(
+                k("userinfo_budget_burst"),
+                format!("{burst} is out of range 1..=200000"),
+            );
+        }
+        let min_length = p.opaque_token_min_length.unwrap_or(1) as usize;
+        let max_length = p.opaque_token_max_length.unwrap_or(8192) as usize;
+        if min_length == 0 || min_length > max_length || max_length > 8192 {
+            c.fail(
+                k("opaque_token_max_length"),
+                format!("the length range {min_length}..={max_length} must be non-empty, within 1..=8192"),
+            );
+        }
+        if p.opaque_token_prefix.len() > 64
+            || !p
+                .opaque_token_prefix
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b))
+        {
+            c.fail(
+                k("opaque_token_prefix"),
+                "must be at most 64 visible ASCII characters",
+            );
+        }
         if p.kind == ProviderKind::External && p.policy.is_some() {
             c.fail(
                 k("policy"),
@@ -888,6 +990,15 @@ fn build(
             link_verified_email: p.link_verified_email,
             max_token_lifetime: Duration::from_secs(lifetime.into()),
             userinfo_timeout: Duration::from_millis(userinfo_timeout.into()),
+            userinfo_budget: UpstreamBudget { per_second, burst },
+            opaque_shape: OpaqueShape {
+                prefix: p.opaque_token_prefix,
+                min_length,
+                max_length,
+                alphabet: p
+                    .opaque_token_alphabet
+                    .unwrap_or(OpaqueAlphabet::VisibleAscii),
+            },
         });
     }
 

@@ -359,13 +359,23 @@ impl SessionService {
                 }
             }
             Ok(Shape::Jws(_)) => return Err(rejected("this provider does not issue JWTs")),
-            Ok(Shape::Other) if provider.accepts_opaque() => None,
+            Ok(Shape::Other) if provider.accepts_opaque() => {
+                if !provider.opaque_token_plausible(&req.legacy_token) {
+                    return Err(rejected(
+                        "not of the shape of this provider's opaque tokens",
+                    ));
+                }
+                None
+            }
             _ => return Err(rejected("not a token of this provider")),
         };
 
         // Rate limits: per caller, and per legacy identity (a JWT's subject; an opaque token
         // is its own identity until UserInfo names it, and the replay window already bounds
-        // one token to one UserInfo call a minute).
+        // one token to one UserInfo call a minute). The caller's budget is for its users'
+        // real migrations: it is charged only for a token that checked out — a JWT now, an
+        // opaque token once UserInfo vouched for it — so junk cannot spend it. (Junk opaque
+        // tokens spend the provider's UserInfo budget instead, which protects the provider.)
         let identity = match &jwt_sub {
             Some(sub) => format!("sub\0{}\0{sub}", provider.name()),
             None => format!(
@@ -373,21 +383,26 @@ impl SessionService {
                 Digest::of(req.legacy_token.as_bytes()).to_hex()
             ),
         };
-        // Both counters at once (one round trip of latency). They are also the check that the
-        // store is up before the provider is asked: a UserInfo call whose result cannot be
-        // stored is wasted (and rate-limited).
-        tokio::try_join!(
+        let per_caller = || {
             self.rate_limit(
                 "migrate-caller",
                 &req.caller,
                 self.migration_limits.per_caller_per_minute,
-            ),
-            self.rate_limit(
-                "migrate-identity",
-                &identity,
-                self.migration_limits.per_identity_per_minute,
-            ),
-        )?;
+            )
+        };
+        let per_identity = self.rate_limit(
+            "migrate-identity",
+            &identity,
+            self.migration_limits.per_identity_per_minute,
+        );
+        // At once (one round trip of latency). They are also the check that the store is up
+        // before the provider is asked: a UserInfo call whose result cannot be stored is
+        // wasted (and rate-limited).
+        if jwt_sub.is_some() {
+            tokio::try_join!(per_caller(), per_identity)?;
+        } else {
+            per_identity.await?;
+        }
 
         // 2. UserInfo.
         let info = match provider.userinfo(&req.legacy_token).await? {
@@ -395,6 +410,7 @@ impl SessionService {
             UserInfoOutcome::Rejected(status) => {
                 return Err(rejected(&format!("UserInfo answered {status}")));
             }
+            UserInfoOutcome::Invalid(why) => return Err(provider.unusable_answer(&why)),
             _ => {
                 return Err(Error::new(
                     ErrorCode::FailedPrecondition,
@@ -408,9 +424,12 @@ impl SessionService {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        // OIDC Core §5.3.2: UserInfo's `sub` must be the token's.
-        if jwt_sub.is_some_and(|s| s != sub) {
+        // UserInfo's `sub` must be the token's (OpenID Connect Core, UserInfo response).
+        if jwt_sub.as_ref().is_some_and(|s| *s != sub) {
             return Err(rejected("UserInfo names another subject than the token"));
+        }
+        if jwt_sub.is_none() {
+            per_caller().await?;
         }
 
         // 3. The user: by (provider, sub), claimed atomically so that concurrent migrations of

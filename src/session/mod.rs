@@ -8,6 +8,7 @@ pub mod native;
 pub mod providers;
 pub mod revocation;
 mod service;
+mod singleflight;
 pub mod token;
 mod validate;
 

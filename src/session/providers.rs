@@ -20,7 +20,7 @@ use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
 use crate::error::Error;
 use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt, http_client};
 use crate::keys::jwks::{Alg, kid_ok};
-use crate::upstream::{UserInfoClient, UserInfoOutcome};
+use crate::upstream::{TokenBucket, UserInfoClient, UserInfoOutcome};
 
 /// A provider's token that checked out: a verified JWT, or an opaque token UserInfo vouched
 /// for.
@@ -43,6 +43,8 @@ pub struct Provider {
     userinfo_url: Option<url::Url>,
     leeway_secs: i64,
     max_lifetime_secs: i64,
+    /// UserInfo calls this replica may still make now.
+    budget: TokenBucket,
 }
 
 impl Provider {
@@ -65,8 +67,9 @@ impl Provider {
         )
     }
 
-    /// Calls this provider's UserInfo with `token` (latency recorded). Answers that say
-    /// something about the token come back `Ok`; a rate limit or an unavailable or misbehaving
+    /// Calls this provider's UserInfo with `token` (latency recorded). Answers come back
+    /// `Ok` — those about the token, and unusable ones ([`UserInfoOutcome::Invalid`]), which
+    /// callers remember briefly like refusals; a spent budget, a rate limit or an unreachable
     /// provider is the call's error.
     pub async fn userinfo(&self, token: &str) -> Result<UserInfoOutcome, Error> {
         let unavailable = |why: &str| {
@@ -81,6 +84,22 @@ impl Provider {
         let url = self
             .userinfo_endpoint()
             .ok_or_else(|| unavailable("not discovered yet"))?;
+        // The provider's budget, whatever asks: validations of junk, migrations, any caller.
+        // Past it the provider is not asked at all (its own rate limit is shared with every
+        // other client of the tenant, and its 429s would hurt real users).
+        self.budget.take().map_err(|wait| {
+            metrics::counter!("sessiongate_upstream_budget_exhausted_total", "provider" => self.name().to_owned())
+                .increment(1);
+            Error::new(
+                crate::error::ErrorCode::ResourceExhausted,
+                "UPSTREAM_BUDGET_EXHAUSTED",
+                format!(
+                    "this replica's budget of UserInfo calls to provider `{}` is spent; retry later",
+                    self.name()
+                ),
+            )
+            .with_retry_after(wait.max(std::time::Duration::from_millis(1)))
+        })?;
         let started = std::time::Instant::now();
         let outcome = tracing::Instrument::instrument(
             self.userinfo.fetch(&url, token),
@@ -107,10 +126,22 @@ impl Provider {
             UserInfoOutcome::Unavailable(why) => Err(unavailable(&why)),
             UserInfoOutcome::Invalid(why) => {
                 tracing::warn!(provider = self.name(), why, "unusable UserInfo answer");
-                Err(unavailable(&why))
+                Ok(UserInfoOutcome::Invalid(why))
             }
             answer => Ok(answer),
         }
+    }
+
+    /// The error for an answer that says nothing usable about the token (no subject, not
+    /// JSON, an unexpected status): the provider's fault, retryable, never INVALID.
+    pub fn unusable_answer(&self, why: &str) -> Error {
+        Error::unavailable(
+            "LEGACY_PROVIDER_UNAVAILABLE",
+            format!(
+                "the UserInfo answer of provider `{}` is unusable ({why})",
+                self.name()
+            ),
+        )
     }
 
     /// The UserInfo endpoint: configured, or discovered (`None` until discovery succeeded).
@@ -118,6 +149,12 @@ impl Provider {
         self.userinfo_url
             .clone()
             .or_else(|| self.keys.as_ref().and_then(|k| k.discovered_userinfo()))
+    }
+
+    /// Whether `token` may be one of this provider's opaque tokens: safe to send upstream,
+    /// and of the configured shape. Anything else is refused without a call.
+    pub fn opaque_token_plausible(&self, token: &str) -> bool {
+        super::token::upstream_safe(token) && self.config.opaque_shape.accepts(token)
     }
 
     pub fn accepts_opaque(&self) -> bool {
@@ -313,6 +350,7 @@ impl Providers {
                     userinfo_url: p.userinfo_url.clone(),
                     leeway_secs: cfg.native.leeway.as_secs() as i64,
                     max_lifetime_secs: p.max_token_lifetime.as_secs() as i64,
+                    budget: TokenBucket::new(p.userinfo_budget.per_second, p.userinfo_budget.burst),
                 };
                 (p.issuer.clone(), Arc::new(provider))
             })

@@ -9,7 +9,9 @@ use super::model::{AuthFactor, ClientInfo, Session, Tombstone, User};
 use super::native::{NativeIssuer, RESERVED_CLAIMS, VerifiedJwt};
 use super::providers::{Provider, Providers, VerifiedProviderJwt};
 use super::revocation::{Invalidation, RevokedSids};
+use super::singleflight::SingleFlight;
 use super::token::{self, Shape};
+use super::validate::CachedUserInfo;
 use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::config::{Config, Env, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
@@ -148,6 +150,9 @@ pub struct SessionService {
     pub(super) max_token_bytes: usize,
     pub(super) default_minutes: u32,
     pub(super) migration_limits: crate::config::MigrationConfig,
+    /// Legacy opaque tokens being looked up, by digest: concurrent validations of one token
+    /// make one UserInfo call.
+    pub(super) userinfo_flight: SingleFlight<Result<(CachedUserInfo, super::Source), Error>>,
     pub(super) progress: crate::telemetry::MigrationProgress,
     pub(super) counters: crate::telemetry::ValidationCounters,
     revoke_window_secs: i64,
@@ -182,6 +187,7 @@ impl SessionService {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             migration_limits: cfg.migration.clone(),
+            userinfo_flight: SingleFlight::default(),
             progress: Default::default(),
             counters: Default::default(),
             max_token_bytes: cfg.server.max_token_bytes,

@@ -74,24 +74,61 @@ impl SessionService {
     }
 }
 
-/// How long a UserInfo answer is reused: accepted tokens a minute, refused ones 10 s.
+/// How long a UserInfo answer is reused: accepted tokens a minute; refusals, and answers that
+/// say nothing usable, 10 s — so that the same junk string repeated costs one call per 10 s,
+/// not one per request.
 const USERINFO_OK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-const USERINFO_REJECTED_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+const USERINFO_REFUSED_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A UserInfo answer as cached in the store.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CachedUserInfo {
+/// A UserInfo answer as cached in the store (and shared by concurrent validations).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct CachedUserInfo {
     ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claims: Option<Map<String, Value>>,
+    /// An answer that said nothing usable (no subject, not JSON, an unexpected status): the
+    /// provider's fault, replayed as UNAVAILABLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unusable: Option<String>,
 }
 
 impl CachedUserInfo {
-    fn into_result(self) -> Result<Map<String, Value>, Reason> {
-        match (self.ok, self.claims) {
-            (true, Some(c)) => Ok(c),
+    fn into_result(self, provider: &Provider) -> Result<Result<Map<String, Value>, Reason>, Error> {
+        match (self.ok, self.claims, self.unusable) {
+            (_, _, Some(why)) => Err(provider.unusable_answer(&why)),
+            (true, Some(c), None) => Ok(Ok(c)),
             // The provider refused the token: it does not know it as a live session.
-            _ => Err(Reason::NotFound),
+            _ => Ok(Err(Reason::NotFound)),
+        }
+    }
+
+    /// What to remember of an answer, and for how long.
+    fn of(outcome: UserInfoOutcome) -> (Self, std::time::Duration) {
+        let refused = |unusable: Option<String>| Self {
+            ok: false,
+            claims: None,
+            unusable,
+        };
+        match outcome {
+            UserInfoOutcome::Ok(claims) => (
+                Self {
+                    ok: true,
+                    claims: Some(claims),
+                    unusable: None,
+                },
+                USERINFO_OK_TTL,
+            ),
+            UserInfoOutcome::Rejected(_) => (refused(None), USERINFO_REFUSED_TTL),
+            UserInfoOutcome::MissingSubject => (
+                refused(Some("the answer names no subject".into())),
+                USERINFO_REFUSED_TTL,
+            ),
+            UserInfoOutcome::Invalid(why) => (refused(Some(why)), USERINFO_REFUSED_TTL),
+            // `Provider::userinfo` returns these as errors; never cached.
+            UserInfoOutcome::RateLimited(_) | UserInfoOutcome::Unavailable(_) => (
+                refused(Some("unavailable".into())),
+                std::time::Duration::ZERO,
+            ),
         }
     }
 }
@@ -271,30 +308,50 @@ impl SessionService {
 
     /// Asks the legacy provider's UserInfo about `token`, with the answer cached in the store
     /// by the token's digest (a UserInfo call costs ~100 ms and counts against the provider's
-    /// rate limit; a store round trip ~25 µs). The cache fails open: with the store down the
-    /// provider is asked directly.
+    /// rate limit; a store round trip ~25 µs). Concurrent validations of one token share one
+    /// look-up (single-flight), refusals are cached too, and a token that cannot be one of the
+    /// provider's is refused without a call. The cache fails open: with the store down the
+    /// provider is asked directly (within its budget).
     async fn validate_legacy_opaque(
         &self,
         token: &str,
         provider: &Provider,
     ) -> Result<Verdict, Error> {
         let now = self.clock.now_secs();
+        if !provider.opaque_token_plausible(token) {
+            let mut v = Verdict::invalid(Reason::Malformed, Origin::Unknown, Source::LocalVerify);
+            v.provider = provider.name().to_owned();
+            return Ok(v);
+        }
         let digest = Digest::of(token.as_bytes());
         if self.revoked.contains(&legacy_ids("", None, &digest).1) {
             let mut v = Verdict::invalid(Reason::Revoked, Origin::Legacy, Source::Cache);
             v.provider = provider.name().to_owned();
             return Ok(v);
         }
-        let key = self.keys.userinfo(&digest);
+        let (cached, source) = self
+            .userinfo_flight
+            .run(*digest.as_bytes(), || {
+                self.userinfo_answer(token, &digest, provider)
+            })
+            .await?;
+        let answer = cached.into_result(provider)?;
+        Ok(self.userinfo_verdict(provider, answer, source, now))
+    }
+
+    /// The provider's answer about `token`: from the store's cache, else from UserInfo
+    /// (then cached).
+    async fn userinfo_answer(
+        &self,
+        token: &str,
+        digest: &Digest,
+        provider: &Provider,
+    ) -> Result<(CachedUserInfo, Source), Error> {
+        let key = self.keys.userinfo(digest);
         match self.store.get(&key).await {
             Ok(Some(bytes)) => {
                 if let Ok(cached) = serde_json::from_slice::<CachedUserInfo>(&bytes) {
-                    return Ok(self.userinfo_verdict(
-                        provider,
-                        cached.into_result(),
-                        Source::Cache,
-                        now,
-                    ));
+                    return Ok((cached, Source::Cache));
                 }
             }
             Ok(None) => {}
@@ -302,32 +359,7 @@ impl SessionService {
                 tracing::debug!(error = %e, "UserInfo cache unavailable; asking the provider")
             }
         }
-        let (cached, ttl) = match provider.userinfo(token).await? {
-            UserInfoOutcome::Ok(claims) => (
-                CachedUserInfo {
-                    ok: true,
-                    claims: Some(claims),
-                },
-                USERINFO_OK_TTL,
-            ),
-            UserInfoOutcome::Rejected(_) => (
-                CachedUserInfo {
-                    ok: false,
-                    claims: None,
-                },
-                USERINFO_REJECTED_TTL,
-            ),
-            // A token is worth nothing to validation without a subject.
-            _ => {
-                return Err(Error::unavailable(
-                    "LEGACY_PROVIDER_UNAVAILABLE",
-                    format!(
-                        "the UserInfo answer of provider `{}` names no subject",
-                        provider.name()
-                    ),
-                ));
-            }
-        };
+        let (cached, ttl) = CachedUserInfo::of(provider.userinfo(token).await?);
         if let Ok(bytes) = serde_json::to_vec(&cached) {
             let write = crate::store::Write::Put {
                 key,
@@ -338,7 +370,7 @@ impl SessionService {
                 tracing::debug!(error = %e, "could not cache the UserInfo answer");
             }
         }
-        Ok(self.userinfo_verdict(provider, cached.into_result(), Source::Upstream, now))
+        Ok((cached, Source::Upstream))
     }
 
     /// A verified provider token, unless it was revoked (by `(iss, jti)` or by the digest of

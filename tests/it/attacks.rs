@@ -34,11 +34,16 @@ struct Gate {
 }
 
 async fn start(idp: &FakeIdp, extra: &str) -> Gate {
+    start_with(idp, "", extra).await
+}
+
+/// As [`start`], with more `[migration]` settings.
+async fn start_with(idp: &FakeIdp, migration: &str, extra: &str) -> Gate {
     let redis = RedisServer::start().await;
     let toml = format!(
         "[[clients]]\nname = \"attacker-facing-edge\"\nkey_sha256 = \"{}\"\n\
          scopes = [\"validate\", \"migrate\", \"revoke\"]\n\
-         [migration]\nper_identity_per_minute = 100\n\
+         [migration]\nper_identity_per_minute = 100\n{migration}\n\
          [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\n\
          userinfo_url = \"{}\"\naudiences = [\"{API}\"]\nalgorithms = [\"RS256\", \"ES256\"]\n{extra}\n",
         sha(KEY),
@@ -75,6 +80,24 @@ impl Gate {
             .await
             .expect("ValidateSession answers")
             .into_inner()
+    }
+
+    /// ValidateSession, the call's error included.
+    async fn try_validate(
+        &self,
+        token: &str,
+    ) -> Result<pb::ValidateSessionResponse, tonic::Status> {
+        self.client
+            .clone()
+            .validate_session(bearer(
+                pb::ValidateSessionRequest {
+                    token: token.into(),
+                    ..Default::default()
+                },
+                KEY,
+            ))
+            .await
+            .map(|r| r.into_inner())
     }
 
     async fn migrate(&self, token: &str) -> Result<pb::MigrateSessionResponse, tonic::Status> {
@@ -353,4 +376,123 @@ async fn a_client_allow_list_that_opaque_tokens_would_bypass_stops_start_up() {
         stderr.contains("providers[0].allowed_client_ids") && stderr.contains("token_format"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_opaque_tokens_cost_the_legacy_provider_almost_nothing() {
+    let idp = FakeIdp::start().await;
+    let t = start(
+        &idp,
+        "token_format = \"opaque\"\nuserinfo_budget_per_second = 1\nuserinfo_budget_burst = 30",
+    )
+    .await;
+    let started = std::time::Instant::now();
+
+    // 50 concurrent validations of one unknown string: one UserInfo call.
+    let all = futures::future::join_all((0..50).map(|_| t.validate("junk-opaque-1"))).await;
+    assert!(
+        all.iter()
+            .all(|r| verdict(r) == (pb::Verdict::Invalid, pb::Reason::NotFound))
+    );
+    assert_eq!(idp.userinfo_hits(), 1, "UserInfo calls for one junk string");
+    t.validate("junk-opaque-1").await;
+    assert_eq!(idp.userinfo_hits(), 1, "the refusal is cached");
+
+    // Answers that are neither 200 nor 401 are remembered too (as UNAVAILABLE: the
+    // provider's fault, never INVALID).
+    idp.on_userinfo("junk-400", UserInfoReply::Status(400));
+    idp.on_userinfo("junk-404", UserInfoReply::Status(404));
+    idp.on_userinfo(
+        "junk-nosub",
+        UserInfoReply::Json(json!({"email": "x@example.com"})),
+    );
+    idp.on_userinfo("junk-html", UserInfoReply::NotJson);
+    for junk in ["junk-400", "junk-404", "junk-nosub", "junk-html"] {
+        for _ in 0..3 {
+            let e = t.try_validate(junk).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unavailable, "{junk}");
+        }
+    }
+    assert_eq!(idp.userinfo_hits(), 5, "one call per distinct string");
+
+    // Distinct junk strings spend the provider's budget, then are refused without a call.
+    let mut exhausted = 0;
+    for i in 0..60 {
+        match t.try_validate(&format!("junk-distinct-{i}")).await {
+            Ok(r) => assert_eq!(verdict(&r), (pb::Verdict::Invalid, pb::Reason::NotFound)),
+            Err(e) => {
+                assert_eq!(
+                    (e.code(), reason(&e).as_str()),
+                    (tonic::Code::ResourceExhausted, "UPSTREAM_BUDGET_EXHAUSTED")
+                );
+                assert!(e.metadata().get("retry-after").is_some());
+                exhausted += 1;
+            }
+        }
+    }
+    let refill = started.elapsed().as_secs() as usize + 1;
+    assert!(exhausted >= 60 - 25 - refill, "{exhausted} refused");
+    assert!(
+        idp.userinfo_hits() <= 30 + refill,
+        "{} UserInfo calls past a burst of 30",
+        idp.userinfo_hits()
+    );
+    t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_shape_and_a_budget_charged_for_real_tokens_keep_junk_from_real_users() {
+    let idp = FakeIdp::start().await;
+    let t = start_with(
+        &idp,
+        "per_caller_per_minute = 3",
+        "token_format = \"opaque\"\nopaque_token_prefix = \"lt_\"\n\
+         opaque_token_min_length = 20\nopaque_token_alphabet = \"base64url\"",
+    )
+    .await;
+    let shaped = |s: &str| format!("lt_{s:_<20}");
+    for wrong in [
+        "junk",
+        "lt_short",
+        "xx_aaaaaaaaaaaaaaaaaaaaaaa",
+        "lt_aaaaaaaaaaaaa!aaaaaaaaa",
+    ] {
+        assert_eq!(
+            verdict(&t.validate(wrong).await),
+            (pb::Verdict::Invalid, pb::Reason::Malformed),
+            "{wrong}"
+        );
+        refused_as_rejected(&t.migrate(wrong).await.unwrap_err());
+    }
+    assert_eq!(
+        idp.userinfo_hits(),
+        0,
+        "tokens of the wrong shape reach no provider"
+    );
+
+    // Ten junk migrations of the right shape (UserInfo refuses them): refused as such, and
+    // the caller's budget of three a minute is untouched...
+    for i in 0..10 {
+        refused_as_rejected(&t.migrate(&shaped(&format!("junk{i}"))).await.unwrap_err());
+    }
+    assert_eq!(idp.userinfo_hits(), 10);
+    // ...so its real users still migrate, up to the budget.
+    for i in 0..4 {
+        let real = shaped(&format!("real{i}"));
+        idp.on_userinfo(
+            &real,
+            UserInfoReply::Json(json!({"sub": format!("auth0|user-{i}")})),
+        );
+        let r = t.migrate(&real).await;
+        if i < 3 {
+            r.expect("a real user migrates");
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(
+                (e.code(), reason(&e).as_str()),
+                (tonic::Code::ResourceExhausted, "RATE_LIMITED")
+            );
+        }
+    }
+    t.bin.stop();
 }
