@@ -209,8 +209,15 @@ impl App {
                 .with_service_name(ROLLOUT_ADMIN_SERVICE)
                 .with_service_name(HEALTH_SERVICE)
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // The API's message limit on the open services too: tonic's default (4 MiB) would
+        // let anyone, without a key, make the server buffer and parse that much per call.
+        let health_service = health_service
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        // (Reflection's answers are our own descriptors, bounded by us: only what it reads
+        // is limited.)
+        let reflection_v1 = reflection().build_v1()?.max_decoding_message_size(max);
+        let reflection_v1alpha = reflection().build_v1alpha()?.max_decoding_message_size(max);
 
         let session = SessionGateServiceServer::new(SessionGateApi::new(self.state.clone()))
             .max_decoding_message_size(max)

@@ -16,7 +16,7 @@ pub const ERROR_DOMAIN: &str = "sessiongate";
 
 /// The gRPC codes sessiongate uses. Voluntarily a restricted subset: introduce new variants
 /// thoughtfully, clients in many languages branch on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ErrorCode {
     /// The request is malformed (empty required field, bad oneof, oversized field).
     InvalidArgument,

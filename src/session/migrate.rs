@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use super::model::{AuthFactor, ClientInfo, LegacyIdentity, User};
 use super::providers::Provider;
 use super::service::{Created, SessionService, check_client, check_custom_claims, session_minutes};
-use super::token::{self, Shape};
+use super::token::{self, Redacted, Shape};
 use crate::config::Policy;
 use crate::error::{Error, ErrorCode};
 use crate::store::Write;
@@ -30,7 +30,7 @@ use crate::store::keys::Digest;
 use crate::upstream::UserInfoOutcome;
 
 /// A `MigrateSession` call, decoded.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MigrateRequest {
     /// The calling client's name (rate limits are per caller).
     pub caller: String,
@@ -39,6 +39,17 @@ pub struct MigrateRequest {
     pub duration_minutes: u32,
     pub custom_claims: Map<String, Value>,
     pub client: ClientInfo,
+}
+
+impl std::fmt::Debug for MigrateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MigrateRequest")
+            .field("caller", &self.caller)
+            .field("legacy_token", &Redacted(&self.legacy_token))
+            .field("provider", &self.provider)
+            .field("duration_minutes", &self.duration_minutes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long a migration's outcome is replayed.
@@ -63,7 +74,7 @@ enum Outcome {
         user_created: bool,
     },
     Refused {
-        code: String,
+        code: ErrorCode,
         reason: String,
         message: String,
         retry_after_ms: Option<u64>,
@@ -112,8 +123,12 @@ impl Replay {
             // Not sealed with this token's key: ignore it rather than trust it.
             return Ok(None);
         };
-        let outcome: Outcome = serde_json::from_slice(plain)
-            .map_err(|e| Error::internal(format!("replay record: {e}")))?;
+        // A fixed message: a parser's error quotes the input, and this one holds a session
+        // token.
+        let outcome: Outcome = serde_json::from_slice(plain).map_err(|_| {
+            tracing::error!("a migration replay record does not parse");
+            Error::internal("a migration replay record does not parse")
+        })?;
         Ok(Some(match outcome {
             Outcome::Done {
                 user,
@@ -134,12 +149,6 @@ impl Replay {
                 message,
                 retry_after_ms,
             } => {
-                let code = match code.as_str() {
-                    "Unauthenticated" => ErrorCode::Unauthenticated,
-                    "ResourceExhausted" => ErrorCode::ResourceExhausted,
-                    "FailedPrecondition" => ErrorCode::FailedPrecondition,
-                    _ => ErrorCode::InvalidArgument,
-                };
                 let reason: &'static str = match reason.as_str() {
                     "LEGACY_TOKEN_REJECTED" => "LEGACY_TOKEN_REJECTED",
                     "LEGACY_RATE_LIMITED" => "LEGACY_RATE_LIMITED",
@@ -182,7 +191,7 @@ impl Replay {
             {
                 (
                     Outcome::Refused {
-                        code: format!("{:?}", e.code),
+                        code: e.code,
                         reason: e.reason.to_owned(),
                         message: e.message.clone(),
                         retry_after_ms: e.retry_after.map(|d| d.as_millis() as u64),

@@ -10,7 +10,7 @@ use super::native::{NativeIssuer, RESERVED_CLAIMS, VerifiedJwt};
 use super::providers::{Provider, Providers, VerifiedProviderJwt};
 use super::revocation::{Invalidation, RevokedSids};
 use super::singleflight::SingleFlight;
-use super::token::{self, Shape};
+use super::token::{self, Redacted, Shape};
 use super::validate::CachedUserInfo;
 use crate::auth::Caller;
 use crate::clock::Clock;
@@ -70,7 +70,7 @@ pub struct CreateRequest {
 }
 
 /// A minted session and everything the caller gets once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Created {
     pub user: User,
     pub session: Session,
@@ -79,8 +79,20 @@ pub struct Created {
     pub user_created: bool,
 }
 
+impl std::fmt::Debug for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Created")
+            .field("user", &self.user)
+            .field("session", &self.session)
+            .field("session_token", &Redacted(&self.session_token))
+            .field("session_jwt", &Redacted(&self.session_jwt))
+            .field("user_created", &self.user_created)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What `RevokeSession` targets.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum RevokeTarget {
     SessionId(String),
     SessionToken(String),
@@ -88,6 +100,22 @@ pub enum RevokeTarget {
     UserId(String),
     /// A legacy (or external) provider's token: deny-listed until it expires.
     LegacyToken(String),
+}
+
+impl std::fmt::Debug for RevokeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RevokeTarget::SessionId(id) => f.debug_tuple("SessionId").field(id).finish(),
+            RevokeTarget::UserId(id) => f.debug_tuple("UserId").field(id).finish(),
+            RevokeTarget::SessionToken(t) => {
+                f.debug_tuple("SessionToken").field(&Redacted(t)).finish()
+            }
+            RevokeTarget::SessionJwt(t) => f.debug_tuple("SessionJwt").field(&Redacted(t)).finish(),
+            RevokeTarget::LegacyToken(t) => {
+                f.debug_tuple("LegacyToken").field(&Redacted(t)).finish()
+            }
+        }
+    }
 }
 
 /// The revocation ids of a provider token: by `(iss, jti)` when it has a `jti`, and always by
@@ -828,5 +856,39 @@ fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{MigrateRequest, ValidateRequest};
+
+    #[test]
+    fn types_that_carry_tokens_print_none_of_them() {
+        let secret = "sgs_THE-SECRET-TOKEN";
+        let shown = [
+            format!("{:?}", RevokeTarget::SessionToken(secret.into())),
+            format!("{:?}", RevokeTarget::LegacyToken(secret.into())),
+            format!("{:?}", RevokeTarget::SessionJwt(secret.into())),
+            format!(
+                "{:?}",
+                MigrateRequest {
+                    legacy_token: secret.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ValidateRequest {
+                    token: secret.into(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for s in shown {
+            assert!(!s.contains("SECRET"), "{s}");
+            assert!(s.contains("redacted"), "{s}");
+        }
     }
 }

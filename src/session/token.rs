@@ -17,6 +17,16 @@ const NATIVE_TOKEN_BYTES: usize = 32;
 /// Length of the base64url body of a native token.
 const NATIVE_TOKEN_BODY_LEN: usize = 43;
 
+/// Prints a secret as its length only: for the `Debug` of every type that holds a token, so
+/// that a `{:?}` in a log line or a panic message can never print one.
+pub struct Redacted<'a>(pub &'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0.len())
+    }
+}
+
 /// What a credential looks like.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Shape<'a> {
@@ -29,13 +39,22 @@ pub enum Shape<'a> {
 }
 
 /// The parts of a compact JWS, still encoded.
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+#[derive(PartialEq, Eq, Clone, Copy)]
 pub struct Jws<'a> {
     pub header: &'a str,
     pub payload: &'a str,
     pub signature: &'a str,
     /// `header.payload`: what the signature covers.
     pub signing_input: &'a str,
+}
+
+impl std::fmt::Debug for Jws<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jws")
+            .field("signing_input", &Redacted(self.signing_input))
+            .field("signature", &Redacted(self.signature))
+            .finish()
+    }
 }
 
 /// `true` for the bytes of the base64url alphabet.
@@ -147,7 +166,9 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> 
 /// key material or key URLs carried by the token itself (a token must never pick its own
 /// key), and a `typ` of a JWT access token.
 pub fn header(jws: &Jws<'_>) -> Result<Header, Reason> {
-    let h: Header = decode_json(jws.header)?;
+    // No key named twice, at any depth (serde's derive only notices the fields it knows).
+    let UniqueKeys(raw) = decode_json(jws.header)?;
+    let h: Header = serde_json::from_value(Value::Object(raw)).map_err(|_| Reason::Malformed)?;
     if h.crit.is_some()
         || h.jku.is_some()
         || h.jwk.is_some()
@@ -201,32 +222,76 @@ pub fn audience_matches(claims: &Map<String, Value>, audiences: &[String]) -> bo
     }
 }
 
-/// A JSON object whose top-level keys are all distinct.
+/// A JSON object whose keys are distinct at every depth (`{"a":{"role":"user","role":"admin"}}`
+/// is as ambiguous as a duplicate at the top).
 struct UniqueKeys(Map<String, Value>);
 
 impl<'de> serde::Deserialize<'de> for UniqueKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match UniqueValue::deserialize(d)?.0 {
+            Value::Object(m) => Ok(UniqueKeys(m)),
+            _ => Err(serde::de::Error::custom("not a JSON object")),
+        }
+    }
+}
+
+/// Any JSON value, refused if an object in it names a key twice.
+struct UniqueValue(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visit;
         impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = UniqueKeys;
+            type Value = UniqueValue;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v)))
+            }
+            fn visit_unit<E>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueValue, A::Error> {
+                let mut v = Vec::new();
+                while let Some(UniqueValue(item)) = access.next_element()? {
+                    v.push(item);
+                }
+                Ok(UniqueValue(Value::Array(v)))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut access: A,
-            ) -> Result<UniqueKeys, A::Error> {
+            ) -> Result<UniqueValue, A::Error> {
                 let mut m = Map::new();
-                while let Some((k, v)) = access.next_entry::<String, Value>()? {
+                while let Some((k, UniqueValue(v))) = access.next_entry::<String, UniqueValue>()? {
                     if m.contains_key(&k) {
-                        return Err(serde::de::Error::custom("duplicate claim"));
+                        return Err(serde::de::Error::custom("duplicate key"));
                     }
                     m.insert(k, v);
                 }
-                Ok(UniqueKeys(m))
+                Ok(UniqueValue(Value::Object(m)))
             }
         }
-        d.deserialize_map(Visit)
+        d.deserialize_any(Visit)
     }
 }
 
@@ -246,6 +311,16 @@ mod tests {
         assert_eq!(classify("sgs_short"), Err(Reason::Malformed));
         assert_eq!(classify(&format!("{t}x")), Err(Reason::Malformed));
         assert_ne!(new_native_token(), t);
+    }
+
+    #[test]
+    fn debug_output_never_holds_the_token() {
+        let token = "aGVhZA.c2VjcmV0LXBheWxvYWQ.c2ln";
+        let shown = format!("{:?}", classify(token).unwrap());
+        assert!(
+            !shown.contains("c2VjcmV0") && !shown.contains("c2ln"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -285,6 +360,21 @@ mod tests {
             Err(Reason::Malformed)
         );
         assert_eq!(parse(&jws(r#"{"exp":1,"exp":2}"#)), Err(Reason::Malformed));
+        // At every depth: in an object, in an object in an array.
+        assert_eq!(
+            parse(&jws(r#"{"sub":"a","org":{"role":"user","role":"admin"}}"#)),
+            Err(Reason::Malformed)
+        );
+        assert_eq!(
+            parse(&jws(r#"{"sub":"a","groups":[{"id":1,"id":2}]}"#)),
+            Err(Reason::Malformed)
+        );
+        assert!(
+            parse(&jws(
+                r#"{"sub":"a","org":{"role":"user","n":[1,2.5,null,true]}}"#
+            ))
+            .is_ok()
+        );
         assert_eq!(parse(&jws(r#"["sub"]"#)), Err(Reason::Malformed));
     }
 
@@ -330,6 +420,7 @@ mod tests {
             r#"{"alg":"RS256","x5c":["MII"]}"#,
             r#"{"alg":"RS256","typ":"JWE"}"#,
             r#"{"alg":"RS256","alg":"none"}"#,
+            r#"{"alg":"RS256","x-team":1,"x-team":2}"#,
             r#"{"typ":"JWT"}"#,
             r#"["alg"]"#,
         ] {

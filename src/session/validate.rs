@@ -18,7 +18,7 @@ use super::service::{
     Lookup, Minted, ProviderHit, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS, legacy_ids,
     signed_digest,
 };
-use super::token::{self, Shape};
+use super::token::{self, Redacted, Shape};
 use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
 use crate::config::Policy;
 use crate::error::Error;
@@ -134,7 +134,7 @@ impl CachedUserInfo {
 }
 
 /// A `ValidateSession` call, decoded.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ValidateRequest {
     /// The calling client's configured name (for the migration-progress metric).
     pub caller: std::sync::Arc<str>,
@@ -144,8 +144,19 @@ pub struct ValidateRequest {
     pub client: ClientInfo,
 }
 
+impl std::fmt::Debug for ValidateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidateRequest")
+            .field("caller", &self.caller)
+            .field("token", &Redacted(&self.token))
+            .field("max_token_age_seconds", &self.max_token_age_seconds)
+            .field("session_duration_minutes", &self.session_duration_minutes)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The answer on one credential.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Verdict {
     /// `None`: VALID.
     pub invalid: Option<Reason>,
@@ -160,6 +171,23 @@ pub struct Verdict {
     pub session_jwt: Option<String>,
     pub action: Action,
     pub source: Source,
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verdict")
+            .field("invalid", &self.invalid)
+            .field("origin", &self.origin)
+            .field("provider", &self.provider)
+            .field("user_id", &self.user_id)
+            .field("subject", &self.subject)
+            .field("session", &self.session)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("session_jwt", &self.session_jwt.as_deref().map(Redacted))
+            .field("action", &self.action)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Verdict {
@@ -464,6 +492,24 @@ impl SessionService {
         }
         if extended || touch {
             let ttl = self.record_ttl(session.expires_at_ms, now);
+            if extended {
+                // The indexes first, as creation does: a record that outlives its indexes
+                // would be a session that revocation by id or by user cannot find.
+                self.store
+                    .write(vec![
+                        crate::store::Write::Put {
+                            key: self.keys.session_token(&session.session_id),
+                            value: d.to_hex().into_bytes(),
+                            ttl: Some(ttl),
+                        },
+                        crate::store::Write::SetAdd {
+                            key: self.keys.user_sessions(&session.user_id),
+                            member: session.session_id.clone().into_bytes(),
+                            ttl: Some(ttl),
+                        },
+                    ])
+                    .await?;
+            }
             // XX: a revocation that deleted the record meanwhile wins; we must not bring the
             // session back.
             let written = self
@@ -483,22 +529,6 @@ impl SessionService {
                 // update is not worth failing a validation for.
                 Err(e) if extended => return Err(e.into()),
                 Err(e) => tracing::debug!(error = %e, "could not record last_accessed_at"),
-            }
-            if extended {
-                self.store
-                    .write(vec![
-                        crate::store::Write::Put {
-                            key: self.keys.session_token(&session.session_id),
-                            value: d.to_hex().into_bytes(),
-                            ttl: Some(ttl),
-                        },
-                        crate::store::Write::SetAdd {
-                            key: self.keys.user_sessions(&session.user_id),
-                            member: session.session_id.clone().into_bytes(),
-                            ttl: Some(ttl),
-                        },
-                    ])
-                    .await?;
             }
         }
         let jwt = self.jwt_for(&session, now)?;

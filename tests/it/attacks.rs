@@ -496,3 +496,68 @@ async fn a_token_shape_and_a_budget_charged_for_real_tokens_keep_junk_from_real_
     }
     t.bin.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_named_twice_at_any_depth_is_invalid() {
+    let idp = FakeIdp::start().await;
+    let t = start(&idp, "").await;
+    let key = idp.key(KeyKind::Rs256);
+    t.warm(&sign(&key, json!({}), &idp.claims(API))).await;
+    let good = idp.claims(API).to_string();
+    let body = &good[1..good.len() - 1];
+    for dup in [
+        format!(r#"{{{body},"org":{{"role":"user","role":"admin"}}}}"#),
+        format!(r#"{{{body},"groups":[{{"id":"a","id":"b"}}]}}"#),
+        format!(r#"{{{body},"sub":"auth0|admin"}}"#),
+    ] {
+        let header = URL_SAFE_NO_PAD
+            .encode(json!({"alg": "RS256", "kid": key.kid(), "typ": "JWT"}).to_string());
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(&dup));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), key.encoding_key(), key.algorithm())
+            .unwrap();
+        let token = format!("{input}.{sig}");
+        assert_eq!(
+            verdict(&t.validate(&token).await),
+            (pb::Verdict::Invalid, pb::Reason::Malformed),
+            "{dup}"
+        );
+    }
+    t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_read_no_more_than_the_api_does() {
+    let idp = FakeIdp::start().await;
+    let t = start(&idp, "").await;
+    let channel = t.bin.channel().await;
+    let big = "x".repeat(100 * 1024);
+    let e = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: big.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::FileByFilename(
+                big,
+            ),
+        ),
+    };
+    // Refused: the call fails, or the stream ends without an answer to the oversized
+    // request (tonic's reflection ends the stream on a request it cannot decode). Without the
+    // limit the request is read and answered ("file not found").
+    let answered = match reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+    {
+        Err(_) => false,
+        Ok(mut answers) => matches!(answers.get_mut().message().await, Ok(Some(_))),
+    };
+    assert!(!answered, "reflection read a 100 KiB request");
+    t.bin.stop();
+}
