@@ -56,8 +56,10 @@ impl std::fmt::Debug for MigrateRequest {
 const REPLAY_WINDOW: Duration = Duration::from_secs(60);
 /// How long a refusal (401, 429, …) is replayed.
 const REPLAY_REFUSAL: Duration = Duration::from_secs(10);
-/// A migration holds its lock at most this long (UserInfo's timeout is far below).
-const REPLAY_LOCK_TTL: Duration = Duration::from_secs(15);
+/// A migration's lock outlives its longest allowed work: the provider's UserInfo timeout,
+/// plus this for the rest — a JWKS fetch (bounded at 5 s) and the store's round trips. A lock
+/// that expired mid-work would let a second migration of the same token start.
+const REPLAY_LOCK_MARGIN: Duration = Duration::from_secs(10);
 /// How long a concurrent call waits for the migration in progress.
 const REPLAY_WAIT: Duration = Duration::from_secs(10);
 
@@ -87,6 +89,8 @@ enum Outcome {
 struct Replay {
     record: crate::store::Key,
     lock: crate::store::Key,
+    /// This call's lock value: only the owner releases the lock.
+    owner: [u8; 16],
     key: LessSafeKey,
 }
 
@@ -101,8 +105,15 @@ impl Replay {
         Self {
             record: keys.replay(&digest),
             lock: keys.replay_lock(&digest),
+            owner: rand::random(),
             key,
         }
+    }
+
+    /// Releases the lock if this call still holds it.
+    async fn release(&self, store: &dyn crate::store::Store) -> Result<(), Error> {
+        store.delete_if_equals(&self.lock, &self.owner).await?;
+        Ok(())
     }
 
     async fn read(
@@ -200,14 +211,7 @@ impl Replay {
                 )
             }
             // Transient failures are not replayed: the next call tries again.
-            Err(_) => {
-                store
-                    .write(vec![Write::Delete {
-                        key: self.lock.clone(),
-                    }])
-                    .await?;
-                return Ok(());
-            }
+            Err(_) => return self.release(store).await,
         };
         let mut body = serde_json::to_vec(&outcome).map_err(Error::internal)?;
         let nonce_bytes: [u8; 12] = rand::random();
@@ -220,19 +224,15 @@ impl Replay {
             .map_err(|_| Error::internal("sealing the replay record"))?;
         let mut sealed = nonce_bytes.to_vec();
         sealed.extend(body);
+        // The record first: a waiter that finds the lock gone finds the outcome.
         store
-            .write(vec![
-                Write::Put {
-                    key: self.record.clone(),
-                    value: sealed,
-                    ttl: Some(ttl),
-                },
-                Write::Delete {
-                    key: self.lock.clone(),
-                },
-            ])
+            .write(vec![Write::Put {
+                key: self.record.clone(),
+                value: sealed,
+                ttl: Some(ttl),
+            }])
             .await?;
-        Ok(())
+        self.release(store).await
     }
 }
 
@@ -294,10 +294,26 @@ impl SessionService {
         loop {
             if self
                 .store
-                .put_if_absent(&replay.lock, b"1", Some(REPLAY_LOCK_TTL))
+                .put_if_absent(
+                    &replay.lock,
+                    &replay.owner,
+                    Some(provider.config.userinfo_timeout + REPLAY_LOCK_MARGIN),
+                )
                 .await?
             {
-                break;
+                // The migration we waited for may have finished between our last look and
+                // taking the lock: its outcome stands, not a second migration.
+                match replay.read(&*self.store).await {
+                    Ok(Some(done)) => {
+                        replay.release(&*self.store).await?;
+                        return done.map(|c| (c, true));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = replay.release(&*self.store).await;
+                        return Err(e);
+                    }
+                }
             }
             // Another call (on any replica) is migrating this token: wait for its result.
             tokio::time::sleep(pause).await;
@@ -316,17 +332,11 @@ impl SessionService {
         let task = tokio::spawn(async move {
             let result = this.migrate_once(req, provider).await;
             // Remember the outcome for the replay window (errors that a retry could change —
-            // an unavailable dependency — are not remembered) and release the lock, in one
-            // transaction (the two keys share a hash tag).
+            // an unavailable dependency — are not remembered), then release the lock.
             if let Err(e) = replay.finish(&*this.store, &result).await {
                 tracing::warn!(error = %e, "could not record the migration for replays");
                 // Still release the lock, so that a retry need not wait for its TTL.
-                let _ = this
-                    .store
-                    .write(vec![Write::Delete {
-                        key: replay.lock.clone(),
-                    }])
-                    .await;
+                let _ = replay.release(&*this.store).await;
             }
             result
         });

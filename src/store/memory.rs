@@ -276,6 +276,20 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn delete_if_equals(&self, key: &Key, value: &[u8]) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let held = matches!(
+            st.live(key, now),
+            Some(Entry { value: Value::Bytes(v), .. }) if v.as_slice() == value
+        );
+        if held {
+            st.apply(Write::Delete { key: key.clone() }, now)?;
+            st.wrote(now);
+        }
+        Ok(held)
+    }
+
     async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64> {
         let now = Instant::now();
         let mut st = self.state();

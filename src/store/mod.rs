@@ -138,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
     /// credential valid goes last, what revokes one goes first.
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()>;
 
+    /// Deletes `key` only if it holds `value` (a lock released by its owner only, never by a
+    /// call that lost it to expiry and a new owner). True if it was deleted.
+    async fn delete_if_equals(&self, key: &Key, value: &[u8]) -> StoreResult<bool>;
+
     /// Add one to the counter at `key` and return the new value; a new counter expires after
     /// `ttl` (fixed window: later increments do not extend it). For rate limits.
     async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64>;

@@ -580,6 +580,19 @@ impl Store for RedisStore {
         self.set_if(key, value, ttl, "XX").await
     }
 
+    async fn delete_if_equals(&self, key: &Key, value: &[u8]) -> StoreResult<bool> {
+        // Compare and delete in one step: a script runs atomically.
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT).arg(1).arg(key.as_str()).arg(value);
+        let deleted: i64 = self
+            .run("EVAL", Some(key.as_str()), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()> {
         if writes.is_empty() {
             return Ok(());

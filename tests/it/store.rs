@@ -95,6 +95,18 @@ async fn suite(s: Arc<dyn Store>) {
     assert_eq!(wins, 1);
     assert!(s.ttl(&lock).await.unwrap().unwrap().is_some());
 
+    // Only the owner releases a lock: a call whose lock expired and was taken by another
+    // must not release the new owner's.
+    let owner = s.get(&lock).await.unwrap().unwrap();
+    assert!(!s.delete_if_equals(&lock, b"not-the-owner").await.unwrap());
+    assert_eq!(
+        s.get(&lock).await.unwrap().as_deref(),
+        Some(owner.as_slice())
+    );
+    assert!(s.delete_if_equals(&lock, &owner).await.unwrap());
+    assert_eq!(s.get(&lock).await.unwrap(), None);
+    assert!(!s.delete_if_equals(&lock, &owner).await.unwrap());
+
     // A zero TTL expires at once rather than living forever.
     s.write(vec![Write::Put {
         key: b.clone(),
