@@ -59,6 +59,10 @@ pub fn http_client(connect_timeout: Duration, timeout: Duration) -> reqwest::Cli
         .timeout(timeout)
         // A JWKS URL that redirects is a misconfiguration or an attack; never follow.
         .redirect(reqwest::redirect::Policy::none())
+        // Never a proxy from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): a proxy
+        // sees every bearer token sent to UserInfo, and a variable set for another program
+        // must not quietly put one in the path.
+        .no_proxy()
         .user_agent(concat!("sessiongate/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("static reqwest configuration")
@@ -355,6 +359,14 @@ impl IssuerKeys {
                 return Ok(None);
             };
             let u = url::Url::parse(v).map_err(|_| format!("`{name}` is not a URL"))?;
+            // On the issuer's own host: a document that points the keys (or the bearer
+            // tokens UserInfo receives) at another host is refused. An issuer whose endpoints
+            // really live elsewhere is configured with jwks_url / userinfo_url explicitly.
+            if u.host_str() != well_known.host_str() {
+                return Err(format!(
+                    "`{name}` is not on the issuer's host; set it explicitly (jwks_url / userinfo_url) if that is intended"
+                ));
+            }
             match u.scheme() {
                 "https" => Ok(Some(u)),
                 "http" if allow_http => Ok(Some(u)),

@@ -39,25 +39,36 @@ async fn start(idp: &FakeIdp, extra: &str) -> Gate {
 
 /// As [`start`], with more `[migration]` settings.
 async fn start_with(idp: &FakeIdp, migration: &str, extra: &str) -> Gate {
-    let redis = RedisServer::start().await;
-    let toml = format!(
+    let endpoints = format!(
+        "jwks_url = \"{}\"\nuserinfo_url = \"{}\"\n{extra}",
+        idp.jwks_url(),
+        idp.userinfo_url()
+    );
+    launch(&config(idp, migration, &endpoints), &[]).await
+}
+
+/// The configuration: one caller key, one legacy provider of `idp` with `provider` lines.
+fn config(idp: &FakeIdp, migration: &str, provider: &str) -> String {
+    format!(
         "[[clients]]\nname = \"attacker-facing-edge\"\nkey_sha256 = \"{}\"\n\
          scopes = [\"validate\", \"migrate\", \"revoke\"]\n\
          [migration]\nper_identity_per_minute = 100\n{migration}\n\
-         [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\n\
-         userinfo_url = \"{}\"\naudiences = [\"{API}\"]\nalgorithms = [\"RS256\", \"ES256\"]\n{extra}\n",
+         [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\n\
+         audiences = [\"{API}\"]\nalgorithms = [\"RS256\", \"ES256\"]\n{provider}\n",
         sha(KEY),
         idp.issuer(),
-        idp.jwks_url(),
-        idp.userinfo_url(),
-    );
-    let bin = Binary::start(
-        &toml,
-        &[
-            ("REDIS_URL", redis.url()),
-            ("RUST_LOG", "warn,sessiongate::app=info".into()),
-        ],
-    );
+    )
+}
+
+/// The binary with `toml`, on a Redis of its own, with more environment variables.
+async fn launch(toml: &str, env: &[(&'static str, String)]) -> Gate {
+    let redis = RedisServer::start().await;
+    let mut vars = vec![
+        ("REDIS_URL", redis.url()),
+        ("RUST_LOG", "warn,sessiongate::app=info".into()),
+    ];
+    vars.extend_from_slice(env);
+    let bin = Binary::start(toml, &vars);
     let client = SessionGateServiceClient::new(bin.channel().await);
     Gate {
         bin,
@@ -559,5 +570,54 @@ async fn health_and_reflection_read_no_more_than_the_api_does() {
         Ok(mut answers) => matches!(answers.get_mut().message().await, Ok(Some(_))),
     };
     assert!(!answered, "reflection read a 100 KiB request");
+    t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_endpoints_on_another_host_and_proxies_from_the_environment_are_refused() {
+    // A canary where a proxy variable points: it must never see a connection.
+    let canary = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    canary.set_nonblocking(true).unwrap();
+    let proxy = format!("http://{}", canary.local_addr().unwrap());
+    let idp = FakeIdp::start().await;
+    // No endpoints configured: both are discovered.
+    let toml = config(&idp, "", "");
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+
+    // Discovery through proxy variables that point at the canary: the binary goes direct.
+    let proxied: Vec<(&'static str, String)> =
+        ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy"]
+            .into_iter()
+            .map(|v| (v, proxy.clone()))
+            .collect();
+    let t = launch(&toml, &proxied).await;
+    t.warm(&token).await;
+    assert!(
+        canary.accept().is_err(),
+        "a request went through the proxy named by the environment"
+    );
+    t.bin.stop();
+
+    // The discovery document points the keys at another host (`localhost` is the same
+    // server under another name: without the check the token would verify).
+    idp.point_endpoints_at(&format!("localhost:{}", idp.addr.port()));
+    let t = launch(&toml, &[]).await;
+    // Once the binary has read the document and refused it, the token stays unverifiable.
+    eventually(Duration::from_secs(10), || async {
+        t.bin
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("not on the issuer's host"))
+            .then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        match t.try_validate(&token).await {
+            Ok(r) => assert_ne!(r.verdict(), pb::Verdict::Valid),
+            Err(e) => assert_eq!(e.code(), tonic::Code::Unavailable),
+        }
+    }
     t.bin.stop();
 }

@@ -35,6 +35,8 @@ struct Shared {
     jwks_delay: Option<std::time::Duration>,
     /// The issuer the discovery document claims (default: the real one).
     discovery_issuer: Option<String>,
+    /// The host the discovery document points its endpoints at (default: its own).
+    endpoints_host: Option<String>,
     userinfo: std::collections::HashMap<String, UserInfoReply>,
     keys: Vec<Arc<SigningKey>>,
     /// Extra raw JWKs published as they are (hostile entries).
@@ -69,18 +71,21 @@ async fn discovery(
         .unwrap_or_default()
         .to_owned();
     let real = format!("http://{host}/");
-    let issuer = shared
-        .lock()
-        .unwrap()
-        .discovery_issuer
-        .clone()
-        .unwrap_or(real.clone());
+    let (issuer, endpoints) = {
+        let s = shared.lock().unwrap();
+        (
+            s.discovery_issuer.clone().unwrap_or(real.clone()),
+            s.endpoints_host
+                .as_ref()
+                .map_or(real.clone(), |h| format!("http://{h}/")),
+        )
+    };
     (
         [("content-type", "application/json")],
         json!({
             "issuer": issuer,
-            "jwks_uri": format!("{real}.well-known/jwks.json"),
-            "userinfo_endpoint": format!("{real}userinfo"),
+            "jwks_uri": format!("{endpoints}.well-known/jwks.json"),
+            "userinfo_endpoint": format!("{endpoints}userinfo"),
         })
         .to_string(),
     )
@@ -185,6 +190,7 @@ impl FakeIdp {
         let shared = Arc::new(Mutex::new(Shared {
             jwks_delay: None,
             discovery_issuer: None,
+            endpoints_host: None,
             userinfo: Default::default(),
             keys,
             extra: Vec::new(),
@@ -252,6 +258,11 @@ impl FakeIdp {
     /// Makes the discovery document claim another issuer.
     pub fn lie_about_issuer(&self, issuer: &str) {
         self.shared.lock().unwrap().discovery_issuer = Some(issuer.to_owned());
+    }
+
+    /// Makes the discovery document point its endpoints at `host` (`name:port`).
+    pub fn point_endpoints_at(&self, host: &str) {
+        self.shared.lock().unwrap().endpoints_host = Some(host.to_owned());
     }
 
     /// Makes the JWKS endpoint answer only after `d`.
