@@ -337,7 +337,17 @@ impl Providers {
                 let keys = source.map(|source| {
                     let k = Arc::new(
                         IssuerKeys::new(&p.name, source, algs.clone(), http.clone())
-                            .with_shared_store(store.clone(), store_keys.jwks(&p.name)),
+                            // Shared under the issuer and where its keys come from, never
+                            // under the provider's name: a provider renamed or re-pointed
+                            // must not pick up another issuer's keys from the store.
+                            .with_shared_store(
+                                store.clone(),
+                                store_keys.jwks(&format!(
+                                    "{}\0{}",
+                                    p.issuer,
+                                    p.jwks_url.as_ref().map_or("discovered", |u| u.as_str())
+                                )),
+                            ),
                     );
                     k.spawn_refresher();
                     k

@@ -144,11 +144,12 @@ impl Keys {
         self.key(format_args!("{{m:{}}}:lock", token.to_hex()))
     }
 
-    /// A provider's JWKS document as last fetched, shared by replicas.
-    pub fn jwks(&self, provider: &str) -> Key {
+    /// An issuer's JWKS document as last fetched, shared by replicas; `source` names the
+    /// issuer and where its keys come from.
+    pub fn jwks(&self, source: &str) -> Key {
         self.key(format_args!(
             "jwks:{}",
-            Digest::of(provider.as_bytes()).to_hex()
+            Digest::of(source.as_bytes()).to_hex()
         ))
     }
 

@@ -621,3 +621,57 @@ async fn discovered_endpoints_on_another_host_and_proxies_from_the_environment_a
     }
     t.bin.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_re_pointed_at_another_issuer_never_inherits_the_old_issuers_keys() {
+    let old = FakeIdp::start().await;
+    let new = FakeIdp::start().await;
+    // The new issuer cannot be reached: all the binary could use is what the store holds.
+    new.set_status(503);
+    let redis = RedisServer::start().await;
+    let provider = |idp: &FakeIdp| {
+        format!(
+            "[[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\n\
+             jwks_url = \"{}\"\naudiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\n\
+             [[clients]]\nname = \"edge\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\"]\n",
+            idp.issuer(),
+            idp.jwks_url(),
+            sha(KEY)
+        )
+    };
+    let env = || {
+        vec![
+            ("REDIS_URL", redis.url()),
+            ("RUST_LOG", "warn,sessiongate::app=info".into()),
+        ]
+    };
+    // A replica of the old configuration shares the old issuer's keys through Redis.
+    let key = old.key(KeyKind::Rs256);
+    let bin = Binary::start(&provider(&old), &env());
+    let t = Gate {
+        client: SessionGateServiceClient::new(bin.channel().await),
+        bin,
+        _redis: RedisServer::start().await,
+    };
+    t.warm(&sign(&key, json!({}), &old.claims(API))).await;
+    t.bin.stop();
+
+    // Same name, another issuer: a token claiming the new issuer, signed with the old one's
+    // key, must not verify.
+    let bin = Binary::start(&provider(&new), &env());
+    let t = Gate {
+        client: SessionGateServiceClient::new(bin.channel().await),
+        bin,
+        _redis: RedisServer::start().await,
+    };
+    let mut claims = old.claims(API);
+    claims["iss"] = json!(new.issuer());
+    let forged = sign(&key, json!({}), &claims);
+    for _ in 0..3 {
+        match t.try_validate(&forged).await {
+            Ok(r) => assert_ne!(r.verdict(), pb::Verdict::Valid),
+            Err(e) => assert_eq!(e.code(), tonic::Code::Unavailable),
+        }
+    }
+    t.bin.stop();
+}
