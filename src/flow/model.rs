@@ -179,7 +179,12 @@ impl Effective {
         let allow_cidrs = apply_nets(&cfg.allow_cidrs, ov.lists.get(&ListName::AllowCidrs));
         let deny_cidrs = apply_nets(&cfg.deny_cidrs, ov.lists.get(&ListName::DenyCidrs));
         let kill_switch = ov.kill_switch.unwrap_or(cfg.kill_switch);
-        let rollback_epoch = ov.rollback_epoch.unwrap_or(cfg.rollback_epoch);
+        // The epoch only ever goes up: the higher of the file's and the override's. A file
+        // edited to a lower epoch than an admin set (or an override older than a file bump)
+        // must never revive the cookies the higher epoch invalidated.
+        let rollback_epoch = ov
+            .rollback_epoch
+            .map_or(cfg.rollback_epoch, |e| e.max(cfg.rollback_epoch));
 
         // The version is a digest of everything that decides, so two replicas with the same
         // file and overrides report the same version.

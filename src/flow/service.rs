@@ -387,11 +387,16 @@ impl FlowService {
         caller: &Caller,
         key: &crate::store::Key,
     ) -> Result<Overrides, Error> {
-        let mut ov = if u.clear_overrides {
-            Overrides::default()
-        } else {
-            self.load_overrides(key).await?
-        };
+        let mut ov = self.load_overrides(key).await?;
+        if u.clear_overrides {
+            // Back to the file's settings — except the rollback epoch, which never goes
+            // down: clearing must not revive the cookies an epoch bump invalidated.
+            ov = Overrides {
+                rollback_epoch: ov.rollback_epoch,
+                revision: ov.revision,
+                ..Overrides::default()
+            };
+        }
         let before = Effective::compile(cfg, &ov);
         if let Some(e) = u.rollback_epoch
             && e < before.rollback_epoch

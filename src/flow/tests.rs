@@ -159,6 +159,23 @@ fn the_kill_switch_sends_everyone_to_legacy_even_with_a_new_cookie() {
 }
 
 #[test]
+fn the_effective_rollback_epoch_is_the_higher_of_file_and_override() {
+    let mut cfg = flow(50);
+    cfg.rollback_epoch = 5;
+    let epoch = |o: Option<u32>| {
+        Effective::compile(
+            &cfg,
+            &Overrides {
+                rollback_epoch: o,
+                ..Default::default()
+            },
+        )
+        .rollback_epoch
+    };
+    assert_eq!((epoch(None), epoch(Some(3)), epoch(Some(7))), (5, 5, 7));
+}
+
+#[test]
 fn a_rollback_epoch_bump_invalidates_new_cookies() {
     let k = keys();
     let mut cfg = flow(100);

@@ -287,7 +287,8 @@ async fn admin_updates_are_validated_and_can_be_cleared() {
     .unwrap_err();
     assert!(e.message().contains("must not go down"), "{}", e.message());
 
-    // Clearing goes back to the file's settings (and still applies the rest of the request).
+    // Clearing goes back to the file's settings (and still applies the rest of the request),
+    // except the rollback epoch, which never goes down.
     let r = call(pb::UpdateRolloutRequest {
         clear_overrides: true,
         percentage: Some(20),
@@ -300,7 +301,7 @@ async fn admin_updates_are_validated_and_can_be_cleared() {
     .unwrap();
     assert_eq!(
         (r.percentage, r.kill_switch, r.rollback_epoch),
-        (20, false, 0)
+        (20, false, 3)
     );
     assert_eq!(r.allow_users, ["qa-1"]);
 
