@@ -530,29 +530,42 @@ fn not_found(flow: &str) -> Error {
     )
 }
 
-/// Keeps `flows` in step with the other replicas' admin updates until the process ends.
+/// Keeps `flows` in step with the other replicas' admin updates until the process ends:
+/// each update as it is announced, and every flow on a timer, after every re-subscription
+/// and — until it succeeds — after a reload that failed (a kill switch set while this replica
+/// missed the message must still reach it).
 pub fn spawn_listener(flows: Arc<FlowService>) -> tokio::task::JoinHandle<()> {
+    use tokio::sync::broadcast::error::RecvError;
     let mut rx = flows.store.subscribe();
     tokio::spawn(async move {
         if flows.files.is_empty() {
             return;
         }
+        let mut schedule = crate::store::ResyncSchedule::new(crate::store::RESYNC_EVERY);
         loop {
-            match rx.recv().await {
-                Ok(Notice::Message(payload)) => {
-                    if let Ok(Invalidation::Rollout { flow }) =
-                        serde_json::from_slice::<Invalidation>(&payload)
-                        && let Err(e) = flows.reload(&flow).await
-                    {
-                        tracing::warn!(error = %e, "could not reload a changed flow");
+            tokio::select! {
+                notice = rx.recv() => match notice {
+                    Ok(Notice::Message(payload)) => {
+                        if let Ok(Invalidation::Rollout { flow }) =
+                            serde_json::from_slice::<Invalidation>(&payload)
+                            && let Err(e) = flows.reload(&flow).await
+                        {
+                            tracing::warn!(error = %e, "could not reload a changed flow");
+                            schedule.now();
+                        }
+                    }
+                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => schedule.now(),
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep_until(schedule.due()) => {
+                    match flows.reload_all().await {
+                        Ok(()) => schedule.succeeded(),
+                        Err(e) => {
+                            schedule.failed();
+                            tracing::warn!(error = %e, "could not resynchronise flow overrides; retrying");
+                        }
                     }
                 }
-                Ok(Notice::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    if let Err(e) = flows.reload_all().await {
-                        tracing::warn!(error = %e, "could not resynchronise flow overrides");
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     })

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::store::keys::Keys;
-use crate::store::{Notice, Store, StoreError};
+use crate::store::{Notice, RESYNC_EVERY, ResyncSchedule, Store, StoreError};
+use tokio::sync::broadcast::error::RecvError;
 
 /// A message on the invalidation channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +117,9 @@ impl RevokedSids {
     }
 }
 
-/// Feeds `revoked` from the invalidation channel until the process ends.
+/// Feeds `revoked` from the invalidation channel until the process ends, reloading the whole
+/// set on a timer, after every re-subscription, and — until it succeeds — after a reload
+/// that failed.
 pub fn spawn_listener(
     revoked: Arc<RevokedSids>,
     store: Arc<dyn Store>,
@@ -125,27 +128,35 @@ pub fn spawn_listener(
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = store.subscribe();
     tokio::spawn(async move {
+        let mut schedule = ResyncSchedule::new(RESYNC_EVERY);
         loop {
-            match rx.recv().await {
-                Ok(Notice::Message(payload)) => {
-                    match serde_json::from_slice::<Invalidation>(&payload) {
-                        Ok(Invalidation::Revoke { sid, until }) => {
-                            revoked.insert(&sid, until, clock.now_secs())
+            tokio::select! {
+                notice = rx.recv() => match notice {
+                    Ok(Notice::Message(payload)) => {
+                        match serde_json::from_slice::<Invalidation>(&payload) {
+                            Ok(Invalidation::Revoke { sid, until }) => {
+                                revoked.insert(&sid, until, clock.now_secs())
+                            }
+                            Ok(Invalidation::Rollout { .. }) => {}
+                            Err(_) => tracing::debug!("ignoring an unknown invalidation message"),
                         }
-                        Ok(Invalidation::Rollout { .. }) => {}
-                        Err(_) => tracing::debug!("ignoring an unknown invalidation message"),
                     }
-                }
-                // Messages may have been lost: reload everything.
-                Ok(Notice::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Messages may have been lost: reload everything.
+                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => schedule.now(),
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep_until(schedule.due()) => {
                     match revoked.reload(&*store, &keys, &*clock).await {
-                        Ok(n) => tracing::debug!(revoked_sids = n, "revocations resynchronised"),
+                        Ok(n) => {
+                            schedule.succeeded();
+                            tracing::debug!(revoked_sids = n, "revocations resynchronised");
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot resynchronise revocations yet")
+                            schedule.failed();
+                            tracing::warn!(error = %e, "cannot resynchronise revocations yet; retrying");
                         }
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     })

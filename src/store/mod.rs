@@ -85,6 +85,52 @@ pub enum Notice {
 }
 
 /// Which backend is serving.
+/// When a listener next reloads what the invalidation channel feeds it: on a timer (a
+/// message lost without a `Resync` — a publish that failed, a partition — is caught within
+/// `every`), at once after a `Resync`, and after a failed reload again and again with backoff
+/// until one succeeds (a reload that failed once must not wait for the next reconnect).
+pub struct ResyncSchedule {
+    every: Duration,
+    retry: Duration,
+    due: tokio::time::Instant,
+}
+
+impl ResyncSchedule {
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+    const MAX_RETRY: Duration = Duration::from_secs(5);
+
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            retry: Self::FIRST_RETRY,
+            due: tokio::time::Instant::now() + every,
+        }
+    }
+
+    /// When the next reload is due.
+    pub fn due(&self) -> tokio::time::Instant {
+        self.due
+    }
+
+    /// Messages may have been lost: reload now.
+    pub fn now(&mut self) {
+        self.due = tokio::time::Instant::now();
+    }
+
+    pub fn succeeded(&mut self) {
+        self.retry = Self::FIRST_RETRY;
+        self.due = tokio::time::Instant::now() + self.every;
+    }
+
+    pub fn failed(&mut self) {
+        self.due = tokio::time::Instant::now() + self.retry;
+        self.retry = (self.retry * 2).min(Self::MAX_RETRY);
+    }
+}
+
+/// How often listeners reload in any case.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
@@ -189,4 +235,35 @@ pub fn from_config(
         )?),
         None => Arc::new(memory::MemoryStore::new(env)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_resync_is_retried_with_backoff_then_the_timer_resumes() {
+        let start = tokio::time::Instant::now();
+        let mut s = ResyncSchedule::new(RESYNC_EVERY);
+        assert_eq!(s.due() - start, RESYNC_EVERY);
+        s.now();
+        assert_eq!(s.due(), start);
+        let waits: Vec<_> = (0..8)
+            .map(|_| {
+                s.failed();
+                s.due() - start
+            })
+            .collect();
+        assert_eq!(waits[0], Duration::from_millis(100));
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(waits[7], ResyncSchedule::MAX_RETRY);
+        s.succeeded();
+        assert_eq!(s.due() - start, RESYNC_EVERY);
+        s.failed();
+        assert_eq!(
+            s.due() - start,
+            Duration::from_millis(100),
+            "backoff starts over"
+        );
+    }
 }
