@@ -60,6 +60,7 @@ fn request(token: &str) -> ValidateRequest {
         max_token_age_seconds: 0,
         session_duration_minutes: 0,
         client: Default::default(),
+        may_extend_by_jwt: false,
     }
 }
 
@@ -90,6 +91,7 @@ async fn redis_keys() -> Vec<(String, f64, usize)> {
     let admin = Caller {
         name: Arc::from("bench"),
         authenticated: true,
+        can_issue: true,
     };
     let keys = Keys::new(cfg.env);
     let mut kinds: HashMap<&str, Vec<String>> = HashMap::new();

@@ -166,6 +166,7 @@ fn cached_validation(c: &mut Criterion) {
         max_token_age_seconds: 0,
         session_duration_minutes: 0,
         client: Default::default(),
+        may_extend_by_jwt: false,
     };
     rt.block_on(sessions.validate(req())).unwrap();
     c.bench_function("ValidateSession: cached JWT, domain only", |b| {

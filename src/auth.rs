@@ -21,6 +21,8 @@ pub struct Caller {
     pub name: Arc<str>,
     /// False in open mode: operations that must never be open check this.
     pub authenticated: bool,
+    /// Holds the `issue` scope: may mint sessions, and so extend one by its JWT alone.
+    pub can_issue: bool,
 }
 
 impl Caller {
@@ -28,6 +30,7 @@ impl Caller {
         Self {
             name: Arc::from("anonymous"),
             authenticated: false,
+            can_issue: false,
         }
     }
 
@@ -71,6 +74,7 @@ impl CallerKeys {
                         caller: Caller {
                             name: Arc::from(c.name.as_str()),
                             authenticated: true,
+                            can_issue: c.scopes.contains(&Scope::Issue),
                         },
                         scopes: c.scopes.clone(),
                     },

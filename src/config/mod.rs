@@ -244,6 +244,11 @@ pub struct NativeConfig {
     pub jwt_ttl: Duration,
     pub session_duration_minutes: u32,
     pub leeway: Duration,
+    /// How long after its `exp` an expired session_jwt may still be exchanged for a fresh one
+    /// (while its session is active).
+    pub refresh_window: Duration,
+    /// No session lives longer than this from `started_at`, however often it is extended.
+    pub absolute_lifetime_minutes: u32,
     /// PEM or JWK files, or `env:NAME` secrets; the first signs, all are published.
     pub signing_keys: Vec<KeySource>,
 }
@@ -465,6 +470,8 @@ struct RawNative {
     jwt_ttl_seconds: Option<u32>,
     session_duration_minutes: Option<u32>,
     leeway_seconds: Option<u32>,
+    refresh_window_seconds: Option<u32>,
+    absolute_lifetime_minutes: Option<u32>,
     #[serde(default)]
     signing_keys: Vec<String>,
 }
@@ -853,6 +860,28 @@ fn build(
         );
     }
 
+    let refresh_window = raw.native.refresh_window_seconds.unwrap_or(86_400);
+    if refresh_window > 2_592_000 {
+        c.fail(
+            "native.refresh_window_seconds",
+            format!("{refresh_window} is more than 2592000 (30 days)"),
+        );
+    }
+    let absolute_lifetime = raw.native.absolute_lifetime_minutes.unwrap_or(129_600);
+    if !(SESSION_MINUTES_MIN..=SESSION_MINUTES_MAX).contains(&absolute_lifetime) {
+        c.fail(
+            "native.absolute_lifetime_minutes",
+            format!(
+                "{absolute_lifetime} is out of range {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"
+            ),
+        );
+    } else if absolute_lifetime < session_minutes {
+        c.fail(
+            "native.absolute_lifetime_minutes",
+            format!("{absolute_lifetime} is shorter than native.session_duration_minutes ({session_minutes})"),
+        );
+    }
+
     // --- providers ---
     let mut providers = Vec::new();
     let mut names = BTreeSet::new();
@@ -1155,6 +1184,8 @@ fn build(
             jwt_ttl: Duration::from_secs(jwt_ttl.into()),
             session_duration_minutes: session_minutes,
             leeway: Duration::from_secs(leeway.into()),
+            refresh_window: Duration::from_secs(refresh_window.into()),
+            absolute_lifetime_minutes: absolute_lifetime,
             signing_keys,
         },
         providers,

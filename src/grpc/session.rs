@@ -45,6 +45,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             .state
             .sessions
             .validate(ValidateRequest {
+                may_extend_by_jwt: caller.can_issue,
                 caller: caller.name,
                 token: r.token,
                 max_token_age_seconds: r.max_token_age_seconds,

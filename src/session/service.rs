@@ -184,6 +184,10 @@ pub struct SessionService {
     pub(super) progress: crate::telemetry::MigrationProgress,
     pub(super) counters: crate::telemetry::ValidationCounters,
     revoke_window_secs: i64,
+    /// How long after its expiry a session_jwt may still be refreshed.
+    pub(super) refresh_window_secs: i64,
+    /// No session outlives `started_at` + this.
+    pub(super) absolute_lifetime_ms: i64,
 }
 
 impl SessionService {
@@ -223,6 +227,8 @@ impl SessionService {
             // Every JWT minted up to now expires within its TTL (+ leeway): that is how long a
             // revoked sid must be remembered.
             revoke_window_secs: (ttl + cfg.native.leeway).as_secs() as i64,
+            refresh_window_secs: cfg.native.refresh_window.as_secs() as i64,
+            absolute_lifetime_ms: i64::from(cfg.native.absolute_lifetime_minutes) * 60_000,
             store,
             clock,
         }
@@ -234,6 +240,10 @@ impl SessionService {
 
     pub fn issuer(&self) -> &NativeIssuer {
         &self.issuer
+    }
+
+    fn absolute_lifetime_minutes(&self) -> u32 {
+        u32::try_from(self.absolute_lifetime_ms / 60_000).unwrap_or(u32::MAX)
     }
 
     pub(super) fn env_prefix(&self, kind: &str) -> String {
@@ -388,7 +398,7 @@ impl SessionService {
             user_id: user_id.to_owned(),
             started_at_ms: now,
             last_accessed_at_ms: now,
-            expires_at_ms: now + i64::from(minutes) * 60_000,
+            expires_at_ms: now + i64::from(minutes.min(self.absolute_lifetime_minutes())) * 60_000,
             factors,
             attributes: client,
             custom_claims,

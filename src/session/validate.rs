@@ -142,6 +142,10 @@ pub struct ValidateRequest {
     pub max_token_age_seconds: u32,
     pub session_duration_minutes: u32,
     pub client: ClientInfo,
+    /// The caller may extend a session by its session_jwt alone (it holds `issue`). Anyone
+    /// may extend with the opaque session_token: only its holder has it, while a short JWT
+    /// travels through every service of the fleet.
+    pub may_extend_by_jwt: bool,
 }
 
 impl std::fmt::Debug for ValidateRequest {
@@ -151,6 +155,7 @@ impl std::fmt::Debug for ValidateRequest {
             .field("token", &Redacted(&self.token))
             .field("max_token_age_seconds", &self.max_token_age_seconds)
             .field("session_duration_minutes", &self.session_duration_minutes)
+            .field("may_extend_by_jwt", &self.may_extend_by_jwt)
             .finish_non_exhaustive()
     }
 }
@@ -478,9 +483,20 @@ impl SessionService {
         now: i64,
     ) -> Result<Verdict, Error> {
         let mut extended = false;
+        // However it was extended, a session ends at its absolute lifetime.
+        let end_of_life = session
+            .started_at_ms
+            .saturating_add(self.absolute_lifetime_ms);
+        if now >= end_of_life {
+            return Ok(Verdict::invalid(
+                Reason::Expired,
+                Origin::New,
+                Source::Store,
+            ));
+        }
         if req.session_duration_minutes > 0 {
             let minutes = super::service::session_minutes(req.session_duration_minutes, 0)?;
-            let until = now + i64::from(minutes) * 60_000;
+            let until = (now + i64::from(minutes) * 60_000).min(end_of_life);
             if until > session.expires_at_ms {
                 session.expires_at_ms = until;
                 extended = true;
@@ -655,6 +671,24 @@ impl SessionService {
         }
 
         let expired = self.issuer.expired(&jwt, now);
+        // An expired JWT is exchanged for a fresh one only within the refresh window: a JWT
+        // copied long ago (a log, a leaked backup) must not revive its session for ever.
+        if expired
+            && now
+                >= jwt
+                    .expires_at
+                    .saturating_add(self.leeway_secs)
+                    .saturating_add(self.refresh_window_secs)
+        {
+            return Ok(Verdict::invalid(Reason::Expired, Origin::New, source));
+        }
+        if req.session_duration_minutes > 0 && !req.may_extend_by_jwt {
+            return Err(Error::new(
+                crate::error::ErrorCode::PermissionDenied,
+                "SCOPE_MISSING",
+                "extending a session by its session_jwt needs a caller key with scope `issue`; extend it with its session_token instead",
+            ));
+        }
         let too_old = req.max_token_age_seconds > 0
             && now - jwt.issued_at > i64::from(req.max_token_age_seconds);
         if expired || too_old || req.session_duration_minutes > 0 {

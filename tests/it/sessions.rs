@@ -870,3 +870,71 @@ async fn random_garbage_is_always_a_verdict_never_an_internal_error() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_old_jwt_refreshes_only_within_its_window_and_no_session_outlives_its_absolute_lifetime()
+{
+    const READER: &str = "a-key-that-only-validates";
+    let key = KeyFile::new(KeyKind::Rs256);
+    let clock = ManualClock::new();
+    let app = Setup::new()
+        .toml(&format!(
+            "[native]\nsigning_keys = [\"{}\"]\nrefresh_window_seconds = 3600\nabsolute_lifetime_minutes = 600\n\
+             [[clients]]\nname = \"login\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\", \"revoke\"]\n\
+             [[clients]]\nname = \"api\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\"]\n",
+            key.path.display(),
+            crate::support::sha(ISSUE_KEY),
+            crate::support::sha(READER),
+        ))
+        .clock(&clock)
+        .spawn()
+        .await;
+    let s = create(&app, 480).await;
+    let started = clock_secs(&clock);
+
+    // Extending by the JWT alone needs `issue`: a JWT travels through every service.
+    let extend = |token: &str, minutes: u32| pb::ValidateSessionRequest {
+        token: token.into(),
+        session_duration_minutes: minutes,
+        ..Default::default()
+    };
+    let e = app
+        .session()
+        .validate_session(crate::support::bearer(extend(&s.session_jwt, 60), READER))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::PermissionDenied, "SCOPE_MISSING")
+    );
+    let r = validate_with(&app, extend(&s.session_jwt, 60))
+        .await
+        .unwrap();
+    assert_eq!(verdict(&r), VALID);
+
+    // An expired JWT is refreshed within an hour of its expiry, not after.
+    clock.advance(Duration::from_secs(300 + 30 + 3000));
+    let r = validate(&app, &s.session_jwt).await.unwrap();
+    assert_eq!(verdict(&r), VALID);
+    assert!(!r.session_jwt.is_empty(), "a fresh JWT");
+    clock.advance(Duration::from_secs(700));
+    assert_eq!(
+        verdict(&validate(&app, &s.session_jwt).await.unwrap()),
+        invalid(pb::Reason::Expired)
+    );
+
+    // Extensions stop at the absolute lifetime (600 minutes from the start)...
+    let r = validate_with(&app, extend(&s.session_token, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.session.unwrap().expires_at.unwrap().seconds,
+        started + 600 * 60
+    );
+    // ...and past it the session is over, whatever its record says.
+    clock.advance(Duration::from_secs(600 * 60));
+    assert_eq!(
+        verdict(&validate(&app, &s.session_token).await.unwrap()),
+        invalid(pb::Reason::Expired)
+    );
+}
