@@ -3,8 +3,8 @@
 //! Callers send `authorization: Bearer <key>`. Only SHA-256 hashes of keys are configured, so
 //! a leaked config file leaks no key. Each key carries scopes, one per RPC family. In `test`
 //! with no keys configured the service runs open for the read-mostly RPCs (with a warning at
-//! start); minting sessions (`issue`) and rollout administration (`admin`) are never open, and
-//! `live` refuses to start without keys at all (see `config`).
+//! start); minting sessions (`issue`), revoking them (`revoke`) and rollout administration
+//! (`admin`) are never open, and `live` refuses to start without keys at all (see `config`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -51,7 +51,9 @@ impl Caller {
 }
 
 /// Scopes that an anonymous caller holds in open mode.
-const OPEN_SCOPES: [Scope; 4] = [Scope::Validate, Scope::Migrate, Scope::Flow, Scope::Revoke];
+/// Never `revoke`: in open mode anyone could log anyone out (a session id or a user's legacy
+/// token is no secret to every service that sees them).
+const OPEN_SCOPES: [Scope; 3] = [Scope::Validate, Scope::Migrate, Scope::Flow];
 
 struct Client {
     caller: Caller,
@@ -216,13 +218,13 @@ mod tests {
     }
 
     #[test]
-    fn open_mode_never_opens_issue_or_admin() {
+    fn open_mode_never_opens_issue_revoke_or_admin() {
         let keys = CallerKeys::new(&[]);
         assert!(keys.is_open());
         for s in OPEN_SCOPES {
             assert!(!keys.authorize(None, s).unwrap().authenticated);
         }
-        for s in [Scope::Issue, Scope::Admin] {
+        for s in [Scope::Issue, Scope::Revoke, Scope::Admin] {
             assert_eq!(
                 keys.authorize(None, s).unwrap_err().code,
                 ErrorCode::Unauthenticated

@@ -553,6 +553,7 @@ async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_repli
     );
     let setup = Setup::new()
         .toml(&provider("auth0", "legacy", &idp, &extra))
+        .caller_key("revoker")
         .redis(&redis);
     let a = setup.clone().spawn().await;
     let b = setup.spawn().await;
@@ -579,7 +580,7 @@ async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_repli
     for t in [&token, &plain, &"opaque-1".to_string()] {
         let r = a
             .session()
-            .revoke_session(revoke(t))
+            .revoke_session(a.authed(revoke(t)))
             .await
             .unwrap()
             .into_inner();
@@ -606,7 +607,7 @@ async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_repli
     // Only tokens of configured providers can be deny-listed; an expired one needs nothing.
     let e = a
         .session()
-        .revoke_session(revoke("a.b.c"))
+        .revoke_session(a.authed(revoke("a.b.c")))
         .await
         .unwrap_err();
     assert_eq!(
@@ -619,7 +620,7 @@ async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_repli
     let expired = sign(&key, json!({}), &old);
     assert_eq!(
         a.session()
-            .revoke_session(revoke(&expired))
+            .revoke_session(a.authed(revoke(&expired)))
             .await
             .unwrap()
             .into_inner()
@@ -798,6 +799,7 @@ async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
     let idp = FakeIdp::start().await;
     let app = Setup::new()
         .toml(&provider("auth0", "legacy", &idp, ""))
+        .caller_key("revoker")
         .spawn()
         .await;
     let mut claims = idp.claims(API);
@@ -831,7 +833,10 @@ async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
             token.clone(),
         )),
     };
-    app.session().revoke_session(revoke).await.unwrap();
+    app.session()
+        .revoke_session(app.authed(revoke))
+        .await
+        .unwrap();
     // Revocation is keyed by (iss, jti), never by token bytes: the twin is revoked as well.
     assert_eq!(
         verdict(&app.validate(&twin).await.unwrap()),

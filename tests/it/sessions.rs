@@ -745,16 +745,26 @@ async fn revoke_by_jwt_by_user_and_events_without_token_material() {
     ] {
         assert_eq!(c.revoke_session(revoke(t)).await.unwrap_err().code(), code);
     }
-    // Revoking every session of a user is never open, and needs the revoke scope.
+    // Revoking is never open, whatever the target, and needs the revoke scope.
     let open = Setup::new().spawn().await;
-    let e = open
-        .session()
-        .revoke_session(pb::RevokeSessionRequest {
-            target: Some(Target::UserId(one.user_id.clone())),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    for target in [
+        Target::UserId(one.user_id.clone()),
+        Target::SessionId(one.session.as_ref().unwrap().session_id.clone()),
+        Target::SessionToken(one.session_token.clone()),
+        Target::LegacyToken("a-legacy-token".into()),
+    ] {
+        let e = open
+            .session()
+            .revoke_session(pb::RevokeSessionRequest {
+                target: Some(target),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (tonic::Code::Unauthenticated, "CALLER_UNAUTHENTICATED")
+        );
+    }
 
     let events = app.state.store.recent_events(100).await.unwrap();
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();

@@ -22,6 +22,8 @@ pub use self::redis::{RedisCluster, RedisServer};
 
 /// A running sessiongate, stopped (and drained) on drop or by [`TestApp::stop`].
 pub struct TestApp {
+    /// The caller key the helpers send, when the app has one (see [`Setup::caller_key`]).
+    pub key: Option<String>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub state: Arc<AppState>,
@@ -38,6 +40,7 @@ pub struct Setup {
     pub toml: String,
     pub vars: HashMap<String, String>,
     pub clock: Option<ManualClock>,
+    pub key: Option<String>,
 }
 
 impl Setup {
@@ -61,6 +64,13 @@ impl Setup {
         self
     }
 
+    /// Configures a caller key with every scope (no longer open mode), which the app's
+    /// helpers send. For tests that need a scope that is never open (`revoke`).
+    pub fn caller_key(mut self, key: &str) -> Self {
+        self.key = Some(key.to_owned());
+        self
+    }
+
     pub fn redis(self, r: &RedisServer) -> Self {
         self.var("REDIS_URL", &r.url())
     }
@@ -68,7 +78,15 @@ impl Setup {
     pub async fn spawn(self) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("sessiongate.toml");
-        std::fs::write(&path, &self.toml).expect("write config");
+        let mut toml = self.toml.clone();
+        if let Some(key) = &self.key {
+            toml.push_str(&format!(
+                "\n[[clients]]\nname = \"test\"\nkey_sha256 = \"{}\"\n\
+                 scopes = [\"validate\", \"migrate\", \"flow\", \"issue\", \"revoke\", \"admin\"]\n",
+                sha(key)
+            ));
+        }
+        std::fs::write(&path, &toml).expect("write config");
         let mut vars = self.vars;
         vars.entry("SESSIONGATE_GRPC_ADDR".into())
             .or_insert("127.0.0.1:0".into());
@@ -94,6 +112,7 @@ impl Setup {
             .await
             .expect("connect to the app");
         TestApp {
+            key: self.key,
             grpc_addr,
             http_addr,
             state,
@@ -121,12 +140,20 @@ impl TestApp {
         token: &str,
     ) -> Result<sessiongate::grpc::pb::ValidateSessionResponse, tonic::Status> {
         self.session()
-            .validate_session(sessiongate::grpc::pb::ValidateSessionRequest {
+            .validate_session(self.authed(sessiongate::grpc::pb::ValidateSessionRequest {
                 token: token.into(),
                 ..Default::default()
-            })
+            }))
             .await
             .map(|r| r.into_inner())
+    }
+
+    /// `msg` with the app's caller key, if it has one.
+    pub fn authed<T>(&self, msg: T) -> tonic::Request<T> {
+        match &self.key {
+            Some(key) => bearer(msg, key),
+            None => tonic::Request::new(msg),
+        }
     }
 
     /// MigrateSession of `legacy_token` with nothing else set (open test mode).
@@ -135,10 +162,10 @@ impl TestApp {
         legacy_token: &str,
     ) -> Result<sessiongate::grpc::pb::MigrateSessionResponse, tonic::Status> {
         self.session()
-            .migrate_session(sessiongate::grpc::pb::MigrateSessionRequest {
+            .migrate_session(self.authed(sessiongate::grpc::pb::MigrateSessionRequest {
                 legacy_token: legacy_token.into(),
                 ..Default::default()
-            })
+            }))
             .await
             .map(|r| r.into_inner())
     }
