@@ -597,6 +597,21 @@ impl SessionService {
             },
             _ => None,
         };
+        let identity = LegacyIdentity {
+            provider: provider.name().to_owned(),
+            subject: sub.to_owned(),
+        };
+        // The conflict is checked before the identity is claimed: a user found by email who
+        // already is another subject of this provider refuses the link, and the index must
+        // never point at a user that refuses it.
+        if let Some(uid) = &by_email
+            && let Some(bytes) = self.store.get(&self.keys.user(uid)).await?
+        {
+            let user: User = Self::decode(&bytes)?;
+            if conflicts(&user, &identity) {
+                return Err(identity_conflict(provider));
+            }
+        }
         let candidate = by_email
             .clone()
             .unwrap_or_else(|| format!("{}{}", self.env_prefix("user"), uuid::Uuid::new_v4()));
@@ -618,43 +633,45 @@ impl SessionService {
                 }
             }
         };
-        let identity = LegacyIdentity {
-            provider: provider.name().to_owned(),
-            subject: sub.to_owned(),
-        };
-        if let Some(bytes) = self.store.get(&self.keys.user(&user_id)).await? {
-            let mut user: User = Self::decode(&bytes)?;
-            if user.legacy_identities.contains(&identity) {
-                return Ok((user, false, Vec::new()));
-            }
-            // Linked by verified email: the user must not already be another subject of the
-            // same provider (one person, one legacy account per provider).
-            if user
-                .legacy_identities
-                .iter()
-                .any(|li| li.provider == identity.provider)
-            {
-                if won {
-                    // Undo our claim so that the identity is not left pointing at a user
-                    // that refuses it.
-                    let _ = self.store.write(vec![Write::Delete { key: index }]).await;
+        if let Some(mut bytes) = self.store.get(&self.keys.user(&user_id)).await? {
+            // Linked to an existing user: add the identity to the record by compare-and-swap,
+            // so that two identities linked at once (two providers, one email) both stay.
+            for _ in 0..8 {
+                let mut user: User = Self::decode(&bytes)?;
+                if user.legacy_identities.contains(&identity) {
+                    return Ok((user, false, Vec::new()));
                 }
-                return Err(Error::new(
-                    ErrorCode::FailedPrecondition,
-                    "IDENTITY_CONFLICT",
-                    format!(
-                        "the verified email belongs to a user already linked to another `{}` account",
-                        provider.name()
-                    ),
-                ));
+                if conflicts(&user, &identity) {
+                    if won {
+                        // Lost a race to another subject of the same provider: undo our
+                        // claim (only if it is still ours).
+                        let _ = self
+                            .store
+                            .delete_if_equals(&index, user_id.as_bytes())
+                            .await;
+                    }
+                    return Err(identity_conflict(provider));
+                }
+                user.legacy_identities.push(identity.clone());
+                if self
+                    .store
+                    .compare_and_swap(&self.keys.user(&user_id), &bytes, &Self::encode(&user)?)
+                    .await?
+                {
+                    return Ok((user, false, Vec::new()));
+                }
+                bytes = self
+                    .store
+                    .get(&self.keys.user(&user_id))
+                    .await?
+                    .ok_or_else(|| {
+                        Error::unavailable("STORE_UNAVAILABLE", "user record vanished; retry")
+                    })?;
             }
-            user.legacy_identities.push(identity);
-            let writes = vec![Write::Put {
-                key: self.keys.user(&user_id),
-                value: Self::encode(&user)?,
-                ttl: None,
-            }];
-            return Ok((user, false, writes));
+            return Err(Error::unavailable(
+                "STORE_UNAVAILABLE",
+                "the user record is changing too fast to link this identity; retry",
+            ));
         }
         if won && verified {
             // A new user owns their verified email for later links (first owner wins).
@@ -677,10 +694,7 @@ impl SessionService {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             name: text("name"),
-            legacy_identities: vec![LegacyIdentity {
-                provider: provider.name().to_owned(),
-                subject: sub.to_owned(),
-            }],
+            legacy_identities: vec![identity],
             created_at_ms: now,
         };
         let mut writes = vec![Write::Put {
@@ -696,4 +710,22 @@ impl SessionService {
         }
         Ok((user, won, writes))
     }
+}
+
+/// Whether linking `identity` to `user` would make one person two subjects of one provider.
+fn conflicts(user: &User, identity: &LegacyIdentity) -> bool {
+    user.legacy_identities
+        .iter()
+        .any(|li| li.provider == identity.provider && li.subject != identity.subject)
+}
+
+fn identity_conflict(provider: &Provider) -> Error {
+    Error::new(
+        ErrorCode::FailedPrecondition,
+        "IDENTITY_CONFLICT",
+        format!(
+            "the verified email belongs to a user already linked to another `{}` account",
+            provider.name()
+        ),
+    )
 }

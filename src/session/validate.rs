@@ -310,25 +310,41 @@ impl SessionService {
     }
 
     /// The sessiongate user a legacy identity migrated to, or `""`. A link never changes
-    /// once made, so found links are cached in process; a lookup that fails (store down)
-    /// leaves the verdict without a user id rather than failing it.
+    /// once made, so found links are cached in process — but only once the user record lists
+    /// the identity (an index claimed by a migration that then failed, or is still running,
+    /// is no link yet). A lookup that fails (store down) leaves the verdict without a user id
+    /// rather than failing it.
     async fn migrated_user(&self, provider: &str, subject: &str) -> String {
         let id = format!("{provider}\0{subject}");
         if let Some(u) = self.migrated.get(&id) {
             return u.to_string();
         }
-        match self
-            .store
-            .get(&self.keys.identity(&Digest::of(id.as_bytes())))
-            .await
-        {
-            Ok(Some(bytes)) => match String::from_utf8(bytes) {
-                Ok(user_id) => {
-                    self.migrated.insert(id, Arc::from(user_id.as_str()));
-                    user_id
-                }
-                Err(_) => String::new(),
-            },
+        let linked = async {
+            let Some(bytes) = self
+                .store
+                .get(&self.keys.identity(&Digest::of(id.as_bytes())))
+                .await?
+            else {
+                return Ok(None);
+            };
+            let Ok(user_id) = String::from_utf8(bytes) else {
+                return Ok(None);
+            };
+            let Some(record) = self.store.get(&self.keys.user(&user_id)).await? else {
+                return Ok(None);
+            };
+            let user: super::model::User = Self::decode(&record)?;
+            let listed = user
+                .legacy_identities
+                .iter()
+                .any(|li| li.provider == provider && li.subject == subject);
+            Ok::<_, Error>(listed.then_some(user_id))
+        };
+        match linked.await {
+            Ok(Some(user_id)) => {
+                self.migrated.insert(id, Arc::from(user_id.as_str()));
+                user_id
+            }
             Ok(None) => String::new(),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot look up a migrated legacy identity");

@@ -290,6 +290,24 @@ impl Store for MemoryStore {
         Ok(held)
     }
 
+    async fn compare_and_swap(&self, key: &Key, expected: &[u8], new: &[u8]) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let Some(Entry {
+            value: Value::Bytes(v),
+            ..
+        }) = st.live(key, now)
+        else {
+            return Ok(false);
+        };
+        if v.as_slice() != expected {
+            return Ok(false);
+        }
+        *v = new.to_vec();
+        st.wrote(now);
+        Ok(true)
+    }
+
     async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64> {
         let now = Instant::now();
         let mut st = self.state();

@@ -188,6 +188,10 @@ pub trait Store: Send + Sync + 'static {
     /// call that lost it to expiry and a new owner). True if it was deleted.
     async fn delete_if_equals(&self, key: &Key, value: &[u8]) -> StoreResult<bool>;
 
+    /// Replaces `key`'s value with `new` only if it still holds `expected` (its TTL is kept):
+    /// a read-modify-write that loses no concurrent change. True if it was replaced.
+    async fn compare_and_swap(&self, key: &Key, expected: &[u8], new: &[u8]) -> StoreResult<bool>;
+
     /// Add one to the counter at `key` and return the new value; a new counter expires after
     /// `ttl` (fixed window: later increments do not extend it). For rate limits.
     async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64>;

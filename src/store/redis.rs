@@ -593,6 +593,22 @@ impl Store for RedisStore {
         Ok(deleted == 1)
     }
 
+    async fn compare_and_swap(&self, key: &Key, expected: &[u8], new: &[u8]) -> StoreResult<bool> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT)
+            .arg(1)
+            .arg(key.as_str())
+            .arg(expected)
+            .arg(new);
+        let swapped: i64 = self
+            .run("EVAL", Some(key.as_str()), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+        Ok(swapped == 1)
+    }
+
     async fn write(&self, writes: Vec<Write>) -> StoreResult<()> {
         if writes.is_empty() {
             return Ok(());

@@ -1,7 +1,7 @@
 //! MigrateSession against a fake legacy provider (first slice: verification, UserInfo,
 //! identity linking, session).
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sessiongate::grpc::pb;
 use sessiongate::keys::KeyKind;
 
@@ -529,4 +529,150 @@ async fn slow_oversize_and_redirecting_userinfo_answers_are_unavailable_and_boun
         3 + 1,
         "one UserInfo call per case, one for the cancelled migration"
     );
+}
+
+/// Two legacy providers (JWTs) that link by verified email, on a real Redis.
+async fn two_linking_providers(
+    a: &FakeIdp,
+    b: &FakeIdp,
+    redis: &crate::support::RedisServer,
+) -> TestApp {
+    let provider = |name: &str, idp: &FakeIdp| {
+        format!(
+            "[[providers]]\nname = \"{name}\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\n\
+             userinfo_url = \"{}\"\naudiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\nlink_verified_email = true\n",
+            idp.issuer(),
+            idp.jwks_url(),
+            idp.userinfo_url()
+        )
+    };
+    Setup::new()
+        .toml(&format!(
+            "[migration]\nper_identity_per_minute = 1000\nper_caller_per_minute = 1000\n{}{}",
+            provider("first", a),
+            provider("second", b)
+        ))
+        .caller_key("linker")
+        .redis(redis)
+        .spawn()
+        .await
+}
+
+async fn migrate_from(
+    app: &TestApp,
+    provider: &str,
+    token: &str,
+) -> Result<pb::MigrateSessionResponse, tonic::Status> {
+    app.session()
+        .migrate_session(app.authed(pb::MigrateSessionRequest {
+            legacy_token: token.into(),
+            provider: provider.into(),
+            ..Default::default()
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn identities_linked_at_once_to_one_user_are_all_kept() {
+    let redis = crate::support::RedisServer::start().await;
+    let (a, b) = (FakeIdp::start().await, FakeIdp::start().await);
+    let app = two_linking_providers(&a, &b, &redis).await;
+    for idp in [&a, &b] {
+        let warm = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+        eventually(std::time::Duration::from_secs(5), || async {
+            app.validate(&warm).await.ok()
+        })
+        .await;
+    }
+    for round in 0..10 {
+        let email = format!("person-{round}@example.com");
+        let owner = app
+            .session()
+            .create_session(app.authed(pb::CreateSessionRequest {
+                who: Some(pb::create_session_request::Who::NewUser(pb::NewUser {
+                    email: email.clone(),
+                    email_verified: true,
+                    name: String::new(),
+                })),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let token = |idp: &FakeIdp, sub: &str| {
+            let mut c = idp.claims(API);
+            c["sub"] = json!(sub);
+            let t = sign(&idp.key(KeyKind::Rs256), json!({}), &c);
+            idp.on_userinfo(
+                &t,
+                UserInfoReply::Json(json!({"sub": sub, "email": email, "email_verified": true})),
+            );
+            t
+        };
+        let (ta, tb) = (
+            token(&a, &format!("a|{round}")),
+            token(&b, &format!("b|{round}")),
+        );
+        let (ra, rb) = tokio::join!(
+            migrate_from(&app, "first", &ta),
+            migrate_from(&app, "second", &tb)
+        );
+        assert_eq!(ra.unwrap().user_id, owner.user_id);
+        assert_eq!(rb.unwrap().user_id, owner.user_id);
+        let record = app
+            .state
+            .store
+            .get(&app.state.keys.user(&owner.user_id))
+            .await
+            .unwrap()
+            .unwrap();
+        let user: Value = serde_json::from_slice(&record).unwrap();
+        let linked = user.to_string();
+        assert!(
+            linked.contains(&format!("a|{round}")) && linked.contains(&format!("b|{round}")),
+            "round {round}: an identity linked at the same time was lost: {linked}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_identity_index_the_user_record_does_not_list_is_no_link() {
+    let redis = crate::support::RedisServer::start().await;
+    let (a, b) = (FakeIdp::start().await, FakeIdp::start().await);
+    let app = two_linking_providers(&a, &b, &redis).await;
+    let someone = app
+        .session()
+        .create_session(app.authed(pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::NewUser(
+                pb::NewUser::default(),
+            )),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    // What a migration that claimed the index and then failed leaves behind.
+    let token = sign(&a.key(KeyKind::Rs256), json!({}), &a.claims(API));
+    let index = app
+        .state
+        .keys
+        .identity(&sessiongate::store::keys::Digest::of(
+            b"first\0auth0|legacy-user-1",
+        ));
+    app.state
+        .store
+        .write(vec![sessiongate::store::Write::Put {
+            key: index,
+            value: someone.user_id.clone().into_bytes(),
+            ttl: None,
+        }])
+        .await
+        .unwrap();
+    let r = eventually(std::time::Duration::from_secs(5), || async {
+        app.validate(&token).await.ok()
+    })
+    .await;
+    assert_eq!(r.verdict(), pb::Verdict::Valid);
+    assert_eq!(r.user_id, "", "a link the user record does not list");
 }

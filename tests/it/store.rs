@@ -107,6 +107,25 @@ async fn suite(s: Arc<dyn Store>) {
     assert_eq!(s.get(&lock).await.unwrap(), None);
     assert!(!s.delete_if_equals(&lock, &owner).await.unwrap());
 
+    // Compare and swap: only from the value read, and only one of two racing writers.
+    let rec = k.user("cas");
+    s.write(vec![Write::Put {
+        key: rec.clone(),
+        value: b"v1".to_vec(),
+        ttl: Some(Duration::from_secs(60)),
+    }])
+    .await
+    .unwrap();
+    assert!(s.compare_and_swap(&rec, b"v1", b"v2-a").await.unwrap());
+    assert!(!s.compare_and_swap(&rec, b"v1", b"v2-b").await.unwrap());
+    assert_eq!(s.get(&rec).await.unwrap().as_deref(), Some(&b"v2-a"[..]));
+    assert!(s.ttl(&rec).await.unwrap().unwrap().is_some(), "TTL kept");
+    assert!(
+        !s.compare_and_swap(&k.user("absent"), b"", b"x")
+            .await
+            .unwrap()
+    );
+
     // A zero TTL expires at once rather than living forever.
     s.write(vec![Write::Put {
         key: b.clone(),
