@@ -176,10 +176,10 @@ async fn redis_keys() -> Vec<(String, f64, usize)> {
             list.len(),
         ));
     }
-    // The shared revoked-sid set grows by one member per revocation.
+    // The shared revoked set grows by one member per live revocation (pruned as they expire).
     let set: usize = ::redis::cmd("MEMORY")
         .arg("USAGE")
-        .arg(keys.revoked_sids().as_str())
+        .arg(keys.revoked().as_str())
         .arg("SAMPLES")
         .arg(0)
         .query_async(&mut conn)

@@ -3,12 +3,13 @@
 //! A revoked session's JWTs must fail on every replica within a second, without a Redis
 //! round trip per validation (JWT validation keeps working while Redis is down). So each
 //! replica keeps the revoked `sid`s in memory, fed three ways: its own revocations at once,
-//! other replicas' through the invalidation channel, and a full reload from the store's
-//! `revoked-sids` set at start and after every re-subscription (messages published during an
+//! other replicas' through the invalidation channel, and a reload from the store's revoked
+//! set at start, on a timer and after every re-subscription (messages published during an
 //! outage are lost; the reload catches them).
 //!
 //! An entry lives until every JWT of that session has expired (`revoked at + JWT TTL +
-//! leeway`); in the store each member is `"<expiry secs>:<sid>"` so a reload knows it too.
+//! leeway`). In the store the set is ordered by that time: every revocation prunes what has
+//! expired, and a reload reads only what still matters — the set never grows without bound.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::store::keys::Keys;
-use crate::store::{Notice, RESYNC_EVERY, ResyncSchedule, Store, StoreError};
+use crate::store::{Notice, RESYNC_EVERY, ResyncSchedule, Store, StoreError, Write};
 use tokio::sync::broadcast::error::RecvError;
 
 /// A message on the invalidation channel.
@@ -65,13 +66,21 @@ impl RevokedSids {
         self.len() == 0
     }
 
-    /// Store member for `sid`.
-    pub fn member(sid: &str, until: i64) -> Vec<u8> {
-        format!("{until}:{sid}").into_bytes()
+    /// The write that stores a revocation of `sid` until `until` (Unix seconds), pruning
+    /// what expired by `now`.
+    pub fn write(keys: &Keys, sid: &str, until: i64, now: i64) -> Write {
+        Write::ExpiringAdd {
+            key: keys.revoked(),
+            member: sid.as_bytes().to_vec(),
+            until,
+            prune_through: now,
+            // The set outlives its longest-lived member by nothing.
+            ttl: Some(std::time::Duration::from_secs((until - now).max(1) as u64)),
+        }
     }
 
-    /// Reloads from the store's set, adding what other replicas revoked while we were not
-    /// listening and pruning what expired (in memory and, best effort, in the store).
+    /// Reloads from the store's set what other replicas revoked while we were not listening,
+    /// and forgets what expired.
     pub async fn reload(
         &self,
         store: &dyn Store,
@@ -79,39 +88,15 @@ impl RevokedSids {
         clock: &dyn Clock,
     ) -> Result<usize, StoreError> {
         let now = clock.now_secs();
-        let members = store.set_members(&keys.revoked_sids()).await?;
-        let mut stale = Vec::new();
-        let mut fresh = Vec::new();
-        for m in members {
-            let parsed = std::str::from_utf8(&m)
-                .ok()
-                .and_then(|s| s.split_once(':'))
-                .and_then(|(u, sid)| Some((u.parse::<i64>().ok()?, sid.to_owned())));
-            match parsed {
-                Some((until, sid)) if until > now => fresh.push((sid, until)),
-                _ => stale.push(m),
-            }
-        }
-        {
-            let mut map = self.sids.write().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, u| *u > now);
-            for (sid, until) in &fresh {
-                let e = map.entry(sid.clone()).or_insert(*until);
-                *e = (*e).max(*until);
-            }
-        }
-        if !stale.is_empty() {
-            let key = keys.revoked_sids();
-            let writes = stale
-                .into_iter()
-                .map(|member| crate::store::Write::SetRemove {
-                    key: key.clone(),
-                    member,
-                })
-                .collect();
-            if let Err(e) = store.write(writes).await {
-                tracing::debug!(error = %e, "could not prune expired revoked sids");
-            }
+        let fresh = store.expiring_members(&keys.revoked(), now).await?;
+        let mut map = self.sids.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, u| *u > now);
+        for (sid, until) in &fresh {
+            let Ok(sid) = std::str::from_utf8(sid) else {
+                continue;
+            };
+            let e = map.entry(sid.to_owned()).or_insert(*until);
+            *e = (*e).max(*until);
         }
         Ok(fresh.len())
     }

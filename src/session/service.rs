@@ -678,14 +678,9 @@ impl SessionService {
             }
             _ => return Err(not_ours("not a provider token")),
         };
-        let ttl = Duration::from_secs((until - now).max(1) as u64);
         let mut writes: Vec<Write> = ids
             .iter()
-            .map(|id| Write::SetAdd {
-                key: self.keys.revoked_sids(),
-                member: RevokedSids::member(id, until),
-                ttl: Some(ttl),
-            })
+            .map(|id| RevokedSids::write(&self.keys, id, until, now))
             .collect();
         // A cached UserInfo answer must not outlive the revocation, nor a migration's replay
         // record (it holds a session to hand out again).
@@ -766,11 +761,7 @@ impl SessionService {
 
     /// Adds a revoked native sid to the shared set until every JWT naming it has expired.
     fn revoked_sid_write(&self, sid: &str, until: i64) -> Write {
-        Write::SetAdd {
-            key: self.keys.revoked_sids(),
-            member: RevokedSids::member(sid, until),
-            ttl: Some(Duration::from_secs(self.revoke_window_secs as u64)),
-        }
+        RevokedSids::write(&self.keys, sid, until, self.clock.now_secs())
     }
 
     async fn broadcast(&self, sid: &str, until: i64, now_ms: i64) -> Result<(), Error> {

@@ -119,9 +119,10 @@ impl Keys {
         self.key(format_args!("{{u:{user_id}}}:sessions"))
     }
 
-    /// The set of revoked native session ids (`sid`s) still inside their JWT lifetime.
-    pub fn revoked_sids(&self) -> Key {
-        self.key(format_args!("revoked-sids"))
+    /// Revoked native session ids (`sid`s) and deny-listed legacy tokens, ordered by when
+    /// they stop mattering (a sorted set; its members are ids and digests, never tokens).
+    pub fn revoked(&self) -> Key {
+        self.key(format_args!("revoked"))
     }
 
     /// The user linked to a legacy identity, by digest of `provider \0 sub`.

@@ -23,6 +23,8 @@ enum Value {
     Bytes(Vec<u8>),
     Set(HashSet<Vec<u8>>),
     Counter(u64),
+    /// Member → until (an expiry-ordered set).
+    Expiring(HashMap<Vec<u8>, i64>),
 }
 
 struct Entry {
@@ -107,6 +109,36 @@ impl State {
                 }
             }
             Write::Event(event) => self.push_event(event),
+            Write::ExpiringAdd {
+                key,
+                member,
+                until,
+                prune_through,
+                ttl,
+            } => {
+                let new_expiry = ttl.map(|t| now + t);
+                let entry = match self.live(&key, now) {
+                    Some(e) => e,
+                    None => self.map.entry(key.clone()).or_insert(Entry {
+                        value: Value::Expiring(HashMap::new()),
+                        expires_at: new_expiry,
+                    }),
+                };
+                let Value::Expiring(members) = &mut entry.value else {
+                    return Err(wrong_type(&key));
+                };
+                let u = members.entry(member).or_insert(until);
+                *u = (*u).max(until);
+                members.retain(|_, u| *u > prune_through);
+                if let (Some(old), Some(new)) = (entry.expires_at, new_expiry)
+                    && new > old
+                {
+                    entry.expires_at = Some(new);
+                }
+                if members.is_empty() {
+                    self.map.remove(&key);
+                }
+            }
             Write::SetRemove { key, member } => {
                 if let Some(e) = self.live(&key, now) {
                     let Value::Set(set) = &mut e.value else {
@@ -128,6 +160,14 @@ impl State {
             Write::SetAdd { key, .. } | Write::SetRemove { key, .. } => match self.live(key, now) {
                 Some(Entry {
                     value: Value::Set(_),
+                    ..
+                })
+                | None => Ok(()),
+                Some(_) => Err(wrong_type(key)),
+            },
+            Write::ExpiringAdd { key, .. } => match self.live(key, now) {
+                Some(Entry {
+                    value: Value::Expiring(_),
                     ..
                 })
                 | None => Ok(()),
@@ -347,6 +387,22 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn expiring_members(&self, key: &Key, after: i64) -> StoreResult<Vec<(Vec<u8>, i64)>> {
+        let now = Instant::now();
+        match self.state().live(key, now) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::Expiring(m),
+                ..
+            }) => Ok(m
+                .iter()
+                .filter(|(_, u)| **u > after)
+                .map(|(k, u)| (k.clone(), *u))
+                .collect()),
+            Some(_) => Err(wrong_type(key)),
+        }
+    }
+
     async fn ttl(&self, key: &Key) -> StoreResult<Option<Option<Duration>>> {
         let now = Instant::now();
         Ok(self
@@ -423,7 +479,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn set_ttl_only_grows() {
         let s = MemoryStore::new(Env::Test);
-        let key = Keys::new(Env::Test).revoked_sids();
+        let key = Keys::new(Env::Test).user_sessions("u");
         let add = |m: &str, secs| Write::SetAdd {
             key: key.clone(),
             member: m.as_bytes().to_vec(),

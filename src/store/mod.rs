@@ -70,6 +70,16 @@ pub enum Write {
     },
     /// Remove `member` from the set at `key`.
     SetRemove { key: Key, member: Vec<u8> },
+    /// Adds `member` to the expiry-ordered set `key` until `until` (Unix seconds; only ever
+    /// raised), and drops every member whose `until` is at or before `prune_through`: the set
+    /// holds only what still matters, pruned on every write.
+    ExpiringAdd {
+        key: Key,
+        member: Vec<u8>,
+        until: i64,
+        prune_through: i64,
+        ttl: Option<Duration>,
+    },
     /// Append an event (a JSON object) to the event stream, with the batch.
     Event(serde_json::Value),
 }
@@ -198,6 +208,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The members of the set at `key` (empty if absent).
     async fn set_members(&self, key: &Key) -> StoreResult<Vec<Vec<u8>>>;
+
+    /// The members of the expiry-ordered set `key` whose `until` is after `after`, with it.
+    async fn expiring_members(&self, key: &Key, after: i64) -> StoreResult<Vec<(Vec<u8>, i64)>>;
 
     /// Remaining time to live of `key`: `None` if absent, `Some(None)` if it never expires.
     async fn ttl(&self, key: &Key) -> StoreResult<Option<Option<Duration>>>;

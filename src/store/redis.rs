@@ -426,7 +426,8 @@ fn write_key(w: &Write) -> &str {
         Write::Put { key, .. }
         | Write::Delete { key }
         | Write::SetAdd { key, .. }
-        | Write::SetRemove { key, .. } => key.as_str(),
+        | Write::SetRemove { key, .. }
+        | Write::ExpiringAdd { key, .. } => key.as_str(),
         Write::Event(_) => EVENTS_STREAM,
     }
 }
@@ -467,6 +468,39 @@ fn transaction(writes: &[Write]) -> redis::Pipeline {
             }
             Write::SetRemove { key, member } => {
                 pipe.srem(key.as_str(), member.as_slice()).ignore();
+            }
+            Write::ExpiringAdd {
+                key,
+                member,
+                until,
+                prune_through,
+                ttl,
+            } => {
+                // GT: a later `until` wins, an earlier one never shortens (Redis >= 6.2).
+                pipe.cmd("ZADD")
+                    .arg(key.as_str())
+                    .arg("GT")
+                    .arg(*until)
+                    .arg(member.as_slice())
+                    .ignore();
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(key.as_str())
+                    .arg("-inf")
+                    .arg(*prune_through)
+                    .ignore();
+                if let Some(t) = ttl {
+                    let ms = ttl_ms(*t);
+                    pipe.cmd("PEXPIRE")
+                        .arg(key.as_str())
+                        .arg(ms)
+                        .arg("NX")
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(key.as_str())
+                        .arg(ms)
+                        .arg("GT")
+                        .ignore();
+                }
             }
             Write::Event(event) => {
                 pipe.add_command(xadd(event)).ignore();
@@ -649,6 +683,21 @@ impl Store for RedisStore {
             c.smembers(key.as_str()).await
         })
         .await
+    }
+
+    async fn expiring_members(&self, key: &Key, after: i64) -> StoreResult<Vec<(Vec<u8>, i64)>> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(key.as_str())
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES");
+        let pairs: Vec<(Vec<u8>, f64)> = self
+            .run("ZRANGE", Some(key.as_str()), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+        Ok(pairs.into_iter().map(|(m, s)| (m, s as i64)).collect())
     }
 
     async fn ttl(&self, key: &Key) -> StoreResult<Option<Option<Duration>>> {

@@ -140,7 +140,7 @@ async fn suite(s: Arc<dyn Store>) {
     .await;
 
     // Sets: add, remove, TTL only grows; an emptied set disappears.
-    let set = k.revoked_sids();
+    let set = k.user_sessions("set-test");
     let add = |m: &str, secs| Write::SetAdd {
         key: set.clone(),
         member: m.as_bytes().to_vec(),
@@ -172,6 +172,32 @@ async fn suite(s: Arc<dyn Store>) {
     .unwrap();
     assert!(s.set_members(&set).await.unwrap().is_empty());
     assert_eq!(s.ttl(&set).await.unwrap(), None);
+
+    // Expiry-ordered sets: a member's `until` only rises, every write prunes what expired,
+    // reads see only what is still current.
+    let revoked = k.revoked();
+    let add = |m: &str, until: i64, now: i64| Write::ExpiringAdd {
+        key: revoked.clone(),
+        member: m.as_bytes().to_vec(),
+        until,
+        prune_through: now,
+        ttl: Some(Duration::from_secs(600)),
+    };
+    s.write(vec![add("a", 100, 0), add("b", 200, 0), add("a", 50, 0)])
+        .await
+        .unwrap();
+    let mut got = s.expiring_members(&revoked, 0).await.unwrap();
+    got.sort();
+    assert_eq!(got, vec![(b"a".to_vec(), 100), (b"b".to_vec(), 200)]);
+    assert_eq!(
+        s.expiring_members(&revoked, 150).await.unwrap(),
+        vec![(b"b".to_vec(), 200)]
+    );
+    // A write at time 150 prunes `a` from the store itself.
+    s.write(vec![add("c", 300, 150)]).await.unwrap();
+    let mut got = s.expiring_members(&revoked, 0).await.unwrap();
+    got.sort();
+    assert_eq!(got, vec![(b"b".to_vec(), 200), (b"c".to_vec(), 300)]);
 
     // A type mismatch is data corruption, not an outage.
     let e = s.set_members(&a).await.unwrap_err();
