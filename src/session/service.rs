@@ -524,20 +524,8 @@ impl SessionService {
             RevokeTarget::UserId(user_id) => {
                 caller.require_authenticated("RevokeSession by user_id")?;
                 let user = self.load_user(&user_id).await?;
-                let sids = self
-                    .store
-                    .set_members(&self.keys.user_sessions(&user.user_id))
-                    .await?;
-                let mut revoked = 0;
-                for sid in sids {
-                    let Ok(sid) = String::from_utf8(sid) else {
-                        continue;
-                    };
-                    if let Some(d) = self.digest_of(&sid).await? {
-                        revoked += self.revoke_digest(&d, now).await?;
-                    }
-                }
-                Ok(revoked)
+                self.revoke_listed(&self.keys.user_sessions(&user.user_id), now)
+                    .await
             }
         }
     }
@@ -738,19 +726,21 @@ impl SessionService {
         signed: &Digest,
         now: i64,
     ) -> Result<u32, Error> {
-        let sids = self
-            .store
-            .set_members(&self.keys.migrated_sessions(signed))
-            .await?;
+        self.revoke_listed(&self.keys.migrated_sessions(signed), now)
+            .await
+    }
+
+    /// Revokes every session whose id the set `key` lists (a user's, a legacy token's);
+    /// returns how many were still live. One that has expired and gone meanwhile is skipped.
+    async fn revoke_listed(&self, key: &crate::store::Key, now: i64) -> Result<u32, Error> {
         let mut revoked = 0;
-        for sid in sids {
+        for sid in self.store.set_members(key).await? {
             let Ok(sid) = String::from_utf8(sid) else {
                 continue;
             };
             if let Some(d) = self.digest_of(&sid).await? {
                 revoked += match self.revoke_digest(&d, now).await {
                     Ok(n) => n,
-                    // Expired and gone meanwhile: nothing left to revoke.
                     Err(e) if e.code == ErrorCode::NotFound => 0,
                     Err(e) => return Err(e),
                 };

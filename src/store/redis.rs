@@ -450,21 +450,7 @@ fn transaction(writes: &[Write]) -> redis::Pipeline {
             }
             Write::SetAdd { key, member, ttl } => {
                 pipe.sadd(key.as_str(), member.as_slice()).ignore();
-                if let Some(t) = ttl {
-                    // NX sets the TTL of a new set, GT extends an existing one: the set
-                    // lives as long as its longest-lived member needs (Redis >= 7.0).
-                    let ms = ttl_ms(*t);
-                    pipe.cmd("PEXPIRE")
-                        .arg(key.as_str())
-                        .arg(ms)
-                        .arg("NX")
-                        .ignore();
-                    pipe.cmd("PEXPIRE")
-                        .arg(key.as_str())
-                        .arg(ms)
-                        .arg("GT")
-                        .ignore();
-                }
+                grow_ttl(&mut pipe, key, *ttl);
             }
             Write::SetRemove { key, member } => {
                 pipe.srem(key.as_str(), member.as_slice()).ignore();
@@ -488,19 +474,7 @@ fn transaction(writes: &[Write]) -> redis::Pipeline {
                     .arg("-inf")
                     .arg(*prune_through)
                     .ignore();
-                if let Some(t) = ttl {
-                    let ms = ttl_ms(*t);
-                    pipe.cmd("PEXPIRE")
-                        .arg(key.as_str())
-                        .arg(ms)
-                        .arg("NX")
-                        .ignore();
-                    pipe.cmd("PEXPIRE")
-                        .arg(key.as_str())
-                        .arg(ms)
-                        .arg("GT")
-                        .ignore();
-                }
+                grow_ttl(&mut pipe, key, *ttl);
             }
             Write::Event(event) => {
                 pipe.add_command(xadd(event)).ignore();
@@ -508,6 +482,22 @@ fn transaction(writes: &[Write]) -> redis::Pipeline {
         }
     }
     pipe
+}
+
+/// Gives a collection key `ttl` if it has none, and extends (never shortens) the one it
+/// has: NX sets the TTL of a new key, GT extends an existing one, so the collection lives as
+/// long as its longest-lived member needs (Redis >= 7.0).
+fn grow_ttl(pipe: &mut redis::Pipeline, key: &Key, ttl: Option<Duration>) {
+    if let Some(t) = ttl {
+        let ms = ttl_ms(t);
+        for condition in ["NX", "GT"] {
+            pipe.cmd("PEXPIRE")
+                .arg(key.as_str())
+                .arg(ms)
+                .arg(condition)
+                .ignore();
+        }
+    }
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {

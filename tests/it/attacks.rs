@@ -20,7 +20,7 @@ use sessiongate::keys::KeyKind;
 use tonic::transport::Channel;
 
 use crate::support::binary::Binary;
-use crate::support::idp::{FakeIdp, UserInfoReply, sign};
+use crate::support::idp::{FakeIdp, UserInfoReply, ecdsa_twin, sign};
 use crate::support::{RedisServer, bearer, eventually, reason, sha};
 
 const API: &str = "https://api.example.com";
@@ -79,18 +79,9 @@ async fn launch(toml: &str, env: &[(&'static str, String)]) -> Gate {
 
 impl Gate {
     async fn validate(&self, token: &str) -> pb::ValidateSessionResponse {
-        self.client
-            .clone()
-            .validate_session(bearer(
-                pb::ValidateSessionRequest {
-                    token: token.into(),
-                    ..Default::default()
-                },
-                KEY,
-            ))
+        self.try_validate(token)
             .await
             .expect("ValidateSession answers")
-            .into_inner()
     }
 
     /// ValidateSession, the call's error included.
@@ -222,26 +213,6 @@ async fn a_revoked_legacy_token_never_migrates_and_revoking_it_revokes_its_sessi
     }
     assert_eq!(idp.userinfo_hits(), calls);
     t.bin.stop();
-}
-
-/// `(r, n − s)`: the other ES256 signature of the same input, which verifies as well.
-fn ecdsa_twin(token: &str) -> String {
-    // The order of P-256.
-    const N: [u8; 32] = [
-        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-        0xFF, 0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63,
-        0x25, 0x51,
-    ];
-    let (input, sig) = token.rsplit_once('.').unwrap();
-    let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
-    let s = &mut sig[32..];
-    let mut borrow = 0i16;
-    for i in (0..32).rev() {
-        let d = i16::from(N[i]) - i16::from(s[i]) - borrow;
-        borrow = i16::from(d < 0);
-        s[i] = (d + 256 * borrow) as u8;
-    }
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sessiongate::grpc::pb;
 use sessiongate::keys::KeyKind;
 
-use crate::support::idp::{FakeIdp, UserInfoReply, sign};
+use crate::support::idp::{FakeIdp, UserInfoReply, ecdsa_twin, sign};
 use crate::support::{Setup, eventually, reason};
 
 const API: &str = "https://api.example.com";
@@ -794,8 +794,6 @@ async fn threat_08_09_expiry_and_leeway_boundaries_on_the_injected_clock() {
 
 #[tokio::test]
 async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
-    use base64::Engine as _;
-    let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let idp = FakeIdp::start().await;
     let app = Setup::new()
         .toml(&provider("auth0", "legacy", &idp, ""))
@@ -806,20 +804,7 @@ async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
     claims["jti"] = json!("malleable-1");
     let token = sign(&idp.key(KeyKind::Es256), json!({}), &claims);
     // (r, s) → (r, n − s): another valid signature over the same bytes.
-    const N: [u8; 32] = [
-        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
-        0x25, 0x51,
-    ];
-    let (head, sig) = token.rsplit_once('.').unwrap();
-    let mut sig = enc.decode(sig).unwrap();
-    let mut borrow = 0i16;
-    for i in (0..32).rev() {
-        let v = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
-        borrow = i16::from(v < 0);
-        sig[32 + i] = v.rem_euclid(256) as u8;
-    }
-    let twin = format!("{head}.{}", enc.encode(&sig));
+    let twin = ecdsa_twin(&token);
     assert_ne!(twin, token);
     for t in [&token, &twin] {
         let r = eventually(Duration::from_secs(5), || async {

@@ -363,3 +363,24 @@ pub fn sign(key: &SigningKey, header: Value, claims: &Value) -> String {
         jsonwebtoken::crypto::sign(input.as_bytes(), key.encoding_key(), key.algorithm()).unwrap();
     format!("{input}.{sig}")
 }
+
+/// `(r, n − s)`: the other ES256 signature over the same bytes, which verifies as well (ECDSA
+/// signatures are malleable).
+pub fn ecdsa_twin(token: &str) -> String {
+    // The order of P-256.
+    const N: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        0xFF, 0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63,
+        0x25, 0x51,
+    ];
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    let s = &mut sig[32..];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        s[i] = d.rem_euclid(256) as u8;
+    }
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
