@@ -3,6 +3,7 @@
 
 mod attacks;
 mod cli;
+mod differential;
 mod faults;
 mod flows;
 mod hostile;
