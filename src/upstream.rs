@@ -38,9 +38,9 @@ pub struct UserInfoClient {
 }
 
 impl UserInfoClient {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, proxy: Option<&crate::config::Secret>) -> Self {
         Self {
-            http: http_client(timeout.min(Duration::from_secs(1)), timeout),
+            http: http_client(timeout.min(Duration::from_secs(1)), timeout, proxy),
         }
     }
 

@@ -223,6 +223,10 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub drain_grace: Duration,
+    /// The proxy every upstream call (JWKS, discovery, UserInfo) goes through, if any. Never
+    /// taken from `HTTP(S)_PROXY`: a proxy sees the bearer tokens sent to UserInfo, so it is
+    /// configured on purpose or not at all. A secret: it may carry credentials.
+    pub upstream_proxy: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -452,6 +456,7 @@ struct RawServer {
     max_token_bytes: Option<u32>,
     max_message_bytes: Option<u32>,
     drain_grace_seconds: Option<u32>,
+    upstream_proxy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -727,6 +732,17 @@ fn build(
         c.fail(
             "server.max_token_bytes",
             format!("{max_token_bytes} is out of range 512..=65536"),
+        );
+    }
+    let upstream_proxy = raw.server.upstream_proxy.clone();
+    if let Some(p) = &upstream_proxy
+        && !(url::Url::parse(p)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            && reqwest::Proxy::all(p.as_str()).is_ok())
+    {
+        c.fail(
+            "server.upstream_proxy",
+            "must be a proxy URL: http:// or https:// with a host",
         );
     }
     let max_message_bytes = raw
@@ -1171,6 +1187,7 @@ fn build(
             max_token_bytes: max_token_bytes as usize,
             max_message_bytes: max_message_bytes as usize,
             drain_grace: Duration::from_secs(drain.into()),
+            upstream_proxy: upstream_proxy.map(Secret::new),
         },
         store: StoreConfig {
             redis_url: redis_url.map(Secret::new),
@@ -1444,6 +1461,23 @@ scopes = ["validate", "flow"]
             assert_eq!(p[0].key, "providers[0].allowed_client_ids", "{format}");
             assert!(p[0].message.contains("token_format = \"jwt\""), "{format}");
         }
+    }
+
+    #[test]
+    fn an_upstream_proxy_must_be_an_http_proxy_url() {
+        for bad in ["ftp://proxy", "proxy:3128", "http://"] {
+            let p = problem(&format!("[server]\nupstream_proxy = \"{bad}\"\n"), &[]);
+            assert_eq!(p[0].key, "server.upstream_proxy", "{bad}");
+        }
+        let cfg = from_toml(
+            "[server]\nupstream_proxy = \"http://user:pw@proxy:3128\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            !format!("{cfg:?}").contains("pw@"),
+            "the proxy's credentials are a secret"
+        );
     }
 
     #[test]

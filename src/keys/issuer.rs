@@ -53,16 +53,24 @@ pub enum KeyLookup {
 }
 
 /// Shared HTTP client settings for issuer fetches.
-pub fn http_client(connect_timeout: Duration, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+pub fn http_client(
+    connect_timeout: Duration,
+    timeout: Duration,
+    proxy: Option<&crate::config::Secret>,
+) -> reqwest::Client {
+    let builder = reqwest::Client::builder();
+    // A proxy sees every bearer token sent to UserInfo: only one configured on purpose
+    // (`server.upstream_proxy`, validated at start-up), never one that HTTP_PROXY,
+    // HTTPS_PROXY or ALL_PROXY, set for some other program, would quietly put in the path.
+    let builder = match proxy.and_then(|p| reqwest::Proxy::all(p.expose()).ok()) {
+        Some(p) => builder.proxy(p),
+        None => builder.no_proxy(),
+    };
+    builder
         .connect_timeout(connect_timeout)
         .timeout(timeout)
         // A JWKS URL that redirects is a misconfiguration or an attack; never follow.
         .redirect(reqwest::redirect::Policy::none())
-        // Never a proxy from the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): a proxy
-        // sees every bearer token sent to UserInfo, and a variable set for another program
-        // must not quietly put one in the path.
-        .no_proxy()
         .user_agent(concat!("sessiongate/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("static reqwest configuration")

@@ -311,9 +311,11 @@ impl Providers {
     /// waits for an issuer).
     pub fn start(cfg: &Config, store: Arc<dyn crate::store::Store>) -> Self {
         let store_keys = crate::store::keys::Keys::new(cfg.env);
+        let proxy = cfg.server.upstream_proxy.as_ref();
         let http = http_client(
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(5),
+            proxy,
         );
         let by_issuer = cfg
             .providers
@@ -356,7 +358,7 @@ impl Providers {
                     config: p.clone(),
                     algs,
                     keys,
-                    userinfo: UserInfoClient::new(p.userinfo_timeout),
+                    userinfo: UserInfoClient::new(p.userinfo_timeout, proxy),
                     userinfo_url: p.userinfo_url.clone(),
                     leeway_secs: cfg.native.leeway.as_secs() as i64,
                     max_lifetime_secs: p.max_token_lifetime.as_secs() as i64,

@@ -545,7 +545,8 @@ async fn health_and_reflection_read_no_more_than_the_api_does() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovered_endpoints_on_another_host_and_proxies_from_the_environment_are_refused() {
+async fn proxies_come_from_the_configuration_only_and_discovered_endpoints_stay_on_the_issuers_host()
+ {
     // A canary where a proxy variable points: it must never see a connection.
     let canary = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     canary.set_nonblocking(true).unwrap();
@@ -567,6 +568,18 @@ async fn discovered_endpoints_on_another_host_and_proxies_from_the_environment_a
         canary.accept().is_err(),
         "a request went through the proxy named by the environment"
     );
+    t.bin.stop();
+
+    // A proxy configured on purpose is used (the canary sees the binary's first fetch).
+    let t = launch(
+        &format!("[server]\nupstream_proxy = \"{proxy}\"\n{toml}"),
+        &[],
+    )
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        canary.accept().ok().map(|_| ())
+    })
+    .await;
     t.bin.stop();
 
     // The discovery document points the keys at another host (`localhost` is the same
