@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 use crate::support::binary::Binary;
 use crate::support::idp::{FakeIdp, UserInfoReply, ecdsa_twin, sign};
-use crate::support::{RedisServer, bearer, eventually, reason, sha};
+use crate::support::{RedisServer, bearer, eventually, reason, sha, validate_as};
 
 const API: &str = "https://api.example.com";
 const KEY: &str = "attacks-test-key";
@@ -91,13 +91,7 @@ impl Gate {
     ) -> Result<pb::ValidateSessionResponse, tonic::Status> {
         self.client
             .clone()
-            .validate_session(bearer(
-                pb::ValidateSessionRequest {
-                    token: token.into(),
-                    ..Default::default()
-                },
-                KEY,
-            ))
+            .validate_session(validate_as(token, KEY))
             .await
             .map(|r| r.into_inner())
     }

@@ -21,7 +21,7 @@ use sessiongate::keys::{KeyKind, SigningKey};
 
 use crate::support::binary::Binary;
 use crate::support::idp::{FakeIdp, ecdsa_twin, sign};
-use crate::support::{bearer, eventually, http_get, sha};
+use crate::support::{eventually, http_get, sha, validate_as};
 
 const API: &str = "https://api.example.com";
 const KEY: &str = "differential-test-key";
@@ -297,13 +297,7 @@ async fn no_other_library_refuses_a_token_sessiongate_accepts() {
         let mut client = client.clone();
         async move {
             client
-                .validate_session(bearer(
-                    pb::ValidateSessionRequest {
-                        token,
-                        ..Default::default()
-                    },
-                    KEY,
-                ))
+                .validate_session(validate_as(token, KEY))
                 .await
                 .map(|r| r.into_inner().verdict() == pb::Verdict::Valid)
         }

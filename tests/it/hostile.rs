@@ -12,7 +12,7 @@ use sessiongate::grpc::pb;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::support::binary::Binary;
-use crate::support::{bearer, sha};
+use crate::support::{bearer, sha, validate_as};
 
 /// Sends and receives raw protobuf bytes: lets a test put anything on the wire.
 #[derive(Default, Clone)]
@@ -193,13 +193,7 @@ async fn m1_ten_thousand_malformed_requests_never_pass_never_panic_and_stay_boun
                     if i % 100 == w as usize {
                         let token = valid[i % 2].clone();
                         let v = api
-                            .validate_session(bearer(
-                                pb::ValidateSessionRequest {
-                                    token,
-                                    ..Default::default()
-                                },
-                                KEY,
-                            ))
+                            .validate_session(validate_as(token, KEY))
                             .await
                             .unwrap()
                             .into_inner();

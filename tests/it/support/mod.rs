@@ -240,6 +240,20 @@ pub fn sha(key: &str) -> String {
     sessiongate::store::keys::Digest::of(key.as_bytes()).to_hex()
 }
 
+/// A ValidateSession request for `token` alone, as caller `key`.
+pub fn validate_as(
+    token: impl Into<String>,
+    key: &str,
+) -> tonic::Request<sessiongate::grpc::pb::ValidateSessionRequest> {
+    bearer(
+        sessiongate::grpc::pb::ValidateSessionRequest {
+            token: token.into(),
+            ..Default::default()
+        },
+        key,
+    )
+}
+
 /// `msg` with `authorization: Bearer <key>`.
 pub fn bearer<T>(msg: T, key: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
