@@ -1464,6 +1464,12 @@ scopes = ["validate", "flow"]
     }
 
     #[test]
+    fn the_shipped_env_example_parses_and_sets_nothing() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join(".env-test.example");
+        assert_eq!(read_dotenv(&example).unwrap(), HashMap::new());
+    }
+
+    #[test]
     fn an_upstream_proxy_must_be_an_http_proxy_url() {
         for bad in ["ftp://proxy", "proxy:3128", "http://"] {
             let p = problem(&format!("[server]\nupstream_proxy = \"{bad}\"\n"), &[]);
