@@ -1,4 +1,4 @@
-//! sessiongate's load generator (DESIGN.md §11).
+//! sessiongate's load generator (method and targets: docs/performance.md).
 //!
 //! Starts a local redis-server and the **release binary** of sessiongate, prepares sessions,
 //! then measures each path against the baseline `grpc.health.v1.Health/Check` on the same
@@ -173,13 +173,13 @@ impl Path {
             Path::Malformed => "malformed",
         }
     }
-    /// DESIGN.md §11 targets: minimum throughput ratio and p99 allowance over baseline (µs).
+    /// The targets of docs/performance.md: minimum throughput ratio and p99 allowance over baseline (µs).
     fn target(self) -> Option<(f64, f64)> {
         match self {
             Path::Baseline => None,
             Path::JwtCached => Some((0.85, 20.0)),
             Path::JwtUncached | Path::LegacyRs256 => Some((0.28, 40.0)),
-            // No target of their own in DESIGN.md §11: reported for comparison.
+            // No target of their own (docs/performance.md): reported for comparison.
             Path::LegacyEs256 | Path::LegacyEdDsa | Path::Malformed => None,
             Path::Opaque => Some((0.6, 50.0)),
             Path::ResolveFlow => Some((0.85, 20.0)),

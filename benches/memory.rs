@@ -1,5 +1,5 @@
-//! Memory per stored thing (DESIGN.md §11: ≤ 600 bytes per in-process cache entry, ≤ 300
-//! bytes per Redis key).
+//! Memory per stored thing (targets in docs/performance.md: ≤ 600 bytes per in-process cache
+//! entry, ≤ 300 bytes per Redis key).
 //!
 //! - **Redis**: a local `redis-server` (no persistence), sessions created, revoked and
 //!   migrated through the real domain code with the Redis store, then `MEMORY USAGE <key>

@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the hot pure functions (DESIGN.md §11 is measured end to end by
+//! Criterion micro-benchmarks of the hot pure functions (the targets of docs/performance.md are measured end to end by
 //! `benches/loadgen.rs`; these say where the time inside a request goes):
 //! token classification and decoding, native JWT verification (signature + claims), and flow
 //! bucketing and decisions.

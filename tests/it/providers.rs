@@ -1,6 +1,6 @@
 //! ValidateSession for legacy and external providers' tokens, against fake issuers on loopback.
 //!
-//! Rows of `reference/threats.md` and where each is proven (tests are named `threat_NN_…`):
+//! Rows of the threat catalogue in docs/security.md and where each is proven (tests are named `threat_NN_…`):
 //! 1, 7, 13, 14, 17 → `threat_01_07_13_14_17_…`; 2, 3, 6 → `threat_02_03_06_…`;
 //! 4, 10, 11, 12 → `threat_04_10_11_12_…`; 5 → `threat_05_…`; 8, 9 → `threat_08_09_…`;
 //! 15, 18 (Wycheproof JWS) and 20, 21 (Wycheproof JWK) → `wycheproof.rs`; 16 → `token.rs`;

@@ -176,7 +176,7 @@ async fn create_then_validate_token_and_jwt() {
     assert_eq!(verdict(&r), VALID);
     assert_eq!(r.source(), pb::DecisionSource::Cache);
 
-    // The JWT has the claims of DESIGN.md §4.
+    // The JWT has the claims of a native session JWT (README, "Native sessions").
     let payload: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
             .decode(created.session_jwt.split('.').nth(1).unwrap())
