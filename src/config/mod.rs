@@ -734,7 +734,7 @@ fn build(
             format!("{max_token_bytes} is out of range 512..=65536"),
         );
     }
-    let upstream_proxy = raw.server.upstream_proxy.clone();
+    let upstream_proxy = raw.server.upstream_proxy;
     if let Some(p) = &upstream_proxy
         && !(url::Url::parse(p)
             .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())

@@ -21,7 +21,9 @@ use serde_json::{Map, Value, json};
 
 use super::model::{AuthFactor, ClientInfo, LegacyIdentity, User};
 use super::providers::Provider;
-use super::service::{Created, SessionService, check_client, check_custom_claims, session_minutes};
+use super::service::{
+    Created, LegacyIds, SessionService, check_client, check_custom_claims, session_minutes,
+};
 use super::token::{self, Redacted, Shape};
 use crate::config::Policy;
 use crate::error::{Error, ErrorCode};
@@ -262,11 +264,6 @@ impl SessionService {
                 "legacy_token is larger than the token size cap",
             ));
         }
-        // Never shown to a provider, and never a session: sessiongate's own credentials and
-        // strings that could not be a header value stop here (and cost no budget).
-        if !token::upstream_safe(&req.legacy_token) {
-            return Err(rejected("not a token of a legacy provider"));
-        }
         let provider = self.migration_provider(&req.provider)?;
         // The all-at-once cutover: a retired provider's tokens are valid for nothing, least
         // of all for a new session.
@@ -282,8 +279,17 @@ impl SessionService {
         }
         // The deny-list before anything else — before the replay record, which may hold a
         // session minted before the revocation, and before UserInfo.
-        if self.legacy_denied(&provider, &req.legacy_token) {
+        let ids = LegacyIds::of_token(&provider.config.issuer, &req.legacy_token);
+        if self.denied(&ids) {
             return Err(rejected("it was revoked"));
+        }
+        // Nothing that cannot be this provider's token goes further (no replay look-up, no
+        // lock, no budget, never upstream): sessiongate's own credentials, strings that could
+        // not be a header value, opaque strings of the wrong shape.
+        match token::classify(&req.legacy_token) {
+            Ok(Shape::Jws(_)) => {}
+            Ok(Shape::Other) if provider.opaque_token_plausible(&req.legacy_token) => {}
+            _ => return Err(rejected("not a token of this legacy provider")),
         }
         let replay = Replay::new(&self.keys, &req.legacy_token);
         if let Some(done) = replay.read(&*self.store).await? {
@@ -330,7 +336,7 @@ impl SessionService {
         }
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let result = this.migrate_once(req, provider).await;
+            let result = this.migrate_once(req, provider, ids).await;
             // Remember the outcome for the replay window (errors that a retry could change —
             // an unavailable dependency — are not remembered), then release the lock.
             if let Err(e) = replay.finish(&*this.store, &result).await {
@@ -346,11 +352,12 @@ impl SessionService {
     }
 
     /// The migration itself; `migrate` has checked the token's presence, size and shape, the
-    /// provider's policy and the deny-list.
+    /// provider's policy and the deny-list (`ids`).
     async fn migrate_once(
         &self,
         req: MigrateRequest,
         provider: Arc<Provider>,
+        ids: LegacyIds,
     ) -> Result<Created, Error> {
         let minutes = session_minutes(req.duration_minutes, self.default_minutes)?;
         check_custom_claims(&req.custom_claims)?;
@@ -378,14 +385,7 @@ impl SessionService {
                 }
             }
             Ok(Shape::Jws(_)) => return Err(rejected("this provider does not issue JWTs")),
-            Ok(Shape::Other) if provider.accepts_opaque() => {
-                if !provider.opaque_token_plausible(&req.legacy_token) {
-                    return Err(rejected(
-                        "not of the shape of this provider's opaque tokens",
-                    ));
-                }
-                None
-            }
+            Ok(Shape::Other) if provider.accepts_opaque() => None,
             _ => return Err(rejected("not a token of this provider")),
         };
 
@@ -475,11 +475,10 @@ impl SessionService {
         )?;
         // The legacy token → session index, before the record that makes the session valid:
         // revoking the legacy token must always find what was minted from it.
-        let signed = self.legacy_signed_digest(&req.legacy_token);
         writes.insert(
             first_session_write,
             Write::SetAdd {
-                key: self.keys.migrated_sessions(&signed),
+                key: self.keys.migrated_sessions(&ids.signed),
                 member: session.session_id.clone().into_bytes(),
                 ttl: Some(self.record_ttl(session.expires_at_ms, now)),
             },
@@ -487,8 +486,8 @@ impl SessionService {
         self.store.write(writes).await?;
         // A revocation of the legacy token that raced this migration (it read the index
         // before our write) is caught here: the session goes the way of the token.
-        if self.legacy_denied(&provider, &req.legacy_token) {
-            self.revoke_sessions_migrated_from(&signed, now).await?;
+        if self.denied(&ids) {
+            self.revoke_sessions_migrated_from(&ids.signed, now).await?;
             return Err(rejected("it was revoked"));
         }
         let session_jwt = self.issuer.mint(&session, now)?;

@@ -118,22 +118,51 @@ impl std::fmt::Debug for RevokeTarget {
     }
 }
 
-/// The revocation ids of a provider token: by `(iss, jti)` when it has a `jti`, and always by
+/// The deny-list ids of a provider token: by `(iss, jti)` when it has a `jti`, and always by
 /// `signed`, the digest of what the signature covers — a JWT's `header.payload`, an opaque
 /// token whole. Never by a JWT's full bytes: an ECDSA signature `(r, s)` has a twin `(r, n−s)`
 /// that verifies as well, and a deny-list keyed by the whole token would let the twin through.
-pub(super) fn legacy_ids(
-    iss: &str,
-    jti: Option<&str>,
-    signed: &Digest,
-) -> (Option<String>, String) {
-    let by_jti = jti.map(|j| {
-        format!(
-            "lt:{}",
-            Digest::of(format!("{iss}\0{j}").as_bytes()).to_hex()
-        )
-    });
-    (by_jti, format!("lt:{}", signed.to_hex()))
+/// `signed` also keys the index of the sessions migrated from the token.
+pub(super) struct LegacyIds {
+    pub signed: Digest,
+    by_jti: Option<String>,
+    by_signed: String,
+}
+
+impl LegacyIds {
+    pub fn new(iss: &str, jti: Option<&str>, signed: Digest) -> Self {
+        Self {
+            by_jti: jti.map(|j| {
+                format!(
+                    "lt:{}",
+                    Digest::of(format!("{iss}\0{j}").as_bytes()).to_hex()
+                )
+            }),
+            by_signed: format!("lt:{}", signed.to_hex()),
+            signed,
+        }
+    }
+
+    /// The ids of `token` as presented, read unverified (a deny-list hit only ever refuses;
+    /// a JWT that verifies later has the same `jti`).
+    pub fn of_token(iss: &str, token: &str) -> Self {
+        match token::classify(token) {
+            Ok(Shape::Jws(jws)) => {
+                let claims = token::payload(&jws).ok();
+                let jti = claims
+                    .as_ref()
+                    .and_then(|c| c.get("jti"))
+                    .and_then(Value::as_str);
+                Self::new(iss, jti, signed_digest(&jws))
+            }
+            _ => Self::new("", None, Digest::of(token.as_bytes())),
+        }
+    }
+
+    /// Every id the token is denied by.
+    pub fn all(&self) -> impl Iterator<Item = &String> {
+        self.by_jti.iter().chain([&self.by_signed])
+    }
 }
 
 /// What a JWT's deny-list entry is keyed by: the digest of its signing input.
@@ -240,10 +269,6 @@ impl SessionService {
 
     pub fn issuer(&self) -> &NativeIssuer {
         &self.issuer
-    }
-
-    fn absolute_lifetime_minutes(&self) -> u32 {
-        u32::try_from(self.absolute_lifetime_ms / 60_000).unwrap_or(u32::MAX)
     }
 
     pub(super) fn env_prefix(&self, kind: &str) -> String {
@@ -398,7 +423,7 @@ impl SessionService {
             user_id: user_id.to_owned(),
             started_at_ms: now,
             last_accessed_at_ms: now,
-            expires_at_ms: now + i64::from(minutes.min(self.absolute_lifetime_minutes())) * 60_000,
+            expires_at_ms: (now + i64::from(minutes) * 60_000).min(now + self.absolute_lifetime_ms),
             factors,
             attributes: client,
             custom_claims,
@@ -557,7 +582,7 @@ impl SessionService {
                 // tag, and a revocation cut short must leave the session more revoked, never
                 // less (the caller's retry completes it).
                 let writes = vec![
-                    self.revoked_sid_write(&s.session_id, until),
+                    self.revoked_sid_write(&s.session_id, until, now.div_euclid(1000)),
                     Write::Delete {
                         key: self.keys.session(d),
                     },
@@ -590,7 +615,11 @@ impl SessionService {
                     // And store the sid again: idempotent, and it completes a revocation
                     // whose batch was cut short.
                     self.store
-                        .write(vec![self.revoked_sid_write(&t.session_id, until)])
+                        .write(vec![self.revoked_sid_write(
+                            &t.session_id,
+                            until,
+                            now.div_euclid(1000),
+                        )])
                         .await?;
                     self.broadcast(&t.session_id, until, now).await?;
                 }
@@ -619,7 +648,6 @@ impl SessionService {
             return Err(not_ours("empty or too large"));
         }
         let digest = Digest::of(token.as_bytes());
-        let signed = self.legacy_signed_digest(token);
         let (ids, until) = match token::classify(token) {
             Ok(Shape::Jws(jws)) => {
                 let header = token::header(&jws).map_err(|r| not_ours(r.as_str()))?;
@@ -639,17 +667,17 @@ impl SessionService {
                     // Already expired (the signature checked out): nothing left to deny,
                     // but the sessions migrated from it live on until revoked.
                     Err(Ok(super::Reason::Expired)) => {
-                        return self.revoke_sessions_migrated_from(&signed, now_ms).await;
+                        return self
+                            .revoke_sessions_migrated_from(&signed_digest(&jws), now_ms)
+                            .await;
                     }
                     Err(Ok(r)) => return Err(not_ours(r.as_str())),
                     Err(Err(e)) => return Err(e),
                 };
                 let jti = jwt.claims.get("jti").and_then(Value::as_str);
-                let (by_jti, by_token) = legacy_ids(&iss, jti, &signed);
-                let until = jwt.expires_at.unwrap_or(now) + self.leeway_secs;
                 (
-                    by_jti.into_iter().chain([by_token]).collect::<Vec<_>>(),
-                    until,
+                    LegacyIds::new(&iss, jti, signed_digest(&jws)),
+                    jwt.expires_at.unwrap_or(now) + self.leeway_secs,
                 )
             }
             Ok(Shape::Other) if token::upstream_safe(token) => {
@@ -658,16 +686,15 @@ impl SessionService {
                     .opaque()
                     .cloned()
                     .ok_or_else(|| not_ours("no provider takes opaque tokens"))?;
-                let (_, by_token) = legacy_ids("", None, &digest);
                 (
-                    vec![by_token],
+                    LegacyIds::new("", None, digest),
                     now + provider.config.max_token_lifetime.as_secs() as i64,
                 )
             }
             _ => return Err(not_ours("not a provider token")),
         };
         let mut writes: Vec<Write> = ids
-            .iter()
+            .all()
             .map(|id| RevokedSids::write(&self.keys, id, until, now))
             .collect();
         // A cached UserInfo answer must not outlive the revocation, nor a migration's replay
@@ -683,40 +710,21 @@ impl SessionService {
             json!({"token_fingerprint": digest.fingerprint()}),
         )));
         self.store.write(writes).await?;
-        for id in &ids {
+        for id in ids.all() {
             self.broadcast(id, until, now_ms).await?;
         }
         metrics::counter!("sessiongate_legacy_tokens_revoked_total").increment(1);
         // Denied first, so that a migration racing this revocation refuses on its own; then
         // the sessions already minted from the token ("one revoke across both providers").
-        Ok(1 + self.revoke_sessions_migrated_from(&signed, now_ms).await?)
+        Ok(1 + self
+            .revoke_sessions_migrated_from(&ids.signed, now_ms)
+            .await?)
     }
 
-    /// What a legacy token's deny-list entry and migrated-sessions index are keyed by: a
-    /// JWT's signing input (its ECDSA twin shares it), an opaque token whole.
-    pub(super) fn legacy_signed_digest(&self, token: &str) -> Digest {
-        match token::classify(token) {
-            Ok(Shape::Jws(jws)) => signed_digest(&jws),
-            _ => Digest::of(token.as_bytes()),
-        }
-    }
-
-    /// Whether a legacy token of `provider` is on the deny-list — the in-process revoked set
-    /// ValidateSession reads — by `(iss, jti)` or by its signed digest. Read from the token
-    /// unverified: a deny-list hit only ever refuses.
-    pub(super) fn legacy_denied(&self, provider: &Provider, token: &str) -> bool {
-        let (by_jti, by_signed) = match token::classify(token) {
-            Ok(Shape::Jws(jws)) => {
-                let claims = token::payload(&jws).ok();
-                let jti = claims
-                    .as_ref()
-                    .and_then(|c| c.get("jti"))
-                    .and_then(Value::as_str);
-                legacy_ids(&provider.config.issuer, jti, &signed_digest(&jws))
-            }
-            _ => legacy_ids("", None, &Digest::of(token.as_bytes())),
-        };
-        by_jti.is_some_and(|id| self.revoked.contains(&id)) || self.revoked.contains(&by_signed)
+    /// Whether a provider token is on the deny-list: the in-process revoked set that every
+    /// replica keeps, fed like the revoked sids.
+    pub(super) fn denied(&self, ids: &LegacyIds) -> bool {
+        ids.all().any(|id| self.revoked.contains(id))
     }
 
     /// Revokes every session minted by migrating the legacy token whose signed digest is
@@ -750,8 +758,8 @@ impl SessionService {
     }
 
     /// Adds a revoked native sid to the shared set until every JWT naming it has expired.
-    fn revoked_sid_write(&self, sid: &str, until: i64) -> Write {
-        RevokedSids::write(&self.keys, sid, until, self.clock.now_secs())
+    fn revoked_sid_write(&self, sid: &str, until: i64, now_secs: i64) -> Write {
+        RevokedSids::write(&self.keys, sid, until, now_secs)
     }
 
     async fn broadcast(&self, sid: &str, until: i64, now_ms: i64) -> Result<(), Error> {

@@ -15,7 +15,7 @@ use super::model::{ClientInfo, Session};
 use super::native::Claims;
 use super::providers::{Provider, VerifiedProviderJwt};
 use super::service::{
-    Lookup, Minted, ProviderHit, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS, legacy_ids,
+    LegacyIds, Lookup, Minted, ProviderHit, REMINT_AFTER_MS, SessionService, TOUCH_EVERY_MS,
     signed_digest,
 };
 use super::token::{self, Redacted, Shape};
@@ -102,14 +102,15 @@ impl CachedUserInfo {
         }
     }
 
-    /// What to remember of an answer, and for how long.
-    fn of(outcome: UserInfoOutcome) -> (Self, std::time::Duration) {
+    /// What to remember of an answer, and for how long; `None` for a transient one (a rate
+    /// limit, an unreachable provider), which is never remembered.
+    fn of(outcome: UserInfoOutcome) -> Option<(Self, std::time::Duration)> {
         let refused = |unusable: Option<String>| Self {
             ok: false,
             claims: None,
             unusable,
         };
-        match outcome {
+        Some(match outcome {
             UserInfoOutcome::Ok(claims) => (
                 Self {
                     ok: true,
@@ -124,12 +125,8 @@ impl CachedUserInfo {
                 USERINFO_REFUSED_TTL,
             ),
             UserInfoOutcome::Invalid(why) => (refused(Some(why)), USERINFO_REFUSED_TTL),
-            // `Provider::userinfo` returns these as errors; never cached.
-            UserInfoOutcome::RateLimited(_) | UserInfoOutcome::Unavailable(_) => (
-                refused(Some("unavailable".into())),
-                std::time::Duration::ZERO,
-            ),
-        }
+            UserInfoOutcome::RateLimited(_) | UserInfoOutcome::Unavailable(_) => return None,
+        })
     }
 }
 
@@ -373,7 +370,7 @@ impl SessionService {
             return Ok(v);
         }
         let digest = Digest::of(token.as_bytes());
-        if self.revoked.contains(&legacy_ids("", None, &digest).1) {
+        if self.denied(&LegacyIds::new("", None, digest)) {
             let mut v = Verdict::invalid(Reason::Revoked, Origin::Legacy, Source::Cache);
             v.provider = provider.name().to_owned();
             return Ok(v);
@@ -408,7 +405,9 @@ impl SessionService {
                 tracing::debug!(error = %e, "UserInfo cache unavailable; asking the provider")
             }
         }
-        let (cached, ttl) = CachedUserInfo::of(provider.userinfo(token).await?);
+        // `Provider::userinfo` returns transient outcomes as errors already.
+        let (cached, ttl) = CachedUserInfo::of(provider.userinfo(token).await?)
+            .ok_or_else(|| provider.unusable_answer("unavailable"))?;
         if let Ok(bytes) = serde_json::to_vec(&cached) {
             let write = crate::store::Write::Put {
                 key,
@@ -432,8 +431,7 @@ impl SessionService {
         signed: &Digest,
     ) -> Result<VerifiedProviderJwt, Reason> {
         let jti = jwt.claims.get("jti").and_then(Value::as_str);
-        let (by_jti, by_token) = legacy_ids(&provider.config.issuer, jti, signed);
-        if by_jti.is_some_and(|id| self.revoked.contains(&id)) || self.revoked.contains(&by_token) {
+        if self.denied(&LegacyIds::new(&provider.config.issuer, jti, *signed)) {
             Err(Reason::Revoked)
         } else {
             Ok(jwt)
