@@ -227,7 +227,7 @@ pub fn user_out(u: &User) -> pb::User {
         legacy_identities: u
             .legacy_identities
             .iter()
-            .map(|LegacyIdentity { provider, subject }| pb::LegacyIdentity {
+            .map(|LegacyIdentity { provider, subject, .. }| pb::LegacyIdentity {
                 provider: provider.clone(),
                 subject: subject.clone(),
             })

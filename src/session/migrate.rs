@@ -28,7 +28,7 @@ use super::token::{self, Redacted, Shape};
 use crate::config::Policy;
 use crate::error::{Error, ErrorCode};
 use crate::store::Write;
-use crate::store::keys::Digest;
+use crate::store::keys::{Digest, Key, Keys};
 use crate::upstream::UserInfoOutcome;
 
 /// A `MigrateSession` call, decoded.
@@ -558,6 +558,48 @@ impl SessionService {
         })
     }
 
+    /// The user `(provider, sub)` is linked to, if any. Links are keyed by the provider's
+    /// issuer. A link written before that is keyed by the provider's name, and it is trusted
+    /// only while that name stands for the issuer it stood for when such a link was first read
+    /// (the first read records it): a provider re-pointed at another issuer must not inherit
+    /// the old issuer's users. A trusted one is re-written under the issuer.
+    pub(super) async fn linked_user(
+        &self,
+        provider: &Provider,
+        sub: &str,
+    ) -> Result<Option<String>, Error> {
+        let utf8 = |id: Vec<u8>| String::from_utf8(id).map_err(Error::internal);
+        let index = identity_index(&self.keys, provider, sub);
+        if let Some(id) = self.store.get(&index).await? {
+            return utf8(id).map(Some);
+        }
+        let by_name = self.keys.identity_by_name(&Digest::of(
+            format!("{}\0{sub}", provider.name()).as_bytes(),
+        ));
+        let Some(id) = self.store.get(&by_name).await? else {
+            return Ok(None);
+        };
+        let bound = self
+            .keys
+            .provider_issuer(&Digest::of(provider.name().as_bytes()));
+        let issuer = provider.config.issuer.as_bytes();
+        if !self.store.put_if_absent(&bound, issuer, None).await?
+            && self.store.get(&bound).await?.as_deref() != Some(issuer)
+        {
+            tracing::warn!(
+                provider = provider.name(),
+                "a link made when this provider name stood for another issuer is ignored"
+            );
+            return Ok(None);
+        }
+        let id = utf8(id)?;
+        if self.store.put_if_absent(&index, id.as_bytes(), None).await? {
+            return Ok(Some(id));
+        }
+        // Re-indexed (or newly linked) by another call meanwhile: that entry decides.
+        self.store.get(&index).await?.map(utf8).transpose()
+    }
+
     /// The user linked to `(provider, sub)`, created (and linked) if there is none yet.
     /// Returns the writes still to make with the session.
     async fn user_for_identity(
@@ -567,9 +609,7 @@ impl SessionService {
         info: &Map<String, Value>,
         now: i64,
     ) -> Result<(User, bool, Vec<Write>), Error> {
-        let index = self.keys.identity(&Digest::of(
-            format!("{}\0{sub}", provider.name()).as_bytes(),
-        ));
+        let index = identity_index(&self.keys, provider, sub);
         let text = |k: &str| {
             info.get(k)
                 .and_then(Value::as_str)
@@ -581,10 +621,7 @@ impl SessionService {
             info.get("email_verified").and_then(Value::as_bool) == Some(true) && !email.is_empty();
         // An existing link decides; else, when allowed, a user who owns the same *verified*
         // email; else a new user.
-        let linked = match self.store.get(&index).await? {
-            Some(id) => Some(String::from_utf8(id).map_err(Error::internal)?),
-            None => None,
-        };
+        let linked = self.linked_user(provider, sub).await?;
         let by_email = match (&linked, provider.config.link_verified_email && verified) {
             (None, true) => match self
                 .store
@@ -599,6 +636,7 @@ impl SessionService {
         let identity = LegacyIdentity {
             provider: provider.name().to_owned(),
             subject: sub.to_owned(),
+            issuer: provider.config.issuer.clone(),
         };
         // The conflict is checked before the identity is claimed: a user found by email who
         // already is another subject of this provider refuses the link, and the index must
@@ -637,7 +675,7 @@ impl SessionService {
             // so that two identities linked at once (two providers, one email) both stay.
             for _ in 0..8 {
                 let mut user: User = Self::decode(&bytes)?;
-                if user.legacy_identities.contains(&identity) {
+                if user.legacy_identities.iter().any(|li| li.same_account(&identity)) {
                     return Ok((user, false, Vec::new()));
                 }
                 if conflicts(&user, &identity) {
@@ -715,7 +753,14 @@ impl SessionService {
 fn conflicts(user: &User, identity: &LegacyIdentity) -> bool {
     user.legacy_identities
         .iter()
-        .any(|li| li.provider == identity.provider && li.subject != identity.subject)
+        .any(|li| li.same_provider(identity) && li.subject != identity.subject)
+}
+
+/// Where the user a provider's subject is linked to is found.
+fn identity_index(keys: &Keys, provider: &Provider, sub: &str) -> Key {
+    keys.identity(&Digest::of(
+        format!("{}\0{sub}", provider.config.issuer).as_bytes(),
+    ))
 }
 
 fn identity_conflict(provider: &Provider) -> Error {

@@ -54,6 +54,28 @@ pub struct LegacyIdentity {
     pub provider: String,
     #[serde(rename = "s")]
     pub subject: String,
+    /// The provider's issuer when the link was made. Empty in links written before identities
+    /// were keyed by issuer; those are matched by provider name (whose issuer is checked
+    /// where the link is found).
+    #[serde(rename = "is", default, skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
+}
+
+impl LegacyIdentity {
+    /// Whether `self` and `other` are accounts of the same provider (by issuer, or by name
+    /// for a link that predates issuers).
+    pub fn same_provider(&self, other: &LegacyIdentity) -> bool {
+        if self.issuer.is_empty() || other.issuer.is_empty() {
+            self.provider == other.provider
+        } else {
+            self.issuer == other.issuer
+        }
+    }
+
+    /// Whether `self` and `other` are the same account.
+    pub fn same_account(&self, other: &LegacyIdentity) -> bool {
+        self.same_provider(other) && self.subject == other.subject
+    }
 }
 
 /// A sessiongate user as stored.
@@ -85,4 +107,29 @@ pub struct Tombstone {
     pub expires_at_ms: i64,
     #[serde(rename = "rv")]
     pub revoked_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_matched_by_issuer_and_links_from_before_issuers_by_name() {
+        let old: LegacyIdentity = serde_json::from_str(r#"{"p":"auth0","s":"u1"}"#).unwrap();
+        assert_eq!(old.issuer, "");
+        let now = |issuer: &str, sub: &str| LegacyIdentity {
+            provider: "auth0".into(),
+            subject: sub.into(),
+            issuer: issuer.into(),
+        };
+        assert!(old.same_account(&now("https://a/", "u1")));
+        assert!(!old.same_account(&now("https://a/", "u2")));
+        assert!(now("https://a/", "u1").same_account(&now("https://a/", "u1")));
+        // Same name, another issuer: another provider, whatever the subject.
+        assert!(!now("https://a/", "u1").same_provider(&now("https://b/", "u1")));
+        assert_eq!(
+            serde_json::to_string(&now("https://a/", "u1")).unwrap(),
+            r#"{"p":"auth0","s":"u1","is":"https://a/"}"#
+        );
+    }
 }

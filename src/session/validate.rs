@@ -316,25 +316,26 @@ impl SessionService {
         if let Some(u) = self.migrated.get(&id) {
             return u.to_string();
         }
+        let Some(provider) = self.providers.all().find(|p| p.name() == provider) else {
+            return String::new();
+        };
         let linked = async {
-            let Some(bytes) = self
-                .store
-                .get(&self.keys.identity(&Digest::of(id.as_bytes())))
-                .await?
-            else {
-                return Ok(None);
-            };
-            let Ok(user_id) = String::from_utf8(bytes) else {
+            let Some(user_id) = self.linked_user(provider, subject).await? else {
                 return Ok(None);
             };
             let Some(record) = self.store.get(&self.keys.user(&user_id)).await? else {
                 return Ok(None);
             };
             let user: super::model::User = Self::decode(&record)?;
+            let identity = super::model::LegacyIdentity {
+                provider: provider.name().to_owned(),
+                subject: subject.to_owned(),
+                issuer: provider.config.issuer.clone(),
+            };
             let listed = user
                 .legacy_identities
                 .iter()
-                .any(|li| li.provider == provider && li.subject == subject);
+                .any(|li| li.same_account(&identity));
             Ok::<_, Error>(listed.then_some(user_id))
         };
         match linked.await {

@@ -125,9 +125,24 @@ impl Keys {
         self.key(format_args!("revoked"))
     }
 
-    /// The user linked to a legacy identity, by digest of `provider \0 sub`.
-    pub fn identity(&self, provider_sub: &Digest) -> Key {
-        self.key(format_args!("{{i:{}}}:user", provider_sub.to_hex()))
+    /// The user linked to a provider's subject, by digest of `issuer \0 sub`: the issuer, not
+    /// the provider's configured name, so renaming or re-pointing a provider never maps one
+    /// issuer's subject onto another's user.
+    pub fn identity(&self, issuer_sub: &Digest) -> Key {
+        self.key(format_args!("{{ii:{}}}:user", issuer_sub.to_hex()))
+    }
+
+    /// Links written before identities were keyed by issuer, by digest of `provider name \0
+    /// sub`. Read only through [`Keys::provider_issuer`]'s guard, and re-written under
+    /// [`Keys::identity`] when found.
+    pub fn identity_by_name(&self, name_sub: &Digest) -> Key {
+        self.key(format_args!("{{i:{}}}:user", name_sub.to_hex()))
+    }
+
+    /// The issuer a provider name stood for when its name-keyed links were first read: a
+    /// name-keyed link is trusted only while the name still means that issuer.
+    pub fn provider_issuer(&self, name: &Digest) -> Key {
+        self.key(format_args!("{{pn:{}}}:issuer", name.to_hex()))
     }
 
     /// The user owning a verified email address, by digest of the lower-cased address.

@@ -30,7 +30,8 @@ const KEY: &str = "attacks-test-key";
 struct Gate {
     bin: Binary,
     client: SessionGateServiceClient<Channel>,
-    _redis: RedisServer,
+    /// Its own Redis, unless the test shares one between binaries.
+    _redis: Option<RedisServer>,
 }
 
 async fn start(idp: &FakeIdp, extra: &str) -> Gate {
@@ -63,17 +64,23 @@ fn config(idp: &FakeIdp, migration: &str, provider: &str) -> String {
 /// The binary with `toml`, on a Redis of its own, with more environment variables.
 async fn launch(toml: &str, env: &[(&'static str, String)]) -> Gate {
     let redis = RedisServer::start().await;
-    let mut vars = vec![
-        ("REDIS_URL", redis.url()),
-        ("RUST_LOG", "warn,sessiongate::app=info".into()),
-    ];
+    let mut vars = vec![("RUST_LOG", "warn,sessiongate::app=info".into())];
+    vars.extend_from_slice(env);
+    let mut gate = launch_on(toml, &redis, &vars).await;
+    gate._redis = Some(redis);
+    gate
+}
+
+/// The binary with `toml` on `redis`, which outlives it (the test restarts the binary on it).
+async fn launch_on(toml: &str, redis: &RedisServer, env: &[(&'static str, String)]) -> Gate {
+    let mut vars = vec![("REDIS_URL", redis.url())];
     vars.extend_from_slice(env);
     let bin = Binary::start(toml, &vars);
     let client = SessionGateServiceClient::new(bin.channel().await);
     Gate {
         bin,
         client,
-        _redis: redis,
+        _redis: None,
     }
 }
 
@@ -617,31 +624,16 @@ async fn a_provider_re_pointed_at_another_issuer_never_inherits_the_old_issuers_
             sha(KEY)
         )
     };
-    let env = || {
-        vec![
-            ("REDIS_URL", redis.url()),
-            ("RUST_LOG", "warn,sessiongate::app=info".into()),
-        ]
-    };
+    let env = [("RUST_LOG", "warn,sessiongate::app=info".into())];
     // A replica of the old configuration shares the old issuer's keys through Redis.
     let key = old.key(KeyKind::Rs256);
-    let bin = Binary::start(&provider(&old), &env());
-    let t = Gate {
-        client: SessionGateServiceClient::new(bin.channel().await),
-        bin,
-        _redis: RedisServer::start().await,
-    };
+    let t = launch_on(&provider(&old), &redis, &env).await;
     t.warm(&sign(&key, json!({}), &old.claims(API))).await;
     t.bin.stop();
 
     // Same name, another issuer: a token claiming the new issuer, signed with the old one's
     // key, must not verify.
-    let bin = Binary::start(&provider(&new), &env());
-    let t = Gate {
-        client: SessionGateServiceClient::new(bin.channel().await),
-        bin,
-        _redis: RedisServer::start().await,
-    };
+    let t = launch_on(&provider(&new), &redis, &env).await;
     let mut claims = old.claims(API);
     claims["iss"] = json!(new.issuer());
     let forged = sign(&key, json!({}), &claims);
@@ -652,4 +644,81 @@ async fn a_provider_re_pointed_at_another_issuer_never_inherits_the_old_issuers_
         }
     }
     t.bin.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_re_pointed_at_another_issuer_never_inherits_the_old_issuers_users() {
+    let old = FakeIdp::start().await;
+    let new = FakeIdp::start().await;
+    let redis = RedisServer::start().await;
+    let env = [("RUST_LOG", "warn,sessiongate::app=info".into())];
+    // Two links as a version that keyed identities by provider name wrote them: one is used
+    // before the provider is re-pointed, one only after.
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (sub, user_id) in [("auth0|early", "user-early"), ("auth0|late", "user-late")] {
+        let record = json!({"uid": user_id, "li": [{"p": "auth0", "s": sub}], "ca": 0});
+        let _: () = ::redis::pipe()
+            .set(
+                format!("sg:test:{{i:{}}}:user", sha(&format!("auth0\0{sub}"))),
+                user_id,
+            )
+            .set(format!("sg:test:{{u:{user_id}}}:user"), record.to_string())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    let token_of = |idp: &FakeIdp, sub: &str| {
+        let mut claims = idp.claims(API);
+        claims["sub"] = json!(sub);
+        let token = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+        idp.on_userinfo(&token, UserInfoReply::Json(json!({"sub": sub})));
+        token
+    };
+    let endpoints = |idp: &FakeIdp| {
+        format!(
+            "jwks_url = \"{}\"\nuserinfo_url = \"{}\"",
+            idp.jwks_url(),
+            idp.userinfo_url()
+        )
+    };
+
+    let t = launch_on(&config(&old, "", &endpoints(&old)), &redis, &env).await;
+    let first = token_of(&old, "auth0|legacy-user-1");
+    t.warm(&first).await;
+    let migrated = t.migrate(&first).await.expect("migrates");
+    assert!(migrated.user_created);
+    assert_eq!(t.validate(&first).await.user_id, migrated.user_id);
+    // An old link is honoured while the name still means the issuer it was made under.
+    let early = token_of(&old, "auth0|early");
+    assert_eq!(t.validate(&early).await.user_id, "user-early");
+    let again = t.migrate(&early).await.expect("migrates");
+    assert_eq!((again.user_id.as_str(), again.user_created), ("user-early", false));
+    t.bin.stop();
+
+    // The same provider name, re-pointed at another issuer that happens to use the same
+    // subjects: none of the old issuer's users is theirs.
+    let t = launch_on(&config(&new, "", &endpoints(&new)), &redis, &env).await;
+    let twin = token_of(&new, "auth0|legacy-user-1");
+    t.warm(&twin).await;
+    assert_eq!(t.validate(&twin).await.user_id, "", "not migrated yet");
+    let theirs = t.migrate(&twin).await.expect("migrates");
+    assert!(theirs.user_created);
+    assert_ne!(theirs.user_id, migrated.user_id);
+    assert_eq!(t.validate(&twin).await.user_id, theirs.user_id);
+    for (sub, old_user) in [("auth0|early", "user-early"), ("auth0|late", "user-late")] {
+        let token = token_of(&new, sub);
+        assert_eq!(t.validate(&token).await.user_id, "", "{sub}");
+        let theirs = t.migrate(&token).await.expect("migrates");
+        assert_ne!(theirs.user_id, old_user, "{sub}");
+        assert!(theirs.user_created, "{sub}");
+    }
+    let log = t.bin.stop();
+    assert!(
+        log.contains("a link made when this provider name stood for another issuer is ignored"),
+        "{log}"
+    );
 }
