@@ -227,9 +227,9 @@ pub fn user_out(u: &User) -> pb::User {
         legacy_identities: u
             .legacy_identities
             .iter()
-            .map(|LegacyIdentity { provider, subject, .. }| pb::LegacyIdentity {
-                provider: provider.clone(),
-                subject: subject.clone(),
+            .map(|li: &LegacyIdentity| pb::LegacyIdentity {
+                provider: li.provider.clone(),
+                subject: li.subject.clone(),
             })
             .collect(),
         created_at: Some(timestamp(u.created_at_ms)),

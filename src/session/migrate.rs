@@ -593,7 +593,11 @@ impl SessionService {
             return Ok(None);
         }
         let id = utf8(id)?;
-        if self.store.put_if_absent(&index, id.as_bytes(), None).await? {
+        if self
+            .store
+            .put_if_absent(&index, id.as_bytes(), None)
+            .await?
+        {
             return Ok(Some(id));
         }
         // Re-indexed (or newly linked) by another call meanwhile: that entry decides.
@@ -675,7 +679,11 @@ impl SessionService {
             // so that two identities linked at once (two providers, one email) both stay.
             for _ in 0..8 {
                 let mut user: User = Self::decode(&bytes)?;
-                if user.legacy_identities.iter().any(|li| li.same_account(&identity)) {
+                if user
+                    .legacy_identities
+                    .iter()
+                    .any(|li| li.same_account(&identity))
+                {
                     return Ok((user, false, Vec::new()));
                 }
                 if conflicts(&user, &identity) {

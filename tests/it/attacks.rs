@@ -696,7 +696,10 @@ async fn a_provider_re_pointed_at_another_issuer_never_inherits_the_old_issuers_
     let early = token_of(&old, "auth0|early");
     assert_eq!(t.validate(&early).await.user_id, "user-early");
     let again = t.migrate(&early).await.expect("migrates");
-    assert_eq!((again.user_id.as_str(), again.user_created), ("user-early", false));
+    assert_eq!(
+        (again.user_id.as_str(), again.user_created),
+        ("user-early", false)
+    );
     t.bin.stop();
 
     // The same provider name, re-pointed at another issuer that happens to use the same

@@ -1,7 +1,7 @@
 //! The fleet's other languages must never be stricter than the gate in front of them: one
 //! corpus of tokens — good ones, and the attacks of docs/security.md (`alg` confusion, `none`,
 //! `kid` tricks, key-carrying headers, `crit`, claims named twice, dates that overflow,
-//! malleated signatures, oversize and misshapen tokens) — goes through the real binary, through
+//! malleated signatures, oversize and misshapen tokens, and Wycheproof's JWS vectors) — goes through the real binary, through
 //! PyJWT (`tests/contract/python/differential.py`) and through npm `jose`
 //! (`tests/contract/node/differential.mjs`), all configured alike. Any token another library
 //! refuses but sessiongate accepts fails the test.
@@ -270,6 +270,39 @@ fn corpus(idp: &FakeIdp, jwks_text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Wycheproof's JWS vectors, with their groups' public keys published by `idp` (one per kid,
+/// for the algorithms all three are configured with), so that their signatures really are
+/// checked against the keys they were made with. Their payloads are not claim sets (`foo`,
+/// and the like): every library must refuse every one, and what a vector adds is a
+/// malformed or malleated JWS that one of them might take.
+fn wycheproof(idp: &FakeIdp) -> Vec<(String, String)> {
+    let Some(vectors) = crate::wycheproof::vectors("json_web_signature_test.json") else {
+        return Vec::new();
+    };
+    let mut kids = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for group in vectors["testGroups"].as_array().unwrap() {
+        if let Some(public) = group.get("public")
+            && matches!(public["alg"].as_str(), Some("RS256" | "ES256"))
+            && kids.insert(public["kid"].to_string())
+        {
+            idp.publish_raw(public.clone());
+        }
+        for t in group["tests"].as_array().unwrap() {
+            out.push((
+                format!(
+                    "wycheproof {} #{} {}",
+                    group["comment"].as_str().unwrap_or_default(),
+                    t["tcId"],
+                    t["comment"].as_str().unwrap_or_default()
+                ),
+                t["jws"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_other_library_refuses_a_token_sessiongate_accepts() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -282,6 +315,8 @@ async fn no_other_library_refuses_a_token_sessiongate_accepts() {
         return;
     }
     let idp = FakeIdp::start().await;
+    // Published before the binary first reads the key set.
+    let vectors = wycheproof(&idp);
     let toml = format!(
         "[[clients]]\nname = \"edge\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\"]\n\
          [native]\nleeway_seconds = {LEEWAY}\n\
@@ -303,7 +338,9 @@ async fn no_other_library_refuses_a_token_sessiongate_accepts() {
         }
     };
     let (_, jwks_text) = http_get(idp.addr, "/.well-known/jwks.json").await;
-    let cases = corpus(&idp, &jwks_text);
+    let mut cases = corpus(&idp, &jwks_text);
+    let from_wycheproof = vectors.len();
+    cases.extend(vectors);
     // The binary has the issuer's keys before the corpus runs.
     eventually(std::time::Duration::from_secs(10), || {
         let t = cases[0].1.clone();
@@ -380,7 +417,7 @@ async fn no_other_library_refuses_a_token_sessiongate_accepts() {
     );
     let refused_by_us = ours.iter().filter(|v| !**v).count();
     eprintln!(
-        "differential: {} tokens; sessiongate refuses {refused_by_us}, PyJWT {}, jose {}; accepted everywhere {everywhere}",
+        "differential: {} tokens ({from_wycheproof} of them Wycheproof's); sessiongate refuses {refused_by_us}, PyJWT {}, jose {}; accepted everywhere {everywhere}",
         cases.len(),
         pyjwt.iter().filter(|v| !**v).count(),
         jose.iter().filter(|v| !**v).count(),

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sessiongate::keys::SigningKey;
 use sessiongate::session::token::{self, Shape};
 
-fn vectors(file: &str) -> Option<Value> {
+pub(crate) fn vectors(file: &str) -> Option<Value> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/wycheproof");
     let path = dir.join(file);
     match std::fs::read(&path) {
