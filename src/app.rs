@@ -128,6 +128,7 @@ impl App {
             store.clone(),
             Keys::new(config.env),
             clock.clone(),
+            config.store.resync_every,
         );
         let flows = Arc::new(FlowService::new(
             config.env,
@@ -141,7 +142,7 @@ impl App {
         if let Err(e) = flows.reload_all().await {
             tracing::warn!(error = %e, "cannot load flow overrides yet");
         }
-        crate::flow::service::spawn_listener(flows.clone());
+        crate::flow::service::spawn_listener(flows.clone(), config.store.resync_every);
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await

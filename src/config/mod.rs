@@ -239,6 +239,9 @@ pub struct StoreConfig {
     /// `UNAVAILABLE` within this, never hangs a request.
     pub command_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How often each replica reloads revocations and rollout overrides in any case: a
+    /// message lost on the invalidation channel is caught within this.
+    pub resync_every: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -465,6 +468,7 @@ struct RawRedis {
     cluster: Option<bool>,
     command_timeout_ms: Option<u32>,
     connect_timeout_ms: Option<u32>,
+    resync_seconds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -526,6 +530,7 @@ const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 * 1024;
 const DEFAULT_DRAIN_GRACE_SECONDS: u32 = 20;
 const DEFAULT_COMMAND_TIMEOUT_MS: u32 = 500;
 const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 250;
+const DEFAULT_RESYNC_SECONDS: u32 = 30;
 const DEFAULT_JWT_TTL_SECONDS: u32 = 300;
 const DEFAULT_SESSION_MINUTES: u32 = 60;
 const DEFAULT_LEEWAY_SECONDS: u32 = 30;
@@ -812,6 +817,13 @@ fn build(
         if !(10..=30_000).contains(&v) {
             c.fail(key, format!("{v} is out of range 10..=30000"));
         }
+    }
+    let resync_seconds = raw.redis.resync_seconds.unwrap_or(DEFAULT_RESYNC_SECONDS);
+    if !(1..=3_600).contains(&resync_seconds) {
+        c.fail(
+            "redis.resync_seconds",
+            format!("{resync_seconds} is out of range 1..=3600"),
+        );
     }
 
     // --- native ---
@@ -1194,6 +1206,7 @@ fn build(
             cluster,
             command_timeout: Duration::from_millis(command_timeout_ms.into()),
             connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
+            resync_every: Duration::from_secs(resync_seconds.into()),
         },
         native: NativeConfig {
             issuer,
@@ -1427,10 +1440,11 @@ scopes = ["validate", "flow"]
     #[test]
     fn impossible_values_are_refused_together() {
         let p = problem(
-            "[[flows]]\nname = \"login\"\npercentage = 101\nallow_cidrs = [\"10.0.0.0/33\"]\nstrategies = []\n[native]\nsession_duration_minutes = 1\n",
+            "[[flows]]\nname = \"login\"\npercentage = 101\nallow_cidrs = [\"10.0.0.0/33\"]\nstrategies = []\n[native]\nsession_duration_minutes = 1\n[redis]\nresync_seconds = 0\n",
             &[],
         );
         let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"redis.resync_seconds"), "{keys:?}");
         assert!(keys.contains(&"flows[0].percentage"), "{keys:?}");
         assert!(keys.contains(&"flows[0].allow_cidrs"), "{keys:?}");
         assert!(keys.contains(&"flows[0].strategies"), "{keys:?}");

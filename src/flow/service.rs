@@ -534,14 +534,17 @@ fn not_found(flow: &str) -> Error {
 /// each update as it is announced, and every flow on a timer, after every re-subscription
 /// and — until it succeeds — after a reload that failed (a kill switch set while this replica
 /// missed the message must still reach it).
-pub fn spawn_listener(flows: Arc<FlowService>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_listener(
+    flows: Arc<FlowService>,
+    resync_every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = flows.store.subscribe();
     tokio::spawn(async move {
         if flows.files.is_empty() {
             return;
         }
-        let mut schedule = crate::store::ResyncSchedule::new(crate::store::RESYNC_EVERY);
+        let mut schedule = crate::store::ResyncSchedule::new(resync_every);
         loop {
             tokio::select! {
                 notice = rx.recv() => match notice {

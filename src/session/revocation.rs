@@ -13,12 +13,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::store::keys::Keys;
-use crate::store::{Notice, RESYNC_EVERY, ResyncSchedule, Store, StoreError, Write};
+use crate::store::{Notice, ResyncSchedule, Store, StoreError, Write};
 use tokio::sync::broadcast::error::RecvError;
 
 /// A message on the invalidation channel.
@@ -110,10 +111,11 @@ pub fn spawn_listener(
     store: Arc<dyn Store>,
     keys: Keys,
     clock: Arc<dyn Clock>,
+    resync_every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let mut rx = store.subscribe();
     tokio::spawn(async move {
-        let mut schedule = ResyncSchedule::new(RESYNC_EVERY);
+        let mut schedule = ResyncSchedule::new(resync_every);
         loop {
             tokio::select! {
                 notice = rx.recv() => match notice {

@@ -138,9 +138,6 @@ impl ResyncSchedule {
     }
 }
 
-/// How often listeners reload in any case.
-pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
@@ -260,9 +257,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_resync_is_retried_with_backoff_then_the_timer_resumes() {
+        const EVERY: Duration = Duration::from_secs(30);
         let start = tokio::time::Instant::now();
-        let mut s = ResyncSchedule::new(RESYNC_EVERY);
-        assert_eq!(s.due() - start, RESYNC_EVERY);
+        let mut s = ResyncSchedule::new(EVERY);
+        assert_eq!(s.due() - start, EVERY);
         s.now();
         assert_eq!(s.due(), start);
         let waits: Vec<_> = (0..8)
@@ -275,7 +273,7 @@ mod tests {
         assert!(waits.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(waits[7], ResyncSchedule::MAX_RETRY);
         s.succeeded();
-        assert_eq!(s.due() - start, RESYNC_EVERY);
+        assert_eq!(s.due() - start, EVERY);
         s.failed();
         assert_eq!(
             s.due() - start,

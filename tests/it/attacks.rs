@@ -52,7 +52,7 @@ async fn start_with(idp: &FakeIdp, migration: &str, extra: &str) -> Gate {
 fn config(idp: &FakeIdp, migration: &str, provider: &str) -> String {
     format!(
         "[[clients]]\nname = \"attacker-facing-edge\"\nkey_sha256 = \"{}\"\n\
-         scopes = [\"validate\", \"migrate\", \"revoke\"]\n\
+         scopes = [\"validate\", \"migrate\", \"revoke\", \"flow\"]\n\
          [migration]\nper_identity_per_minute = 100\n{migration}\n\
          [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\n\
          audiences = [\"{API}\"]\nalgorithms = [\"RS256\", \"ES256\"]\n{provider}\n",
@@ -724,4 +724,78 @@ async fn a_provider_re_pointed_at_another_issuer_never_inherits_the_old_issuers_
         log.contains("a link made when this provider name stood for another issuer is ignored"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_or_kill_switch_whose_message_was_lost_still_reaches_the_replica() {
+    let idp = FakeIdp::start().await;
+    let redis = RedisServer::start().await;
+    let provider = format!(
+        "jwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
+         [redis]\nresync_seconds = 1\n[[flows]]\nname = \"login\"\npercentage = 100\n",
+        idp.jwks_url(),
+        idp.userinfo_url()
+    );
+    let t = launch_on(&config(&idp, "", &provider), &redis, &[]).await;
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    idp.on_userinfo(
+        &token,
+        UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1"})),
+    );
+    t.warm(&token).await;
+    let minted = t.migrate(&token).await.expect("migrates");
+    let sid = minted.session.expect("a session").session_id;
+    let resolve = || async {
+        t.client
+            .clone()
+            .resolve_flow(bearer(
+                pb::ResolveFlowRequest {
+                    flow: "login".into(),
+                    device_id: "device-1".into(),
+                    ..Default::default()
+                },
+                KEY,
+            ))
+            .await
+            .expect("ResolveFlow answers")
+            .into_inner()
+    };
+    assert_eq!(
+        verdict(&t.validate(&minted.session_jwt).await).0,
+        pb::Verdict::Valid
+    );
+    assert_eq!(resolve().await.flow(), pb::Flow::New);
+
+    // Another replica revoked the session and set the kill switch, and both announcements
+    // were lost (a failed publish, a partition): only the store has them.
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let _: () = ::redis::pipe()
+        .zadd("sg:test:revoked", &sid, until)
+        .set(
+            format!("sg:test:flow:{}", sha("login")),
+            r#"{"kill_switch":true,"revision":1}"#,
+        )
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (verdict(&t.validate(&minted.session_jwt).await)
+            == (pb::Verdict::Invalid, pb::Reason::Revoked))
+            .then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        (resolve().await.flow() == pb::Flow::Legacy).then_some(())
+    })
+    .await;
+    t.bin.stop();
 }
