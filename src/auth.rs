@@ -1,4 +1,4 @@
-//! Caller authentication: API keys with scopes (DESIGN.md §2, §7).
+//! Caller authentication: API keys with scopes.
 //!
 //! Callers send `authorization: Bearer <key>`. Only SHA-256 hashes of keys are configured, so
 //! a leaked config file leaks no key. Each key carries scopes, one per RPC family. In `test`
@@ -34,7 +34,8 @@ impl Caller {
         }
     }
 
-    /// Refuses anonymous callers: for operations that are never open (DESIGN.md §7).
+    /// Refuses anonymous callers: for operations that are never open (`issue`, `revoke`,
+    /// `admin`), whatever the env.
     pub fn require_authenticated(&self, what: &str) -> Result<(), Error> {
         if self.authenticated {
             Ok(())

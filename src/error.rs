@@ -1,4 +1,4 @@
-//! The call-level error model (DESIGN.md §2, "Errors").
+//! The call-level error model (docs/design.md, "The contract's rules").
 //!
 //! A bad *token* is never an error: it is a verdict. Errors are for the *call*: a malformed
 //! request, a caller without a key, a dependency that is down. Every domain error becomes an

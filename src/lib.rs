@@ -4,7 +4,7 @@
 //!
 //! Data flows one way: [`grpc`] → domain → [`store`]. `grpc` is the only module that knows the
 //! generated protobuf types; [`error`] maps every call-level error to a `tonic::Status` in one
-//! place. See `DESIGN.md`-facing docs in the README for the contract.
+//! place. docs/design.md is the map; the README says how to run and configure it.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

@@ -1,5 +1,5 @@
 //! The legacy provider's OIDC UserInfo endpoint: the one upstream call sessiongate makes on a
-//! request path (DESIGN.md §3.1 step 5, §3.2 step 2).
+//! request path (docs/design.md, "How a verdict is decided" step 5, and "Migration").
 //!
 //! Bounded in every direction: connect and overall timeouts, no redirects (a redirect would
 //! carry the bearer token to wherever it points), a 64 KiB body cap, JSON objects only. Each

@@ -1,4 +1,4 @@
-//! `[[flows]]`, `unleash_features_file` and `[flow_cookie]` (DESIGN.md §3.4, §6).
+//! `[[flows]]`, `unleash_features_file` and `[flow_cookie]` (the README's "Rolling out").
 //!
 //! Hand-written flows are held to rules that keep a ramp monotone (an integer percentage, one
 //! group id — the flow's name — and one fixed stickiness per flow, no empty strategy list).

@@ -1,5 +1,5 @@
 //! Typed configuration from `sessiongate.toml`, `.env-<env>` and the process environment,
-//! validated once at start-up (DESIGN.md §6).
+//! validated once at start-up (every key is in the README's "Configuration").
 //!
 //! Precedence, highest first: real environment variables, the `.env-<env>` file of the chosen
 //! env (in the working directory), the TOML file at `SESSIONGATE_CONFIG`, built-in defaults.
@@ -219,7 +219,7 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// Tokens larger than this are INVALID/TOO_LARGE without being decoded.
     pub max_token_bytes: usize,
-    /// Largest gRPC message accepted (DESIGN.md §7: 64 KiB).
+    /// Largest gRPC message accepted (64 KiB by default).
     pub max_message_bytes: usize,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub drain_grace: Duration,
@@ -380,7 +380,7 @@ pub struct ProviderConfig {
     pub opaque_shape: OpaqueShape,
 }
 
-/// The scopes a caller key can hold, one per RPC family (DESIGN.md §2).
+/// The scopes a caller key can hold, one per RPC family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -1166,7 +1166,7 @@ fn build(
         }
     }
 
-    // --- what `live` refuses (DESIGN.md §5, §7) ---
+    // --- what `live` refuses: every test-only convenience ---
     if env == Env::Live {
         if redis_url.is_none() {
             c.fail_at("env live", ENV_REDIS_URL, "live refuses the embedded store (nothing would survive a restart or be shared between replicas): set REDIS_URL=redis://… in the environment or in .env-live");

@@ -1,5 +1,5 @@
 //! The flow cookie: a tamper-evident device id plus a sticky-NEW flag and the rollback epoch
-//! it was given under (DESIGN.md §3.4).
+//! it was given under.
 //!
 //! Value: `v1.<device id, base64url>.<N|L>.<epoch>.<kid>.<HMAC-SHA256, 128 bits, base64url>`;
 //! the MAC also covers the flow's name, so a cookie of one flow means nothing to another.

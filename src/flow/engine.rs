@@ -1,5 +1,5 @@
 //! A pure evaluator with Unleash's semantics (client specification v6.1, as Unleash's own
-//! Rust engine Yggdrasil implements it; `reference/rollout.md` §1).
+//! Rust engine Yggdrasil implements it).
 //!
 //! Written here rather than taken from `unleash-yggdrasil` because ResolveFlow needs more than
 //! a yes/no: which strategy decided, the bucket and the rollout it was compared with, and

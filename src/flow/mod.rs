@@ -1,5 +1,5 @@
 //! ResolveFlow and RolloutAdminService: a sticky, monotone rollout of the new login flow
-//! (DESIGN.md §3.4).
+//! (docs/design.md, "Rolling out the new login flow").
 //!
 //! - [`engine`]: a pure evaluator with Unleash's semantics (what a flow's strategies say);
 //! - [`model`]: a flow's effective settings, the file's config with admin overrides on top;

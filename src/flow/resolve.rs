@@ -1,4 +1,4 @@
-//! ResolveFlow's rules (DESIGN.md §3.4), in order, first decisive rule wins: unknown flow →
+//! ResolveFlow's rules (docs/design.md, "Rolling out"), in order, first decisive rule wins: unknown flow →
 //! kill switch → eligibility gates → deny lists → allow lists → sticky NEW → percentage.
 //! Pure: the one fact that needs the store (does this user already have an account?) is asked
 //! for through [`Facts`] only when the earlier rules did not decide.

@@ -1,5 +1,5 @@
-//! One issuer's verification keys, fetched from its JWKS URL and kept fresh (DESIGN.md §5,
-//! `reference/reliability.md` §5).
+//! One issuer's verification keys, fetched from its JWKS URL and kept fresh (docs/reliability.md,
+//! J1–J5).
 //!
 //! - Fetches are bounded: connect and overall timeouts, no redirects, a body cap, a key cap.
 //! - Start-up never waits for an issuer: a background task fetches at once and retries with

@@ -1,4 +1,4 @@
-//! sessiongate's signing keys (DESIGN.md §4).
+//! sessiongate's signing keys.
 //!
 //! Keys come from PEM files (PKCS#8, or PKCS#1 for RSA): RSA (RS256, ≥ 2048 bits), EC P-256
 //! (ES256) or Ed25519 (EdDSA). The first configured key signs; all are published in the JWKS

@@ -1,5 +1,5 @@
 //! `MigrateSession`: a still-valid legacy access token becomes a native session, without the
-//! user logging in again (DESIGN.md §3.2).
+//! user logging in again (docs/design.md, "Migration").
 //!
 //! Provider choice, local verification of JWT legacy tokens first (signature, issuer,
 //! audience, allowed client ids — so tokens issued to other clients never reach the

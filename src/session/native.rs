@@ -1,5 +1,5 @@
-//! Native `session_jwt`s: minting, and verifying those that come back (DESIGN.md §3.1 step 3,
-//! §4).
+//! Native `session_jwt`s: minting, and verifying those that come back (the README's
+//! "Native sessions" lists the claims).
 //!
 //! Signature checks go through jsonwebtoken's crypto provider (aws-lc); the JOSE header and
 //! the claims are parsed and checked here, once, against the injectable [`Clock`] — which is

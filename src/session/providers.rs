@@ -1,5 +1,6 @@
 //! Tokens of configured providers — `legacy` (being migrated away from) and `external` (a
-//! hosted new provider) — verified against their own JWKS (DESIGN.md §3.1 steps 3 and 6).
+//! hosted new provider) — verified against their own JWKS (docs/design.md, "How a verdict
+//! is decided", steps 3 and 6).
 //!
 //! A token is routed by its unverified `iss` to exactly one provider; the key is looked up by
 //! `(that provider, kid)` only, so a token signed by issuer B's key but claiming issuer A

@@ -1,7 +1,7 @@
 //! Classifying a credential and taking a compact JWS apart — before trusting any of it.
 //!
 //! Nothing here verifies anything: it decides which verifier a token goes to, and refuses
-//! shapes no verifier should see (DESIGN.md §3.1 steps 1–2).
+//! shapes no verifier should see (docs/design.md, "How a verdict is decided", steps 1–2).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -1,4 +1,4 @@
-//! `ValidateSession` for native credentials (DESIGN.md §3.1).
+//! `ValidateSession` for native credentials (docs/design.md, "How a verdict is decided").
 //!
 //! A bad token is a verdict, not an error: everything here returns `Ok(Verdict)` for any
 //! token, and `Err` only when the *call* fails — an empty token, or a store that is needed
@@ -279,7 +279,7 @@ impl SessionService {
         if token.is_empty() {
             return Err(Error::invalid_argument("TOKEN_REQUIRED", "token is empty"));
         }
-        // Size first, before any decoding (DESIGN.md §3.1 step 1).
+        // Size first, before any decoding.
         if token.len() > self.max_token_bytes {
             return Ok(Verdict::invalid(
                 Reason::TooLarge,

@@ -1,5 +1,6 @@
 //! The shared store: sessions, tombstones, users, revocations, replay records, cached
-//! upstream answers, flow overrides, events and the invalidation channel (DESIGN.md §5).
+//! upstream answers, flow overrides, events and the invalidation channel (docs/design.md,
+//! "Storage", lists every key).
 //!
 //! Two implementations behave the same (one behavioural test suite runs against both):
 //! [`redis::RedisStore`] when `REDIS_URL` is set, [`memory::MemoryStore`] otherwise.
