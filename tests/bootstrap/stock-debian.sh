@@ -46,11 +46,22 @@ git clone -q "$repo" "$root/src"
 # read them say so and skip).
 [ -d "$repo/../shared" ] && bind "$repo/../shared" "$root/shared"
 
+# A machine behind a TLS-inspecting proxy trusts the proxy's CA through its bundle and these
+# variables: carry them in, or nothing could be downloaded (a stock machine needs none).
+carry=()
+for v in SSL_CERT_FILE PIP_CERT REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS CURL_CA_BUNDLE GIT_SSL_CAINFO CARGO_HTTP_CAINFO; do
+  f="${!v:-}"
+  if [ -n "$f" ] && [ -f "$f" ]; then
+    mkdir -p "$root$(dirname "$f")" && cp "$f" "$root$f"
+    carry+=("$v=$f")
+  fi
+done
+
 echo "==> before: what the fresh system lacks"
 chroot "$root" bash -c 'for t in redis-server python3 node npm kubectl grpcurl; do printf "  %-13s %s\n" "$t" "$(command -v "$t" || echo missing)"; done'
 
 echo "==> scripts/test $mode, in the fresh system"
 start=$(date +%s)
 chroot "$root" env -i HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  LANG=C.UTF-8 CI="${CI:-}" bash -c "cd /src && ./scripts/test $mode"
+  LANG=C.UTF-8 CI="${CI:-}" "${carry[@]}" bash -c "cd /src && ./scripts/test $mode"
 echo "==> stock Debian 12: scripts/test $mode passed in $(( $(date +%s) - start )) s"
