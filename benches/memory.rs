@@ -17,7 +17,7 @@ mod redis;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sessiongate::auth::Caller;
+use sessiongate::caller::Caller;
 use sessiongate::clock::{Clock, SystemClock};
 use sessiongate::config::{Env, KeySource};
 use sessiongate::keys::{KeyKind, SigningKeys};

@@ -9,47 +9,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::caller::Caller;
 use crate::config::{ClientConfig, Scope};
 use crate::error::{Error, ErrorCode};
 use crate::store::keys::Digest;
-
-/// Who is calling, as established by the auth layer; handlers read it from the request's
-/// extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The configured client name, or `anonymous` in open mode.
-    pub name: Arc<str>,
-    /// False in open mode: operations that must never be open check this.
-    pub authenticated: bool,
-    /// Holds the `issue` scope: may mint sessions, and so extend one by its JWT alone.
-    pub can_issue: bool,
-}
-
-impl Caller {
-    pub fn anonymous() -> Self {
-        Self {
-            name: Arc::from("anonymous"),
-            authenticated: false,
-            can_issue: false,
-        }
-    }
-
-    /// Refuses anonymous callers: for operations that are never open (`issue`, `revoke`,
-    /// `admin`), whatever the env.
-    pub fn require_authenticated(&self, what: &str) -> Result<(), Error> {
-        if self.authenticated {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorCode::Unauthenticated,
-                "CALLER_UNAUTHENTICATED",
-                format!(
-                    "{what} is never open: call with `authorization: Bearer <key>` of a configured [[clients]] key"
-                ),
-            ))
-        }
-    }
-}
 
 /// Scopes that an anonymous caller holds in open mode.
 /// Never `revoke`: in open mode anyone could log anyone out (a session id or a user's legacy

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod caller;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use super::cookie::CookieKeys;
 use super::model::{Effective, ListName, Overrides};
 use super::resolve::{Decision, Early, Flow, FlowReason, Request, Resolver};
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::{Env, FlowConfig, FlowCookieConfig};
 use crate::error::{Error, ErrorCode};
-use crate::session::revocation::Invalidation;
+use crate::store::Invalidation;
 use crate::store::keys::Keys;
 use crate::store::{Notice, Store, StoreError, Write};
 

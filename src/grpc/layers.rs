@@ -19,7 +19,7 @@ use crate::auth::CallerKeys;
 
 // === Auth ===
 
-/// Checks the caller's API key against the RPC's scope and puts the [`crate::auth::Caller`]
+/// Checks the caller's API key against the RPC's scope and puts the [`crate::caller::Caller`]
 /// into the request's extensions. Health and reflection pass untouched.
 #[derive(Clone)]
 pub struct AuthLayer {

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, pb};
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::caller::Caller;
 
 /// The handlers of `RolloutAdminService`.
 pub struct RolloutAdminApi {

@@ -10,7 +10,7 @@ use super::convert::{
 };
 use super::pb;
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::error::Error;
 use crate::session::{CreateRequest, MigrateRequest, RevokeTarget, ValidateRequest, Who};
 

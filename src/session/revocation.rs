@@ -15,22 +15,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::clock::Clock;
 use crate::store::keys::Keys;
-use crate::store::{Notice, ResyncSchedule, Store, StoreError, Write};
+use crate::store::{Invalidation, Notice, ResyncSchedule, Store, StoreError, Write};
 use tokio::sync::broadcast::error::RecvError;
-
-/// A message on the invalidation channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
-pub enum Invalidation {
-    /// Session `sid` was revoked; remember it until `until` (Unix seconds).
-    Revoke { sid: String, until: i64 },
-    /// An admin changed flow `flow`'s overrides: reload them (handled by `flow::service`).
-    Rollout { flow: String },
-}
 
 /// Revoked session ids with the time (Unix seconds) after which they no longer matter.
 #[derive(Default)]

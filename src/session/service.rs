@@ -8,15 +8,16 @@ use serde_json::{Map, Value, json};
 use super::model::{AuthFactor, ClientInfo, Session, Tombstone, User};
 use super::native::{NativeIssuer, RESERVED_CLAIMS, VerifiedJwt};
 use super::providers::{Provider, Providers, VerifiedProviderJwt};
-use super::revocation::{Invalidation, RevokedSids};
+use super::revocation::RevokedSids;
 use super::singleflight::SingleFlight;
 use super::token::{self, Redacted, Shape};
 use super::validate::CachedUserInfo;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::{Config, Env, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
 use crate::error::{Error, ErrorCode};
 use crate::keys::SigningKeys;
+use crate::store::Invalidation;
 use crate::store::keys::{Digest, Keys};
 use crate::store::{Store, Write};
 

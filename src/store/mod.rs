@@ -95,7 +95,16 @@ pub enum Notice {
     Resync,
 }
 
-/// Which backend is serving.
+/// A message on the invalidation channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// Session `sid` was revoked; remember it until `until` (Unix seconds).
+    Revoke { sid: String, until: i64 },
+    /// An admin changed flow `flow`'s overrides: reload them (handled by `flow::service`).
+    Rollout { flow: String },
+}
+
 /// When a listener next reloads what the invalidation channel feeds it: on a timer (a
 /// message lost without a `Resync` — a publish that failed, a partition — is caught within
 /// `every`), at once after a `Resync`, and after a failed reload again and again with backoff
@@ -139,6 +148,7 @@ impl ResyncSchedule {
     }
 }
 
+/// Which backend is serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,

@@ -67,11 +67,7 @@ impl Binary {
 
     /// SIGTERM, and wait: the binary flushes its spans on the way out.
     pub fn stop(mut self) -> String {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        super::signal(self.child.id(), rustix::process::Signal::TERM);
         let status = self.child.wait().unwrap();
         assert!(status.success(), "exit status {status}");
         self.log.lock().unwrap().join("\n")

@@ -166,23 +166,13 @@ impl RedisServer {
 
     /// SIGSTOP: the socket stays open but nothing answers (a hung server).
     pub fn pause(&self) {
-        signal(self.pid(), "-STOP");
+        super::signal(self.pid(), rustix::process::Signal::STOP);
     }
 
     /// SIGCONT after [`RedisServer::pause`].
     pub fn resume(&self) {
-        signal(self.pid(), "-CONT");
+        super::signal(self.pid(), rustix::process::Signal::CONT);
     }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill {sig} {pid} failed");
 }
 
 /// A Redis Cluster of three masters (no replicas) on loopback, created with

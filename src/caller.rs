@@ -1,0 +1,45 @@
+//! Who is calling: a fact of the domain (a session is revoked *by* someone, a migration is
+//! charged *to* someone), established by the API-key layer in front of every RPC and read by
+//! the services. It lives below both, so neither imports the other for it.
+
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorCode};
+
+/// Who is calling, as established by the auth layer; handlers read it from the request's
+/// extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The configured client name, or `anonymous` in open mode.
+    pub name: Arc<str>,
+    /// False in open mode: operations that must never be open check this.
+    pub authenticated: bool,
+    /// Holds the `issue` scope: may mint sessions, and so extend one by its JWT alone.
+    pub can_issue: bool,
+}
+
+impl Caller {
+    pub fn anonymous() -> Self {
+        Self {
+            name: Arc::from("anonymous"),
+            authenticated: false,
+            can_issue: false,
+        }
+    }
+
+    /// Refuses anonymous callers: for operations that are never open (`issue`, `revoke`,
+    /// `admin`), whatever the env.
+    pub fn require_authenticated(&self, what: &str) -> Result<(), Error> {
+        if self.authenticated {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::Unauthenticated,
+                "CALLER_UNAUTHENTICATED",
+                format!(
+                    "{what} is never open: call with `authorization: Bearer <key>` of a configured [[clients]] key"
+                ),
+            ))
+        }
+    }
+}
