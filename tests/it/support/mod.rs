@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
-pub use self::redis::{RedisCluster, RedisServer};
+pub use self::redis::{RedisCluster, RedisServer, signal};
 
 /// A running sessiongate, stopped (and drained) on drop or by [`TestApp::stop`].
 pub struct TestApp {
@@ -292,14 +292,4 @@ where
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
-}
-
-/// Sends `sig` to `pid`, a child process this test started.
-pub fn signal(pid: u32, sig: rustix::process::Signal) {
-    let target = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .expect("a child's pid");
-    rustix::process::kill_process(target, sig)
-        .unwrap_or_else(|e| panic!("signal {sig:?} to {pid}: {e}"));
 }

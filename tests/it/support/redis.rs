@@ -166,12 +166,12 @@ impl RedisServer {
 
     /// SIGSTOP: the socket stays open but nothing answers (a hung server).
     pub fn pause(&self) {
-        super::signal(self.pid(), rustix::process::Signal::STOP);
+        signal(self.pid(), rustix::process::Signal::STOP);
     }
 
     /// SIGCONT after [`RedisServer::pause`].
     pub fn resume(&self) {
-        super::signal(self.pid(), rustix::process::Signal::CONT);
+        signal(self.pid(), rustix::process::Signal::CONT);
     }
 }
 
@@ -281,4 +281,14 @@ async fn cluster_ok(url: &str) -> bool {
     };
     info.await
         .is_some_and(|i| i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:3"))
+}
+
+/// Sends `sig` to `pid`, a child process this test started.
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a child's pid");
+    rustix::process::kill_process(target, sig)
+        .unwrap_or_else(|e| panic!("signal {sig:?} to {pid}: {e}"));
 }
