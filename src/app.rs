@@ -7,38 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
-use tower::ServiceBuilder;
 
 use crate::auth::CallerKeys;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::flow::FlowService;
 use crate::flow::cookie::CookieKeys;
-use crate::grpc::layers::{AuthLayer, ObserveLayer};
-use crate::grpc::pb::rollout_admin_service_server::RolloutAdminServiceServer;
-use crate::grpc::pb::session_gate_service_server::SessionGateServiceServer;
-use crate::grpc::rollout::RolloutAdminApi;
-use crate::grpc::session::SessionGateApi;
-use crate::grpc::{HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
+use crate::grpc::server::Services;
 use crate::keys::{KeyError, SigningKeys};
 use crate::session::SessionService;
 use crate::store::keys::Keys;
 use crate::store::{Store, StoreError, StoreKind};
-
-/// Everything the handlers share.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub keys: Keys,
-    pub callers: Arc<CallerKeys>,
-    pub clock: Arc<dyn Clock>,
-    pub signing: Arc<SigningKeys>,
-    pub sessions: Arc<SessionService>,
-    pub flows: Arc<FlowService>,
-}
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +44,12 @@ pub enum AppError {
 
 /// A built, bound, not yet serving sessiongate.
 pub struct App {
-    state: Arc<AppState>,
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    callers: Arc<CallerKeys>,
+    signing: Arc<SigningKeys>,
+    sessions: Arc<SessionService>,
+    flows: Arc<FlowService>,
     grpc: TcpListener,
     http: TcpListener,
     grpc_addr: SocketAddr,
@@ -156,18 +140,13 @@ impl App {
         };
         let grpc_addr = local(&grpc, "gRPC", config.server.grpc_addr)?;
         let http_addr = local(&http, "HTTP", config.server.http_addr)?;
-        let state = Arc::new(AppState {
-            keys: Keys::new(config.env),
+        Ok(Self {
+            store,
             callers: Arc::new(CallerKeys::new(&config.clients)),
-            clock,
             signing,
             sessions,
             flows,
-            store,
             config: Arc::new(config),
-        });
-        Ok(Self {
-            state,
             grpc,
             http,
             grpc_addr,
@@ -183,76 +162,29 @@ impl App {
         self.http_addr
     }
 
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
+    /// The shared store (tests read what the services wrote).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Serves until `shutdown` resolves, then: health NOT_SERVING, stop accepting, let
     /// in-flight calls finish within `server.drain_grace`, return.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        let cfg = self.state.config.clone();
-        let max = cfg.server.max_message_bytes;
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<SessionGateServiceServer<SessionGateApi>>()
-            .await;
-
-        // v1 and v1alpha: grpcurl 1.8 (and Postman, evans, Kreya for a long time) speak only
-        // v1alpha. Only the public services are advertised.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                // google.rpc.ErrorInfo & co., so grpcurl can decode error details.
-                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-                .with_service_name(SESSION_GATE_SERVICE)
-                .with_service_name(ROLLOUT_ADMIN_SERVICE)
-                .with_service_name(HEALTH_SERVICE)
-        };
-        // The API's message limit on the open services too: tonic's default (4 MiB) would
-        // let anyone, without a key, make the server buffer and parse that much per call.
-        let health_service = health_service
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-        // (Reflection's answers are our own descriptors, bounded by us: only what it reads
-        // is limited.)
-        let reflection_v1 = reflection().build_v1()?.max_decoding_message_size(max);
-        let reflection_v1alpha = reflection().build_v1alpha()?.max_decoding_message_size(max);
-
-        let session = SessionGateServiceServer::new(SessionGateApi::new(self.state.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-        let admin = RolloutAdminServiceServer::new(RolloutAdminApi::new(self.state.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-
-        // Observe outermost, so that rejected callers are counted too.
-        let layers = ServiceBuilder::new()
-            .layer(ObserveLayer)
-            .layer(AuthLayer::new(self.state.callers.clone()))
-            .into_inner();
-
+        let cfg = self.config.clone();
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
-        let grpc = Server::builder()
-            // A gRPC client multiplexes everything over one connection: recycling
-            // connections lets new replicas (scale-up, rollout) receive traffic.
-            .max_connection_age(Duration::from_secs(300))
-            .max_connection_age_grace(Duration::from_secs(30))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            // Honours the caller's `grpc-timeout`, and bounds calls that set none: work for
-            // a caller who has given up stops.
-            .timeout(Duration::from_secs(30))
-            .layer(layers)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(session)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, async {
+        let (health, grpc) = crate::grpc::server::serve(
+            Services {
+                sessions: self.sessions,
+                flows: self.flows,
+                callers: self.callers,
+                max_message_bytes: cfg.server.max_message_bytes,
+            },
+            self.grpc,
+            async {
                 let _ = grpc_stopped.await;
-            });
+            },
+        )
+        .await?;
 
         let metrics = crate::telemetry::metrics();
         let upkeep = {
@@ -269,7 +201,7 @@ impl App {
         let http = tokio::spawn(
             axum::serve(
                 self.http,
-                crate::http::router(metrics, self.state.signing.clone()),
+                crate::http::router(metrics, self.signing.clone()),
             )
             .with_graceful_shutdown(async {
                 let _ = http_stopped.await;
@@ -281,7 +213,7 @@ impl App {
             grpc_addr = %self.grpc_addr,
             http_addr = %self.http_addr,
             env = cfg.env.as_str(),
-            store = ?self.state.store.kind(),
+            store = ?self.store.kind(),
             "sessiongate serving"
         );
 
@@ -291,10 +223,7 @@ impl App {
             () = shutdown => {
                 // Readiness first, so load balancers stop sending before we stop accepting.
                 tracing::info!("shutdown requested: NOT_SERVING, draining in-flight calls");
-                health
-                    .set_service_status(SESSION_GATE_SERVICE, ServingStatus::NotServing)
-                    .await;
-                health.set_service_status("", ServingStatus::NotServing).await;
+                health.not_serving().await;
                 let _ = stop_grpc.send(());
                 // tonic waits for every connection to close with no upper bound: bound it.
                 match tokio::time::timeout(cfg.server.drain_grace, &mut grpc).await {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::unleash::{self, ConstraintDef, OPERATORS, STRATEGIES, StrategyDef};
 use super::{Check, KeySource, Secret, Vars};
-use crate::flow::engine::{self, ConstraintDef, OPERATORS, STRATEGIES, StrategyDef};
 
 /// The default flow cookie name; `__Host-` makes browsers insist on Secure, Path=/ and no
 /// Domain, so a sibling subdomain cannot plant one.
@@ -172,7 +172,7 @@ pub(super) fn flow(
     let mut nets = |field: &str, list: Vec<String>| -> Vec<IpNet> {
         list.iter()
             .filter_map(|s| {
-                let n = engine::parse_net(s);
+                let n = unleash::parse_net(s);
                 if n.is_none() {
                     c.fail(k(field), format!("`{s}` is not an IP address or CIDR"));
                 }
@@ -394,7 +394,7 @@ fn check_constraint(c: &mut Check, key: &str, con: &RawConstraint) {
         c.fail(format!("{key}.values"), format!("{op} needs `values`"));
     } else if op == "IN_CIDR" {
         for v in &con.values {
-            if engine::parse_net(v).is_none() {
+            if unleash::parse_net(v).is_none() {
                 c.fail(
                     format!("{key}.values"),
                     format!("`{v}` is not an IP address or CIDR"),
@@ -513,7 +513,7 @@ pub(super) fn unleash_export(
                 )));
             }
             if s.name == "flexibleRollout" {
-                match engine::parse_rollout(s.parameters.get("rollout")) {
+                match unleash::parse_rollout(s.parameters.get("rollout")) {
                     Some(r) if r <= 100 => {}
                     Some(r) => warnings.push(w(format!(
                         "strategy {j}: rollout {r} is more than 100: everyone is in"

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod flows;
+pub mod unleash;
 pub use flows::{DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Stickiness};
 use flows::{RawFlow, RawFlowCookie};
 

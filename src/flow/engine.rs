@@ -8,13 +8,14 @@
 //! hash input. The known answers of Unleash's bucketing are pinned in the tests below so a
 //! crate swap can never silently move users between buckets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use crate::config::unleash::{ConstraintDef, StrategyDef, parse_net, parse_rollout};
 
 /// Unleash's seed for strategy bucketing (variants use another; sessiongate has none).
 const STRATEGY_SEED: u32 = 0;
@@ -56,62 +57,6 @@ impl<'a> Context<'a> {
         }
     }
 }
-
-// --- the Unleash client-API JSON shape -------------------------------------------------------
-
-/// One strategy as Unleash's client API writes it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StrategyDef {
-    pub name: String,
-    #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
-    #[serde(default)]
-    pub constraints: Vec<ConstraintDef>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub segments: Vec<u32>,
-}
-
-/// One constraint as Unleash's client API writes it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConstraintDef {
-    pub context_name: String,
-    pub operator: String,
-    #[serde(default)]
-    pub values: Vec<String>,
-    #[serde(default)]
-    pub value: Option<String>,
-    #[serde(default)]
-    pub inverted: bool,
-    #[serde(default)]
-    pub case_insensitive: bool,
-}
-
-/// The operators this engine implements (all others evaluate to false, as in Unleash).
-pub const OPERATORS: &[&str] = &[
-    "IN",
-    "NOT_IN",
-    "STR_CONTAINS",
-    "STR_STARTS_WITH",
-    "STR_ENDS_WITH",
-    "NUM_EQ",
-    "NUM_GT",
-    "NUM_GTE",
-    "NUM_LT",
-    "NUM_LTE",
-    "DATE_AFTER",
-    "DATE_BEFORE",
-    "SEMVER_EQ",
-    "SEMVER_GT",
-    "SEMVER_LT",
-    "SEMVER_GTE",
-    "SEMVER_LTE",
-    "IN_CIDR",
-];
-
-/// The strategies this engine implements (all others evaluate to false, as in Unleash).
-pub const STRATEGIES: &[&str] = &["flexibleRollout", "userWithId", "remoteAddress", "default"];
 
 // --- compiled form ---------------------------------------------------------------------------
 
@@ -270,14 +215,6 @@ fn now_of(ctx: &Context<'_>, context_name: &str) -> OffsetDateTime {
     ctx.current_time.unwrap_or_else(OffsetDateTime::now_utc)
 }
 
-/// An IP address or a CIDR network.
-pub fn parse_net(s: &str) -> Option<IpNet> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
 #[derive(Debug, Clone)]
 enum Rule {
     /// `rollout`: `None` when the parameter is not an integer (the strategy is off).
@@ -298,12 +235,6 @@ struct Strategy {
     constraints: Vec<Constraint>,
     /// Segment constraints folded in; `false` when a referenced segment is missing.
     segments_ok: bool,
-}
-
-/// How a flexibleRollout strategy's percentage is read (Unleash: an integer string; anything
-/// else turns the strategy off).
-pub fn parse_rollout(s: Option<&String>) -> Option<u32> {
-    s.and_then(|v| v.trim().parse::<u32>().ok())
 }
 
 /// A flow compiled for evaluation: Unleash's feature toggle.
@@ -484,6 +415,7 @@ fn stickiness_value(ctx: &Context<'_>, stickiness: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn flexible(rollout: &str, stickiness: &str, group: &str) -> StrategyDef {
         StrategyDef {

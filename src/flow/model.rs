@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::engine::{Feature, StrategyDef};
+use super::engine::Feature;
+use crate::config::unleash::{StrategyDef, parse_net};
 use crate::config::{FlowConfig, FlowRules, Stickiness};
 
 /// The lists an admin can edit.
@@ -130,12 +131,8 @@ fn apply(base: &[String], d: Option<&ListDelta>) -> Vec<String> {
 fn apply_nets(base: &[IpNet], d: Option<&ListDelta>) -> Vec<IpNet> {
     let mut out: BTreeSet<IpNet> = base.iter().copied().collect();
     if let Some(d) = d {
-        out.extend(d.add.iter().filter_map(|s| super::engine::parse_net(s)));
-        let removed: Vec<IpNet> = d
-            .remove
-            .iter()
-            .filter_map(|s| super::engine::parse_net(s))
-            .collect();
+        out.extend(d.add.iter().filter_map(|s| parse_net(s)));
+        let removed: Vec<IpNet> = d.remove.iter().filter_map(|s| parse_net(s)).collect();
         out.retain(|n| !removed.contains(n));
     }
     out.into_iter().collect()

@@ -324,7 +324,7 @@ impl FlowService {
         for (list, add, remove) in &u.lists {
             for e in add.iter().chain(remove) {
                 let bad = if list.is_cidr() {
-                    super::engine::parse_net(e).is_none()
+                    crate::config::unleash::parse_net(e).is_none()
                 } else {
                     e.is_empty() || e.len() > MAX_ID_BYTES || e.chars().any(char::is_control)
                 };

@@ -421,7 +421,7 @@ fn admin_list_edits_apply_on_top_of_the_file() {
 #[test]
 fn unleash_strategies_decide_with_their_own_rollouts() {
     // Norway at 50%, everyone else at 10%, one group id: the union is monotone.
-    let strat = |rollout: &str, country: Option<&str>| super::engine::StrategyDef {
+    let strat = |rollout: &str, country: Option<&str>| crate::config::unleash::StrategyDef {
         name: "flexibleRollout".into(),
         parameters: BTreeMap::from([
             ("rollout".into(), rollout.into()),
@@ -429,7 +429,7 @@ fn unleash_strategies_decide_with_their_own_rollouts() {
         ]),
         constraints: country
             .map(|c| {
-                vec![super::engine::ConstraintDef {
+                vec![crate::config::unleash::ConstraintDef {
                     context_name: "country".into(),
                     operator: "IN".into(),
                     values: vec![c.into()],

@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod layers;
 pub mod rollout;
+pub mod server;
 pub mod session;
 
 /// Generated code for `sessiongate.v1`.

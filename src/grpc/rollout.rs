@@ -5,17 +5,17 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{convert, pb};
-use crate::app::AppState;
 use crate::caller::Caller;
+use crate::flow::FlowService;
 
 /// The handlers of `RolloutAdminService`.
 pub struct RolloutAdminApi {
-    state: Arc<AppState>,
+    flows: Arc<FlowService>,
 }
 
 impl RolloutAdminApi {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(flows: Arc<FlowService>) -> Self {
+        Self { flows }
     }
 }
 
@@ -25,7 +25,7 @@ impl pb::rollout_admin_service_server::RolloutAdminService for RolloutAdminApi {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::GetRolloutResponse>, Status> {
-        let r = self.state.flows.get(&request.into_inner().flow)?;
+        let r = self.flows.get(&request.into_inner().flow)?;
         Ok(Response::new(pb::GetRolloutResponse {
             rollout: Some(convert::rollout(r)),
         }))
@@ -37,7 +37,6 @@ impl pb::rollout_admin_service_server::RolloutAdminService for RolloutAdminApi {
     ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         Ok(Response::new(pb::ListRolloutsResponse {
             rollouts: self
-                .state
                 .flows
                 .list()
                 .into_iter()
@@ -56,7 +55,7 @@ impl pb::rollout_admin_service_server::RolloutAdminService for RolloutAdminApi {
             .cloned()
             .unwrap_or_else(Caller::anonymous);
         let update = convert::rollout_update(request.into_inner());
-        let r = self.state.flows.update(update, &caller).await?;
+        let r = self.flows.update(update, &caller).await?;
         Ok(Response::new(pb::UpdateRolloutResponse {
             rollout: Some(convert::rollout(r)),
         }))

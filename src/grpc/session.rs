@@ -9,14 +9,17 @@ use super::convert::{
     verdict_out,
 };
 use super::pb;
-use crate::app::AppState;
 use crate::caller::Caller;
 use crate::error::Error;
-use crate::session::{CreateRequest, MigrateRequest, RevokeTarget, ValidateRequest, Who};
+use crate::flow::FlowService;
+use crate::session::{
+    CreateRequest, MigrateRequest, RevokeTarget, SessionService, ValidateRequest, Who,
+};
 
 /// The handlers of `SessionGateService`.
 pub struct SessionGateApi {
-    state: Arc<AppState>,
+    sessions: Arc<SessionService>,
+    flows: Arc<FlowService>,
 }
 
 /// The caller the auth layer established (anonymous only in open test mode).
@@ -28,8 +31,8 @@ fn caller<T>(req: &Request<T>) -> Caller {
 }
 
 impl SessionGateApi {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(sessions: Arc<SessionService>, flows: Arc<FlowService>) -> Self {
+        Self { sessions, flows }
     }
 }
 
@@ -42,7 +45,6 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         let caller = caller(&request);
         let r = request.into_inner();
         let verdict = self
-            .state
             .sessions
             .validate(ValidateRequest {
                 may_extend_by_jwt: caller.can_issue,
@@ -64,7 +66,6 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         let r = request.into_inner();
         let custom_claims = custom_claims_in(r.session_custom_claims)?;
         let (created, replayed) = self
-            .state
             .sessions
             .migrate(MigrateRequest {
                 caller: caller.name.to_string(),
@@ -91,7 +92,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         request: Request<pb::ResolveFlowRequest>,
     ) -> Result<Response<pb::ResolveFlowResponse>, Status> {
         let req = flow_request(request.into_inner());
-        let decision = self.state.flows.resolve(&req).await?;
+        let decision = self.flows.resolve(&req).await?;
         Ok(Response::new(flow_response(decision)))
     }
 
@@ -110,7 +111,6 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         });
         let custom_claims = custom_claims_in(r.session_custom_claims)?;
         let created = self
-            .state
             .sessions
             .create(CreateRequest {
                 who,
@@ -154,7 +154,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             Some(Target::SessionJwt(v)) => RevokeTarget::SessionJwt(v),
             Some(Target::UserId(v)) => RevokeTarget::UserId(v),
         };
-        let revoked = self.state.sessions.revoke(target, &caller).await?;
+        let revoked = self.sessions.revoke(target, &caller).await?;
         Ok(Response::new(pb::RevokeSessionResponse { revoked }))
     }
 }

@@ -29,7 +29,7 @@ use crate::config::Policy;
 use crate::error::{Error, ErrorCode};
 use crate::store::Write;
 use crate::store::keys::{Digest, Key, Keys};
-use crate::upstream::UserInfoOutcome;
+use crate::upstream::userinfo::UserInfoOutcome;
 
 /// A `MigrateSession` call, decoded.
 #[derive(Clone, Default)]

@@ -19,9 +19,11 @@ use super::Reason;
 use super::token::{Header, Jws, audience_matches, numeric_date};
 use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
 use crate::error::Error;
-use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt, http_client};
+use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt};
 use crate::keys::jwks::{Alg, kid_ok};
-use crate::upstream::{TokenBucket, UserInfoClient, UserInfoOutcome};
+use crate::upstream::budget::TokenBucket;
+use crate::upstream::http::http_client;
+use crate::upstream::userinfo::{UserInfoClient, UserInfoOutcome};
 
 /// A provider's token that checked out: a verified JWT, or an opaque token UserInfo vouched
 /// for.

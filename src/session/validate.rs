@@ -23,7 +23,7 @@ use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
 use crate::config::Policy;
 use crate::error::Error;
 use crate::store::keys::Digest;
-use crate::upstream::UserInfoOutcome;
+use crate::upstream::userinfo::UserInfoOutcome;
 
 impl SessionService {
     /// The verdict on a provider's JWT: its policy applied to a verified token, or the

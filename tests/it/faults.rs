@@ -485,7 +485,8 @@ async fn r2_redis_hung_answers_fast_and_bounded_then_recovers() {
 async fn r3_redis_absent_at_start_then_appearing_needs_no_restart() {
     let dir = tempfile::tempdir().unwrap();
     let toml = key_file(dir.path());
-    let mut redis = RedisServer::start_with_aof().await;
+    // `always`: the session made just before the kill must survive it.
+    let mut redis = RedisServer::start_with_aof_always().await;
     // A session made while Redis was up (by another replica).
     let first = Setup::new().toml(&toml).redis(&redis).spawn().await;
     let s = create(&mut client_of(&first)).await.unwrap();

@@ -200,7 +200,7 @@ async fn an_update_on_one_replica_changes_decisions_on_another_within_a_second()
     assert_eq!(resolve(&c, device(&devices[1])).await.flow(), pb::Flow::New);
 
     // The change is an event with the caller's name and no ids.
-    let events = a.state.store.recent_events(10).await.unwrap();
+    let events = a.store.recent_events(10).await.unwrap();
     let e = events
         .iter()
         .find(|e| e["type"] == "rollout.updated")

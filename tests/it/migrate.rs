@@ -119,7 +119,7 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
     assert!(!again.user_created && !again.replayed);
     assert_ne!(again.session_token, first.session_token);
 
-    let events = app.state.store.recent_events(100).await.unwrap();
+    let events = app.store.recent_events(100).await.unwrap();
     let created: Vec<_> = events
         .iter()
         .filter(|e| e["type"] == "user.created")
@@ -209,7 +209,7 @@ async fn threat_29_refusals_map_to_the_contract_codes_and_foreign_tokens_never_r
     let e = app.migrate("").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(
-        app.state.store.recent_events(100).await.unwrap().is_empty(),
+        app.store.recent_events(100).await.unwrap().is_empty(),
         "a refused migration left traces"
     );
 }
@@ -376,13 +376,10 @@ async fn verified_emails_link_to_existing_users_unverified_ones_never_and_confli
     // The refused identity was not left linked: once the conflict is resolved elsewhere it
     // can still migrate (here: it simply stays unlinked).
     let index_free = app
-        .state
         .store
-        .get(
-            &app.state
-                .keys
-                .identity(&sessiongate::store::keys::Digest::of(b"auth0\0auth0|g3")),
-        )
+        .get(&app.keys.identity(&sessiongate::store::keys::Digest::of(
+            format!("{}\0auth0|g3", idp.issuer()).as_bytes(),
+        )))
         .await
         .unwrap();
     assert!(index_free.is_none());
@@ -621,9 +618,8 @@ async fn identities_linked_at_once_to_one_user_are_all_kept() {
         assert_eq!(ra.unwrap().user_id, owner.user_id);
         assert_eq!(rb.unwrap().user_id, owner.user_id);
         let record = app
-            .state
             .store
-            .get(&app.state.keys.user(&owner.user_id))
+            .get(&app.keys.user(&owner.user_id))
             .await
             .unwrap()
             .unwrap();
@@ -654,14 +650,10 @@ async fn an_identity_index_the_user_record_does_not_list_is_no_link() {
         .into_inner();
     // What a migration that claimed the index and then failed leaves behind.
     let token = sign(&a.key(KeyKind::Rs256), json!({}), &a.claims(API));
-    let index = app
-        .state
-        .keys
-        .identity(&sessiongate::store::keys::Digest::of(
-            b"first\0auth0|legacy-user-1",
-        ));
-    app.state
-        .store
+    let index = app.keys.identity(&sessiongate::store::keys::Digest::of(
+        format!("{}\0auth0|legacy-user-1", a.issuer()).as_bytes(),
+    ));
+    app.store
         .write(vec![sessiongate::store::Write::Put {
             key: index,
             value: someone.user_id.clone().into_bytes(),

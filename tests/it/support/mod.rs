@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sessiongate::app::{AppError, AppState};
+use sessiongate::app::AppError;
 pub use sessiongate::clock::ManualClock;
 use sessiongate::grpc::pb::rollout_admin_service_client::RolloutAdminServiceClient;
 use sessiongate::grpc::pb::session_gate_service_client::SessionGateServiceClient;
@@ -26,7 +26,9 @@ pub struct TestApp {
     pub key: Option<String>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub state: Arc<AppState>,
+    /// The app's store, to read what the services wrote.
+    pub store: Arc<dyn sessiongate::store::Store>,
+    pub keys: sessiongate::store::keys::Keys,
     pub channel: Channel,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), AppError>>>,
@@ -94,13 +96,15 @@ impl Setup {
             .or_insert("127.0.0.1:0".into());
         let cfg =
             sessiongate::config::load(&vars, dir.path(), Some(&path)).expect("valid test config");
+        let cfg_env = cfg.env;
         let app = match self.clock {
             Some(c) => sessiongate::App::build_with_clock(cfg, Arc::new(c)).await,
             None => sessiongate::App::build(cfg).await,
         }
         .expect("app builds");
         let (grpc_addr, http_addr) = (app.grpc_addr(), app.http_addr());
-        let state = app.state().clone();
+        let store = app.store().clone();
+        let keys = sessiongate::store::keys::Keys::new(cfg_env);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async {
             let _ = stopped.await;
@@ -115,7 +119,8 @@ impl Setup {
             key: self.key,
             grpc_addr,
             http_addr,
-            state,
+            store,
+            keys,
             channel,
             stop: Some(stop),
             task: Some(task),

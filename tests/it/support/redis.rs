@@ -39,7 +39,9 @@ impl RedisServer {
     }
 
     /// A Redis with AOF (`appendfsync everysec`), as the shipped manifest runs it: what was
-    /// written survives [`RedisServer::kill`] + [`RedisServer::restart`].
+    /// written survives [`RedisServer::kill`] + [`RedisServer::restart`], except, on a slow
+    /// disk, the last seconds' writes (use [`RedisServer::start_with_aof_always`] to assert
+    /// that a write survives).
     pub async fn start_with_aof() -> Self {
         Self::launch(Some("everysec"), false).await
     }

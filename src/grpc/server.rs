@@ -1,0 +1,125 @@
+//! The gRPC server: the two API services behind the observation and caller-key layers, with
+//! health and reflection (v1 and v1alpha), every message bounded.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::ServiceBuilder;
+
+use super::layers::{AuthLayer, ObserveLayer};
+use super::pb::rollout_admin_service_server::RolloutAdminServiceServer;
+use super::pb::session_gate_service_server::SessionGateServiceServer;
+use super::rollout::RolloutAdminApi;
+use super::session::SessionGateApi;
+use super::{HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
+use crate::auth::CallerKeys;
+use crate::flow::FlowService;
+use crate::session::SessionService;
+
+/// What the server is built from.
+pub struct Services {
+    pub sessions: Arc<SessionService>,
+    pub flows: Arc<FlowService>,
+    pub callers: Arc<CallerKeys>,
+    /// The largest message read or written, on every service (open ones included).
+    pub max_message_bytes: usize,
+}
+
+/// The server's health, as load balancers and orchestrators read it.
+pub struct Health(HealthReporter);
+
+impl Health {
+    /// Readiness off (the whole server and the API service), so that traffic moves elsewhere
+    /// before the server stops accepting.
+    pub async fn not_serving(&self) {
+        self.0
+            .set_service_status(SESSION_GATE_SERVICE, ServingStatus::NotServing)
+            .await;
+        self.0
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
+}
+
+/// Builds the server on `listener`, SERVING, and returns its health and the future that runs
+/// it until `stop` resolves and every connection has closed.
+pub async fn serve(
+    services: Services,
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<
+    (
+        Health,
+        impl Future<Output = Result<(), tonic::transport::Error>>,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let max = services.max_message_bytes;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SessionGateServiceServer<SessionGateApi>>()
+        .await;
+
+    // v1 and v1alpha: grpcurl 1.8 (and Postman, evans, Kreya for a long time) speak only
+    // v1alpha. Only the public services are advertised.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.ErrorInfo & co., so grpcurl can decode error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(SESSION_GATE_SERVICE)
+            .with_service_name(ROLLOUT_ADMIN_SERVICE)
+            .with_service_name(HEALTH_SERVICE)
+    };
+    // The API's message limit on the open services too: tonic's default (4 MiB) would let
+    // anyone, without a key, make the server buffer and parse that much per call.
+    let health_service = health_service
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    // (Reflection's answers are our own descriptors, bounded by us: only what it reads is
+    // limited.)
+    let reflection_v1 = reflection().build_v1()?.max_decoding_message_size(max);
+    let reflection_v1alpha = reflection().build_v1alpha()?.max_decoding_message_size(max);
+
+    let session = SessionGateServiceServer::new(SessionGateApi::new(
+        services.sessions,
+        services.flows.clone(),
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let admin = RolloutAdminServiceServer::new(RolloutAdminApi::new(services.flows))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    // Observe outermost, so that rejected callers are counted too.
+    let layers = ServiceBuilder::new()
+        .layer(ObserveLayer)
+        .layer(AuthLayer::new(services.callers))
+        .into_inner();
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = Server::builder()
+        // A gRPC client multiplexes everything over one connection: recycling connections
+        // lets new replicas (scale-up, rollout) receive traffic.
+        .max_connection_age(Duration::from_secs(300))
+        .max_connection_age_grace(Duration::from_secs(30))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Honours the caller's `grpc-timeout`, and bounds calls that set none: work for a
+        // caller who has given up stops.
+        .timeout(Duration::from_secs(30))
+        .layer(layers)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(session)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, stop);
+    Ok((Health(health), server))
+}
