@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::caller::Caller;
 use crate::config::{ClientConfig, Scope};
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::keys::Digest;
 
 /// Scopes that an anonymous caller holds in open mode.
@@ -64,7 +64,7 @@ impl CallerKeys {
                 } else {
                     Err(Error::new(
                         ErrorCode::Unauthenticated,
-                        "CALLER_UNAUTHENTICATED",
+                        ErrorReason::CallerUnauthenticated,
                         format!(
                             "scope `{}` is never open: configure a [[clients]] key with that scope and call with `authorization: Bearer <key>`",
                             scope.as_str()
@@ -87,7 +87,7 @@ impl CallerKeys {
         } else {
             Err(Error::new(
                 ErrorCode::PermissionDenied,
-                "SCOPE_MISSING",
+                ErrorReason::ScopeMissing,
                 format!(
                     "client `{}` lacks scope `{}` for this call",
                     client.caller.name,
@@ -99,7 +99,11 @@ impl CallerKeys {
 }
 
 fn unauthenticated(msg: &str) -> Error {
-    Error::new(ErrorCode::Unauthenticated, "CALLER_UNAUTHENTICATED", msg)
+    Error::new(
+        ErrorCode::Unauthenticated,
+        ErrorReason::CallerUnauthenticated,
+        msg,
+    )
 }
 
 fn bearer(header: &[u8]) -> Option<&[u8]> {
@@ -161,7 +165,7 @@ mod tests {
             .authorize(Some(format!("Bearer {key}").as_bytes()), Scope::Admin)
             .unwrap_err();
         assert_eq!(
-            (e.code, e.reason),
+            (e.code, e.reason.as_str()),
             (ErrorCode::PermissionDenied, "SCOPE_MISSING")
         );
         for h in [
@@ -172,7 +176,7 @@ mod tests {
         ] {
             let e = keys.authorize(h, Scope::Validate).unwrap_err();
             assert_eq!(e.code, ErrorCode::Unauthenticated, "{h:?}");
-            assert_eq!(e.reason, "CALLER_UNAUTHENTICATED");
+            assert_eq!(e.reason, ErrorReason::CallerUnauthenticated);
         }
         // Never echo the presented key.
         let e = keys

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, ErrorReason};
 
 /// Who is calling, as established by the auth layer; handlers read it from the request's
 /// extensions.
@@ -35,7 +35,7 @@ impl Caller {
         } else {
             Err(Error::new(
                 ErrorCode::Unauthenticated,
-                "CALLER_UNAUTHENTICATED",
+                ErrorReason::CallerUnauthenticated,
                 format!(
                     "{what} is never open: call with `authorization: Bearer <key>` of a configured [[clients]] key"
                 ),

@@ -11,8 +11,171 @@ use std::time::Duration;
 
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// The `google.rpc.ErrorInfo` domain of every error sessiongate returns.
-pub const ERROR_DOMAIN: &str = "sessiongate";
+/// The `google.rpc.ErrorInfo` domain of every error sessiongate returns: a DNS-style name, as
+/// `google.rpc.ErrorInfo` asks, so a client that sees errors of several services can tell
+/// whose reasons these are. A name, not an address: nothing is served there.
+pub const ERROR_DOMAIN: &str = "sessiongate.dev";
+
+/// Why a call failed, machine-readable: the `reason` of `google.rpc.ErrorInfo`, UPPER_SNAKE,
+/// part of the contract (clients branch on it). Declared here once; its spelling is in one
+/// match, [`ErrorReason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorReason {
+    /// INVALID_ARGUMENT: the request carries no token.
+    TokenRequired,
+    /// INVALID_ARGUMENT: a field is over its size limit.
+    FieldTooLarge,
+    /// INVALID_ARGUMENT: CreateSession names no user.
+    WhoRequired,
+    /// INVALID_ARGUMENT: RevokeSession names nothing to revoke.
+    TargetRequired,
+    /// INVALID_ARGUMENT: several legacy providers could be meant; name one.
+    ProviderRequired,
+    /// INVALID_ARGUMENT: a session length outside the allowed range.
+    SessionDurationOutOfRange,
+    /// INVALID_ARGUMENT: a custom claim uses a name sessiongate sets itself.
+    ReservedClaim,
+    /// INVALID_ARGUMENT: a number that JSON cannot carry (NaN, infinity).
+    InvalidNumber,
+    /// INVALID_ARGUMENT: a ResolveFlow request that cannot be evaluated.
+    InvalidFlowRequest,
+    /// INVALID_ARGUMENT: a rollout update that would break the flow's rules.
+    InvalidRollout,
+    /// INVALID_ARGUMENT: a revocation target that is no session token.
+    NotASessionToken,
+    /// INVALID_ARGUMENT: a revocation target that is no session_jwt of ours.
+    NotASessionJwt,
+    /// INVALID_ARGUMENT: a legacy token no configured provider could have issued.
+    NotAProviderToken,
+    /// UNAUTHENTICATED: no valid API key.
+    CallerUnauthenticated,
+    /// UNAUTHENTICATED: the legacy provider (or its deny-list) refuses the token being migrated.
+    LegacyTokenRejected,
+    /// PERMISSION_DENIED: the key lacks the RPC's scope.
+    ScopeMissing,
+    /// FAILED_PRECONDITION: UserInfo names no subject to link.
+    UserinfoMissingSubject,
+    /// FAILED_PRECONDITION: the email belongs to a user already linked to another account of this provider.
+    IdentityConflict,
+    /// FAILED_PRECONDITION: the provider's policy is `reject`.
+    LegacyRetired,
+    /// UNAVAILABLE: another call is migrating this token; retry.
+    MigrationInProgress,
+    /// FAILED_PRECONDITION: the flow is written as Unleash strategies, which the admin API does not edit.
+    FlowHasStrategies,
+    /// NOT_FOUND: no such user.
+    UserNotFound,
+    /// NOT_FOUND: no such session.
+    SessionNotFound,
+    /// NOT_FOUND: no such legacy provider is configured.
+    ProviderNotFound,
+    /// NOT_FOUND: no such flow is configured.
+    FlowNotFound,
+    /// RESOURCE_EXHAUSTED: our rate limit, per caller or per identity.
+    RateLimited,
+    /// RESOURCE_EXHAUSTED: the legacy provider answered 429.
+    LegacyRateLimited,
+    /// RESOURCE_EXHAUSTED: this replica's UserInfo budget for the provider is spent.
+    UpstreamBudgetExhausted,
+    /// UNAVAILABLE: another admin update of the flow is in progress; retry.
+    RolloutBusy,
+    /// UNAVAILABLE: the store cannot be reached; retry.
+    StoreUnavailable,
+    /// UNAVAILABLE: the legacy provider cannot be reached or answered unusably; retry.
+    LegacyProviderUnavailable,
+    /// UNAVAILABLE: the issuer's keys cannot be had; retry.
+    KeysUnavailable,
+    /// UNIMPLEMENTED: not served by this build.
+    Unimplemented,
+    /// INTERNAL: a bug; the details are in the server logs.
+    Internal,
+}
+
+impl ErrorReason {
+    /// Every reason, for documentation and tests.
+    pub const ALL: &[ErrorReason] = &[
+        ErrorReason::TokenRequired,
+        ErrorReason::FieldTooLarge,
+        ErrorReason::WhoRequired,
+        ErrorReason::TargetRequired,
+        ErrorReason::ProviderRequired,
+        ErrorReason::SessionDurationOutOfRange,
+        ErrorReason::ReservedClaim,
+        ErrorReason::InvalidNumber,
+        ErrorReason::InvalidFlowRequest,
+        ErrorReason::InvalidRollout,
+        ErrorReason::NotASessionToken,
+        ErrorReason::NotASessionJwt,
+        ErrorReason::NotAProviderToken,
+        ErrorReason::CallerUnauthenticated,
+        ErrorReason::LegacyTokenRejected,
+        ErrorReason::ScopeMissing,
+        ErrorReason::UserinfoMissingSubject,
+        ErrorReason::IdentityConflict,
+        ErrorReason::LegacyRetired,
+        ErrorReason::MigrationInProgress,
+        ErrorReason::FlowHasStrategies,
+        ErrorReason::UserNotFound,
+        ErrorReason::SessionNotFound,
+        ErrorReason::ProviderNotFound,
+        ErrorReason::FlowNotFound,
+        ErrorReason::RateLimited,
+        ErrorReason::LegacyRateLimited,
+        ErrorReason::UpstreamBudgetExhausted,
+        ErrorReason::RolloutBusy,
+        ErrorReason::StoreUnavailable,
+        ErrorReason::LegacyProviderUnavailable,
+        ErrorReason::KeysUnavailable,
+        ErrorReason::Unimplemented,
+        ErrorReason::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::TokenRequired => "TOKEN_REQUIRED",
+            ErrorReason::FieldTooLarge => "FIELD_TOO_LARGE",
+            ErrorReason::WhoRequired => "WHO_REQUIRED",
+            ErrorReason::TargetRequired => "TARGET_REQUIRED",
+            ErrorReason::ProviderRequired => "PROVIDER_REQUIRED",
+            ErrorReason::SessionDurationOutOfRange => "SESSION_DURATION_OUT_OF_RANGE",
+            ErrorReason::ReservedClaim => "RESERVED_CLAIM",
+            ErrorReason::InvalidNumber => "INVALID_NUMBER",
+            ErrorReason::InvalidFlowRequest => "INVALID_FLOW_REQUEST",
+            ErrorReason::InvalidRollout => "INVALID_ROLLOUT",
+            ErrorReason::NotASessionToken => "NOT_A_SESSION_TOKEN",
+            ErrorReason::NotASessionJwt => "NOT_A_SESSION_JWT",
+            ErrorReason::NotAProviderToken => "NOT_A_PROVIDER_TOKEN",
+            ErrorReason::CallerUnauthenticated => "CALLER_UNAUTHENTICATED",
+            ErrorReason::LegacyTokenRejected => "LEGACY_TOKEN_REJECTED",
+            ErrorReason::ScopeMissing => "SCOPE_MISSING",
+            ErrorReason::UserinfoMissingSubject => "USERINFO_MISSING_SUBJECT",
+            ErrorReason::IdentityConflict => "IDENTITY_CONFLICT",
+            ErrorReason::LegacyRetired => "LEGACY_RETIRED",
+            ErrorReason::MigrationInProgress => "MIGRATION_IN_PROGRESS",
+            ErrorReason::FlowHasStrategies => "FLOW_HAS_STRATEGIES",
+            ErrorReason::UserNotFound => "USER_NOT_FOUND",
+            ErrorReason::SessionNotFound => "SESSION_NOT_FOUND",
+            ErrorReason::ProviderNotFound => "PROVIDER_NOT_FOUND",
+            ErrorReason::FlowNotFound => "FLOW_NOT_FOUND",
+            ErrorReason::RateLimited => "RATE_LIMITED",
+            ErrorReason::LegacyRateLimited => "LEGACY_RATE_LIMITED",
+            ErrorReason::UpstreamBudgetExhausted => "UPSTREAM_BUDGET_EXHAUSTED",
+            ErrorReason::RolloutBusy => "ROLLOUT_BUSY",
+            ErrorReason::StoreUnavailable => "STORE_UNAVAILABLE",
+            ErrorReason::LegacyProviderUnavailable => "LEGACY_PROVIDER_UNAVAILABLE",
+            ErrorReason::KeysUnavailable => "KEYS_UNAVAILABLE",
+            ErrorReason::Unimplemented => "UNIMPLEMENTED",
+            ErrorReason::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The gRPC codes sessiongate uses. Voluntarily a restricted subset: introduce new variants
 /// thoughtfully, clients in many languages branch on them.
@@ -46,15 +209,14 @@ pub enum ErrorCode {
 #[error("{code:?}/{reason}: {message}")]
 pub struct Error {
     pub code: ErrorCode,
-    /// UPPER_SNAKE, e.g. `STORE_UNAVAILABLE`; stable, part of the contract.
-    pub reason: &'static str,
+    pub reason: ErrorReason,
     pub message: String,
     /// For `RESOURCE_EXHAUSTED`: when the caller may try again.
     pub retry_after: Option<Duration>,
 }
 
 impl Error {
-    pub fn new(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, reason: ErrorReason, message: impl Into<String>) -> Self {
         Self {
             code,
             reason,
@@ -63,16 +225,20 @@ impl Error {
         }
     }
 
-    pub fn invalid_argument(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid_argument(reason: ErrorReason, message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, reason, message)
     }
 
-    pub fn unavailable(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn unavailable(reason: ErrorReason, message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, reason, message)
     }
 
     pub fn unimplemented(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Unimplemented, "UNIMPLEMENTED", message)
+        Self::new(
+            ErrorCode::Unimplemented,
+            ErrorReason::Unimplemented,
+            message,
+        )
     }
 
     /// An internal error. `detail` is logged here and never sent to the caller.
@@ -80,7 +246,7 @@ impl Error {
         tracing::error!(error = %detail, "internal error");
         Self::new(
             ErrorCode::Internal,
-            "INTERNAL",
+            ErrorReason::Internal,
             "internal error; see the server logs",
         )
     }
@@ -105,7 +271,7 @@ impl From<Error> for tonic::Status {
             ErrorCode::Internal => tonic::Code::Internal,
         };
         let mut details = ErrorDetails::with_error_info(
-            err.reason,
+            err.reason.as_str(),
             ERROR_DOMAIN,
             HashMap::<String, String>::new(),
         );
@@ -128,10 +294,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_reason_is_documented_and_stored_by_its_name() {
+        let design = include_str!("../docs/design.md");
+        let mut seen = std::collections::HashSet::new();
+        for r in ErrorReason::ALL {
+            assert!(seen.insert(r.as_str()), "{r} listed twice");
+            assert!(
+                design.contains(&format!("`{r}`")),
+                "docs/design.md does not list {r}"
+            );
+            let stored = serde_json::to_string(r).unwrap();
+            assert_eq!(stored, format!("\"{r}\""));
+            assert_eq!(serde_json::from_str::<ErrorReason>(&stored).unwrap(), *r);
+        }
+    }
+
+    #[test]
     fn status_carries_error_info_and_retry_after() {
         let status: tonic::Status = Error::new(
             ErrorCode::ResourceExhausted,
-            "RATE_LIMITED",
+            ErrorReason::RateLimited,
             "too many calls; retry later",
         )
         .with_retry_after(Duration::from_millis(1500))

@@ -15,7 +15,7 @@ use super::resolve::{Decision, Early, Flow, FlowReason, Request, Resolver};
 use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::{Env, FlowConfig, FlowCookieConfig};
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::Invalidation;
 use crate::store::keys::Keys;
 use crate::store::{Notice, Store, StoreError, Write};
@@ -158,7 +158,7 @@ impl FlowService {
     /// Checks a request's sizes (the only errors ResolveFlow returns: everything else is a
     /// decision, LEGACY when in doubt).
     pub fn check(req: &Request) -> Result<(), Error> {
-        let bad = |m: String| Err(Error::invalid_argument("INVALID_FLOW_REQUEST", m));
+        let bad = |m: String| Err(Error::invalid_argument(ErrorReason::InvalidFlowRequest, m));
         if req.flow.len() > 256 {
             return bad("flow: at most 256 bytes".into());
         }
@@ -306,14 +306,14 @@ impl FlowService {
         if let Some(p) = u.percentage {
             if p > 100 {
                 return Err(Error::invalid_argument(
-                    "INVALID_ROLLOUT",
+                    ErrorReason::InvalidRollout,
                     format!("percentage {p} is more than 100"),
                 ));
             }
             if matches!(cfg.rules, crate::config::FlowRules::Strategies { .. }) {
                 return Err(Error::new(
                     ErrorCode::FailedPrecondition,
-                    "FLOW_HAS_STRATEGIES",
+                    ErrorReason::FlowHasStrategies,
                     format!(
                         "flow `{}` takes its percentages from Unleash strategies: change their rollout in the configuration",
                         u.flow
@@ -330,7 +330,7 @@ impl FlowService {
                 };
                 if bad {
                     return Err(Error::invalid_argument(
-                        "INVALID_ROLLOUT",
+                        ErrorReason::InvalidRollout,
                         format!(
                             "{}: `{}` is not a valid entry",
                             list.as_str(),
@@ -358,7 +358,7 @@ impl FlowService {
         }
         if !acquired {
             return Err(Error::unavailable(
-                "ROLLOUT_BUSY",
+                ErrorReason::RolloutBusy,
                 "another update of this flow is in progress; retry",
             ));
         }
@@ -402,7 +402,7 @@ impl FlowService {
             && e < before.rollback_epoch
         {
             return Err(Error::invalid_argument(
-                "INVALID_ROLLOUT",
+                ErrorReason::InvalidRollout,
                 format!(
                     "rollback_epoch must not go down ({} → {e}): a lower epoch would revive cookies it invalidated",
                     before.rollback_epoch
@@ -525,7 +525,7 @@ impl FlowService {
 fn not_found(flow: &str) -> Error {
     Error::new(
         ErrorCode::NotFound,
-        "FLOW_NOT_FOUND",
+        ErrorReason::FlowNotFound,
         format!("no flow named `{}` is configured", flow.escape_debug()),
     )
 }

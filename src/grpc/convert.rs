@@ -6,7 +6,7 @@ use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
 use super::pb;
-use crate::error::Error;
+use crate::error::{Error, ErrorReason};
 use crate::session::model::{AuthFactor, ClientInfo, LegacyIdentity, Session, User};
 use crate::session::native::Claims;
 use crate::session::{Action, Origin, Reason, Source, Verdict};
@@ -57,7 +57,7 @@ fn value_to_json(v: prost_types::Value, field: &str) -> Result<Value, Error> {
             } else {
                 Value::Number(Number::from_f64(n).ok_or_else(|| {
                     Error::invalid_argument(
-                        "INVALID_NUMBER",
+                        ErrorReason::InvalidNumber,
                         format!("{field} holds a number that JSON cannot represent"),
                     )
                 })?)
@@ -452,7 +452,7 @@ mod tests {
         };
         assert_eq!(
             struct_to_json(nan, "f").unwrap_err().reason,
-            "INVALID_NUMBER"
+            ErrorReason::InvalidNumber
         );
     }
 }

@@ -70,7 +70,7 @@ where
                     req.extensions_mut().insert(caller);
                 }
                 Err(e) => {
-                    metrics::counter!("sessiongate_caller_rejections_total", "method" => m.name, "reason" => e.reason)
+                    metrics::counter!("sessiongate_caller_rejections_total", "method" => m.name, "reason" => e.reason.as_str())
                         .increment(1);
                     return Either::Left(ready(Ok(tonic::Status::from(e).into_http())));
                 }

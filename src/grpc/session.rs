@@ -10,7 +10,7 @@ use super::convert::{
 };
 use super::pb;
 use crate::caller::Caller;
-use crate::error::Error;
+use crate::error::{Error, ErrorReason};
 use crate::flow::FlowService;
 use crate::session::{
     CreateRequest, MigrateRequest, RevokeTarget, SessionService, ValidateRequest, Who,
@@ -143,7 +143,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         let target = match request.into_inner().target {
             None => {
                 return Err(Error::invalid_argument(
-                    "TARGET_REQUIRED",
+                    ErrorReason::TargetRequired,
                     "set one of session_id, session_token, session_jwt, user_id, legacy_token",
                 )
                 .into());

@@ -26,7 +26,7 @@ use super::service::{
 };
 use super::token::{self, Redacted, Shape};
 use crate::config::Policy;
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::Write;
 use crate::store::keys::{Digest, Key, Keys};
 use crate::upstream::userinfo::UserInfoOutcome;
@@ -79,7 +79,7 @@ enum Outcome {
     },
     Refused {
         code: ErrorCode,
-        reason: String,
+        reason: ErrorReason,
         message: String,
         retry_after_ms: Option<u64>,
     },
@@ -162,12 +162,6 @@ impl Replay {
                 message,
                 retry_after_ms,
             } => {
-                let reason: &'static str = match reason.as_str() {
-                    "LEGACY_TOKEN_REJECTED" => "LEGACY_TOKEN_REJECTED",
-                    "LEGACY_RATE_LIMITED" => "LEGACY_RATE_LIMITED",
-                    "USERINFO_MISSING_SUBJECT" => "USERINFO_MISSING_SUBJECT",
-                    _ => "MIGRATION_REFUSED",
-                };
                 let mut e = Error::new(code, reason, message);
                 e.retry_after = retry_after_ms.map(Duration::from_millis);
                 Err(e)
@@ -194,7 +188,7 @@ impl Replay {
             ),
             // Our own rate limits are about the caller, not the token: never replayed.
             Err(e)
-                if e.reason != "RATE_LIMITED"
+                if e.reason != ErrorReason::RateLimited
                     && matches!(
                         e.code,
                         ErrorCode::Unauthenticated
@@ -205,7 +199,7 @@ impl Replay {
                 (
                     Outcome::Refused {
                         code: e.code,
-                        reason: e.reason.to_owned(),
+                        reason: e.reason,
                         message: e.message.clone(),
                         retry_after_ms: e.retry_after.map(|d| d.as_millis() as u64),
                     },
@@ -241,7 +235,7 @@ impl Replay {
 fn rejected(why: &str) -> Error {
     Error::new(
         ErrorCode::Unauthenticated,
-        "LEGACY_TOKEN_REJECTED",
+        ErrorReason::LegacyTokenRejected,
         format!("the legacy token was refused: {why}"),
     )
 }
@@ -254,13 +248,13 @@ impl SessionService {
     pub async fn migrate(self: &Arc<Self>, req: MigrateRequest) -> Result<(Created, bool), Error> {
         if req.legacy_token.is_empty() {
             return Err(Error::invalid_argument(
-                "TOKEN_REQUIRED",
+                ErrorReason::TokenRequired,
                 "legacy_token is empty",
             ));
         }
         if req.legacy_token.len() > self.max_token_bytes {
             return Err(Error::invalid_argument(
-                "FIELD_TOO_LARGE",
+                ErrorReason::FieldTooLarge,
                 "legacy_token is larger than the token size cap",
             ));
         }
@@ -270,7 +264,7 @@ impl SessionService {
         if provider.policy() == Policy::Reject {
             return Err(Error::new(
                 ErrorCode::FailedPrecondition,
-                "LEGACY_RETIRED",
+                ErrorReason::LegacyRetired,
                 format!(
                     "provider `{}` is retired (policy = \"reject\"): its tokens no longer migrate; sign in again",
                     provider.name()
@@ -329,7 +323,7 @@ impl SessionService {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::unavailable(
-                    "MIGRATION_IN_PROGRESS",
+                    ErrorReason::MigrationInProgress,
                     "a migration of this legacy token is still running elsewhere; retry shortly",
                 ));
             }
@@ -433,7 +427,7 @@ impl SessionService {
             _ => {
                 return Err(Error::new(
                     ErrorCode::FailedPrecondition,
-                    "USERINFO_MISSING_SUBJECT",
+                    ErrorReason::UserinfoMissingSubject,
                     "the legacy provider's UserInfo answer has no `sub`: the identity cannot be linked",
                 ));
             }
@@ -520,7 +514,7 @@ impl SessionService {
             .unwrap_or(Duration::from_secs(60));
         Err(Error::new(
             ErrorCode::ResourceExhausted,
-            "RATE_LIMITED",
+            ErrorReason::RateLimited,
             format!(
                 "more than {limit} migrations a minute for this {}; retry later",
                 if bucket.ends_with("caller") {
@@ -541,7 +535,7 @@ impl SessionService {
                 [] => None,
                 _ => {
                     return Err(Error::invalid_argument(
-                        "PROVIDER_REQUIRED",
+                        ErrorReason::ProviderRequired,
                         "several legacy providers are configured: name one in `provider`",
                     ));
                 }
@@ -552,7 +546,7 @@ impl SessionService {
         found.cloned().ok_or_else(|| {
             Error::new(
                 ErrorCode::FailedPrecondition,
-                "PROVIDER_NOT_FOUND",
+                ErrorReason::ProviderNotFound,
                 "no such legacy provider is configured",
             )
         })
@@ -668,7 +662,10 @@ impl SessionService {
                     (candidate, true)
                 } else {
                     let id = self.store.get(&index).await?.ok_or_else(|| {
-                        Error::unavailable("STORE_UNAVAILABLE", "identity index vanished; retry")
+                        Error::unavailable(
+                            ErrorReason::StoreUnavailable,
+                            "identity index vanished; retry",
+                        )
                     })?;
                     (String::from_utf8(id).map_err(Error::internal)?, false)
                 }
@@ -710,11 +707,14 @@ impl SessionService {
                     .get(&self.keys.user(&user_id))
                     .await?
                     .ok_or_else(|| {
-                        Error::unavailable("STORE_UNAVAILABLE", "user record vanished; retry")
+                        Error::unavailable(
+                            ErrorReason::StoreUnavailable,
+                            "user record vanished; retry",
+                        )
                     })?;
             }
             return Err(Error::unavailable(
-                "STORE_UNAVAILABLE",
+                ErrorReason::StoreUnavailable,
                 "the user record is changing too fast to link this identity; retry",
             ));
         }
@@ -774,7 +774,7 @@ fn identity_index(keys: &Keys, provider: &Provider, sub: &str) -> Key {
 fn identity_conflict(provider: &Provider) -> Error {
     Error::new(
         ErrorCode::FailedPrecondition,
-        "IDENTITY_CONFLICT",
+        ErrorReason::IdentityConflict,
         format!(
             "the verified email belongs to a user already linked to another `{}` account",
             provider.name()

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::Reason;
 use super::token::{Header, Jws, audience_matches, numeric_date};
 use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
-use crate::error::Error;
+use crate::error::{Error, ErrorReason};
 use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt};
 use crate::keys::jwks::{Alg, kid_ok};
 use crate::upstream::budget::TokenBucket;
@@ -77,7 +77,7 @@ impl Provider {
     pub async fn userinfo(&self, token: &str) -> Result<UserInfoOutcome, Error> {
         let unavailable = |why: &str| {
             Error::unavailable(
-                "LEGACY_PROVIDER_UNAVAILABLE",
+                ErrorReason::LegacyProviderUnavailable,
                 format!(
                     "the UserInfo endpoint of provider `{}` is unavailable ({why}); retry shortly",
                     self.name()
@@ -95,7 +95,7 @@ impl Provider {
                 .increment(1);
             Error::new(
                 crate::error::ErrorCode::ResourceExhausted,
-                "UPSTREAM_BUDGET_EXHAUSTED",
+                ErrorReason::UpstreamBudgetExhausted,
                 format!(
                     "this replica's budget of UserInfo calls to provider `{}` is spent; retry later",
                     self.name()
@@ -119,7 +119,7 @@ impl Provider {
         match outcome {
             UserInfoOutcome::RateLimited(after) => Err(Error::new(
                 crate::error::ErrorCode::ResourceExhausted,
-                "LEGACY_RATE_LIMITED",
+                ErrorReason::LegacyRateLimited,
                 format!(
                     "provider `{}` is rate-limiting UserInfo calls; retry later",
                     self.name()
@@ -139,7 +139,7 @@ impl Provider {
     /// JSON, an unexpected status): the provider's fault, retryable, never INVALID.
     pub fn unusable_answer(&self, why: &str) -> Error {
         Error::unavailable(
-            "LEGACY_PROVIDER_UNAVAILABLE",
+            ErrorReason::LegacyProviderUnavailable,
             format!(
                 "the UserInfo answer of provider `{}` is unusable ({why})",
                 self.name()
@@ -207,7 +207,7 @@ impl Provider {
                     // because its issuer is down (reliability.md J1).
                     KeyLookup::Unknown if keys.refresh_failing() => {
                         return Err(Err(Error::unavailable(
-                            "KEYS_UNAVAILABLE",
+                            ErrorReason::KeysUnavailable,
                             format!(
                                 "the keys of provider `{}` could not be refreshed to find this token's key; retry shortly",
                                 self.name()
@@ -217,7 +217,7 @@ impl Provider {
                     KeyLookup::Unknown => return invalid(Reason::UnknownKey),
                     KeyLookup::NotLoaded => {
                         return Err(Err(Error::unavailable(
-                            "KEYS_UNAVAILABLE",
+                            ErrorReason::KeysUnavailable,
                             format!(
                                 "the keys of provider `{}` could not be fetched yet; retry shortly",
                                 self.name()

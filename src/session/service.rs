@@ -15,7 +15,7 @@ use super::validate::CachedUserInfo;
 use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::{Config, Env, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
-use crate::error::{Error, ErrorCode};
+use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::keys::SigningKeys;
 use crate::store::Invalidation;
 use crate::store::keys::{Digest, Keys};
@@ -317,7 +317,7 @@ impl SessionService {
         let (user, user_created) = match req.who {
             None => {
                 return Err(Error::invalid_argument(
-                    "WHO_REQUIRED",
+                    ErrorReason::WhoRequired,
                     "set either user_id (an existing user) or new_user",
                 ));
             }
@@ -387,7 +387,7 @@ impl SessionService {
         let not_found = || {
             Error::new(
                 ErrorCode::NotFound,
-                "USER_NOT_FOUND",
+                ErrorReason::UserNotFound,
                 format!(
                     "no user `{}` in env {}",
                     truncate(user_id),
@@ -515,7 +515,13 @@ impl SessionService {
     /// Revokes the target; returns how many sessions this call revoked (0 if it already was).
     pub async fn revoke(&self, target: RevokeTarget, caller: &Caller) -> Result<u32, Error> {
         let now = self.clock.now_ms();
-        let not_found = || Error::new(ErrorCode::NotFound, "SESSION_NOT_FOUND", "no such session");
+        let not_found = || {
+            Error::new(
+                ErrorCode::NotFound,
+                ErrorReason::SessionNotFound,
+                "no such session",
+            )
+        };
         match target {
             RevokeTarget::SessionId(id) => {
                 let d = self.digest_of(&id).await?.ok_or_else(not_found)?;
@@ -524,7 +530,7 @@ impl SessionService {
             RevokeTarget::SessionToken(t) => {
                 if !matches!(token::classify(&t), Ok(Shape::NativeOpaque)) {
                     return Err(Error::invalid_argument(
-                        "NOT_A_SESSION_TOKEN",
+                        ErrorReason::NotASessionToken,
                         "session_token must be a sessiongate session token (sgs_…)",
                     ));
                 }
@@ -533,7 +539,7 @@ impl SessionService {
             RevokeTarget::SessionJwt(jwt) => {
                 let verified = self.verify_own_jwt(&jwt).map_err(|r| {
                     Error::invalid_argument(
-                        "NOT_A_SESSION_JWT",
+                        ErrorReason::NotASessionJwt,
                         format!(
                             "session_jwt is not a valid session JWT of this deployment ({})",
                             r.as_str()
@@ -628,7 +634,7 @@ impl SessionService {
             }
             Lookup::NotFound => Err(Error::new(
                 ErrorCode::NotFound,
-                "SESSION_NOT_FOUND",
+                ErrorReason::SessionNotFound,
                 "no such session",
             )),
         }
@@ -641,7 +647,7 @@ impl SessionService {
         let now = now_ms.div_euclid(1000);
         let not_ours = |why: &str| {
             Error::invalid_argument(
-                "NOT_A_PROVIDER_TOKEN",
+                ErrorReason::NotAProviderToken,
                 format!("legacy_token is not a valid token of a configured provider ({why})"),
             )
         };
@@ -779,7 +785,7 @@ impl SessionService {
 
 fn field_too_large(field: &str, max: usize) -> Error {
     Error::invalid_argument(
-        "FIELD_TOO_LARGE",
+        ErrorReason::FieldTooLarge,
         format!("{field} is longer than {max} bytes"),
     )
 }
@@ -799,7 +805,7 @@ pub(crate) fn session_minutes(requested: u32, default: u32) -> Result<u32, Error
         0 => Ok(default),
         m if (SESSION_MINUTES_MIN..=SESSION_MINUTES_MAX).contains(&m) => Ok(m),
         m => Err(Error::invalid_argument(
-            "SESSION_DURATION_OUT_OF_RANGE",
+            ErrorReason::SessionDurationOutOfRange,
             format!(
                 "session_duration_minutes {m} is outside {SESSION_MINUTES_MIN}..={SESSION_MINUTES_MAX}"
             ),
@@ -813,7 +819,7 @@ pub(crate) fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), Err
         .find(|k| RESERVED_CLAIMS.contains(&k.as_str()))
     {
         return Err(Error::invalid_argument(
-            "RESERVED_CLAIM",
+            ErrorReason::ReservedClaim,
             format!(
                 "custom claim `{k}` is reserved; reserved names: {}",
                 RESERVED_CLAIMS.join(", ")
@@ -835,7 +841,7 @@ pub(crate) fn check_custom_claims(claims: &Map<String, Value>) -> Result<(), Err
 pub(crate) fn check_factors(factors: &[AuthFactor]) -> Result<(), Error> {
     if factors.len() > 16 {
         return Err(Error::invalid_argument(
-            "FIELD_TOO_LARGE",
+            ErrorReason::FieldTooLarge,
             "at most 16 authentication_factors",
         ));
     }

@@ -21,7 +21,7 @@ use super::service::{
 use super::token::{self, Redacted, Shape};
 use super::{Action, NATIVE_PROVIDER, Origin, Reason, Source};
 use crate::config::Policy;
-use crate::error::Error;
+use crate::error::{Error, ErrorReason};
 use crate::store::keys::Digest;
 use crate::upstream::userinfo::UserInfoOutcome;
 
@@ -277,7 +277,10 @@ impl SessionService {
     async fn validate_inner(&self, req: &ValidateRequest) -> Result<Verdict, Error> {
         let token = req.token.as_str();
         if token.is_empty() {
-            return Err(Error::invalid_argument("TOKEN_REQUIRED", "token is empty"));
+            return Err(Error::invalid_argument(
+                ErrorReason::TokenRequired,
+                "token is empty",
+            ));
         }
         // Size first, before any decoding.
         if token.len() > self.max_token_bytes {
@@ -700,7 +703,7 @@ impl SessionService {
         if req.session_duration_minutes > 0 && !req.may_extend_by_jwt {
             return Err(Error::new(
                 crate::error::ErrorCode::PermissionDenied,
-                "SCOPE_MISSING",
+                ErrorReason::ScopeMissing,
                 "extending a session by its session_jwt needs a caller key with scope `issue`; extend it with its session_token instead",
             ));
         }

@@ -41,7 +41,7 @@ impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => crate::error::Error::unavailable(
-                "STORE_UNAVAILABLE",
+                crate::error::ErrorReason::StoreUnavailable,
                 "the session store is unavailable; retry shortly",
             ),
             StoreError::Corrupt(detail) => crate::error::Error::internal(detail),

@@ -69,7 +69,7 @@ test('bad input: a verdict for a bad token, INVALID_ARGUMENT for a bad request',
   assert.equal(v.verdict, 'VERDICT_INVALID');
   const e = await fails(api.CreateSession({ new_user: { email: 'node@example.com' }, session_duration_minutes: 1 }));
   assert.equal(e.code, grpc.status.INVALID_ARGUMENT, e.message);
-  assert.equal(errorInfo(e)?.domain, 'sessiongate');
+  assert.equal(errorInfo(e)?.domain, 'sessiongate.dev');
 });
 
 test('ResolveFlow with gates, a sticky cookie, and the admin API', async () => {

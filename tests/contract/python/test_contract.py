@@ -19,7 +19,7 @@ def reason(err):
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            assert info.domain == "sessiongate"
+            assert info.domain == "sessiongate.dev"
             return info.reason
     raise AssertionError("no ErrorInfo")
 
