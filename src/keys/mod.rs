@@ -1,5 +1,6 @@
-//! Keys: sessiongate's own signing keys and the JWKS it publishes. (Issuers' JWKS caches join
-//! this module with the providers.)
+//! Keys: sessiongate's own signing keys and the JWKS it publishes (`signing`), and the
+//! issuers' key sets it verifies their tokens with (`issuer`, fetched and kept fresh; `jwks`,
+//! parsed defensively).
 
 mod der;
 pub mod issuer;

@@ -1,5 +1,8 @@
-//! Native sessions: minting (`CreateSession`), validating (`ValidateSession`) and revoking
-//! (`RevokeSession`) sessiongate's own credentials — the NEW side of every migration.
+//! Sessions, all sides of the migration: sessiongate's own (`native`: token shapes, minting,
+//! verifying), the configured providers' (`providers`: their JWTs, their UserInfo),
+//! migration from one to the other (`migrate`: replay, identity linking), and the service
+//! behind the session RPCs — `ValidateSession` (`validate`: one match on the token's shape),
+//! `CreateSession` and `RevokeSession` (`service`).
 
 pub mod inspect;
 mod migrate;

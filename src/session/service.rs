@@ -1,4 +1,5 @@
-//! The native session service: state, minting (`CreateSession`) and revocation.
+//! The session service: its state, minting (`CreateSession`) and revocation
+//! (`RevokeSession`: native sessions, and legacy tokens with what was migrated from them).
 
 use std::sync::Arc;
 use std::time::Duration;

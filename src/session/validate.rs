@@ -1,4 +1,7 @@
-//! `ValidateSession` for native credentials (docs/design.md, "How a verdict is decided").
+//! `ValidateSession` for every credential (docs/design.md, "How a verdict is decided"):
+//! `validate_inner` is one match on the token's shape, and each arm returns the verdict of
+//! the one path that may judge it — native opaque, a JWS routed by its issuer, or a legacy
+//! opaque token asked about at UserInfo.
 //!
 //! A bad token is a verdict, not an error: everything here returns `Ok(Verdict)` for any
 //! token, and `Err` only when the *call* fails — an empty token, or a store that is needed
