@@ -19,6 +19,7 @@ pub mod error;
 pub mod flow;
 pub mod grpc;
 pub mod http;
+pub mod ids;
 pub mod keys;
 pub mod session;
 pub mod shutdown;

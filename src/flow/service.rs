@@ -16,6 +16,7 @@ use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::{Env, FlowConfig, FlowCookieConfig};
 use crate::error::{Error, ErrorCode, ErrorReason};
+use crate::ids::{self, IdKind};
 use crate::store::Invalidation;
 use crate::store::keys::Keys;
 use crate::store::{Notice, Store, StoreError, Write};
@@ -245,9 +246,8 @@ impl FlowService {
 
     async fn has_account(&self, user_id: &str) -> Result<bool, StoreError> {
         // Only sessiongate user ids of this env can be accounts; anything else needs no lookup.
-        let prefix = format!("user-{}-", self.env.as_str());
         if user_id
-            .strip_prefix(&prefix)
+            .strip_prefix(&ids::prefix(IdKind::User, self.env))
             .is_none_or(|u| uuid::Uuid::parse_str(u).is_err())
         {
             return Ok(false);

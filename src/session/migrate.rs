@@ -27,6 +27,7 @@ use super::service::{
 use super::token::{self, Redacted, Shape};
 use crate::config::Policy;
 use crate::error::{Error, ErrorCode, ErrorReason};
+use crate::ids::{self, IdKind};
 use crate::store::Write;
 use crate::store::keys::{Digest, Key, Keys};
 use crate::upstream::userinfo::UserInfoOutcome;
@@ -649,7 +650,7 @@ impl SessionService {
         }
         let candidate = by_email
             .clone()
-            .unwrap_or_else(|| format!("{}{}", self.env_prefix("user"), uuid::Uuid::new_v4()));
+            .unwrap_or_else(|| ids::new(IdKind::User, self.env));
         // The identity index decides: whoever sets it first owns the identity.
         let (user_id, won) = match linked {
             Some(id) => (id, false),

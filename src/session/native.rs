@@ -18,6 +18,7 @@ use super::model::{AuthFactor, Session};
 use super::token::{Header, Jws, audience_matches, numeric_date};
 use crate::config::{Env, NativeConfig};
 use crate::error::Error;
+use crate::ids::{self, IdKind};
 use crate::keys::SigningKeys;
 
 /// Claim names sessiongate sets itself; custom claims may not use them.
@@ -398,9 +399,8 @@ impl NativeIssuer {
         };
         let user_id = text("sub")?;
         let session_id = text("sid")?;
-        let env = self.env.as_str();
-        if !user_id.starts_with(&format!("user-{env}-"))
-            || !session_id.starts_with(&format!("session-{env}-"))
+        if !ids::may_be(IdKind::User, self.env, &user_id)
+            || !ids::may_be(IdKind::Session, self.env, &session_id)
         {
             return Err(Reason::WrongEnv);
         }

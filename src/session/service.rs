@@ -17,6 +17,7 @@ use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::{Config, Env, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
 use crate::error::{Error, ErrorCode, ErrorReason};
+use crate::ids::{self, IdKind};
 use crate::keys::SigningKeys;
 use crate::store::Invalidation;
 use crate::store::keys::{Digest, Keys};
@@ -273,10 +274,6 @@ impl SessionService {
         &self.issuer
     }
 
-    pub(super) fn env_prefix(&self, kind: &str) -> String {
-        format!("{kind}-{}-", self.env.as_str())
-    }
-
     /// TTL of a record for a session expiring at `expires_at_ms`.
     pub(super) fn record_ttl(&self, expires_at_ms: i64, now_ms: i64) -> Duration {
         Duration::from_millis((expires_at_ms - now_ms + EXPIRED_RETENTION_MS).max(1) as u64)
@@ -331,7 +328,7 @@ impl SessionService {
                 check_len("new_user.email", &email, 320)?;
                 check_len("new_user.name", &name, 256)?;
                 let user = User {
-                    user_id: format!("{}{}", self.env_prefix("user"), uuid::Uuid::new_v4()),
+                    user_id: ids::new(IdKind::User, self.env),
                     email,
                     email_verified,
                     name,
@@ -396,7 +393,7 @@ impl SessionService {
                 ),
             )
         };
-        if !user_id.starts_with(&self.env_prefix("user")) || user_id.len() > 128 {
+        if !ids::may_be(IdKind::User, self.env, user_id) {
             return Err(not_found());
         }
         match self.store.get(&self.keys.user(user_id)).await? {
@@ -421,7 +418,7 @@ impl SessionService {
         writes: &mut Vec<Write>,
     ) -> Result<(Session, String), Error> {
         let session = Session {
-            session_id: format!("{}{}", self.env_prefix("session"), uuid::Uuid::new_v4()),
+            session_id: ids::new(IdKind::Session, self.env),
             user_id: user_id.to_owned(),
             started_at_ms: now,
             last_accessed_at_ms: now,
@@ -467,7 +464,7 @@ impl SessionService {
 
     /// The digest of a session's token, from its id.
     async fn digest_of(&self, session_id: &str) -> Result<Option<Digest>, Error> {
-        if !session_id.starts_with(&self.env_prefix("session")) || session_id.len() > 128 {
+        if !ids::may_be(IdKind::Session, self.env, session_id) {
             return Ok(None);
         }
         let Some(hex) = self.store.get(&self.keys.session_token(session_id)).await? else {
