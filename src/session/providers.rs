@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -296,6 +297,65 @@ impl Provider {
             subject,
             expires_at: Some(exp),
             claims: Arc::new(claims),
+        })
+    }
+}
+
+/// How long a UserInfo answer is reused: accepted tokens a minute; refusals, and answers that
+/// say nothing usable, 10 s — so that the same junk string repeated costs one call per 10 s,
+/// not one per request.
+const USERINFO_OK_TTL: Duration = Duration::from_secs(60);
+const USERINFO_REFUSED_TTL: Duration = Duration::from_secs(10);
+
+/// A UserInfo answer as cached in the store (and shared by concurrent validations).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub(super) struct CachedUserInfo {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<Map<String, Value>>,
+    /// An answer that said nothing usable (no subject, not JSON, an unexpected status): the
+    /// provider's fault, replayed as UNAVAILABLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unusable: Option<String>,
+}
+
+impl CachedUserInfo {
+    pub(super) fn into_result(
+        self,
+        provider: &Provider,
+    ) -> Result<Result<Map<String, Value>, Reason>, Error> {
+        match (self.ok, self.claims, self.unusable) {
+            (_, _, Some(why)) => Err(provider.unusable_answer(&why)),
+            (true, Some(c), None) => Ok(Ok(c)),
+            // The provider refused the token: it does not know it as a live session.
+            _ => Ok(Err(Reason::NotFound)),
+        }
+    }
+
+    /// What to remember of an answer, and for how long; `None` for a transient one (a rate
+    /// limit, an unreachable provider), which is never remembered.
+    pub(super) fn of(outcome: UserInfoOutcome) -> Option<(Self, Duration)> {
+        let refused = |unusable: Option<String>| Self {
+            ok: false,
+            claims: None,
+            unusable,
+        };
+        Some(match outcome {
+            UserInfoOutcome::Ok(claims) => (
+                Self {
+                    ok: true,
+                    claims: Some(claims),
+                    unusable: None,
+                },
+                USERINFO_OK_TTL,
+            ),
+            UserInfoOutcome::Rejected(_) => (refused(None), USERINFO_REFUSED_TTL),
+            UserInfoOutcome::MissingSubject => (
+                refused(Some("the answer names no subject".into())),
+                USERINFO_REFUSED_TTL,
+            ),
+            UserInfoOutcome::Invalid(why) => (refused(Some(why)), USERINFO_REFUSED_TTL),
+            UserInfoOutcome::RateLimited(_) | UserInfoOutcome::Unavailable(_) => return None,
         })
     }
 }

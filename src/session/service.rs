@@ -8,11 +8,10 @@ use serde_json::{Map, Value, json};
 
 use super::model::{AuthFactor, ClientInfo, Session, Tombstone, User};
 use super::native::{NativeIssuer, RESERVED_CLAIMS, VerifiedJwt};
-use super::providers::{Provider, Providers, VerifiedProviderJwt};
+use super::providers::{CachedUserInfo, Provider, Providers, VerifiedProviderJwt};
 use super::revocation::RevokedSids;
 use super::singleflight::SingleFlight;
 use super::token::{self, Redacted, Shape};
-use super::validate::CachedUserInfo;
 use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::{Config, Env, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
