@@ -9,9 +9,9 @@ WORKDIR /src
 # CI, which has no Docker engine: a build that needs a file not copied fails there.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
-RUN mkdir -p src benches tests/it \
+RUN mkdir -p src benches/loadgen tests/it \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in loadgen memory micro; do echo 'fn main() {}' > benches/$b.rs; done \
+    && for b in loadgen/main memory micro; do echo 'fn main() {}' > benches/$b.rs; done \
     && echo 'fn main() {}' > tests/it/main.rs \
     && cargo build --release --locked --bin sessiongate
 COPY src ./src

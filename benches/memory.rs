@@ -10,9 +10,8 @@
 //!
 //! `cargo bench --bench memory` (or `./scripts/bench --memory`), about 20 seconds.
 
-#[path = "../tests/it/support/redis.rs"]
-#[allow(dead_code)]
-mod redis;
+#[path = "support/redis.rs"]
+mod redis_server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,7 +66,7 @@ fn request(token: &str) -> ValidateRequest {
 async fn redis_keys() -> Vec<(String, f64, usize)> {
     const N: usize = 500;
     let dir = tempfile::tempdir().unwrap();
-    let server = redis::RedisServer::start().await;
+    let server = redis_server::Redis::start().expect("redis-server starts");
     let cfg = config(dir.path());
     let store: Arc<dyn Store> = Arc::new(
         sessiongate::store::redis::RedisStore::connect(
