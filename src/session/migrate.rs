@@ -565,26 +565,20 @@ impl SessionService {
     ) -> Result<Option<String>, Error> {
         let utf8 = |id: Vec<u8>| String::from_utf8(id).map_err(Error::internal);
         let index = identity_index(&self.keys, provider, sub);
-        if let Some(id) = self.store.get(&index).await? {
-            return utf8(id).map(Some);
-        }
         let by_name = self.keys.identity_by_name(&Digest::of(
             format!("{}\0{sub}", provider.name()).as_bytes(),
         ));
-        let Some(id) = self.store.get(&by_name).await? else {
+        // Both indexes in one round trip: this runs on every validation of a legacy subject
+        // that has not migrated.
+        let mut found = self.store.get_many(&[index.clone(), by_name]).await?;
+        let (old, new) = (found.pop().flatten(), found.pop().flatten());
+        if let Some(id) = new {
+            return utf8(id).map(Some);
+        }
+        let Some(id) = old else {
             return Ok(None);
         };
-        let bound = self
-            .keys
-            .provider_issuer(&Digest::of(provider.name().as_bytes()));
-        let issuer = provider.config.issuer.as_bytes();
-        if !self.store.put_if_absent(&bound, issuer, None).await?
-            && self.store.get(&bound).await?.as_deref() != Some(issuer)
-        {
-            tracing::warn!(
-                provider = provider.name(),
-                "a link made when this provider name stood for another issuer is ignored"
-            );
+        if !self.old_links_trusted(provider).await? {
             return Ok(None);
         }
         let id = utf8(id)?;
@@ -597,6 +591,29 @@ impl SessionService {
         }
         // Re-indexed (or newly linked) by another call meanwhile: that entry decides.
         self.store.get(&index).await?.map(utf8).transpose()
+    }
+
+    /// Whether links made under this provider's name (before links were keyed by issuer) are
+    /// its own: the name still stands for the issuer it stood for when such a link was first
+    /// read. Asked of the store once per provider and process — the answer cannot change
+    /// while this process's configuration does not.
+    async fn old_links_trusted(&self, provider: &Provider) -> Result<bool, Error> {
+        let decided = provider.old_links_trusted.get_or_try_init(|| async {
+            let bound = self
+                .keys
+                .provider_issuer(&Digest::of(provider.name().as_bytes()));
+            let issuer = provider.config.issuer.as_bytes();
+            let trusted = self.store.put_if_absent(&bound, issuer, None).await?
+                || self.store.get(&bound).await?.as_deref() == Some(issuer);
+            if !trusted {
+                tracing::warn!(
+                    provider = provider.name(),
+                    "a link made when this provider name stood for another issuer is ignored"
+                );
+            }
+            Ok::<_, Error>(trusted)
+        });
+        decided.await.copied()
     }
 
     /// The user linked to `(provider, sub)`, created (and linked) if there is none yet.
@@ -632,11 +649,7 @@ impl SessionService {
             },
             _ => None,
         };
-        let identity = LegacyIdentity {
-            provider: provider.name().to_owned(),
-            subject: sub.to_owned(),
-            issuer: provider.config.issuer.clone(),
-        };
+        let identity = provider.identity(sub);
         // The conflict is checked before the identity is claimed: a user found by email who
         // already is another subject of this provider refuses the link, and the index must
         // never point at a user that refuses it.

@@ -49,11 +49,23 @@ pub struct Provider {
     max_lifetime_secs: i64,
     /// UserInfo calls this replica may still make now.
     budget: TokenBucket,
+    /// Whether identity links made under this provider's name, before links were keyed by
+    /// issuer, belong to it (decided once, on first need: see `linked_user`).
+    pub(super) old_links_trusted: tokio::sync::OnceCell<bool>,
 }
 
 impl Provider {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// `sub` as one of this provider's accounts, as user records list them.
+    pub fn identity(&self, sub: &str) -> super::model::LegacyIdentity {
+        super::model::LegacyIdentity {
+            provider: self.name().to_owned(),
+            subject: sub.to_owned(),
+            issuer: self.config.issuer.clone(),
+        }
     }
 
     pub fn is_legacy(&self) -> bool {
@@ -426,6 +438,7 @@ impl Providers {
                     leeway_secs: cfg.native.leeway.as_secs() as i64,
                     max_lifetime_secs: p.max_token_lifetime.as_secs() as i64,
                     budget: TokenBucket::new(p.userinfo_budget.per_second, p.userinfo_budget.burst),
+                    old_links_trusted: tokio::sync::OnceCell::new(),
                 };
                 (p.issuer.clone(), Arc::new(provider))
             })

@@ -276,11 +276,7 @@ impl SessionService {
                 return Ok(None);
             };
             let user: super::model::User = Self::decode(&record)?;
-            let identity = super::model::LegacyIdentity {
-                provider: provider.name().to_owned(),
-                subject: subject.to_owned(),
-                issuer: provider.config.issuer.clone(),
-            };
+            let identity = provider.identity(subject);
             let listed = user
                 .legacy_identities
                 .iter()

@@ -35,7 +35,7 @@ pub async fn fetch_capped(
     accept: &str,
     cap: usize,
 ) -> Result<Vec<u8>, String> {
-    let mut resp = client
+    let resp = client
         .get(url.clone())
         .header(reqwest::header::ACCEPT, accept)
         .send()
@@ -44,13 +44,28 @@ pub async fn fetch_capped(
     if resp.status() != reqwest::StatusCode::OK {
         return Err(format!("HTTP {}", resp.status().as_u16()));
     }
+    read_capped(resp, cap).await.map_err(|e| match e {
+        BodyError::TooLarge => format!("body larger than {cap} bytes"),
+        BodyError::Failed(e) => describe(&e),
+    })
+}
+
+/// Why a body could not be read whole.
+pub enum BodyError {
+    /// Over the cap, by its declared length or as it arrived.
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// Reads `resp`'s body, refusing one over `cap` bytes before buffering more than that.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
     if resp.content_length().is_some_and(|n| n > cap as u64) {
-        return Err(format!("body larger than {cap} bytes"));
+        return Err(BodyError::TooLarge);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Failed)? {
         if body.len() + chunk.len() > cap {
-            return Err(format!("body larger than {cap} bytes"));
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::http::http_client;
+use super::http::{BodyError, http_client, read_capped};
 
 /// Largest UserInfo body accepted.
 pub const MAX_USERINFO_BYTES: usize = 64 * 1024;
@@ -54,7 +54,7 @@ impl UserInfoClient {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await;
-        let mut resp = match resp {
+        let resp = match resp {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return UserInfoOutcome::Unavailable("timed out".into()),
             Err(e) if e.is_connect() => {
@@ -93,28 +93,16 @@ impl UserInfoClient {
         if !json_type {
             return UserInfoOutcome::Invalid("not application/json".into());
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_USERINFO_BYTES as u64)
-        {
-            return UserInfoOutcome::Invalid("body too large".into());
-        }
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_USERINFO_BYTES {
-                        return UserInfoOutcome::Invalid("body too large".into());
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) if e.is_timeout() => {
-                    return UserInfoOutcome::Unavailable("timed out".into());
-                }
-                Err(_) => return UserInfoOutcome::Unavailable("connection lost".into()),
+        let body = match read_capped(resp, MAX_USERINFO_BYTES).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => return UserInfoOutcome::Invalid("body too large".into()),
+            Err(BodyError::Failed(e)) if e.is_timeout() => {
+                return UserInfoOutcome::Unavailable("timed out".into());
             }
-        }
+            Err(BodyError::Failed(_)) => {
+                return UserInfoOutcome::Unavailable("connection lost".into());
+            }
+        };
         match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(m))
                 if m.get("sub")
