@@ -7,8 +7,8 @@ use serde_json::{Map, Number, Value};
 
 use super::pb;
 use crate::error::{Error, ErrorReason};
+use crate::session::claims::Claims;
 use crate::session::model::{AuthFactor, ClientInfo, LegacyIdentity, Session, User};
-use crate::session::native::Claims;
 use crate::session::{Action, Origin, Reason, Source, Verdict};
 
 /// Unix milliseconds → Timestamp.
@@ -403,9 +403,9 @@ mod tests {
         use crate::session::token::{self, Shape};
         use std::sync::Arc;
         for audiences in [r#"["one"]"#, r#"["one", "two"]"#] {
-            let issuer = crate::session::native::tests::issuer_with(audiences);
+            let issuer = crate::session::native::jwt::tests::issuer_with(audiences);
             let now_ms = 1_800_000_000_123;
-            let session = crate::session::native::tests::sample_session(now_ms);
+            let session = crate::session::native::jwt::tests::sample_session(now_ms);
             let jwt = issuer.mint(&session, now_ms).unwrap();
             let Ok(Shape::Jws(jws)) = token::classify(&jwt) else {
                 panic!("not a JWS")

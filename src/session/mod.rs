@@ -1,9 +1,20 @@
-//! Sessions, all sides of the migration: sessiongate's own (`native`: token shapes, minting,
-//! verifying), the configured providers' (`providers`: their JWTs, their UserInfo),
-//! migration from one to the other (`migrate`: replay, identity linking), and the service
-//! behind the session RPCs — `ValidateSession` (`validate`: one match on the token's shape),
-//! `CreateSession` and `RevokeSession` (`service`).
+//! Sessions, all sides of the migration. Each side has its room, and data flows one way:
+//!
+//! - `native/` — the NEW side: sessiongate's own session tokens and JWTs (create, revoke,
+//!   judge).
+//! - `providers/` — the LEGACY and EXTERNAL side: the configured providers' JWTs and opaque
+//!   tokens (verify, UserInfo, deny-list).
+//! - `migrate/` — a legacy token becomes a native session (replay window, identity links).
+//! - `validate` — `ValidateSession`: one match on the token's shape, each arm one side's.
+//! - `service` — the session RPCs' service: assembles the sides, and revokes across them.
+//!
+//! Below them all: `verdict` (the question and the answer), `token` (what a credential looks
+//! like), `claims` (a verified native JWT's compact form), `model` (stored records),
+//! `revocation` (the revoked set every replica keeps), `events`; and `inspect` (the CLI's
+//! offline look at a token).
 
+pub mod claims;
+mod events;
 pub mod inspect;
 mod migrate;
 pub mod model;
@@ -11,89 +22,11 @@ pub mod native;
 pub mod providers;
 pub mod revocation;
 mod service;
-mod singleflight;
 pub mod token;
 mod validate;
+pub mod verdict;
 
 pub use migrate::MigrateRequest;
-pub use service::{CreateRequest, Created, RevokeTarget, SessionService, Who};
-pub use validate::{ValidateRequest, Verdict};
-
-/// Why a credential is INVALID (mirrors the contract's `Reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Malformed,
-    TooLarge,
-    UnsupportedAlgorithm,
-    BadSignature,
-    UnknownIssuer,
-    UnknownKey,
-    Expired,
-    NotYetValid,
-    WrongAudience,
-    Revoked,
-    NotFound,
-    LegacyRetired,
-    WrongEnv,
-    InvalidClaims,
-}
-
-impl Reason {
-    /// A stable label (metrics, logs).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Malformed => "MALFORMED",
-            Reason::TooLarge => "TOO_LARGE",
-            Reason::UnsupportedAlgorithm => "UNSUPPORTED_ALGORITHM",
-            Reason::BadSignature => "BAD_SIGNATURE",
-            Reason::UnknownIssuer => "UNKNOWN_ISSUER",
-            Reason::UnknownKey => "UNKNOWN_KEY",
-            Reason::Expired => "EXPIRED",
-            Reason::NotYetValid => "NOT_YET_VALID",
-            Reason::WrongAudience => "WRONG_AUDIENCE",
-            Reason::Revoked => "REVOKED",
-            Reason::NotFound => "NOT_FOUND",
-            Reason::LegacyRetired => "LEGACY_RETIRED",
-            Reason::WrongEnv => "WRONG_ENV",
-            Reason::InvalidClaims => "INVALID_CLAIMS",
-        }
-    }
-}
-
-/// Which side of the migration a credential belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Unknown,
-    New,
-    Legacy,
-}
-
-/// Where a verdict came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    LocalVerify,
-    Cache,
-    Store,
-    Upstream,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::LocalVerify => "LOCAL_VERIFY",
-            Source::Cache => "CACHE",
-            Source::Store => "STORE",
-            Source::Upstream => "UPSTREAM",
-        }
-    }
-}
-
-/// What the caller should do next with a VALID credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    None,
-    Migrate,
-}
-
-/// The provider name of native sessions.
-pub const NATIVE_PROVIDER: &str = "native";
+pub use native::{CreateRequest, Created, Who};
+pub use service::{RevokeTarget, SessionService};
+pub use verdict::{Action, NATIVE_PROVIDER, Origin, Reason, Source, ValidateRequest, Verdict};

@@ -1,4 +1,4 @@
-//! Domain types of native sessions and users, and their stored form.
+//! Domain types of native sessions and users, their stored form, and how a secret prints.
 //!
 //! Records are stored as compact JSON (short field names: every byte is paid per session in
 //! Redis). Times are Unix milliseconds.
@@ -107,6 +107,29 @@ pub struct Tombstone {
     pub expires_at_ms: i64,
     #[serde(rename = "rv")]
     pub revoked_at_ms: i64,
+}
+
+/// A record as stored.
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, crate::error::Error> {
+    serde_json::to_vec(v).map_err(crate::error::Error::internal)
+}
+
+/// A stored record, read back.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, crate::error::Error> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| crate::error::Error::internal(format!("stored record: {e}")))
+}
+
+/// Prints a secret as its length only: for the `Debug` of every type that holds a token, so
+/// that a `{:?}` in a log line or a panic message can never print one.
+pub struct Redacted<'a>(pub &'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0.len())
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The in-process set of revoked native session ids.
+//! The in-process set of revoked native session ids (and deny-listed provider tokens).
 //!
 //! A revoked session's JWTs must fail on every replica within a second, without a Redis
 //! round trip per validation (JWT validation keeps working while Redis is down). So each
@@ -66,6 +66,25 @@ impl RevokedSids {
             // The set outlives its longest-lived member by nothing.
             ttl: Some(std::time::Duration::from_secs((until - now).max(1) as u64)),
         }
+    }
+
+    /// Revokes `id` (a native sid, or a provider token's deny-list id) in this replica at
+    /// once and tells the others through the invalidation channel.
+    pub async fn announce(
+        &self,
+        store: &dyn Store,
+        id: &str,
+        until: i64,
+        now_ms: i64,
+    ) -> Result<(), crate::error::Error> {
+        self.insert(id, until, now_ms.div_euclid(1000));
+        let msg = serde_json::to_vec(&Invalidation::Revoke {
+            sid: id.to_owned(),
+            until,
+        })
+        .map_err(crate::error::Error::internal)?;
+        store.publish(&msg).await?;
+        Ok(())
     }
 
     /// Reloads from the store's set what other replicas revoked while we were not listening,

@@ -8,7 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::Reason;
+use super::model::Redacted;
+use super::verdict::Reason;
 
 /// The prefix of sessiongate's opaque session tokens.
 pub const NATIVE_TOKEN_PREFIX: &str = "sgs_";
@@ -16,16 +17,6 @@ pub const NATIVE_TOKEN_PREFIX: &str = "sgs_";
 const NATIVE_TOKEN_BYTES: usize = 32;
 /// Length of the base64url body of a native token.
 const NATIVE_TOKEN_BODY_LEN: usize = 43;
-
-/// Prints a secret as its length only: for the `Debug` of every type that holds a token, so
-/// that a `{:?}` in a log line or a panic message can never print one.
-pub struct Redacted<'a>(pub &'a str);
-
-impl std::fmt::Debug for Redacted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<redacted, {} bytes>", self.0.len())
-    }
-}
 
 /// What a credential looks like.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,6 +1,5 @@
-//! Tokens of configured providers — `legacy` (being migrated away from) and `external` (a
-//! hosted new provider) — verified against their own JWKS (docs/design.md, "How a verdict
-//! is decided", steps 3 and 6).
+//! One configured provider at run time: its keys, its UserInfo, and how its JWTs are verified
+//! (docs/design.md, "How a verdict is decided", steps 3 and 6).
 //!
 //! A token is routed by its unverified `iss` to exactly one provider; the key is looked up by
 //! `(that provider, kid)` only, so a token signed by issuer B's key but claiming issuer A
@@ -10,18 +9,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-use super::Reason;
-use super::token::{Header, Jws, audience_matches, numeric_date};
 use crate::config::{Config, Policy, ProviderConfig, ProviderKind, TokenFormat};
 use crate::error::{Error, ErrorReason};
 use crate::keys::issuer::{IssuerKeys, KeyLookup, KeysAt};
 use crate::keys::jwks::{Alg, kid_ok};
+use crate::session::model::LegacyIdentity;
+use crate::session::token::{Header, Jws, audience_matches, numeric_date};
+use crate::session::verdict::Reason;
 use crate::upstream::budget::TokenBucket;
 use crate::upstream::http::http_client;
 use crate::upstream::userinfo::{UserInfoClient, UserInfoOutcome};
@@ -51,7 +50,7 @@ pub struct Provider {
     budget: TokenBucket,
     /// Whether identity links made under this provider's name, before links were keyed by
     /// issuer, belong to it (decided once, on first need: see `linked_user`).
-    pub(super) old_links_trusted: tokio::sync::OnceCell<bool>,
+    pub(crate) old_links_trusted: tokio::sync::OnceCell<bool>,
 }
 
 impl Provider {
@@ -60,8 +59,8 @@ impl Provider {
     }
 
     /// `sub` as one of this provider's accounts, as user records list them.
-    pub fn identity(&self, sub: &str) -> super::model::LegacyIdentity {
-        super::model::LegacyIdentity {
+    pub fn identity(&self, sub: &str) -> LegacyIdentity {
+        LegacyIdentity {
             provider: self.name().to_owned(),
             subject: sub.to_owned(),
             issuer: self.config.issuer.clone(),
@@ -170,7 +169,7 @@ impl Provider {
     /// Whether `token` may be one of this provider's opaque tokens: safe to send upstream,
     /// and of the configured shape. Anything else is refused without a call.
     pub fn opaque_token_plausible(&self, token: &str) -> bool {
-        super::token::upstream_safe(token) && self.config.opaque_shape.accepts(token)
+        crate::session::token::upstream_safe(token) && self.config.opaque_shape.accepts(token)
     }
 
     pub fn accepts_opaque(&self) -> bool {
@@ -309,65 +308,6 @@ impl Provider {
             subject,
             expires_at: Some(exp),
             claims: Arc::new(claims),
-        })
-    }
-}
-
-/// How long a UserInfo answer is reused: accepted tokens a minute; refusals, and answers that
-/// say nothing usable, 10 s — so that the same junk string repeated costs one call per 10 s,
-/// not one per request.
-const USERINFO_OK_TTL: Duration = Duration::from_secs(60);
-const USERINFO_REFUSED_TTL: Duration = Duration::from_secs(10);
-
-/// A UserInfo answer as cached in the store (and shared by concurrent validations).
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
-pub(super) struct CachedUserInfo {
-    ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    claims: Option<Map<String, Value>>,
-    /// An answer that said nothing usable (no subject, not JSON, an unexpected status): the
-    /// provider's fault, replayed as UNAVAILABLE.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    unusable: Option<String>,
-}
-
-impl CachedUserInfo {
-    pub(super) fn into_result(
-        self,
-        provider: &Provider,
-    ) -> Result<Result<Map<String, Value>, Reason>, Error> {
-        match (self.ok, self.claims, self.unusable) {
-            (_, _, Some(why)) => Err(provider.unusable_answer(&why)),
-            (true, Some(c), None) => Ok(Ok(c)),
-            // The provider refused the token: it does not know it as a live session.
-            _ => Ok(Err(Reason::NotFound)),
-        }
-    }
-
-    /// What to remember of an answer, and for how long; `None` for a transient one (a rate
-    /// limit, an unreachable provider), which is never remembered.
-    pub(super) fn of(outcome: UserInfoOutcome) -> Option<(Self, Duration)> {
-        let refused = |unusable: Option<String>| Self {
-            ok: false,
-            claims: None,
-            unusable,
-        };
-        Some(match outcome {
-            UserInfoOutcome::Ok(claims) => (
-                Self {
-                    ok: true,
-                    claims: Some(claims),
-                    unusable: None,
-                },
-                USERINFO_OK_TTL,
-            ),
-            UserInfoOutcome::Rejected(_) => (refused(None), USERINFO_REFUSED_TTL),
-            UserInfoOutcome::MissingSubject => (
-                refused(Some("the answer names no subject".into())),
-                USERINFO_REFUSED_TTL,
-            ),
-            UserInfoOutcome::Invalid(why) => (refused(Some(why)), USERINFO_REFUSED_TTL),
-            UserInfoOutcome::RateLimited(_) | UserInfoOutcome::Unavailable(_) => return None,
         })
     }
 }
