@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod clients;
+mod export;
 mod flows;
 mod migration;
 mod native;
@@ -453,7 +454,7 @@ fn build(
                 .as_deref()
                 .and_then(Path::parent)
                 .unwrap_or(Path::new("."));
-            let (exported, warnings) = flows::unleash_export(&mut c, base, p);
+            let (exported, warnings) = export::unleash_export(&mut c, base, p);
             flows = exported;
             flow_warnings = warnings;
         } else {

@@ -27,10 +27,16 @@ use redis::{AsyncCommands, ErrorKind, RedisError, RedisFuture};
 use tokio::sync::broadcast;
 
 use super::keys::Keys;
-use super::{
-    EVENTS_MAX_LEN, EVENTS_STREAM, Key, Notice, Store, StoreError, StoreKind, StoreResult, Write,
-};
+use super::{EVENTS_STREAM, Key, Notice, Store, StoreError, StoreKind, StoreResult, Write};
 use crate::config::Env;
+use breaker::{Breakers, slot_number};
+use commands::{transaction, ttl_ms, write_key, xadd};
+
+mod breaker;
+mod commands;
+
+/// Calls in flight at most; past it, calls fail at once (load shedding) instead of queueing.
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// Time bounds for Redis calls.
 #[derive(Debug, Clone, Copy)]
@@ -39,114 +45,6 @@ pub struct Timeouts {
     pub command: Duration,
     /// One TCP connect attempt.
     pub connect: Duration,
-}
-
-/// Consecutive failed calls that open the circuit.
-const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open circuit fails calls at once before letting one through again.
-const BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
-/// Calls in flight at most; past it, calls fail at once (load shedding) instead of queueing.
-const MAX_IN_FLIGHT: usize = 1024;
-
-/// Fails calls fast while Redis is known to be down or hung, so that each request does not
-/// pay the whole command timeout (and a queue of them does not pile up): after
-/// [`BREAKER_THRESHOLD`] consecutive failures it opens for [`BREAKER_COOLDOWN`]; the next call
-/// after that is a probe — success closes it, failure opens it again. Recovery after Redis
-/// returns therefore takes at most one cooldown.
-///
-/// Standalone Redis has one circuit. A cluster has one per slot: a dead or hung master must
-/// not fail calls that its healthy peers would answer. (16 384 × 16 bytes; keyless calls —
-/// PING, PUBLISH — go through no circuit in a cluster.)
-struct Breakers {
-    circuits: Vec<Circuit>,
-    epoch: std::time::Instant,
-    /// When the last "circuit open" warning was logged (ms since `epoch`): one a second.
-    warned_at: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Default)]
-struct Circuit {
-    failures: std::sync::atomic::AtomicU32,
-    /// Milliseconds since `epoch` until which the circuit is open.
-    open_until: std::sync::atomic::AtomicU64,
-}
-
-impl Breakers {
-    fn new(cluster: bool) -> Self {
-        let n = if cluster { 16_384 } else { 1 };
-        Self {
-            circuits: (0..n).map(|_| Circuit::default()).collect(),
-            epoch: std::time::Instant::now(),
-            warned_at: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// The circuit of a call on `key` (`None`: a keyless call).
-    fn circuit(&self, key: Option<&str>) -> Option<&Circuit> {
-        match (self.circuits.len(), key) {
-            (1, _) => self.circuits.first(),
-            (_, Some(k)) => self.circuits.get(usize::from(slot_number(k))),
-            (_, None) => None,
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn is_open(&self, c: &Circuit) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.now_ms() < c.open_until.load(Relaxed)
-    }
-
-    fn record(&self, c: &Circuit, ok: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if ok {
-            if c.failures.swap(0, Relaxed) >= BREAKER_THRESHOLD {
-                tracing::debug!("Redis answers again: store circuit closed");
-            }
-            return;
-        }
-        let n = c.failures.fetch_add(1, Relaxed) + 1;
-        if n >= BREAKER_THRESHOLD {
-            let now = self.now_ms();
-            if n == BREAKER_THRESHOLD {
-                let last = self.warned_at.load(Relaxed);
-                if (last == 0 || now >= last + 1000)
-                    && self
-                        .warned_at
-                        .compare_exchange(last, now.max(1), Relaxed, Relaxed)
-                        .is_ok()
-                {
-                    tracing::warn!(
-                        failures = n,
-                        "Redis keeps failing: store circuit open, calls fail fast"
-                    );
-                }
-            }
-            c.open_until
-                .store(now + BREAKER_COOLDOWN.as_millis() as u64, Relaxed);
-        }
-    }
-}
-
-/// A key's cluster slot: CRC16/XMODEM of its hash tag (or of the whole key), mod 16 384 —
-/// what Redis and redis-rs compute. redis-rs' `Slot` only exposes equality, and the circuit
-/// breakers need the number; the CRC is the `crc16` crate redis-rs itself uses.
-fn slot_number(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let tagged = bytes
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &bytes[open + 1..];
-            rest.iter()
-                .position(|&b| b == b'}')
-                .filter(|&close| close > 0)
-                .map(|close| &rest[..close])
-        })
-        .unwrap_or(bytes);
-    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16_384
 }
 
 /// One connection handle for either deployment; cheap to clone (both multiplex).
@@ -407,104 +305,6 @@ async fn subscribe_forever(
     }
 }
 
-/// The arguments of an XADD of `event` to the bounded event stream.
-fn xadd(event: &serde_json::Value) -> redis::Cmd {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(EVENTS_STREAM)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(EVENTS_MAX_LEN)
-        .arg("*")
-        .arg("event")
-        .arg(event.to_string());
-    cmd
-}
-
-/// The key a write touches (what decides its cluster slot).
-fn write_key(w: &Write) -> &str {
-    match w {
-        Write::Put { key, .. }
-        | Write::Delete { key }
-        | Write::SetAdd { key, .. }
-        | Write::SetRemove { key, .. }
-        | Write::ExpiringAdd { key, .. } => key.as_str(),
-        Write::Event(_) => EVENTS_STREAM,
-    }
-}
-
-/// One MULTI/EXEC applying `writes`.
-fn transaction(writes: &[Write]) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    for w in writes {
-        match w {
-            Write::Put { key, value, ttl } => {
-                let cmd = pipe.cmd("SET").arg(key.as_str()).arg(value.as_slice());
-                if let Some(t) = ttl {
-                    cmd.arg("PX").arg(ttl_ms(*t));
-                }
-                cmd.ignore();
-            }
-            Write::Delete { key } => {
-                pipe.del(key.as_str()).ignore();
-            }
-            Write::SetAdd { key, member, ttl } => {
-                pipe.sadd(key.as_str(), member.as_slice()).ignore();
-                grow_ttl(&mut pipe, key, *ttl);
-            }
-            Write::SetRemove { key, member } => {
-                pipe.srem(key.as_str(), member.as_slice()).ignore();
-            }
-            Write::ExpiringAdd {
-                key,
-                member,
-                until,
-                prune_through,
-                ttl,
-            } => {
-                // GT: a later `until` wins, an earlier one never shortens (Redis >= 6.2).
-                pipe.cmd("ZADD")
-                    .arg(key.as_str())
-                    .arg("GT")
-                    .arg(*until)
-                    .arg(member.as_slice())
-                    .ignore();
-                pipe.cmd("ZREMRANGEBYSCORE")
-                    .arg(key.as_str())
-                    .arg("-inf")
-                    .arg(*prune_through)
-                    .ignore();
-                grow_ttl(&mut pipe, key, *ttl);
-            }
-            Write::Event(event) => {
-                pipe.add_command(xadd(event)).ignore();
-            }
-        }
-    }
-    pipe
-}
-
-/// Gives a collection key `ttl` if it has none, and extends (never shortens) the one it
-/// has: NX sets the TTL of a new key, GT extends an existing one, so the collection lives as
-/// long as its longest-lived member needs (Redis >= 7.0).
-fn grow_ttl(pipe: &mut redis::Pipeline, key: &Key, ttl: Option<Duration>) {
-    if let Some(t) = ttl {
-        let ms = ttl_ms(t);
-        for condition in ["NX", "GT"] {
-            pipe.cmd("PEXPIRE")
-                .arg(key.as_str())
-                .arg(ms)
-                .arg(condition)
-                .ignore();
-        }
-    }
-}
-
-fn ttl_ms(ttl: Duration) -> u64 {
-    // Redis refuses PX 0; a zero TTL means "expire at once", so 1 ms.
-    (ttl.as_millis() as u64).max(1)
-}
-
 #[async_trait]
 impl Store for RedisStore {
     fn kind(&self) -> StoreKind {
@@ -749,38 +549,5 @@ impl Store for RedisStore {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_the_ones_redis_computes() {
-        // Known answers from `CLUSTER KEYSLOT` on Redis 7.0 and the cluster spec.
-        assert_eq!(slot_number("foo"), 12182);
-        assert_eq!(slot_number("somekey"), 11058);
-        assert_eq!(slot_number("{user1000}.following"), slot_number("user1000"));
-        // An empty tag `{}` hashes the whole key; only the first tag counts.
-        assert_eq!(
-            slot_number("foo{}{bar}"),
-            crc16::State::<crc16::XMODEM>::calculate(b"foo{}{bar}") % 16_384
-        );
-        assert_eq!(slot_number("foo{{bar}}zap"), slot_number("{bar"));
-        // The same slot redis-rs routes to (its `Slot` exposes only equality).
-        for key in [
-            "sg:test:{t:ab}:session",
-            "revoked",
-            "sessiongate:events",
-            "{x}y",
-        ] {
-            let other = if key == "revoked" { "{x}y" } else { "revoked" };
-            assert_eq!(
-                redis::cluster_routing::Slot::for_key(key)
-                    == redis::cluster_routing::Slot::for_key(other),
-                slot_number(key) == slot_number(other),
-            );
-        }
     }
 }
