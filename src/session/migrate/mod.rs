@@ -356,16 +356,10 @@ impl Migrator {
             self.revoke_sessions_migrated_from(&ids.signed).await?;
             return Err(rejected("it was revoked"));
         }
-        let session_jwt = self.native.issuer().mint(&session, now)?;
         metrics::counter!("sessiongate_migrations_total", "provider" => provider.name().to_owned(), "outcome" => if user_created { "user_created" } else { "user_found" })
             .increment(1);
-        Ok(Created {
-            user,
-            session,
-            session_token,
-            session_jwt,
-            user_created,
-        })
+        self.native
+            .hand_out(user, session, session_token, user_created, now)
     }
 
     /// One more call of `subject` in the current one-minute window of `bucket`; refused past

@@ -128,14 +128,26 @@ impl NativeSessions {
             &mut writes,
         )?;
         self.store.write(writes).await?;
-        let session_jwt = self.issuer.mint(&session, now)?;
         metrics::counter!("sessiongate_sessions_created_total", "via" => "create_session")
             .increment(1);
+        self.hand_out(user, session, session_token, user_created, now)
+    }
+
+    /// What the caller of a session just written gets, once: the records, the opaque token
+    /// and a JWT minted now.
+    pub(crate) fn hand_out(
+        &self,
+        user: User,
+        session: Session,
+        session_token: String,
+        user_created: bool,
+        now: i64,
+    ) -> Result<Created, Error> {
         Ok(Created {
+            session_jwt: self.issuer.mint(&session, now)?,
             user,
             session,
             session_token,
-            session_jwt,
             user_created,
         })
     }
