@@ -60,6 +60,7 @@ fn request(token: &str) -> ValidateRequest {
         session_duration_minutes: 0,
         client: Default::default(),
         may_extend_by_jwt: false,
+        view: Default::default(),
     }
 }
 

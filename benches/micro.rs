@@ -129,7 +129,7 @@ fn flows(c: &mut Criterion) {
 /// ValidateSession costs beyond the gRPC stack (the load generator measures the whole).
 fn cached_validation(c: &mut Criterion) {
     use prost::Message as _;
-    use sessiongate::session::ValidateRequest;
+    use sessiongate::session::{ValidateRequest, View};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -160,28 +160,32 @@ fn cached_validation(c: &mut Criterion) {
         }))
         .unwrap();
     let caller: Arc<str> = Arc::from("bench");
-    let req = || ValidateRequest {
+    let req = |view: View| ValidateRequest {
         caller: caller.clone(),
         token: created.session_jwt.clone(),
         max_token_age_seconds: 0,
         session_duration_minutes: 0,
         client: Default::default(),
         may_extend_by_jwt: false,
+        view,
     };
-    rt.block_on(sessions.validate(req())).unwrap();
-    c.bench_function("ValidateSession: cached JWT, domain only", |b| {
-        b.iter(|| black_box(rt.block_on(sessions.validate(req())).unwrap()))
-    });
-    c.bench_function(
-        "ValidateSession: cached JWT, domain + response + encode",
-        |b| {
-            b.iter(|| {
-                let v = rt.block_on(sessions.validate(req())).unwrap();
-                let resp = sessiongate::grpc::convert::verdict_out(v);
-                black_box(resp.encode_to_vec())
-            })
-        },
-    );
+    rt.block_on(sessions.validate(req(View::Full))).unwrap();
+    for (view, name) in [(View::Full, "FULL"), (View::Basic, "BASIC")] {
+        c.bench_function(
+            &format!("ValidateSession: cached JWT, {name}, domain only"),
+            |b| b.iter(|| black_box(rt.block_on(sessions.validate(req(view))).unwrap())),
+        );
+        c.bench_function(
+            &format!("ValidateSession: cached JWT, {name}, domain + response + encode"),
+            |b| {
+                b.iter(|| {
+                    let v = rt.block_on(sessions.validate(req(view))).unwrap();
+                    let resp = sessiongate::grpc::convert::verdict_out(v, view);
+                    black_box(resp.encode_to_vec())
+                })
+            },
+        );
+    }
 }
 
 criterion_group!(benches, tokens, flows, cached_validation);

@@ -12,6 +12,7 @@
 //! legacy provider, `benches/support` the Redis all benches use.
 
 mod fixtures;
+mod h2load;
 mod migrate;
 mod paths;
 #[path = "../support/redis.rs"]
@@ -39,6 +40,7 @@ use migrate::{MigrateResult, bench_migrate};
 use paths::{Fixtures, Path, measure, validate_lean};
 use redis_server::Redis;
 use report::{Row, cpu_us, print_table, rss_kb};
+use run::Run;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -70,6 +72,17 @@ struct Args {
     /// Migrations per MigrateSession measurement (each one a never-seen legacy identity).
     #[arg(long, default_value_t = 1500)]
     migrations: usize,
+    /// Server-bound: the server pinned to core 0 with one worker thread, the load (h2load,
+    /// and this process) on core 1, so that the ratios are the server's cost and not the
+    /// client's. Otherwise client and server share every core.
+    #[arg(long)]
+    server_bound: bool,
+    /// Server-bound mode: h2load's connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Server-bound mode: h2load's concurrent streams per connection.
+    #[arg(long, default_value_t = 16)]
+    streams: usize,
     /// Paths to run (default: all; `migrate` is the MigrateSession benchmark).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -78,7 +91,7 @@ struct Args {
     bench: bool,
 }
 
-const API_KEY: &str = "loadgen-key";
+pub(crate) const API_KEY: &str = "loadgen-key";
 
 struct Server {
     child: Child,
@@ -93,6 +106,19 @@ impl Drop for Server {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.server_bound {
+        // Before the runtime starts: its threads, redis-server and h2load inherit core 1.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        anyhow::ensure!(
+            cores >= 2,
+            "--server-bound needs two cores, this machine has {cores}"
+        );
+        let pinned = Command::new("taskset")
+            .args(["-p", "-c", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(pinned.success(), "taskset could not pin the load generator");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -132,8 +158,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
 
     let started = Instant::now();
-    let mut child = Command::new(&binary)
+    let mut command = if args.server_bound {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&binary);
+        c
+    } else {
+        Command::new(&binary)
+    };
+    let mut child = command
         .env_clear()
+        // One worker thread on the one core the server may use.
+        .envs(args.server_bound.then_some(("TOKIO_WORKER_THREADS", "1")))
         .env("SESSIONGATE_CONFIG", &config_path)
         .env("REDIS_URL", redis.url())
         .env("SESSIONGATE_GRPC_ADDR", "127.0.0.1:0")
@@ -152,11 +187,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("\"sessiongate serving\"") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                let _ = addr_tx.send(v["grpc_addr"].as_str().unwrap_or_default().to_owned());
+                let addr = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                let _ = addr_tx.send((addr("grpc_addr"), addr("http_addr")));
             }
         }
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(30))?;
+    let (addr, http_addr) = addr_rx.recv_timeout(Duration::from_secs(30))?;
     let to_listening = started.elapsed();
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
@@ -200,8 +236,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let all = [
+        Path::JwtCachedBasic,
         Path::JwtCached,
         Path::JwtUncached,
+        Path::OpaqueBasic,
         Path::Opaque,
         Path::ResolveFlow,
         Path::Malformed,
@@ -220,6 +258,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let pid = server.child.id();
+    let h2load = if args.server_bound {
+        Some(h2load::H2Load::new(
+            &addr,
+            &http_addr,
+            dir.path(),
+            args.connections,
+            args.streams,
+        )?)
+    } else {
+        None
+    };
     let mut results = Vec::new();
     for &path in &paths {
         let mut ratios = Vec::new();
@@ -231,6 +280,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for _ in 0..args.rounds {
             let limit = path.fresh().then_some(args.uncached_tokens);
             let dur = Duration::from_secs_f64(args.seconds);
+            if let (Some(h2), Some((rpc, body))) = (&h2load, path.fixed_request(&fixtures)) {
+                let (base_rpc, base_body) = Path::Baseline
+                    .fixed_request(&fixtures)
+                    .expect("the baseline has a fixed request");
+                let base = h2
+                    .shot(Path::Baseline, base_rpc, &base_body, args.seconds, pid)
+                    .await?;
+                let run = h2.shot(path, rpc, &body, args.seconds, pid).await?;
+                base_cpu.push(base.cpu_us);
+                cpu.push(run.cpu_us);
+                ratios.push(run.rps / base.rps);
+                runs.push(Run::throughput(run.rps, run.done));
+                bases.push(Run::throughput(base.rps, base.done));
+                continue;
+            }
             let t0 = cpu_us(pid);
             let base = measure(
                 Path::Baseline,
@@ -305,13 +369,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let rss_kb = rss_kb(server.child.id());
+    println!(
+        "\nmode: {}",
+        if args.server_bound {
+            format!(
+                "server-bound (server on core 0 with one worker thread; h2load -c {} -m {} and this process on core 1)",
+                args.connections, args.streams
+            )
+        } else {
+            format!(
+                "shared (client and server on every core; {} calls in flight on one connection)",
+                args.concurrency
+            )
+        }
+    );
     print_table(&results, to_listening, to_serving, rss_kb);
     if let Some(m) = &migrate {
         m.print();
     }
     let json = serde_json::json!({
         "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "mode": if args.server_bound { "server-bound" } else { "shared" },
         "concurrency": args.concurrency,
+        "h2load_connections_streams": args.server_bound.then_some([args.connections, args.streams]),
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
         "start_to_listening_ms": to_listening.as_secs_f64() * 1000.0,

@@ -15,12 +15,15 @@ use crate::run::Run;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Path {
     Baseline,
+    /// The FULL view (claims, session), as callers that do not ask for a view get it.
     JwtCached,
+    JwtCachedBasic,
     JwtUncached,
     LegacyRs256,
     LegacyEs256,
     LegacyEdDsa,
     Opaque,
+    OpaqueBasic,
     ResolveFlow,
     /// A tiny malformed token: the fixed cost of a ValidateSession call (auth, layers,
     /// metrics, a small response), for comparison.
@@ -39,25 +42,73 @@ impl Path {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Path::Baseline => "Health/Check (baseline)",
-            Path::JwtCached => "ValidateSession native JWT, cache hit",
+            Path::JwtCached => "ValidateSession native JWT, cache hit, FULL",
+            Path::JwtCachedBasic => "ValidateSession native JWT, cache hit, BASIC",
             Path::JwtUncached => "ValidateSession native JWT, uncached RS256",
             Path::LegacyRs256 => "ValidateSession legacy JWT, uncached RS256",
             Path::LegacyEs256 => "ValidateSession legacy JWT, uncached ES256",
             Path::LegacyEdDsa => "ValidateSession legacy JWT, uncached EdDSA",
-            Path::Opaque => "ValidateSession native opaque via Redis",
+            Path::Opaque => "ValidateSession native opaque via Redis, FULL",
+            Path::OpaqueBasic => "ValidateSession native opaque via Redis, BASIC",
             Path::ResolveFlow => "ResolveFlow, device id, 50% rollout",
             Path::Malformed => "ValidateSession, malformed token (fixed cost)",
         }
     }
+    /// The view a ValidateSession path asks for.
+    pub(crate) fn view(self) -> pb::ValidateView {
+        match self {
+            Path::JwtCachedBasic | Path::OpaqueBasic => pb::ValidateView::Basic,
+            _ => pb::ValidateView::Unspecified,
+        }
+    }
+
+    /// The RPC a path calls, and its request as gRPC frames it (for h2load, which sends one
+    /// fixed body per path; `None` for paths that need a fresh token per call).
+    pub(crate) fn fixed_request(self, fx: &Fixtures) -> Option<(&'static str, Vec<u8>)> {
+        let validate = |token: &str| {
+            Some((
+                "/sessiongate.v1.SessionGateService/ValidateSession",
+                crate::h2load::grpc_frame(&pb::ValidateSessionRequest {
+                    token: token.to_owned(),
+                    view: self.view() as i32,
+                    ..Default::default()
+                }),
+            ))
+        };
+        match self {
+            Path::Baseline => Some((
+                "/grpc.health.v1.Health/Check",
+                crate::h2load::grpc_frame(&HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )),
+            Path::JwtCached | Path::JwtCachedBasic => validate(&fx.cached_jwt),
+            Path::Opaque | Path::OpaqueBasic => validate(&fx.opaque[0]),
+            Path::Malformed => validate("not-a-token"),
+            Path::ResolveFlow => Some((
+                "/sessiongate.v1.SessionGateService/ResolveFlow",
+                crate::h2load::grpc_frame(&pb::ResolveFlowRequest {
+                    flow: "login".into(),
+                    device_id: "device-1".into(),
+                    country: "NO".into(),
+                    ..Default::default()
+                }),
+            )),
+            _ => None,
+        }
+    }
+
     pub(crate) fn key(self) -> &'static str {
         match self {
             Path::Baseline => "baseline",
             Path::JwtCached => "jwt_cached",
+            Path::JwtCachedBasic => "jwt_cached_basic",
             Path::JwtUncached => "jwt_uncached",
             Path::LegacyRs256 => "legacy_rs256",
             Path::LegacyEs256 => "legacy_es256",
             Path::LegacyEdDsa => "legacy_eddsa",
             Path::Opaque => "opaque",
+            Path::OpaqueBasic => "opaque_basic",
             Path::ResolveFlow => "resolve_flow",
             Path::Malformed => "malformed",
         }
@@ -66,11 +117,12 @@ impl Path {
     pub(crate) fn target(self) -> Option<(f64, f64)> {
         match self {
             Path::Baseline => None,
-            Path::JwtCached => Some((0.85, 20.0)),
+            Path::JwtCachedBasic => Some((0.85, 20.0)),
+            Path::JwtCached => Some((0.6, 20.0)),
             Path::JwtUncached | Path::LegacyRs256 => Some((0.28, 40.0)),
             // No target of their own (docs/performance.md): reported for comparison.
             Path::LegacyEs256 | Path::LegacyEdDsa | Path::Malformed => None,
-            Path::Opaque => Some((0.6, 50.0)),
+            Path::Opaque | Path::OpaqueBasic => Some((0.6, 50.0)),
             Path::ResolveFlow => Some((0.85, 20.0)),
         }
     }
@@ -128,9 +180,9 @@ pub(crate) async fn measure(
                     }
                     let token = match path {
                         Path::Baseline | Path::ResolveFlow => None,
-                        Path::JwtCached => Some(fx.cached_jwt.clone()),
+                        Path::JwtCached | Path::JwtCachedBasic => Some(fx.cached_jwt.clone()),
                         Path::Malformed => Some(std::env::var("MALFORMED").unwrap_or("not-a-token".to_owned())),
-                        Path::Opaque => Some(fx.opaque[i % fx.opaque.len()].clone()),
+                        Path::Opaque | Path::OpaqueBasic => Some(fx.opaque[i % fx.opaque.len()].clone()),
                         p => match fx.fresh.get(p.key()).and_then(|m| m.lock().expect("lock").next()) {
                             Some(t) => Some(t),
                             None => break,
@@ -146,6 +198,7 @@ pub(crate) async fn measure(
                         Some(token) => {
                             let mut req = tonic::Request::new(pb::ValidateSessionRequest {
                                 token,
+                                view: path.view() as i32,
                                 ..Default::default()
                             });
                             req.metadata_mut()

@@ -71,15 +71,15 @@ pub(crate) fn print_table(
             .map(|(ratio, extra)| format!("≥ {ratio}×, +{extra} µs"))
             .unwrap_or_default();
         println!(
-            "| {} | {:.0} | {:.0} | {:.2}× | {} | {:.0} | {:.0} | {:.0} | {:.0} ({:.0}) | {:.1} ({:.1}) | {} |",
+            "| {} | {:.0} | {:.0} | {:.2}× | {} | {} | {} | {} | {:.0} ({:.0}) | {:.1} ({:.1}) | {} |",
             r.path.name(),
             r.rps,
             r.base_rps,
             r.ratio,
             t,
-            r.p50,
-            r.p99,
-            r.p999,
+            us(r.p50),
+            us(r.p99),
+            us(r.p999),
             r.unloaded_p99,
             r.base_unloaded_p99,
             r.cpu_us,
@@ -97,6 +97,15 @@ pub(crate) fn print_table(
             .unwrap_or_else(|| "n/a".into())
     );
     println!();
+}
+
+/// A latency for the table: `–` where none was measured (h2load's rounds).
+fn us(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else {
+        format!("{v:.0}")
+    }
 }
 
 /// CPU time (user + system) the process has used, in µs (clock ticks of 10 ms: read it

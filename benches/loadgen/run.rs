@@ -23,6 +23,14 @@ impl Run {
         }
     }
 
+    /// A run measured elsewhere (h2load): its throughput only, no latencies.
+    pub(crate) fn throughput(rps: f64, done: u64) -> Self {
+        let mut run = Run::new();
+        run.ok = done;
+        run.elapsed = Duration::from_secs_f64(done as f64 / rps.max(f64::MIN_POSITIVE));
+        run
+    }
+
     /// Counts one call that took `took`; only good calls enter the latency histogram.
     pub(crate) fn record(&mut self, good: bool, took: Duration) {
         if good {
@@ -49,7 +57,11 @@ impl Run {
     pub(crate) fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
+    /// The latency at quantile `q` (µs); NaN when the run recorded none.
     pub(crate) fn p(&self, q: f64) -> f64 {
+        if self.hist.is_empty() {
+            return f64::NAN;
+        }
         self.hist.value_at_quantile(q) as f64
     }
 }

@@ -9,7 +9,7 @@ use super::pb;
 use crate::error::{Error, ErrorReason};
 use crate::session::claims::Claims;
 use crate::session::model::{AuthFactor, ClientInfo, LegacyIdentity, Session, User};
-use crate::session::{Action, Origin, Reason, Source, Verdict};
+use crate::session::{Action, Origin, Reason, Source, Verdict, View};
 
 /// Unix milliseconds → Timestamp.
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
@@ -255,7 +255,10 @@ fn reason_out(r: Reason) -> pb::Reason {
     }
 }
 
-pub fn verdict_out(v: Verdict) -> pb::ValidateSessionResponse {
+/// The verdict in the view asked for: BASIC leaves out claims, session and session_jwt
+/// (the domain builds none of them for it where it can; this holds every path to it).
+pub fn verdict_out(v: Verdict, view: View) -> pb::ValidateSessionResponse {
+    let full = view == View::Full;
     pb::ValidateSessionResponse {
         verdict: if v.is_valid() {
             pb::Verdict::Valid
@@ -271,10 +274,11 @@ pub fn verdict_out(v: Verdict) -> pb::ValidateSessionResponse {
         provider: v.provider,
         user_id: v.user_id,
         subject: v.subject,
-        session: v.session.as_ref().map(session_out),
-        claims: v.claims.as_ref().map(claims_out),
+        session_id: v.session_id,
+        session: v.session.as_ref().filter(|_| full).map(session_out),
+        claims: v.claims.as_ref().filter(|_| full).map(claims_out),
         expires_at: v.expires_at_ms.map(timestamp),
-        session_jwt: v.session_jwt.unwrap_or_default(),
+        session_jwt: v.session_jwt.filter(|_| full).unwrap_or_default(),
         action: match v.action {
             Action::None => pb::Action::None,
             Action::Migrate => pb::Action::Migrate,
@@ -285,6 +289,14 @@ pub fn verdict_out(v: Verdict) -> pb::ValidateSessionResponse {
             Source::Store => pb::DecisionSource::Store,
             Source::Upstream => pb::DecisionSource::Upstream,
         } as i32,
+    }
+}
+
+/// The view asked for; unset is FULL (see the proto).
+pub fn view_in(v: i32) -> View {
+    match pb::ValidateView::try_from(v) {
+        Ok(pb::ValidateView::Basic) => View::Basic,
+        _ => View::Full,
     }
 }
 

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{
     client_in, custom_claims_in, factor_in, flow_request, flow_response, session_out, user_out,
-    verdict_out,
+    verdict_out, view_in,
 };
 use super::pb;
 use crate::caller::Caller;
@@ -44,9 +44,11 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
     ) -> Result<Response<pb::ValidateSessionResponse>, Status> {
         let caller = caller(&request);
         let r = request.into_inner();
+        let view = view_in(r.view);
         let verdict = self
             .sessions
             .validate(ValidateRequest {
+                view,
                 may_extend_by_jwt: caller.can_issue,
                 caller: caller.name,
                 token: r.token,
@@ -55,7 +57,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
                 client: client_in(r.client),
             })
             .await?;
-        Ok(Response::new(verdict_out(verdict)))
+        Ok(Response::new(verdict_out(verdict, view)))
     }
 
     async fn migrate_session(

@@ -29,4 +29,6 @@ pub mod verdict;
 pub use migrate::MigrateRequest;
 pub use native::{CreateRequest, Created, Who};
 pub use service::{RevokeTarget, SessionService};
-pub use verdict::{Action, NATIVE_PROVIDER, Origin, Reason, Source, ValidateRequest, Verdict};
+pub use verdict::{
+    Action, NATIVE_PROVIDER, Origin, Reason, Source, ValidateRequest, Verdict, View,
+};

@@ -94,6 +94,9 @@ pub struct Verdict {
     pub provider: String,
     pub user_id: String,
     pub subject: String,
+    /// The native session's id; empty for provider tokens.
+    pub session_id: String,
+    /// The native session (FULL view only).
     pub session: Option<Session>,
     /// Shared with the verdict cache: converting is the only copy.
     pub claims: Option<Claims>,
@@ -111,6 +114,7 @@ impl std::fmt::Debug for Verdict {
             .field("provider", &self.provider)
             .field("user_id", &self.user_id)
             .field("subject", &self.subject)
+            .field("session_id", &self.session_id)
             .field("session", &self.session)
             .field("expires_at_ms", &self.expires_at_ms)
             .field("session_jwt", &self.session_jwt.as_deref().map(Redacted))
@@ -128,6 +132,7 @@ impl Verdict {
             provider: String::new(),
             user_id: String::new(),
             subject: String::new(),
+            session_id: String::new(),
             session: None,
             claims: None,
             expires_at_ms: None,
@@ -137,20 +142,41 @@ impl Verdict {
         }
     }
 
-    pub(crate) fn native(session: Session, source: Source) -> Self {
+    /// A VALID native session, without the session itself (the BASIC view).
+    pub(crate) fn native_basic(
+        user_id: &str,
+        session_id: &str,
+        expires_at_ms: i64,
+        source: Source,
+    ) -> Self {
         Self {
             invalid: None,
             origin: Origin::New,
             provider: NATIVE_PROVIDER.into(),
-            user_id: session.user_id.clone(),
-            subject: session.user_id.clone(),
-            expires_at_ms: Some(session.expires_at_ms),
-            session: Some(session),
+            user_id: user_id.to_owned(),
+            subject: user_id.to_owned(),
+            session_id: session_id.to_owned(),
+            expires_at_ms: Some(expires_at_ms),
+            session: None,
             claims: None,
             session_jwt: None,
             action: Action::None,
             source,
         }
+    }
+
+    /// A VALID native session, in the view asked for.
+    pub(crate) fn native(session: Session, view: View, source: Source) -> Self {
+        let mut v = Self::native_basic(
+            &session.user_id,
+            &session.session_id,
+            session.expires_at_ms,
+            source,
+        );
+        if view == View::Full {
+            v.session = Some(session);
+        }
+        v
     }
 
     pub fn is_valid(&self) -> bool {
@@ -171,6 +197,17 @@ pub struct ValidateRequest {
     /// may extend with the opaque session_token: only its holder has it, while a short JWT
     /// travels through every service of the fleet.
     pub may_extend_by_jwt: bool,
+    pub view: View,
+}
+
+/// How much of a verdict the caller wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    /// The verdict and who it is about: no claims, no session, no fresh JWT.
+    Basic,
+    /// Everything; the default, so that callers written before views get what they read.
+    #[default]
+    Full,
 }
 
 impl std::fmt::Debug for ValidateRequest {
@@ -181,6 +218,7 @@ impl std::fmt::Debug for ValidateRequest {
             .field("max_token_age_seconds", &self.max_token_age_seconds)
             .field("session_duration_minutes", &self.session_duration_minutes)
             .field("may_extend_by_jwt", &self.may_extend_by_jwt)
+            .field("view", &self.view)
             .finish_non_exhaustive()
     }
 }

@@ -56,7 +56,11 @@ impl Digest {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        // Into a buffer, not `hex::encode` (which collects chars one by one): this builds
+        // every store key of the hot paths.
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 hex digits for 32 bytes");
+        String::from_utf8(buf.to_vec()).expect("hex digits are ASCII")
     }
 
     /// The first 8 hex characters: enough to correlate log lines, useless to an attacker.

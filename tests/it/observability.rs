@@ -261,7 +261,7 @@ async fn spans_continue_the_callers_trace_and_no_secret_reaches_logs_spans_or_er
         "the caller's span is the parent"
     );
     assert!(
-        in_trace.iter().any(|s| s.name == "GET pipeline"),
+        in_trace.iter().any(|s| s.name == "MGET"),
         "a Redis span in the caller's trace"
     );
     assert!(

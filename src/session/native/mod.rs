@@ -132,27 +132,23 @@ impl NativeSessions {
 
     /// Where the session with token digest `d` stands, in one round trip.
     async fn lookup(&self, d: &Digest, now: i64) -> Result<Lookup, Error> {
-        let got = self
+        let mut got = self
             .store
             .get_many(&[self.keys.session(d), self.keys.tombstone(d)])
-            .await?;
-        Ok(
-            match (
-                got.first().cloned().flatten(),
-                got.get(1).cloned().flatten(),
-            ) {
-                (Some(rec), _) => {
-                    let s: Session = decode(&rec)?;
-                    if s.expires_at_ms <= now {
-                        Lookup::Expired(Box::new(s))
-                    } else {
-                        Lookup::Active(Box::new(s), *d)
-                    }
+            .await?
+            .into_iter();
+        Ok(match (got.next().flatten(), got.next().flatten()) {
+            (Some(rec), _) => {
+                let s: Session = decode(&rec)?;
+                if s.expires_at_ms <= now {
+                    Lookup::Expired(Box::new(s))
+                } else {
+                    Lookup::Active(Box::new(s), *d)
                 }
-                (None, Some(_)) => Lookup::Revoked,
-                (None, None) => Lookup::NotFound,
-            },
-        )
+            }
+            (None, Some(_)) => Lookup::Revoked,
+            (None, None) => Lookup::NotFound,
+        })
     }
 
     async fn lookup_by_id(&self, session_id: &str, now: i64) -> Result<Lookup, Error> {

@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorReason};
 use crate::session::claims::VerifiedJwt;
 use crate::session::model::{Session, encode};
 use crate::session::token::{Header, Jws};
-use crate::session::verdict::{Origin, Reason, Source, ValidateRequest, Verdict};
+use crate::session::verdict::{Origin, Reason, Source, ValidateRequest, Verdict, View};
 use crate::store::keys::Digest;
 
 /// `last_accessed_at` is written at most this often per session.
@@ -90,7 +90,9 @@ impl NativeSessions {
                         // Not expired, only re-checked: the caller's JWT stays good.
                         v.session_jwt = None;
                     }
-                    v.claims = Some(self.issuer.claims(&jwt));
+                    if req.view == View::Full {
+                        v.claims = Some(self.issuer.claims(&jwt));
+                    }
                     Ok(v)
                 }
                 Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
@@ -103,9 +105,16 @@ impl NativeSessions {
             };
         }
 
-        let mut v = Verdict::native(jwt.session(), source);
+        // The BASIC view builds no session (a cache hit's only allocations are then the ids).
+        let mut v = match req.view {
+            View::Basic => Verdict::native_basic(jwt.user_id(), jwt.session_id(), 0, source),
+            View::Full => {
+                let mut v = Verdict::native(jwt.session(), View::Full, source);
+                v.claims = Some(self.issuer.claims(&jwt));
+                v
+            }
+        };
         v.expires_at_ms = Some(jwt.expires_at * 1000);
-        v.claims = Some(self.issuer.claims(&jwt));
         Ok(v)
     }
 
@@ -216,9 +225,13 @@ impl NativeSessions {
                 Err(e) => tracing::debug!(error = %e, "could not record last_accessed_at"),
             }
         }
-        let jwt = self.jwt_for(&session, now)?;
-        let mut v = Verdict::native(session, Source::Store);
-        v.session_jwt = Some(jwt);
+        // A fresh JWT is part of the FULL view only (minting is the costliest step here).
+        let jwt = match req.view {
+            View::Full => Some(self.jwt_for(&session, now)?),
+            View::Basic => None,
+        };
+        let mut v = Verdict::native(session, req.view, Source::Store);
+        v.session_jwt = jwt;
         Ok(v)
     }
 

@@ -218,6 +218,16 @@ impl RedisStore {
         Ok(reply.is_some())
     }
 
+    /// One MGET of keys that share a slot.
+    async fn mget(&self, keys: &[&str]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        self.run("MGET", keys.first().copied(), |mut c| async move {
+            cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await
+        })
+        .await
+    }
+
     /// Runs one command future with the call bound, in a span named by the operation (never
     /// by the key: key names are digests, but still nobody's business). `key` (the first key
     /// of the call) picks the circuit in a cluster.
@@ -361,25 +371,32 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        // A pipeline of GETs per slot (one in standalone, and in a cluster whenever the keys
-        // share a hash tag — the hot lookups do), the slots asked concurrently.
+        // One MGET per slot: one in standalone, and in a cluster whenever the keys share a
+        // hash tag — as the hot lookups' keys do, which then skip the fan-out entirely.
+        let one_slot = || {
+            let first = slot_number(keys[0].as_str());
+            keys.iter().all(|k| slot_number(k.as_str()) == first)
+        };
+        if !self.cluster || one_slot() {
+            return self
+                .mget(&keys.iter().map(Key::as_str).collect::<Vec<_>>())
+                .await;
+        }
         let indexed: Vec<(usize, &Key)> = keys.iter().enumerate().collect();
         let groups = self.by_slot(indexed, |(_, k)| k.as_str());
-        let calls = groups.iter().map(|group| {
-            let mut pipe = redis::pipe();
-            for (_, k) in group {
-                pipe.get(k.as_str());
-            }
-            self.run(
-                "GET pipeline",
-                group.first().map(|(_, k)| k.as_str()),
-                |mut c| async move { pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await },
-            )
-        });
+        let indexes: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|group| group.iter().map(|(i, _)| *i).collect())
+            .collect();
+        let groups: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|group| group.iter().map(|(_, k)| k.as_str()).collect())
+            .collect();
+        let calls = groups.iter().map(|group| self.mget(group));
         let answers = futures::future::try_join_all(calls).await?;
         let mut out = vec![None; keys.len()];
-        for (group, values) in groups.iter().zip(answers) {
-            for ((i, _), v) in group.iter().zip(values) {
+        for (group, values) in indexes.iter().zip(answers) {
+            for (i, v) in group.iter().zip(values) {
                 out[*i] = v;
             }
         }

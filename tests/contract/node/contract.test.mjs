@@ -64,6 +64,28 @@ test('create, validate (token and JWT), revoke', async () => {
   assert.equal(after.reason, 'REASON_REVOKED');
 });
 
+test('views: BASIC answers who, FULL (and unset) adds claims, session and a fresh JWT', async () => {
+  const created = await api.CreateSession({ new_user: { email: 'node-views@example.com' } });
+  for (const token of [created.session_token, created.session_jwt]) {
+    const basic = await api.ValidateSession({ token, view: 'VALIDATE_VIEW_BASIC' });
+    assert.equal(basic.verdict, 'VERDICT_VALID');
+    assert.equal(basic.user_id, created.user_id);
+    assert.equal(basic.session_id, created.session.session_id);
+    assert.equal(basic.claims, null);
+    assert.equal(basic.session, null);
+    assert.equal(basic.session_jwt, '');
+    for (const view of [undefined, 'VALIDATE_VIEW_FULL']) {
+      const full = await api.ValidateSession({ token, view });
+      assert.equal(full.session.session_id, created.session.session_id);
+      if (token === created.session_jwt) {
+        assert.equal(full.claims.fields.sid.stringValue, created.session.session_id);
+      } else {
+        assert.equal(full.session_jwt.split('.').length, 3);
+      }
+    }
+  }
+});
+
 test('bad input: a verdict for a bad token, INVALID_ARGUMENT for a bad request', async () => {
   const v = await api.ValidateSession({ token: 'x'.repeat(20) });
   assert.equal(v.verdict, 'VERDICT_INVALID');

@@ -58,6 +58,29 @@ def test_create_then_validate_the_token_and_the_jwt(api, auth, server):
     assert claims["sub"] == created.user_id
 
 
+def test_views_basic_answers_who_full_adds_claims_session_and_jwt(api, auth):
+    created = create(api, auth, email="py-views@example.com")
+    for token in (created.session_token, created.session_jwt):
+        basic = api.ValidateSession(
+            pb.ValidateSessionRequest(token=token, view=pb.VALIDATE_VIEW_BASIC), metadata=auth, timeout=10
+        )
+        assert basic.verdict == pb.VERDICT_VALID
+        assert basic.user_id == created.user_id
+        assert basic.session_id == created.session.session_id
+        assert basic.expires_at.seconds > 0
+        assert not basic.HasField("claims") and not basic.HasField("session")
+        assert basic.session_jwt == ""
+        # Unset is FULL: callers written before views keep what they read.
+        for view in (pb.VALIDATE_VIEW_UNSPECIFIED, pb.VALIDATE_VIEW_FULL):
+            full = api.ValidateSession(pb.ValidateSessionRequest(token=token, view=view), metadata=auth, timeout=10)
+            assert full.session_id == created.session.session_id
+            assert full.session.session_id == created.session.session_id
+            if token == created.session_jwt:
+                assert full.claims.fields["sid"].string_value == created.session.session_id
+            else:
+                assert full.session_jwt.count(".") == 2
+
+
 def test_garbage_is_a_verdict_not_an_error(api, auth):
     r = api.ValidateSession(pb.ValidateSessionRequest(token="not a token"), metadata=auth, timeout=10)
     assert r.verdict == pb.VERDICT_INVALID
