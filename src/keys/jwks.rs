@@ -167,7 +167,7 @@ fn b64(v: &Value, name: &str) -> Result<Vec<u8>, Rejected> {
 }
 
 /// Parses one JWK for the algorithms in `allowed`.
-fn parse_key(jwk: &Value, allowed: &[Alg]) -> Result<VerifyKey, Rejected> {
+pub(crate) fn parse_key(jwk: &Value, allowed: &[Alg]) -> Result<VerifyKey, Rejected> {
     let kty = jwk
         .get("kty")
         .and_then(Value::as_str)

@@ -18,6 +18,8 @@ use aws_lc_rs::encoding::AsDer as _;
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
+use super::jwks::{Alg, VerifyKey, parse_key};
+
 /// One of jsonwebtoken's PEM parsers.
 type ParsePem = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
 
@@ -56,6 +58,10 @@ pub struct SigningKey {
     alg: Algorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The public key parsed once for aws-lc, as provider keys are: verifying through
+    /// jsonwebtoken rebuilt the key from its components on every token (most of the cost
+    /// of an uncached RS256 validation).
+    verifier: (Alg, VerifyKey),
     public: Jwk,
 }
 
@@ -130,11 +136,21 @@ impl SigningKey {
         public.common.key_id = Some(kid.clone());
         public.common.public_key_use = Some(PublicKeyUse::Signature);
         let decoding = DecodingKey::from_jwk(&public).map_err(|e| format!("public key: {e}"))?;
+        let verify_alg = match alg {
+            Algorithm::RS256 => Alg::Rs256,
+            Algorithm::ES256 => Alg::Es256,
+            Algorithm::EdDSA => Alg::EdDsa,
+            other => return Err(format!("no verifier for {other:?}")),
+        };
+        let jwk = serde_json::to_value(&public).map_err(|e| format!("public key: {e}"))?;
+        let verifier =
+            parse_key(&jwk, &[verify_alg]).map_err(|r| format!("public key: {}", r.as_str()))?;
         Ok(Self {
             kid,
             alg,
             encoding,
             decoding,
+            verifier: (verify_alg, verifier),
             public,
         })
     }
@@ -159,6 +175,11 @@ impl SigningKey {
 
     pub fn decoding_key(&self) -> &DecodingKey {
         &self.decoding
+    }
+
+    /// Whether `signature` (raw bytes) over `message` is this key's, by its algorithm.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.verifier.1.verify(self.verifier.0, message, signature)
     }
 
     /// The public JWK (with `kid`, `use` and `alg`).
