@@ -12,7 +12,10 @@
 use std::path::{Path as FsPath, PathBuf};
 use std::process::Command;
 
-use crate::paths::Path;
+use sessiongate::grpc::pb;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::paths::{Fixtures, Path};
 
 /// Where h2load and the server's metrics are.
 pub(crate) struct H2Load {
@@ -123,6 +126,42 @@ impl H2Load {
             done,
             cpu_us: (cpu1 - cpu0) as f64 / ok.max(1) as f64,
         })
+    }
+}
+
+/// The RPC a path calls, and its request as gRPC frames it (for h2load, which sends one
+/// fixed body per path; `None` for paths that need a fresh token per call).
+pub(crate) fn fixed_request(path: Path, fx: &Fixtures) -> Option<(&'static str, Vec<u8>)> {
+    let validate = |token: &str| {
+        Some((
+            "/sessiongate.v1.SessionGateService/ValidateSession",
+            grpc_frame(&pb::ValidateSessionRequest {
+                token: token.to_owned(),
+                view: path.view() as i32,
+                ..Default::default()
+            }),
+        ))
+    };
+    match path {
+        Path::Baseline => Some((
+            "/grpc.health.v1.Health/Check",
+            grpc_frame(&HealthCheckRequest {
+                service: String::new(),
+            }),
+        )),
+        Path::JwtCached | Path::JwtCachedBasic => validate(&fx.cached_jwt),
+        Path::Opaque | Path::OpaqueBasic => validate(&fx.opaque[0]),
+        Path::Malformed => validate("not-a-token"),
+        Path::ResolveFlow => Some((
+            "/sessiongate.v1.SessionGateService/ResolveFlow",
+            grpc_frame(&pb::ResolveFlowRequest {
+                flow: "login".into(),
+                device_id: "device-1".into(),
+                country: "NO".into(),
+                ..Default::default()
+            }),
+        )),
+        _ => None,
     }
 }
 

@@ -280,9 +280,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for _ in 0..args.rounds {
             let limit = path.fresh().then_some(args.uncached_tokens);
             let dur = Duration::from_secs_f64(args.seconds);
-            if let (Some(h2), Some((rpc, body))) = (&h2load, path.fixed_request(&fixtures)) {
-                let (base_rpc, base_body) = Path::Baseline
-                    .fixed_request(&fixtures)
+            if let (Some(h2), Some((rpc, body))) = (&h2load, h2load::fixed_request(path, &fixtures))
+            {
+                let (base_rpc, base_body) = h2load::fixed_request(Path::Baseline, &fixtures)
                     .expect("the baseline has a fixed request");
                 let base = h2
                     .shot(Path::Baseline, base_rpc, &base_body, args.seconds, pid)

@@ -62,42 +62,6 @@ impl Path {
         }
     }
 
-    /// The RPC a path calls, and its request as gRPC frames it (for h2load, which sends one
-    /// fixed body per path; `None` for paths that need a fresh token per call).
-    pub(crate) fn fixed_request(self, fx: &Fixtures) -> Option<(&'static str, Vec<u8>)> {
-        let validate = |token: &str| {
-            Some((
-                "/sessiongate.v1.SessionGateService/ValidateSession",
-                crate::h2load::grpc_frame(&pb::ValidateSessionRequest {
-                    token: token.to_owned(),
-                    view: self.view() as i32,
-                    ..Default::default()
-                }),
-            ))
-        };
-        match self {
-            Path::Baseline => Some((
-                "/grpc.health.v1.Health/Check",
-                crate::h2load::grpc_frame(&HealthCheckRequest {
-                    service: String::new(),
-                }),
-            )),
-            Path::JwtCached | Path::JwtCachedBasic => validate(&fx.cached_jwt),
-            Path::Opaque | Path::OpaqueBasic => validate(&fx.opaque[0]),
-            Path::Malformed => validate("not-a-token"),
-            Path::ResolveFlow => Some((
-                "/sessiongate.v1.SessionGateService/ResolveFlow",
-                crate::h2load::grpc_frame(&pb::ResolveFlowRequest {
-                    flow: "login".into(),
-                    device_id: "device-1".into(),
-                    country: "NO".into(),
-                    ..Default::default()
-                }),
-            )),
-            _ => None,
-        }
-    }
-
     pub(crate) fn key(self) -> &'static str {
         match self {
             Path::Baseline => "baseline",
