@@ -21,6 +21,7 @@ use crate::paths::{Fixtures, Path};
 pub(crate) struct H2Load {
     grpc_addr: String,
     metrics_url: String,
+    http: reqwest::Client,
     dir: PathBuf,
     connections: usize,
     streams: usize,
@@ -51,6 +52,7 @@ impl H2Load {
         Ok(Self {
             grpc_addr: grpc_addr.to_owned(),
             metrics_url: format!("http://{http_addr}/metrics"),
+            http: reqwest::Client::new(),
             dir: dir.to_path_buf(),
             connections,
             streams,
@@ -69,7 +71,7 @@ impl H2Load {
     ) -> anyhow::Result<Shot> {
         let file = self.dir.join(format!("{}.bin", path.key()));
         std::fs::write(&file, body)?;
-        let before = Counters::read(&self.metrics_url).await?;
+        let before = Counters::read(&self.http, &self.metrics_url).await?;
         let cpu0 = crate::report::cpu_us(server_pid);
         let out = tokio::process::Command::new("h2load")
             .args(["-t", "1"])
@@ -93,7 +95,7 @@ impl H2Load {
             "h2load failed: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let after = Counters::read(&self.metrics_url).await?;
+        let after = Counters::read(&self.http, &self.metrics_url).await?;
         let rps = field(&text, "finished in ", " req/s")
             .and_then(|s| s.rsplit(", ").next().map(str::to_owned))
             .and_then(|s| s.trim().parse::<f64>().ok())
@@ -202,9 +204,15 @@ struct Counters {
 }
 
 impl Counters {
-    async fn read(url: &str) -> anyhow::Result<Self> {
+    async fn read(http: &reqwest::Client, url: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            text: reqwest::get(url).await?.error_for_status()?.text().await?,
+            text: http
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?,
         })
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use aws_lc_rs::encoding::AsDer as _;
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, EncodingKey};
 
 use super::jwks::{Alg, VerifyKey, parse_key};
 
@@ -57,7 +57,6 @@ pub struct SigningKey {
     kid: String,
     alg: Algorithm,
     encoding: EncodingKey,
-    decoding: DecodingKey,
     /// The public key parsed once for aws-lc, as provider keys are: verifying through
     /// jsonwebtoken rebuilt the key from its components on every token (most of the cost
     /// of an uncached RS256 validation).
@@ -135,7 +134,6 @@ impl SigningKey {
             .map_err(|e| format!("cannot compute the key's thumbprint: {e}"))?;
         public.common.key_id = Some(kid.clone());
         public.common.public_key_use = Some(PublicKeyUse::Signature);
-        let decoding = DecodingKey::from_jwk(&public).map_err(|e| format!("public key: {e}"))?;
         let verify_alg = match alg {
             Algorithm::RS256 => Alg::Rs256,
             Algorithm::ES256 => Alg::Es256,
@@ -149,7 +147,6 @@ impl SigningKey {
             kid,
             alg,
             encoding,
-            decoding,
             verifier: (verify_alg, verifier),
             public,
         })
@@ -171,10 +168,6 @@ impl SigningKey {
 
     pub fn encoding_key(&self) -> &EncodingKey {
         &self.encoding
-    }
-
-    pub fn decoding_key(&self) -> &DecodingKey {
-        &self.decoding
     }
 
     /// Whether `signature` (raw bytes) over `message` is this key's, by its algorithm.
@@ -293,6 +286,11 @@ impl SigningKeys {
     }
 
     /// The algorithms of the published keys: the native issuer's allowlist.
+    /// Whether some key signs with `alg` (what a token's header may name).
+    pub fn supports(&self, alg: Algorithm) -> bool {
+        self.keys.iter().any(|k| k.alg == alg)
+    }
+
     pub fn algorithms(&self) -> Vec<Algorithm> {
         let mut algs: Vec<_> = self.keys.iter().map(|k| k.alg).collect();
         algs.dedup();
@@ -326,8 +324,12 @@ mod tests {
             let token = jsonwebtoken::encode(&header, &claims, key.encoding_key()).unwrap();
             let mut v = jsonwebtoken::Validation::new(key.algorithm());
             v.required_spec_claims.clear();
-            let data =
-                jsonwebtoken::decode::<serde_json::Value>(&token, key.decoding_key(), &v).unwrap();
+            let data = jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &jsonwebtoken::DecodingKey::from_jwk(key.public_jwk()).unwrap(),
+                &v,
+            )
+            .unwrap();
             assert_eq!(data.claims["sub"], "u", "{kind:?}");
         }
     }

@@ -109,7 +109,7 @@ impl NativeIssuer {
         now_secs: i64,
     ) -> Result<VerifiedJwt, Reason> {
         let alg = Algorithm::from_str(&header.alg).map_err(|_| Reason::UnsupportedAlgorithm)?;
-        if !self.keys.algorithms().contains(&alg) {
+        if !self.keys.supports(alg) {
             return Err(Reason::UnsupportedAlgorithm);
         }
         let key = header

@@ -36,7 +36,7 @@ const VERDICT_CACHE_ENTRIES: u64 = 100_000;
 const REMINT_AFTER_MS: i64 = 60_000;
 
 /// Where a session stands in the store.
-pub(crate) enum Lookup {
+enum Lookup {
     Active(Box<Session>, Digest),
     Expired(Box<Session>),
     Revoked,

@@ -105,17 +105,20 @@ impl NativeSessions {
             };
         }
 
-        // The BASIC view builds no session (a cache hit's only allocations are then the ids).
-        let mut v = match req.view {
-            View::Basic => Verdict::native_basic(jwt.user_id(), jwt.session_id(), 0, source),
+        // The JWT's own expiry, not its session's. The BASIC view builds no session (a cache
+        // hit's only allocations are then the ids).
+        let expires_at_ms = jwt.expires_at * 1000;
+        Ok(match req.view {
+            View::Basic => {
+                Verdict::native_basic(jwt.user_id(), jwt.session_id(), expires_at_ms, source)
+            }
             View::Full => {
                 let mut v = Verdict::native(jwt.session(), View::Full, source);
                 v.claims = Some(self.issuer.claims(&jwt));
+                v.expires_at_ms = Some(expires_at_ms);
                 v
             }
-        };
-        v.expires_at_ms = Some(jwt.expires_at * 1000);
-        Ok(v)
+        })
     }
 
     /// The verdict on an opaque `session_token`: the store decides.

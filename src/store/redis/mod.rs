@@ -218,14 +218,17 @@ impl RedisStore {
         Ok(reply.is_some())
     }
 
-    /// One MGET of keys that share a slot.
-    async fn mget(&self, keys: &[&str]) -> StoreResult<Vec<Option<Vec<u8>>>> {
+    /// One MGET of keys that share a slot (at least one).
+    fn mget<'a>(
+        &'a self,
+        mut keys: impl Iterator<Item = &'a str>,
+    ) -> impl Future<Output = StoreResult<Vec<Option<Vec<u8>>>>> + 'a {
+        let first = keys.next();
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(keys);
-        self.run("MGET", keys.first().copied(), |mut c| async move {
+        cmd.arg(first).arg(keys.collect::<Vec<_>>());
+        self.run("MGET", first, |mut c| async move {
             cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await
         })
-        .await
     }
 
     /// Runs one command future with the call bound, in a span named by the operation (never
@@ -378,25 +381,18 @@ impl Store for RedisStore {
             keys.iter().all(|k| slot_number(k.as_str()) == first)
         };
         if !self.cluster || one_slot() {
-            return self
-                .mget(&keys.iter().map(Key::as_str).collect::<Vec<_>>())
-                .await;
+            return self.mget(keys.iter().map(Key::as_str)).await;
         }
-        let indexed: Vec<(usize, &Key)> = keys.iter().enumerate().collect();
-        let groups = self.by_slot(indexed, |(_, k)| k.as_str());
-        let indexes: Vec<Vec<usize>> = groups
-            .iter()
-            .map(|group| group.iter().map(|(i, _)| *i).collect())
-            .collect();
-        let groups: Vec<Vec<&str>> = groups
-            .iter()
-            .map(|group| group.iter().map(|(_, k)| k.as_str()).collect())
-            .collect();
-        let calls = groups.iter().map(|group| self.mget(group));
-        let answers = futures::future::try_join_all(calls).await?;
+        let groups = self.by_slot(keys.iter().enumerate().collect(), |(_, k)| k.as_str());
+        let answers = futures::future::try_join_all(
+            groups
+                .iter()
+                .map(|group| self.mget(group.iter().map(|(_, k)| k.as_str()))),
+        )
+        .await?;
         let mut out = vec![None; keys.len()];
-        for (group, values) in indexes.iter().zip(answers) {
-            for (i, v) in group.iter().zip(values) {
+        for (group, values) in groups.iter().zip(answers) {
+            for ((i, _), v) in group.iter().zip(values) {
                 out[*i] = v;
             }
         }
