@@ -51,7 +51,7 @@ pub use providers::{
 use server::RawServer;
 pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerConfig};
 use store::RawRedis;
-pub use store::StoreConfig;
+pub use store::{SessionFormat, StoreConfig};
 pub use telemetry::TelemetryConfig;
 
 // === Environment variable names (contract) ===

@@ -9,7 +9,7 @@
 //! - `service` — the session RPCs' service: assembles the sides, and revokes across them.
 //!
 //! Below them all: `verdict` (the question and the answer), `token` (what a credential looks
-//! like), `claims` (a verified native JWT's compact form), `model` (stored records),
+//! like), `claims` (a verified native JWT's compact form), `model` (stored records) and `record` (a session's compact stored form),
 //! `revocation` (the revoked set every replica keeps), `events`; and `inspect` (the CLI's
 //! offline look at a token).
 
@@ -20,6 +20,7 @@ mod migrate;
 pub mod model;
 pub mod native;
 pub mod providers;
+mod record;
 pub mod revocation;
 mod service;
 pub mod token;

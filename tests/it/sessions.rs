@@ -950,3 +950,87 @@ async fn an_old_jwt_refreshes_only_within_its_window_and_no_session_outlives_its
         invalid(pb::Reason::Expired)
     );
 }
+
+#[tokio::test]
+async fn sessions_survive_a_rolling_upgrade_to_binary_records_and_back() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KeyKind::Es256);
+    let with_format = |format: &str| {
+        let mut s = setup(&key).redis(&redis);
+        s.toml = format!("[redis]\nsession_format = \"{format}\"\n{}", s.toml);
+        s
+    };
+    let record = |app: &TestApp, token: &str| {
+        let key = app
+            .keys
+            .session(&sessiongate::store::keys::Digest::of(token.as_bytes()));
+        let store = app.store.clone();
+        async move { store.get(&key).await.unwrap().expect("a session record") }
+    };
+    // Step one of the upgrade: replicas that read both formats but still write JSON, beside
+    // (here: after) an older one.
+    let json = with_format("json").spawn().await;
+    let old = create(&json, 60).await;
+    assert_eq!(record(&json, &old.session_token).await[0], b'{');
+    // Step two: binary writers. The JSON session is still valid there, and theirs is valid
+    // on the JSON writer (which reads both), with every field intact.
+    let binary = with_format("binary").spawn().await;
+    let new = create(&binary, 60).await;
+    let stored = record(&binary, &new.session_token).await;
+    assert_eq!(stored[0], 1, "a binary record");
+    for (app, token, other) in [
+        (&binary, &old.session_token, &json),
+        (&json, &new.session_token, &binary),
+    ] {
+        let here = validate(app, token).await.unwrap();
+        let there = validate(other, token).await.unwrap();
+        assert_eq!(verdict(&here), VALID);
+        assert_eq!(here.session, there.session);
+        assert_eq!(here.claims, there.claims);
+    }
+    let s = validate(&json, &new.session_token)
+        .await
+        .unwrap()
+        .session
+        .unwrap();
+    assert_eq!(s.user_id, new.user_id);
+    assert_eq!(s.authentication_factors[0].r#type, "passkey");
+    // Revocation works across formats: the JSON writer revokes the binary record.
+    json.session()
+        .revoke_session(authed(pb::RevokeSessionRequest {
+            target: Some(pb::revoke_session_request::Target::SessionToken(
+                new.session_token.clone(),
+            )),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict(&validate(&binary, &new.session_token).await.unwrap()),
+        invalid(pb::Reason::Revoked)
+    );
+    // What the record costs in Redis, as `benches/memory.rs` measures it.
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let another = create(&binary, 60).await;
+    let k = binary
+        .keys
+        .session(&sessiongate::store::keys::Digest::of(
+            another.session_token.as_bytes(),
+        ));
+    let bytes: usize = ::redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(k.as_str())
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    println!(
+        "binary session record: {} bytes of value, {bytes} bytes in Redis",
+        stored.len()
+    );
+    assert!(bytes <= 300, "{bytes}");
+}

@@ -10,7 +10,7 @@ use crate::ids::{self, IdKind};
 use crate::session::claims::RESERVED_CLAIMS;
 use crate::session::events::event;
 use crate::session::model::{AuthFactor, ClientInfo, Redacted, Session, User, decode, encode};
-use crate::session::token;
+use crate::session::{record, token};
 use crate::store::Write;
 use crate::store::keys::Digest;
 
@@ -216,7 +216,7 @@ impl NativeSessions {
         });
         writes.push(Write::Put {
             key: self.keys.session(&digest),
-            value: encode(&session)?,
+            value: record::encode(&session, self.env, self.format)?,
             ttl: Some(ttl),
         });
         writes.push(event(

@@ -17,10 +17,11 @@ pub use jwt::NativeIssuer;
 use validate::Minted;
 
 use super::claims::VerifiedJwt;
-use super::model::{Session, decode};
+use super::model::Session;
+use super::record;
 use super::revocation::RevokedSids;
 use crate::clock::Clock;
-use crate::config::{Config, Env};
+use crate::config::{Config, Env, SessionFormat};
 use crate::error::Error;
 use crate::ids::{self, IdKind};
 use crate::keys::SigningKeys;
@@ -46,6 +47,8 @@ enum Lookup {
 /// sessiongate's own sessions: their store records, their JWTs and what is cached of both.
 pub struct NativeSessions {
     env: Env,
+    /// How session records are written.
+    format: SessionFormat,
     store: Arc<dyn Store>,
     keys: Keys,
     clock: Arc<dyn Clock>,
@@ -84,6 +87,7 @@ impl NativeSessions {
     ) -> Self {
         Self {
             env: cfg.env,
+            format: cfg.store.session_format,
             keys: Keys::new(cfg.env),
             issuer: NativeIssuer::new(cfg.env, &cfg.native, signing),
             revoked,
@@ -139,7 +143,7 @@ impl NativeSessions {
             .into_iter();
         Ok(match (got.next().flatten(), got.next().flatten()) {
             (Some(rec), _) => {
-                let s: Session = decode(&rec)?;
+                let s = record::decode(&rec, self.env)?;
                 if s.expires_at_ms <= now {
                     Lookup::Expired(Box::new(s))
                 } else {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use super::{Lookup, NativeSessions, REMINT_AFTER_MS};
 use crate::error::{Error, ErrorReason};
 use crate::session::claims::VerifiedJwt;
-use crate::session::model::{Session, encode};
+use crate::session::model::Session;
+use crate::session::record;
 use crate::session::token::{Header, Jws};
 use crate::session::verdict::{Origin, Reason, Source, ValidateRequest, Verdict, View};
 use crate::store::keys::Digest;
@@ -211,7 +212,11 @@ impl NativeSessions {
             // session back.
             let written = self
                 .store
-                .put_if_present(&self.keys.session(d), &encode(&session)?, Some(ttl))
+                .put_if_present(
+                    &self.keys.session(d),
+                    &record::encode(&session, self.env, self.format)?,
+                    Some(ttl),
+                )
                 .await;
             match written {
                 Ok(true) => {}
