@@ -519,3 +519,20 @@ fn an_unleash_export_is_taken_as_unleash_would_with_warnings() {
     assert_eq!(p[0].key, "unleash_features_file");
     assert!(p[0].message.contains("features[0]"), "{}", p[0].message);
 }
+
+#[test]
+fn session_format_is_binary_unless_json_is_asked_for() {
+    assert_eq!(
+        from_toml("", &[]).unwrap().store.session_format,
+        SessionFormat::Binary
+    );
+    assert_eq!(
+        from_toml("[redis]\nsession_format = \"json\"\n", &[])
+            .unwrap()
+            .store
+            .session_format,
+        SessionFormat::Json
+    );
+    let p = problem("[redis]\nsession_format = \"protobuf\"\n", &[]);
+    assert!(p[0].message.contains("unknown variant"), "{p:?}");
+}
