@@ -4,12 +4,15 @@
 //! - **Redis**: a local `redis-server` (no persistence), sessions created, revoked and
 //!   migrated through the real domain code with the Redis store, then `MEMORY USAGE <key>
 //!   SAMPLES 0` of every kind of key, averaged over many keys of that kind.
-//! - **In process**: the verdict cache of native JWTs, measured as the growth of this
+//! - **In process**: the verdict caches of native JWTs and of a legacy provider's JWTs
+//!   (verified against its key set, served on loopback), each measured as the growth of this
 //!   process' resident memory per newly cached token (allocator overhead included) while
 //!   `n` never-seen JWTs are validated — and no growth when they are validated again.
 //!
 //! `cargo bench --bench memory` (or `./scripts/bench --memory`), about 20 seconds.
 
+#[path = "support/idp.rs"]
+mod idp;
 #[path = "support/redis.rs"]
 mod redis_server;
 
@@ -194,7 +197,7 @@ async fn redis_keys() -> Vec<(String, f64, usize)> {
     out
 }
 
-fn cache_entries(n: usize) -> (f64, usize, usize) {
+fn cache_entries(n: usize) -> Measured {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -226,8 +229,73 @@ fn cache_entries(n: usize) -> (f64, usize, usize) {
         .collect();
     let store: Arc<dyn Store> = Arc::new(sessiongate::store::memory::MemoryStore::new(cfg.env));
     let sessions = SessionService::new(&cfg, store, Arc::new(SystemClock), keys);
+    growth_per_entry(&rt, &sessions, &tokens)
+}
+
+/// The verdict cache of a legacy provider's JWTs: access tokens shaped like an Auth0 tenant's
+/// (two audiences, scopes, the client id), ES256.
+fn provider_cache_entries(n: usize) -> Measured {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let idp = rt
+        .block_on(idp::LegacyIdp::start(std::time::Duration::ZERO))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessiongate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\n\
+             jwks_url = \"{}\"\naudiences = [\"{}\"]\nalgorithms = [\"ES256\"]\n",
+            idp.issuer(),
+            idp.jwks_url(),
+            idp::LEGACY_API
+        ),
+    )
+    .unwrap();
+    let cfg = sessiongate::config::load(&HashMap::<String, String>::new(), dir.path(), Some(&path))
+        .unwrap();
+    let signer = idp.signer(KeyKind::Es256);
+    let tokens: Vec<String> = (0..n)
+        .map(|i| {
+            let mut claims = idp.claims(&format!("auth0|{:024x}", i * 7919));
+            claims["aud"] =
+                serde_json::json!([idp::LEGACY_API, "https://tenant.example.com/userinfo"]);
+            claims["scope"] = "openid profile email read:orders".into();
+            claims["azp"] = "9rYcA1sNqQbE0xkWlmZ3uT7dVfH2oJ6p".into();
+            signer.sign(&claims)
+        })
+        .collect();
+    let store: Arc<dyn Store> = Arc::new(sessiongate::store::memory::MemoryStore::new(cfg.env));
+    let keys = signing(dir.path(), KeyKind::Eddsa);
+    // (Inside the runtime: the providers' key sets start their refreshers on it.)
+    let _entered = rt.enter();
+    let sessions = SessionService::new(&cfg, store, Arc::new(SystemClock), keys);
+    // The key set is fetched in the background at start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !rt
+        .block_on(sessions.validate(request(&tokens[0])))
+        .is_ok_and(|v| v.is_valid())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key set never loaded"
+        );
+        std::thread::yield_now();
+    }
+    growth_per_entry(&rt, &sessions, &tokens)
+}
+
+/// Bytes per cache entry (RSS growth over the tokens after the first 1 000, which warm the
+/// allocator and the cache's own structures), the token's length, and the growth when they
+/// are all validated again.
+type Measured = (f64, usize, usize);
+
+fn growth_per_entry(
+    rt: &tokio::runtime::Runtime,
+    sessions: &SessionService,
+    tokens: &[String],
+) -> Measured {
     let check = |v: Verdict| assert!(v.is_valid(), "{:?}", v.invalid);
-    // Warm the allocator and the cache's own structures with tokens outside the measurement.
     for t in tokens.iter().take(1000) {
         check(rt.block_on(sessions.validate(request(t))).unwrap());
     }
@@ -241,7 +309,7 @@ fn cache_entries(n: usize) -> (f64, usize, usize) {
         check(rt.block_on(sessions.validate(request(t))).unwrap());
     }
     let again = rss();
-    let per_entry = after.saturating_sub(before) as f64 / (n - 1000) as f64;
+    let per_entry = after.saturating_sub(before) as f64 / (tokens.len() - 1000) as f64;
     (per_entry, tokens[0].len(), again.saturating_sub(after))
 }
 
@@ -261,16 +329,52 @@ fn uuid(i: usize) -> String {
     )
 }
 
+/// Runs one cache measurement in a process of its own: memory one measurement freed would
+/// be reused by the next without growing the resident set.
+fn in_child(which: &str) -> Measured {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg(format!("--measure={which}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{which}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Vec<&str> = text.split_whitespace().collect();
+    (
+        v[0].parse().unwrap(),
+        v[1].parse().unwrap(),
+        v[2].parse().unwrap(),
+    )
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; nothing to parse.
+    // `cargo bench` passes `--bench`; the only argument of ours is the child's.
     let n = 50_000;
-    let (per_entry, token_len, growth_on_hits) = cache_entries(n);
+    if let Some(which) =
+        std::env::args().find_map(|a| a.strip_prefix("--measure=").map(str::to_owned))
+    {
+        let (per_entry, len, growth) = match which.as_str() {
+            "native" => cache_entries(n),
+            _ => provider_cache_entries(n),
+        };
+        println!("{per_entry} {len} {growth}");
+        return;
+    }
+    let (per_entry, token_len, growth_on_hits) = in_child("native");
+    let (provider_entry, provider_len, provider_growth) = in_child("provider");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let redis = rt.block_on(redis_keys());
 
     println!("\n| stored thing | bytes | target | keys measured |\n|---|---:|---:|---:|");
     println!(
         "| in-process verdict cache, per native JWT ({token_len}-byte token) | {per_entry:.0} | ≤ 600 | {} |",
+        n - 1000
+    );
+    println!(
+        "| in-process verdict cache, per legacy provider JWT ({provider_len}-byte token) | {provider_entry:.0} | ≤ 600 | {} |",
         n - 1000
     );
     for (name, bytes, count) in &redis {
@@ -280,5 +384,10 @@ fn main() {
         "\nRSS growth when the same {} tokens are validated again (cache hits): {} kB",
         n - 1000,
         growth_on_hits / 1024
+    );
+    println!(
+        "RSS growth when the same {} provider tokens are validated again: {} kB",
+        n - 1000,
+        provider_growth / 1024
     );
 }

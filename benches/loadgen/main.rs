@@ -8,9 +8,10 @@
 //!
 //! Run it with `./scripts/bench` (builds the release binary first), or
 //! `cargo bench --bench loadgen -- --help`. It is a tool, not a Criterion bench: it lives
-//! here so that `cargo bench` builds it with the dev-dependencies; `fixtures` holds its own
-//! legacy provider, `benches/support` the Redis all benches use.
+//! here so that `cargo bench` builds it with the dev-dependencies; `benches/support` holds the
+//! legacy provider and the Redis the benches share.
 
+#[path = "../support/idp.rs"]
 mod fixtures;
 mod h2load;
 mod migrate;

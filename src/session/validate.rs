@@ -20,7 +20,7 @@ use super::migrate::Links;
 use super::native::NativeSessions;
 use super::providers::ProviderTokens;
 use super::token::{self, Jws, Shape};
-use super::verdict::{Origin, Reason, Source, ValidateRequest, Verdict};
+use super::verdict::{Origin, Reason, Source, ValidateRequest, Verdict, View};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, ErrorReason};
@@ -155,11 +155,15 @@ impl Validator {
     ) -> Result<Verdict, Error> {
         let now = self.clock.now_secs();
         let digest = Digest::of(token.as_bytes());
-        if let Some(v) = self.providers.cached(&digest, now) {
-            return Ok(v);
-        }
+        // Ours first: most tokens are.
         if let Some(jwt) = self.native.cached(&digest) {
             return self.native.validate_jwt(jwt, Source::Cache, req).await;
+        }
+        if let Some(v) = self
+            .providers
+            .cached(&digest, &jws, req.view == View::Full, now)
+        {
+            return Ok(v);
         }
         let invalid = |r, origin| Ok(Verdict::invalid(r, origin, Source::LocalVerify));
         let header = match token::header(&jws) {

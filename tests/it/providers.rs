@@ -793,6 +793,68 @@ async fn threat_08_09_expiry_and_leeway_boundaries_on_the_injected_clock() {
 }
 
 #[tokio::test]
+async fn a_cached_provider_verification_serves_both_views_and_is_redone_after_five_minutes() {
+    let idp = FakeIdp::start().await;
+    let clock = crate::support::ManualClock::new();
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", &idp, ""))
+        .clock(&clock)
+        .spawn()
+        .await;
+    let mut claims = idp.claims(API);
+    claims["jti"] = json!("at-1");
+    let token = sign(&idp.key(KeyKind::Es256), json!({}), &claims);
+    let first = eventually(Duration::from_secs(5), || async {
+        app.validate(&token).await.ok()
+    })
+    .await;
+    assert_eq!(
+        (verdict(&first), first.source()),
+        (VALID, pb::DecisionSource::LocalVerify)
+    );
+    let with_view = |view: pb::ValidateView| {
+        let mut c = app.session();
+        let token = token.clone();
+        async move {
+            c.validate_session(pb::ValidateSessionRequest {
+                token,
+                view: view.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    // A FULL hit reads the claims again from the token: the same as the first verdict's.
+    let full = with_view(pb::ValidateView::Full).await;
+    assert_eq!(full.source(), pb::DecisionSource::Cache);
+    assert_eq!(full.claims, first.claims);
+    assert_eq!(
+        full.claims.unwrap().fields["jti"],
+        first.claims.clone().unwrap().fields["jti"]
+    );
+    let basic = with_view(pb::ValidateView::Basic).await;
+    assert_eq!(
+        (verdict(&basic), basic.source(), basic.subject.as_str()),
+        (VALID, pb::DecisionSource::Cache, first.subject.as_str())
+    );
+    assert!(basic.claims.is_none());
+    // Five minutes on, the token is verified again (against the key set as it is then).
+    clock.advance(Duration::from_secs(299));
+    assert_eq!(
+        with_view(pb::ValidateView::Basic).await.source(),
+        pb::DecisionSource::Cache
+    );
+    clock.advance(Duration::from_secs(1));
+    let again = with_view(pb::ValidateView::Basic).await;
+    assert_eq!(
+        (verdict(&again), again.source()),
+        (VALID, pb::DecisionSource::LocalVerify)
+    );
+}
+
+#[tokio::test]
 async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
     let idp = FakeIdp::start().await;
     let app = Setup::new()

@@ -1015,11 +1015,9 @@ async fn sessions_survive_a_rolling_upgrade_to_binary_records_and_back() {
         .await
         .unwrap();
     let another = create(&binary, 60).await;
-    let k = binary
-        .keys
-        .session(&sessiongate::store::keys::Digest::of(
-            another.session_token.as_bytes(),
-        ));
+    let k = binary.keys.session(&sessiongate::store::keys::Digest::of(
+        another.session_token.as_bytes(),
+    ));
     let bytes: usize = ::redis::cmd("MEMORY")
         .arg("USAGE")
         .arg(k.as_str())

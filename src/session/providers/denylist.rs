@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Provider, ProviderTokens, VerifiedProviderJwt};
+use super::ProviderTokens;
 use crate::error::{Error, ErrorReason};
 use crate::session::events::event;
 use crate::session::revocation::RevokedSids;
@@ -30,10 +30,11 @@ pub(crate) struct RevokedToken {
 /// token whole. Never by a JWT's full bytes: an ECDSA signature `(r, s)` has a twin `(r, n−s)`
 /// that verifies as well, and a deny-list keyed by the whole token would let the twin through.
 /// `signed` also keys the index of the sessions migrated from the token.
+/// (Boxed strings: a cached provider token keeps its ids, so that a hit hashes nothing.)
 pub(crate) struct LegacyIds {
     pub signed: Digest,
-    by_jti: Option<String>,
-    by_signed: String,
+    by_jti: Option<Box<str>>,
+    by_signed: Box<str>,
 }
 
 impl LegacyIds {
@@ -44,8 +45,9 @@ impl LegacyIds {
                     "lt:{}",
                     Digest::of(format!("{iss}\0{j}").as_bytes()).to_hex()
                 )
+                .into_boxed_str()
             }),
-            by_signed: format!("lt:{}", signed.to_hex()),
+            by_signed: format!("lt:{}", signed.to_hex()).into_boxed_str(),
             signed,
         }
     }
@@ -67,8 +69,8 @@ impl LegacyIds {
     }
 
     /// Every id the token is denied by.
-    pub fn all(&self) -> impl Iterator<Item = &String> {
-        self.by_jti.iter().chain([&self.by_signed])
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.by_jti.as_deref().into_iter().chain([&*self.by_signed])
     }
 }
 
@@ -82,23 +84,6 @@ impl ProviderTokens {
     /// replica keeps, fed like the revoked sids.
     pub(crate) fn denied(&self, ids: &LegacyIds) -> bool {
         ids.all().any(|id| self.revoked.contains(id))
-    }
-
-    /// A verified provider token, unless it was revoked (by `(iss, jti)` or by the digest of
-    /// its signing input): the deny-list is the in-process revoked set, fed like the revoked
-    /// sids.
-    pub(super) fn not_denied(
-        &self,
-        provider: &Provider,
-        jwt: VerifiedProviderJwt,
-        signed: &Digest,
-    ) -> Result<VerifiedProviderJwt, Reason> {
-        let jti = jwt.claims.get("jti").and_then(Value::as_str);
-        if self.denied(&LegacyIds::new(&provider.config.issuer, jti, *signed)) {
-            Err(Reason::Revoked)
-        } else {
-            Ok(jwt)
-        }
     }
 
     /// Deny-lists a provider's token until it expires (JWT) or for the provider's maximum

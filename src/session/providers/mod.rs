@@ -11,7 +11,6 @@ mod singleflight;
 mod validate;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub(crate) use denylist::{LegacyIds, RevokedToken, signed_digest};
 pub use provider::{Provider, Providers, VerifiedProviderJwt};
@@ -26,7 +25,7 @@ use singleflight::SingleFlight;
 use validate::ProviderHit;
 
 /// Verified provider JWTs kept in process.
-const VERDICT_CACHE_ENTRIES: u64 = 100_000;
+const VERDICT_CACHE_ENTRIES: usize = 100_000;
 
 /// The configured providers and what is cached of their tokens.
 pub struct ProviderTokens {
@@ -38,7 +37,9 @@ pub struct ProviderTokens {
     /// Deny-listed tokens live in the same revoked set as native sids (one set, one feed).
     revoked: Arc<RevokedSids>,
     /// Verified provider JWTs by token digest (hits re-check expiry and the deny-list).
-    cache: moka::sync::Cache<[u8; 32], Arc<ProviderHit>>,
+    /// A `quick_cache`, as the native one (see there): moka's bookkeeping alone would be
+    /// more than an entry. Entries expire by their own `verified_at`.
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<ProviderHit>>,
     /// Legacy opaque tokens being looked up, by digest: concurrent validations of one token
     /// make one UserInfo call.
     userinfo_flight:
@@ -59,10 +60,7 @@ impl ProviderTokens {
             keys: Keys::new(cfg.env),
             providers: Providers::start(cfg, store.clone()),
             revoked,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(VERDICT_CACHE_ENTRIES)
-                .time_to_live(Duration::from_secs(300))
-                .build(),
+            cache: quick_cache::sync::Cache::new(VERDICT_CACHE_ENTRIES),
             userinfo_flight: SingleFlight::default(),
             leeway_secs: cfg.native.leeway.as_secs() as i64,
             max_token_bytes: cfg.server.max_token_bytes,

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{LegacyIds, Provider, ProviderTokens, VerifiedProviderJwt};
+use super::validate::Verified;
+use super::{LegacyIds, Provider, ProviderTokens};
 use crate::error::Error;
 use crate::session::verdict::{Origin, Reason, Source, Verdict};
 use crate::store::keys::Digest;
@@ -144,15 +145,15 @@ impl ProviderTokens {
         source: Source,
         now: i64,
     ) -> Verdict {
-        let verified = answer.map(|claims| VerifiedProviderJwt {
+        let claims = answer.map(Arc::new);
+        let verified = claims.as_ref().map(|claims| Verified {
             subject: claims
                 .get("sub")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
+                .unwrap_or_default(),
             expires_at: None,
-            claims: Arc::new(claims),
+            claims: Some(claims.clone()),
         });
-        self.verdict(provider, verified, source, now)
+        self.verdict(provider, verified.map_err(|r| *r), source, now)
     }
 }

@@ -1,7 +1,8 @@
-//! The legacy identity provider the load generator measures against: on loopback, it
-//! publishes a JWKS, signs access tokens and answers UserInfo after a fixed latency. Just what
-//! the measurements need; the integration tests have their own, richer fake (it breaks and
+//! The legacy identity provider the benchmarks measure against: on loopback, it publishes a
+//! JWKS, signs access tokens and answers UserInfo after a fixed latency. Just what the
+//! measurements need; the integration tests have their own, richer fake (it breaks and
 //! counts things; this one only has to be fast).
+#![allow(dead_code)] // shared by the benchmarks: not each uses every part
 
 use std::net::SocketAddr;
 use std::sync::Arc;
