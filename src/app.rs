@@ -174,6 +174,7 @@ impl App {
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
         let (health, grpc) = crate::grpc::server::serve(
             Services {
+                edge: Arc::new(crate::edge::Gate::new(self.sessions.clone())),
                 sessions: self.sessions,
                 flows: self.flows,
                 callers: self.callers,

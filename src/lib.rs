@@ -15,6 +15,7 @@ pub mod caller;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod flow;
 pub mod grpc;

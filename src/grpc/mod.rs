@@ -3,6 +3,7 @@
 //! [`crate::error`].
 
 pub mod convert;
+pub mod ext_authz;
 pub mod layers;
 pub mod rollout;
 pub mod server;
@@ -76,6 +77,11 @@ const METHODS: &[(&str, &str, Option<Scope>)] = &[
         "RolloutAdminService/UpdateRollout",
         Some(Scope::Admin),
     ),
+    (
+        "/envoy.service.auth.v3.Authorization/Check",
+        "Authorization/Check",
+        Some(Scope::Validate),
+    ),
     ("/grpc.health.v1.Health/Check", "Health/Check", None),
     ("/grpc.health.v1.Health/Watch", "Health/Watch", None),
 ];
@@ -116,6 +122,10 @@ mod tests {
             Some(Scope::Admin)
         );
         assert_eq!(method("/grpc.health.v1.Health/Check").scope, None);
+        assert_eq!(
+            method("/envoy.service.auth.v3.Authorization/Check").scope,
+            Some(Scope::Validate)
+        );
         assert_eq!(
             method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").scope,
             None

@@ -1,4 +1,4 @@
-//! The gRPC server: the two API services behind the observation and caller-key layers, with
+//! The gRPC server: the two API services and Envoy's external authorization behind the observation and caller-key layers, with
 //! health and reflection (v1 and v1alpha), every message bounded.
 
 use std::future::Future;
@@ -12,6 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
+use super::ext_authz::ExtAuthzApi;
 use super::layers::{AuthLayer, ObserveLayer};
 use super::pb::rollout_admin_service_server::RolloutAdminServiceServer;
 use super::pb::session_gate_service_server::SessionGateServiceServer;
@@ -19,12 +20,15 @@ use super::rollout::RolloutAdminApi;
 use super::session::SessionGateApi;
 use super::{HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
 use crate::auth::CallerKeys;
+use crate::edge::Gate;
 use crate::flow::FlowService;
 use crate::session::SessionService;
 
 /// What the server is built from.
 pub struct Services {
     pub sessions: Arc<SessionService>,
+    /// Envoy's external authorization.
+    pub edge: Arc<Gate>,
     pub flows: Arc<FlowService>,
     pub callers: Arc<CallerKeys>,
     /// The largest message read or written, on every service (open ones included).
@@ -94,6 +98,10 @@ pub async fn serve(
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let ext_authz =
+        envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzApi::new(services.edge))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let admin = RolloutAdminServiceServer::new(RolloutAdminApi::new(services.flows))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -119,6 +127,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(session)
+        .add_service(ext_authz)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, stop);
     Ok((Health(health), server))

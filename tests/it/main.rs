@@ -4,6 +4,7 @@
 mod attacks;
 mod cli;
 mod differential;
+mod edge;
 mod faults;
 mod flows;
 mod hostile;

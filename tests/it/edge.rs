@@ -1,0 +1,283 @@
+//! The edge: `envoy.service.auth.v3.Authorization/Check` called with Envoy's own message
+//! types (the `envoy-types` crate's), against the same verdicts as ValidateSession.
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use sessiongate::grpc::pb;
+
+use crate::support::{RedisServer, Setup, TestApp, bearer};
+
+const KEY: &str = "edge-proxy-key";
+
+/// A Check of a request with `headers` (in `headers`, or only in `header_map` as Envoy sends
+/// raw headers) on a route with `ext` as its context extensions.
+fn check(headers: &[(&str, &str)], raw: bool, ext: &[(&str, &str)]) -> CheckRequest {
+    let mut http = HttpRequest {
+        method: "GET".into(),
+        path: "/orders".into(),
+        ..Default::default()
+    };
+    if raw {
+        http.header_map = Some(HeaderMap {
+            headers: headers
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: (*k).into(),
+                    raw_value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    } else {
+        http.headers = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(http),
+                ..Default::default()
+            }),
+            context_extensions: ext
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn ask(app: &TestApp, req: CheckRequest) -> Result<CheckResponse, tonic::Status> {
+    AuthorizationClient::new(app.channel.clone())
+        .check(bearer(req, KEY))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The headers an OK answer sets, and those it removes; `None` for a denial.
+fn allowed(r: &CheckResponse) -> Option<(HashMap<String, String>, Vec<String>)> {
+    match r.http_response.as_ref()? {
+        HttpResponse::OkResponse(ok) => {
+            assert_eq!(r.status.as_ref().unwrap().code, 0);
+            Some((
+                ok.headers
+                    .iter()
+                    .map(|h| {
+                        let h = h.header.as_ref().unwrap();
+                        (h.key.clone(), h.value.clone())
+                    })
+                    .collect(),
+                ok.headers_to_remove.clone(),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The `WWW-Authenticate` of a 401.
+fn denied(r: &CheckResponse) -> String {
+    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
+        panic!("not denied: {r:?}");
+    };
+    assert_eq!(d.status.unwrap().code, 401);
+    assert_eq!(
+        r.status.as_ref().unwrap().code,
+        tonic::Code::Unauthenticated as i32
+    );
+    d.headers
+        .iter()
+        .find(|h| h.header.as_ref().unwrap().key == "www-authenticate")
+        .map(|h| h.header.as_ref().unwrap().value.clone())
+        .expect("WWW-Authenticate")
+}
+
+async fn create(app: &TestApp) -> pb::CreateSessionResponse {
+    app.session()
+        .create_session(bearer(
+            pb::CreateSessionRequest {
+                who: Some(pb::create_session_request::Who::NewUser(pb::NewUser {
+                    email: "edge@example.com".into(),
+                    email_verified: true,
+                    name: "Edge".into(),
+                })),
+                ..Default::default()
+            },
+            KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn check_lets_valid_sessions_through_with_identity_and_nothing_forged() {
+    let redis = RedisServer::start().await;
+    let app = Setup::new().caller_key(KEY).redis(&redis).spawn().await;
+    let s = create(&app).await;
+    let session_id = s.session.as_ref().unwrap().session_id.clone();
+    let forged = ("x-sessiongate-user-id", "user-test-admin");
+    let spoof = ("X-SessionGate-Role", "root");
+
+    for raw in [false, true] {
+        // The JWT as a bearer token, with identity headers the client made up.
+        let auth = format!("Bearer {}", s.session_jwt);
+        let r = ask(
+            &app,
+            check(&[("authorization", &auth), forged, spoof], raw, &[]),
+        )
+        .await
+        .unwrap();
+        let (set, removed) = allowed(&r).unwrap_or_else(|| panic!("raw={raw}: {r:?}"));
+        assert_eq!(set["x-sessiongate-user-id"], s.user_id);
+        assert_eq!(set["x-sessiongate-session-id"], session_id);
+        assert_eq!(set["x-sessiongate-origin"], "new");
+        assert_eq!(set["x-sessiongate-provider"], "native");
+        assert!(removed.contains(&"x-sessiongate-user-id".to_owned()));
+        assert!(removed.contains(&"x-sessiongate-role".to_owned()));
+        let meta = r.dynamic_metadata.unwrap().fields;
+        assert!(format!("{:?}", meta["user_id"]).contains(&s.user_id));
+        assert!(!meta.contains_key("session_jwt"));
+
+        // The opaque token in the route's cookie: its fresh JWT goes upstream too.
+        let cookie = format!("theme=dark; sg_session={}", s.session_token);
+        let on_route = [("sessiongate.cookie", "sg_session")];
+        let r = ask(&app, check(&[("cookie", &cookie)], raw, &on_route))
+            .await
+            .unwrap();
+        let (set, _) = allowed(&r).expect("the cookie's session passes");
+        assert_eq!(set["x-sessiongate-session-id"], session_id);
+        assert!(set["x-sessiongate-session-jwt"].starts_with("eyJ"));
+        // A route that names no cookie does not read one.
+        let r = ask(&app, check(&[("cookie", &cookie)], raw, &[]))
+            .await
+            .unwrap();
+        assert_eq!(denied(&r), "Bearer");
+    }
+}
+
+#[tokio::test]
+async fn check_refuses_what_validate_session_refuses_and_never_turns_an_outage_into_a_401() {
+    let mut redis = RedisServer::start().await;
+    let app = Setup::new().caller_key(KEY).redis(&redis).spawn().await;
+    let live = create(&app).await;
+    let revoked = create(&app).await;
+    app.session()
+        .revoke_session(bearer(
+            pb::RevokeSessionRequest {
+                target: Some(pb::revoke_session_request::Target::SessionToken(
+                    revoked.session_token.clone(),
+                )),
+            },
+            KEY,
+        ))
+        .await
+        .unwrap();
+    let mut tampered = live.session_jwt.clone();
+    tampered.pop();
+    tampered.push(if live.session_jwt.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    let table: Vec<(&str, String)> = vec![
+        ("live jwt", live.session_jwt.clone()),
+        ("live token", live.session_token.clone()),
+        ("revoked jwt", revoked.session_jwt.clone()),
+        ("revoked token", revoked.session_token.clone()),
+        ("tampered jwt", tampered),
+        ("malformed", "not.a.jwt".into()),
+        ("oversized", "a".repeat(9000)),
+        ("foreign opaque", "sgs_".to_owned() + &"A".repeat(43)),
+    ];
+    // One table, two doors: Check allows exactly what ValidateSession calls VALID, and says
+    // why it refuses in the same words.
+    for (name, token) in &table {
+        let v = app
+            .session()
+            .validate_session(bearer(
+                pb::ValidateSessionRequest {
+                    token: token.clone(),
+                    ..Default::default()
+                },
+                KEY,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let auth = format!("Bearer {token}");
+        let r = ask(&app, check(&[("authorization", &auth)], false, &[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            allowed(&r).is_some(),
+            v.verdict() == pb::Verdict::Valid,
+            "{name}: {r:?}"
+        );
+        if v.verdict() != pb::Verdict::Valid {
+            assert_eq!(
+                denied(&r),
+                format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    v.reason().as_str_name().trim_start_matches("REASON_")
+                ),
+                "{name}"
+            );
+        }
+    }
+
+    // No credential: 401 without an error code; on an anonymous route the request passes
+    // without identity, and forged identity is still removed.
+    let forged = [("x-sessiongate-user-id", "user-test-admin")];
+    assert_eq!(
+        denied(&ask(&app, check(&forged, false, &[])).await.unwrap()),
+        "Bearer"
+    );
+    let anon = [("sessiongate.anonymous", "true")];
+    let r = ask(&app, check(&forged, false, &anon)).await.unwrap();
+    let (set, removed) = allowed(&r).expect("anonymous route");
+    assert!(set.is_empty());
+    assert!(removed.contains(&"x-sessiongate-user-id".to_owned()));
+    // A bad credential on an anonymous route is still refused: anonymous means "none".
+    let bad = [("authorization", "Bearer not.a.jwt")];
+    denied(&ask(&app, check(&bad, false, &anon)).await.unwrap());
+
+    // Redis down: the opaque token's Check fails UNAVAILABLE (Envoy's failure_mode_allow
+    // decides), never a 401; the JWT still passes.
+    redis.kill().await;
+    let auth = format!("Bearer {}", live.session_token);
+    let e = ask(&app, check(&[("authorization", &auth)], false, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let auth = format!("Bearer {}", live.session_jwt);
+    let r = ask(&app, check(&[("authorization", &auth)], false, &[]))
+        .await
+        .unwrap();
+    assert!(allowed(&r).is_some());
+}
+
+#[tokio::test]
+async fn check_needs_a_caller_key_with_scope_validate() {
+    let hash = sessiongate::store::keys::Digest::of(b"issuer-only").to_hex();
+    let app = Setup::new()
+        .toml(&format!(
+            "[[clients]]\nname = \"login\"\nkey_sha256 = \"{hash}\"\nscopes = [\"issue\"]\n"
+        ))
+        .spawn()
+        .await;
+    let mut c = AuthorizationClient::new(app.channel.clone());
+    let e = c.check(check(&[], false, &[])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = c
+        .check(bearer(check(&[], false, &[]), "issuer-only"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+}
