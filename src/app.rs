@@ -172,9 +172,15 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let cfg = self.config.clone();
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+        // One gate for both doors of the edge: Envoy's gRPC Check and HTTP forward-auth.
+        let edge = Arc::new(crate::edge::Gate::new(self.sessions.clone()));
+        let forward_auth = crate::http::ForwardAuth {
+            gate: edge.clone(),
+            callers: self.callers.clone(),
+        };
         let (health, grpc) = crate::grpc::server::serve(
             Services {
-                edge: Arc::new(crate::edge::Gate::new(self.sessions.clone())),
+                edge,
                 sessions: self.sessions,
                 flows: self.flows,
                 callers: self.callers,
@@ -202,7 +208,7 @@ impl App {
         let http = tokio::spawn(
             axum::serve(
                 self.http,
-                crate::http::router(metrics, self.signing.clone()),
+                crate::http::router(metrics, self.signing.clone(), forward_auth),
             )
             .with_graceful_shutdown(async {
                 let _ = http_stopped.await;

@@ -57,7 +57,20 @@ impl CallerKeys {
 
     /// Checks the `authorization` header value (if any) against `scope`.
     pub fn authorize(&self, authorization: Option<&[u8]>, scope: Scope) -> Result<Caller, Error> {
-        let Some(header) = authorization else {
+        match authorization {
+            None => self.authorize_key(None, scope),
+            Some(header) => {
+                let key = bearer(header)
+                    .ok_or_else(|| unauthenticated("`authorization` must be `Bearer <key>`"))?;
+                self.authorize_key(Some(key), scope)
+            }
+        }
+    }
+
+    /// Checks a bare API key (if any) against `scope`: for callers that cannot send it in
+    /// `authorization` (a forward-auth proxy passes the user's own there).
+    pub fn authorize_key(&self, key: Option<&[u8]>, scope: Scope) -> Result<Caller, Error> {
+        let Some(key) = key else {
             if self.is_open() {
                 return if OPEN_SCOPES.contains(&scope) {
                     Ok(Caller::anonymous())
@@ -74,8 +87,6 @@ impl CallerKeys {
             }
             return Err(unauthenticated("missing `authorization: Bearer <key>`"));
         };
-        let key = bearer(header)
-            .ok_or_else(|| unauthenticated("`authorization` must be `Bearer <key>`"))?;
         // Looking the hash up leaks, through timing, at most something about the *hash* of
         // the presented key, which does not help to guess a valid key.
         let client = self

@@ -98,6 +98,23 @@ fn denied(r: &CheckResponse) -> String {
         .expect("WWW-Authenticate")
 }
 
+/// `GET /auth?{query}` as a forward-auth proxy asks it, with the user's `headers`.
+async fn forward(
+    app: &TestApp,
+    query: &str,
+    headers: &[(&str, &str)],
+    caller: Option<&str>,
+) -> reqwest::Response {
+    let mut r = reqwest::Client::new().get(format!("http://{}/auth?{query}", app.http_addr));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(key) = caller {
+        r = r.header("x-sessiongate-caller", key);
+    }
+    r.send().await.unwrap()
+}
+
 async fn create(app: &TestApp) -> pb::CreateSessionResponse {
     app.session()
         .create_session(bearer(
@@ -220,7 +237,19 @@ async fn check_refuses_what_validate_session_refuses_and_never_turns_an_outage_i
             v.verdict() == pb::Verdict::Valid,
             "{name}: {r:?}"
         );
+        let f = forward(&app, "", &[("authorization", &auth)], Some(KEY)).await;
+        assert_eq!(
+            f.status() == 200,
+            v.verdict() == pb::Verdict::Valid,
+            "{name}: {f:?}"
+        );
         if v.verdict() != pb::Verdict::Valid {
+            assert_eq!(f.status(), 401, "{name}");
+            assert_eq!(
+                f.headers()["www-authenticate"].to_str().unwrap(),
+                denied(&r),
+                "{name}"
+            );
             assert_eq!(
                 denied(&r),
                 format!(
@@ -256,11 +285,74 @@ async fn check_refuses_what_validate_session_refuses_and_never_turns_an_outage_i
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    let f = forward(&app, "", &[("authorization", &auth)], Some(KEY)).await;
+    assert_eq!(f.status(), 503);
     let auth = format!("Bearer {}", live.session_jwt);
     let r = ask(&app, check(&[("authorization", &auth)], false, &[]))
         .await
         .unwrap();
     assert!(allowed(&r).is_some());
+    let f = forward(&app, "", &[("authorization", &auth)], Some(KEY)).await;
+    assert_eq!(f.status(), 200);
+}
+
+#[tokio::test]
+async fn forward_auth_answers_with_identity_headers_and_keeps_the_callers_key_apart() {
+    let app = Setup::new().caller_key(KEY).spawn().await;
+    let s = create(&app).await;
+    let auth = format!("Bearer {}", s.session_jwt);
+    let f = forward(&app, "", &[("authorization", &auth)], Some(KEY)).await;
+    assert_eq!(f.status(), 200);
+    let h = f.headers();
+    assert_eq!(h["x-sessiongate-user-id"], s.user_id.as_str());
+    assert_eq!(h["x-sessiongate-origin"], "new");
+    assert_eq!(h["x-sessiongate-provider"], "native");
+    // The cookie named by the query, on a POST (any method).
+    let cookie = format!("sg_session={}", s.session_token);
+    let f = reqwest::Client::new()
+        .post(format!("http://{}/auth?cookie=sg_session", app.http_addr))
+        .header("cookie", &cookie)
+        .header("x-sessiongate-caller", KEY)
+        .header("x-forwarded-method", "POST")
+        .header("x-forwarded-uri", "/orders")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(f.status(), 200);
+    assert!(
+        f.headers()["x-sessiongate-session-jwt"]
+            .to_str()
+            .unwrap()
+            .starts_with("eyJ")
+    );
+    // Anonymous routes pass without identity; others want a credential.
+    let f = forward(&app, "anonymous=true", &[], Some(KEY)).await;
+    assert_eq!(f.status(), 200);
+    assert!(f.headers().get("x-sessiongate-user-id").is_none());
+    let f = forward(&app, "", &[], Some(KEY)).await;
+    assert_eq!(
+        (
+            f.status().as_u16(),
+            f.headers()["www-authenticate"].to_str().unwrap()
+        ),
+        (401, "Bearer")
+    );
+    // The proxy's key: missing or unknown is the proxy's misconfiguration (500), and the
+    // user's credential never stands in for it.
+    for caller in [None, Some("not-a-key"), Some(s.session_jwt.as_str())] {
+        let f = forward(&app, "", &[("authorization", &auth)], caller).await;
+        assert_eq!(f.status(), 500, "{caller:?}");
+        assert!(!f.text().await.unwrap().contains(&s.session_jwt));
+    }
+    // A user cannot pass their own key as the caller's: the header is the proxy's.
+    let f = forward(
+        &app,
+        "",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(f.status(), 401);
 }
 
 #[tokio::test]

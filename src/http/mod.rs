@@ -1,18 +1,28 @@
-//! The plain-HTTP port: `/metrics` for Prometheus and `/.well-known/jwks.json` for anyone who
-//! prefers to verify `session_jwt`s offline with their own JWT library.
+//! The plain-HTTP port: `/metrics` for Prometheus, `/.well-known/jwks.json` for anyone who
+//! prefers to verify `session_jwt`s offline with their own JWT library, and `/auth` for
+//! proxies that speak HTTP forward-auth.
+
+mod forward_auth;
+
+pub use forward_auth::{CALLER_HEADER, ForwardAuth};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{any, get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
 use crate::keys::SigningKeys;
 
 /// The HTTP routes.
-pub fn router(metrics: PrometheusHandle, signing: Arc<SigningKeys>) -> Router {
+pub fn router(
+    metrics: PrometheusHandle,
+    signing: Arc<SigningKeys>,
+    forward_auth: ForwardAuth,
+) -> Router {
     Router::new()
+        .route("/auth", any(forward_auth::check).with_state(forward_auth))
         .route(
             "/.well-known/jwks.json",
             get(move || {
