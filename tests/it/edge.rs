@@ -373,3 +373,141 @@ async fn check_needs_a_caller_key_with_scope_validate() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
 }
+
+/// A backend that answers every request with the headers it received, as JSON.
+async fn echo_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let seen: HashMap<String, String> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        axum::Json(seen)
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The nginx configuration a user pastes (README, "nginx"), pointed at this test's
+/// sessiongate and backend.
+fn nginx_site(sessiongate: std::net::SocketAddr, backend: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+  server {{
+    listen {{listen}};
+    location = /_sessiongate {{
+      internal;
+      proxy_pass http://{sessiongate}/auth?cookie=sg_session;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Sessiongate-Caller "{KEY}";
+      proxy_set_header X-Forwarded-Method $request_method;
+      proxy_set_header X-Forwarded-Uri $request_uri;
+    }}
+    location @sessiongate_failed {{
+      if ($sg_status = 503) {{ return 503; }}
+      return 500;
+    }}
+    location / {{
+      auth_request /_sessiongate;
+      auth_request_set $sg_status $upstream_status;
+      error_page 500 = @sessiongate_failed;
+      auth_request_set $sg_user_id $upstream_http_x_sessiongate_user_id;
+      auth_request_set $sg_session_id $upstream_http_x_sessiongate_session_id;
+      auth_request_set $sg_origin $upstream_http_x_sessiongate_origin;
+      auth_request_set $sg_provider $upstream_http_x_sessiongate_provider;
+      auth_request_set $sg_subject $upstream_http_x_sessiongate_subject;
+      auth_request_set $sg_session_jwt $upstream_http_x_sessiongate_session_jwt;
+      # Set every identity header, empty when absent: nginx then sends none, so a copy the
+      # client forged never reaches the backend.
+      proxy_set_header X-Sessiongate-User-Id $sg_user_id;
+      proxy_set_header X-Sessiongate-Session-Id $sg_session_id;
+      proxy_set_header X-Sessiongate-Origin $sg_origin;
+      proxy_set_header X-Sessiongate-Provider $sg_provider;
+      proxy_set_header X-Sessiongate-Subject $sg_subject;
+      proxy_set_header X-Sessiongate-Session-Jwt $sg_session_jwt;
+      proxy_pass http://{backend};
+    }}
+  }}"#
+    )
+    .replace("{{listen}}", "{listen}")
+}
+
+#[tokio::test]
+async fn a_real_nginx_with_auth_request_protects_a_backend() {
+    let mut redis = RedisServer::start().await;
+    let app = Setup::new().caller_key(KEY).redis(&redis).spawn().await;
+    let backend = echo_backend().await;
+    let mut nginx = crate::support::nginx::Nginx::start(&nginx_site(app.http_addr, backend));
+    let s = create(&app).await;
+    // Bounded: an nginx that refused its configuration leaves the socket queueing forever.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let get = |auth: Option<String>, cookie: Option<String>| {
+        let mut r = client
+            .get(nginx.url("/orders"))
+            .header("x-sessiongate-user-id", "user-test-admin")
+            .header("x-sessiongate-origin", "forged");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.send()
+    };
+
+    // A valid JWT reaches the backend with its identity, and nothing the client forged.
+    let r = get(Some(format!("Bearer {}", s.session_jwt)), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: HashMap<String, String> = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(seen["x-sessiongate-user-id"], s.user_id);
+    assert_eq!(seen["x-sessiongate-origin"], "new");
+    assert_eq!(
+        seen["x-sessiongate-session-id"],
+        s.session.as_ref().unwrap().session_id
+    );
+    assert!(!seen.contains_key("x-sessiongate-session-jwt"));
+    assert!(
+        !seen.contains_key("x-sessiongate-caller"),
+        "the proxy's key stays in the proxy"
+    );
+    // The session cookie: the same, with the session's fresh JWT.
+    let r = get(None, Some(format!("sg_session={}", s.session_token)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: HashMap<String, String> = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(seen["x-sessiongate-user-id"], s.user_id);
+    assert!(seen["x-sessiongate-session-jwt"].starts_with("eyJ"));
+
+    // No credential, or a bad one: 401 from nginx, with sessiongate's WWW-Authenticate.
+    let r = get(None, None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = get(Some("Bearer not.a.jwt".into()), None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+
+    // Redis down: the opaque token gets 503 (retry later), never 401; the JWT still passes.
+    redis.kill().await;
+    let r = get(None, Some(format!("sg_session={}", s.session_token)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let r = get(Some(format!("Bearer {}", s.session_jwt)), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    nginx.assert_running();
+}

@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub mod idp;
+pub mod nginx;
 pub mod proxy;
 pub mod redis;
 
