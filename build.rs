@@ -1,7 +1,12 @@
 //! Compiles the contract with protox (pure Rust: no system `protoc` needed) and writes the
-//! descriptor set that server reflection serves.
+//! descriptor sets that server reflection serves: ours, and Envoy's external authorization
+//! (compiled from the `.proto` files the `envoy-types` crate ships, whose generated types we
+//! serve it with, but which exports no descriptors).
+
+use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ext_authz_descriptors()?;
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["sessiongate/v1/sessiongate.proto"], ["proto"])?;
     // protox hands the descriptors to tonic-prost-build directly, so prost-build never runs
@@ -17,4 +22,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// Envoy's `envoy.service.auth.v3` and what it imports, as a descriptor set.
+fn ext_authz_descriptors() -> Result<(), Box<dyn std::error::Error>> {
+    let root = envoy_types_dir()?.join("proto");
+    let includes = [
+        "data-plane-api",
+        "xds",
+        "protoc-gen-validate",
+        "googleapis",
+        "cel-spec/proto",
+    ]
+    .map(|d| root.join(d));
+    let fds = protox::compile(["envoy/service/auth/v3/external_auth.proto"], includes)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("ext_authz_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    Ok(())
+}
+
+/// Where cargo unpacked the `envoy-types` crate (registry, vendor directory or git checkout
+/// alike), from `cargo metadata`.
+fn envoy_types_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let cargo = std::env::var("CARGO")?;
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let path = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "envoy-types"))
+        .and_then(|p| p["manifest_path"].as_str())
+        .ok_or("cargo metadata lists no envoy-types package")?;
+    Ok(PathBuf::from(path)
+        .parent()
+        .ok_or("envoy-types' manifest has no directory")?
+        .to_owned())
 }

@@ -23,6 +23,11 @@ pub mod pb {
 pub const SESSION_GATE_SERVICE: &str = "sessiongate.v1.SessionGateService";
 pub const ROLLOUT_ADMIN_SERVICE: &str = "sessiongate.v1.RolloutAdminService";
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+pub const EXT_AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// Envoy's external authorization service and its imports, for reflection.
+pub const EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("ext_authz_descriptor");
 
 use crate::config::Scope;
 

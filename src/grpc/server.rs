@@ -18,7 +18,7 @@ use super::pb::rollout_admin_service_server::RolloutAdminServiceServer;
 use super::pb::session_gate_service_server::SessionGateServiceServer;
 use super::rollout::RolloutAdminApi;
 use super::session::SessionGateApi;
-use super::{HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
+use super::{EXT_AUTHZ_SERVICE, HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
 use crate::auth::CallerKeys;
 use crate::edge::Gate;
 use crate::flow::FlowService;
@@ -76,11 +76,13 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(super::EXT_AUTHZ_DESCRIPTOR_SET)
             // google.rpc.ErrorInfo & co., so grpcurl can decode error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(SESSION_GATE_SERVICE)
             .with_service_name(ROLLOUT_ADMIN_SERVICE)
             .with_service_name(HEALTH_SERVICE)
+            .with_service_name(EXT_AUTHZ_SERVICE)
     };
     // The API's message limit on the open services too: tonic's default (4 MiB) would let
     // anyone, without a key, make the server buffer and parse that much per call.

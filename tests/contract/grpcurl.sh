@@ -71,7 +71,10 @@ out=$(g "$addr" list)
 check "list shows SessionGateService" '^sessiongate\.v1\.SessionGateService$' "$out"
 check "list shows RolloutAdminService" '^sessiongate\.v1\.RolloutAdminService$' "$out"
 check "list shows grpc.health.v1.Health" '^grpc\.health\.v1\.Health$' "$out"
-[ "$(wc -l <<<"$out")" -eq 3 ] && ok "list shows nothing else" || bad "list shows more: $out"
+check "list shows Envoy's envoy.service.auth.v3.Authorization" '^envoy\.service\.auth\.v3\.Authorization$' "$out"
+[ "$(wc -l <<<"$out")" -eq 4 ] && ok "list shows nothing else" || bad "list shows more: $out"
+out=$(g "$addr" describe envoy.service.auth.v3.CheckRequest)
+check "describe shows Envoy's CheckRequest" 'AttributeContext attributes = 1' "$out"
 
 out=$(g "$addr" describe sessiongate.v1.SessionGateService)
 for rpc in ValidateSession MigrateSession ResolveFlow CreateSession RevokeSession; do
@@ -135,8 +138,19 @@ out=$(g "${auth[@]}" -d "{\"token\":\"$jwt\"}" "$addr" sessiongate.v1.SessionGat
 check "… then from the cache" '"source": "DECISION_SOURCE_CACHE"' "$out"
 if out=$(python3 "$(dirname "$0")/verify_jwt_offline.py" "http://$http/.well-known/jwks.json" "$jwt" \
     urn:sessiongate:test sessiongate "$user" 2>&1); then ok "$out"; else bad "PyJWT offline verification: $out"; fi
+envoy_check() { # envoy_check TOKEN: Envoy's Check of a request that carries TOKEN
+  g "${auth[@]}" -d "{\"attributes\":{\"request\":{\"http\":{\"method\":\"GET\",\"path\":\"/orders\",\"headers\":{\"authorization\":\"Bearer $1\",\"x-sessiongate-user-id\":\"forged\"}}}}}" \
+    "$addr" envoy.service.auth.v3.Authorization/Check
+}
+out=$(envoy_check "$jwt")
+check "Envoy Check through reflection: OK" '"okResponse"' "$out"
+check "… with the user's id upstream" "\"value\": \"$user\"" "$out"
+check "… and the identity headers the client sent removed" '"headersToRemove"' "$out"
 out=$(g "${auth[@]}" -d "{\"session_token\":\"$token\"}" "$addr" sessiongate.v1.SessionGateService/RevokeSession)
 check "RevokeSession revokes one" '"revoked": 1' "$out"
+out=$(envoy_check "$jwt")
+check "Envoy Check of the revoked JWT: 401" '"code": "Unauthorized"' "$out"
+check "… saying why" 'error_description=\\"REVOKED\\"' "$out"
 out=$(g "${auth[@]}" -d "{\"token\":\"$jwt\"}" "$addr" sessiongate.v1.SessionGateService/ValidateSession)
 check "the revoked session's JWT is REVOKED" '"reason": "REASON_REVOKED"' "$out"
 out=$(g "${auth[@]}" -d '{"token":"garbage"}' "$addr" sessiongate.v1.SessionGateService/ValidateSession)
