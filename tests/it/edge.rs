@@ -344,6 +344,17 @@ async fn forward_auth_answers_with_identity_headers_and_keeps_the_callers_key_ap
         assert_eq!(f.status(), 500, "{caller:?}");
         assert!(!f.text().await.unwrap().contains(&s.session_jwt));
     }
+    // A proxy that appends the client's path and query (Envoy's HTTP ext_authz) must not let
+    // the client pick the route's settings: only `/auth` itself answers.
+    for path in ["/auth/orders?anonymous=true", "/auth/?anonymous=true", "/auth/x"] {
+        let f = reqwest::Client::new()
+            .get(format!("http://{}{path}", app.http_addr))
+            .header("x-sessiongate-caller", KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(f.status(), 404, "{path}");
+    }
     // A user cannot pass their own key as the caller's: the header is the proxy's.
     let f = forward(
         &app,

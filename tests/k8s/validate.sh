@@ -49,6 +49,17 @@ else
   echo "  ok   a writable root filesystem is refused by the checks"
 fi
 
+# The examples users paste are valid too.
+for example in k8s/examples/*.yaml; do
+  for v in "${versions[@]}"; do
+    if kubernetes-validate --strict -k "$v" --quiet "$example"; then
+      echo "  ok   $example is valid Kubernetes $v (strict)"
+    else
+      echo "  FAIL $example against Kubernetes $v"; fail=1
+    fi
+  done
+done
+
 # The shipped configuration is valid for live (with the Secret's values present).
 if SESSIONGATE_ENV=live REDIS_URL=redis://sessiongate-redis:6379 \
   SESSIONGATE_FLOW_COOKIE_KEY=check-config-only-0123456789abcdef0123 \
