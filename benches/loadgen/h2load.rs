@@ -113,7 +113,8 @@ impl H2Load {
         let method = rpc.rsplit('.').next().unwrap_or(rpc);
         let ok = after.ok(method) - before.ok(method);
         let want_valid = !path.malformed();
-        let judged = if rpc.ends_with("/ValidateSession") {
+        // Check decides through the same validation, so its verdicts are counted alike.
+        let judged = if rpc.ends_with("/ValidateSession") || rpc.ends_with(".Authorization/Check") {
             after.verdicts(want_valid) - before.verdicts(want_valid)
         } else {
             ok
@@ -156,6 +157,10 @@ pub(crate) fn fixed_request(path: Path, fx: &Fixtures) -> Option<(&'static str, 
         Path::Malformed | Path::MalformedJwtSized => {
             validate(&path.malformed_token(&fx.cached_jwt))
         }
+        Path::EnvoyCheck => Some((
+            "/envoy.service.auth.v3.Authorization/Check",
+            grpc_frame(&crate::paths::envoy_check(&fx.cached_jwt)),
+        )),
         Path::ResolveFlow => Some((
             "/sessiongate.v1.SessionGateService/ResolveFlow",
             grpc_frame(&pb::ResolveFlowRequest {

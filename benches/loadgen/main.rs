@@ -245,6 +245,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Path::ResolveFlow,
         Path::Malformed,
         Path::MalformedJwtSized,
+        Path::EnvoyCheck,
         Path::LegacyRs256,
         Path::LegacyEs256,
         Path::LegacyEdDsa,

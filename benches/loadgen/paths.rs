@@ -32,6 +32,8 @@ pub(crate) enum Path {
     /// HTTP/2, gRPC and the layers costs, without any verification — the floor of a cached
     /// BASIC validation.
     MalformedJwtSized,
+    /// Envoy's `Authorization/Check` of a request carrying the cached JWT: the edge's path.
+    EnvoyCheck,
 }
 
 impl Path {
@@ -70,6 +72,7 @@ impl Path {
             Path::ResolveFlow => "ResolveFlow, device id, 50% rollout",
             Path::Malformed => "ValidateSession, malformed token (fixed cost)",
             Path::MalformedJwtSized => "ValidateSession, malformed JWT-sized token, BASIC (floor)",
+            Path::EnvoyCheck => "Envoy Authorization/Check, native JWT, cache hit",
         }
     }
     /// The view a ValidateSession path asks for.
@@ -96,6 +99,7 @@ impl Path {
             Path::ResolveFlow => "resolve_flow",
             Path::Malformed => "malformed",
             Path::MalformedJwtSized => "malformed_jwt_sized",
+            Path::EnvoyCheck => "envoy_check",
         }
     }
     /// The targets of docs/performance.md: minimum throughput ratio and p99 allowance over baseline (µs).
@@ -111,6 +115,7 @@ impl Path {
             }
             Path::Opaque | Path::OpaqueBasic => Some((0.6, 50.0)),
             Path::ResolveFlow => Some((0.85, 20.0)),
+            Path::EnvoyCheck => Some((0.8, 20.0)),
         }
     }
 }
@@ -143,12 +148,25 @@ pub(crate) async fn measure(
             tokio::spawn(async move {
                 let mut run = Run::new();
                 let mut health = HealthClient::new(channel.clone());
+                let mut envoy = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone());
                 let mut session = tonic::client::Grpc::new(channel);
                 let mut i = w;
                 loop {
                     let n = issued.fetch_add(1, Ordering::Relaxed);
                     if limit.map_or(Instant::now() >= deadline, |l| n >= l) {
                         break;
+                    }
+                    if path == Path::EnvoyCheck {
+                        let mut req = tonic::Request::new(envoy_check(&fx.cached_jwt));
+                        req.metadata_mut()
+                            .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"));
+                        let t0 = Instant::now();
+                        let good = matches!(
+                            envoy.check(req).await,
+                            Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0)
+                        );
+                        run.record(good, t0.elapsed());
+                        continue;
                     }
                     if path == Path::ResolveFlow {
                         i += concurrency;
@@ -166,7 +184,7 @@ pub(crate) async fn measure(
                         continue;
                     }
                     let token = match path {
-                        Path::Baseline | Path::ResolveFlow => None,
+                        Path::Baseline | Path::ResolveFlow | Path::EnvoyCheck => None,
                         Path::JwtCached | Path::JwtCachedBasic => Some(fx.cached_jwt.clone()),
                         Path::Malformed | Path::MalformedJwtSized => Some(path.malformed_token(&fx.cached_jwt)),
                         Path::Opaque | Path::OpaqueBasic => Some(fx.opaque[i % fx.opaque.len()].clone()),
@@ -249,4 +267,29 @@ pub(crate) async fn resolve_lean(
     let path =
         http::uri::PathAndQuery::from_static("/sessiongate.v1.SessionGateService/ResolveFlow");
     grpc.unary(req, path, codec).await.map(|r| r.into_inner())
+}
+
+/// What Envoy asks about a `GET /orders` that carries `jwt` as its bearer token.
+pub(crate) fn envoy_check(jwt: &str) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/orders".into(),
+                    host: "shop.example.com".into(),
+                    headers: [
+                        ("authorization".to_owned(), format!("Bearer {jwt}")),
+                        (":authority".to_owned(), "shop.example.com".to_owned()),
+                        ("user-agent".to_owned(), "Mozilla/5.0".to_owned()),
+                    ]
+                    .into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
 }

@@ -79,15 +79,13 @@ fn check_response(d: Decision) -> CheckResponse {
             let metadata = Struct {
                 fields: set
                     .iter()
-                    .filter(|(name, _)| *name != crate::edge::SESSION_JWT)
-                    .map(|(name, value)| {
-                        (
-                            name.trim_start_matches(crate::edge::IDENTITY_PREFIX)
-                                .replace('-', "_"),
+                    .filter_map(|(name, value)| {
+                        Some((
+                            metadata_key(name)?.to_owned(),
                             Value {
                                 kind: Some(Kind::StringValue(value.clone())),
                             },
-                        )
+                        ))
                     })
                     .collect(),
             };
@@ -130,6 +128,20 @@ fn check_response(d: Decision) -> CheckResponse {
             })),
         },
     }
+}
+
+/// The dynamic-metadata key of an identity header; none for the session JWT (a credential
+/// has no place in metadata that RBAC logs and access logs may print).
+fn metadata_key(header: &str) -> Option<&'static str> {
+    use crate::edge::{ORIGIN, PROVIDER, SESSION_ID, SUBJECT, USER_ID};
+    Some(match header {
+        USER_ID => "user_id",
+        SESSION_ID => "session_id",
+        ORIGIN => "origin",
+        PROVIDER => "provider",
+        SUBJECT => "subject",
+        _ => return None,
+    })
 }
 
 fn header(key: &str, value: String, action: HeaderAppendAction) -> HeaderValueOption {

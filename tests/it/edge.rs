@@ -346,7 +346,11 @@ async fn forward_auth_answers_with_identity_headers_and_keeps_the_callers_key_ap
     }
     // A proxy that appends the client's path and query (Envoy's HTTP ext_authz) must not let
     // the client pick the route's settings: only `/auth` itself answers.
-    for path in ["/auth/orders?anonymous=true", "/auth/?anonymous=true", "/auth/x"] {
+    for path in [
+        "/auth/orders?anonymous=true",
+        "/auth/?anonymous=true",
+        "/auth/x",
+    ] {
         let f = reqwest::Client::new()
             .get(format!("http://{}{path}", app.http_addr))
             .header("x-sessiongate-caller", KEY)
