@@ -1,5 +1,5 @@
 //! Issuers' JWKS: parsing a key set into verification keys, defensively (docs/security.md,
-//! threats 3, 4, 20 and 26; docs/reliability.md, J5).
+//! its attack table; docs/reliability.md, J5).
 //!
 //! Each usable key is parsed **once** into aws-lc `ParsedPublicKey`s — one per algorithm the
 //! provider allows for its key type — so a verification is a signature check and nothing

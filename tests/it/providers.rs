@@ -754,17 +754,25 @@ async fn a_hanging_issuer_costs_one_fetch_and_no_more_than_the_callers_deadline(
     assert!(t0.elapsed() < Duration::from_millis(200));
 }
 
-// === threats.md rows not covered by the tests above, one test each ===
+// === docs/security.md attacks not covered by the tests above, one test each ===
+
+/// An app with `idp` as its legacy provider, on a clock the test moves.
+async fn on_a_manual_clock(
+    idp: &FakeIdp,
+) -> (crate::support::TestApp, crate::support::ManualClock) {
+    let clock = crate::support::ManualClock::new();
+    let app = Setup::new()
+        .toml(&provider("auth0", "legacy", idp, ""))
+        .clock(&clock)
+        .spawn()
+        .await;
+    (app, clock)
+}
 
 #[tokio::test]
 async fn threat_08_09_expiry_and_leeway_boundaries_on_the_injected_clock() {
     let idp = FakeIdp::start().await;
-    let clock = crate::support::ManualClock::new();
-    let app = Setup::new()
-        .toml(&provider("auth0", "legacy", &idp, ""))
-        .clock(&clock)
-        .spawn()
-        .await;
+    let (app, clock) = on_a_manual_clock(&idp).await;
     let mut claims = idp.claims(API);
     let now = {
         use sessiongate::clock::Clock as _;
@@ -795,12 +803,7 @@ async fn threat_08_09_expiry_and_leeway_boundaries_on_the_injected_clock() {
 #[tokio::test]
 async fn a_cached_provider_verification_serves_both_views_and_is_redone_after_five_minutes() {
     let idp = FakeIdp::start().await;
-    let clock = crate::support::ManualClock::new();
-    let app = Setup::new()
-        .toml(&provider("auth0", "legacy", &idp, ""))
-        .clock(&clock)
-        .spawn()
-        .await;
+    let (app, clock) = on_a_manual_clock(&idp).await;
     let mut claims = idp.claims(API);
     claims["jti"] = json!("at-1");
     let token = sign(&idp.key(KeyKind::Es256), json!({}), &claims);

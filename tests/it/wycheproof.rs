@@ -160,7 +160,7 @@ fn jwk_vectors_private_keys_load_or_are_refused_cleanly() {
 const JWK_POLICY_SKIPS: &[(u64, &str)] = &[
     (
         2,
-        "HS256 keyset: symmetric keys are never accepted from a JWKS (threats.md row 3)",
+        "HS256 keyset: symmetric keys are never accepted from a JWKS (docs/security.md)",
     ),
     (
         13,

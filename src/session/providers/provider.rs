@@ -300,7 +300,7 @@ impl Provider {
                 .or_else(|| claims.get("client_id"))
                 .and_then(Value::as_str);
             if !client.is_some_and(|c| allowed.iter().any(|a| a == c)) {
-                // Issued to another client of the same tenant (threats.md row 29).
+                // Issued to another client of the same tenant (docs/security.md).
                 return Err(Reason::WrongAudience);
             }
         }
