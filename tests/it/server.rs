@@ -80,6 +80,7 @@ async fn reflection_v1_and_v1alpha_list_only_the_public_services() {
     // Reflection needs no key even when keys are configured.
     let app = with_keys().spawn().await;
     let want: BTreeSet<String> = [
+        "envoy.service.auth.v3.Authorization",
         "grpc.health.v1.Health",
         "sessiongate.v1.RolloutAdminService",
         "sessiongate.v1.SessionGateService",
