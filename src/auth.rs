@@ -117,7 +117,8 @@ fn unauthenticated(msg: &str) -> Error {
     )
 }
 
-fn bearer(header: &[u8]) -> Option<&[u8]> {
+/// The credential of `Bearer <credential>` (scheme case-insensitive, RFC 7235), if not empty.
+pub(crate) fn bearer(header: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = header.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;

@@ -57,12 +57,6 @@ pub enum Decision {
     },
 }
 
-impl Decision {
-    pub fn allowed(&self) -> bool {
-        matches!(self, Decision::Allow { .. })
-    }
-}
-
 /// Decides edge requests with the session service.
 pub struct Gate {
     sessions: Arc<SessionService>,
@@ -154,7 +148,10 @@ fn credential<'a>(headers: &[(&'a str, &'a str)], route: &Route) -> Option<&'a s
             .filter(move |(k, _)| k.eq_ignore_ascii_case(n))
             .map(|(_, v)| *v)
     };
-    if let Some(t) = named("authorization").find_map(bearer) {
+    // (A sub-slice of a `&str` cut at ASCII bytes: always UTF-8.)
+    if let Some(t) = named("authorization")
+        .find_map(|v| crate::auth::bearer(v.as_bytes()).and_then(|t| std::str::from_utf8(t).ok()))
+    {
         return Some(t);
     }
     let cookie = route.cookie.as_deref()?;
@@ -166,13 +163,6 @@ fn credential<'a>(headers: &[(&'a str, &'a str)], route: &Route) -> Option<&'a s
             Some(v) if !v.is_empty() => Some(v.trim_matches('"')),
             _ => None,
         })
-}
-
-/// The token of `Bearer <token>` (scheme case-insensitive, RFC 7235), if not empty.
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.split_at_checked(7)?;
-    let t = rest.trim();
-    (scheme.eq_ignore_ascii_case("bearer ") && !t.is_empty()).then_some(t)
 }
 
 /// The client's own `x-sessiongate-*` headers (lower-cased), removed before the request goes

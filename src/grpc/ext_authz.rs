@@ -12,7 +12,6 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-use crate::caller::Caller;
 use crate::edge::{Decision, EdgeRequest, Gate, Route};
 
 /// Per-route settings, as Envoy's `context_extensions` carry them.
@@ -36,11 +35,7 @@ impl Authorization for ExtAuthzApi {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .unwrap_or_else(Caller::anonymous);
+        let caller = super::caller(&request);
         let attributes = request.into_inner().attributes.unwrap_or_default();
         let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
         // Envoy fills `headers`, or only `header_map` when it sends raw headers (and gRPC

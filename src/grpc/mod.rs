@@ -29,7 +29,16 @@ pub const EXT_AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 pub const EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("ext_authz_descriptor");
 
+use crate::caller::Caller;
 use crate::config::Scope;
+
+/// The caller the auth layer established (anonymous only in open test mode).
+pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Caller {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(Caller::anonymous)
+}
 
 /// What the auth and metrics layers need to know about a request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{convert, pb};
-use crate::caller::Caller;
 use crate::flow::FlowService;
 
 /// The handlers of `RolloutAdminService`.
@@ -49,11 +48,7 @@ impl pb::rollout_admin_service_server::RolloutAdminService for RolloutAdminApi {
         &self,
         request: Request<pb::UpdateRolloutRequest>,
     ) -> Result<Response<pb::UpdateRolloutResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .unwrap_or_else(Caller::anonymous);
+        let caller = super::caller(&request);
         let update = convert::rollout_update(request.into_inner());
         let r = self.flows.update(update, &caller).await?;
         Ok(Response::new(pb::UpdateRolloutResponse {

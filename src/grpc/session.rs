@@ -8,8 +8,7 @@ use super::convert::{
     client_in, custom_claims_in, factor_in, flow_request, flow_response, session_out, user_out,
     verdict_out, view_in,
 };
-use super::pb;
-use crate::caller::Caller;
+use super::{caller, pb};
 use crate::error::{Error, ErrorReason};
 use crate::flow::FlowService;
 use crate::session::{
@@ -20,14 +19,6 @@ use crate::session::{
 pub struct SessionGateApi {
     sessions: Arc<SessionService>,
     flows: Arc<FlowService>,
-}
-
-/// The caller the auth layer established (anonymous only in open test mode).
-fn caller<T>(req: &Request<T>) -> Caller {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or_else(Caller::anonymous)
 }
 
 impl SessionGateApi {
