@@ -1,12 +1,14 @@
 //! Compiles the contract with protox (pure Rust: no system `protoc` needed) and writes the
 //! descriptor sets that server reflection serves: ours, and Envoy's external authorization
 //! (compiled from the `.proto` files the `envoy-types` crate ships, whose generated types we
-//! serve it with, but which exports no descriptors).
+//! serve it with, but which exports no descriptors), and the server of that service for the
+//! lean message types `src/grpc/ext_authz/wire.rs` defines.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     ext_authz_descriptors()?;
+    ext_authz_server();
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(["sessiongate/v1/sessiongate.proto"], ["proto"])?;
     // protox hands the descriptors to tonic-prost-build directly, so prost-build never runs
@@ -42,6 +44,25 @@ fn ext_authz_descriptors() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     Ok(())
+}
+
+/// `envoy.service.auth.v3.Authorization`'s server, over sessiongate's own lean types for
+/// Envoy's messages instead of the `envoy-types` structs (why: `wire.rs`).
+fn ext_authz_server() {
+    use tonic_prost_build::manual::{Builder, Method, Service};
+    let check = Method::builder()
+        .name("check")
+        .route_name("Check")
+        .input_type("crate::grpc::ext_authz::wire::CheckRequest")
+        .output_type("crate::grpc::ext_authz::wire::CheckResponse")
+        .codec_path("tonic_prost::ProstCodec")
+        .build();
+    let service = Service::builder()
+        .name("Authorization")
+        .package("envoy.service.auth.v3")
+        .method(check)
+        .build();
+    Builder::new().build_client(false).compile(&[service]);
 }
 
 /// Where cargo unpacked the `envoy-types` crate (registry, vendor directory or git checkout

@@ -95,6 +95,8 @@ async fn redis_keys() -> Vec<(String, f64, usize)> {
         name: Arc::from("bench"),
         authenticated: true,
         can_issue: true,
+        can_migrate: true,
+        can_resolve_flow: true,
     };
     let keys = Keys::new(cfg.env);
     let mut kinds: HashMap<&str, Vec<String>> = HashMap::new();

@@ -173,7 +173,11 @@ impl App {
         let cfg = self.config.clone();
         let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
         // One gate for both doors of the edge: Envoy's gRPC Check and HTTP forward-auth.
-        let edge = Arc::new(crate::edge::Gate::new(self.sessions.clone()));
+        let edge = Arc::new(crate::edge::Gate::new(
+            self.sessions.clone(),
+            self.flows.clone(),
+            cfg.edge.headers.clone(),
+        ));
         let forward_auth = crate::http::ForwardAuth {
             gate: edge.clone(),
             callers: self.callers.clone(),

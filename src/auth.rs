@@ -41,6 +41,8 @@ impl CallerKeys {
                             name: Arc::from(c.name.as_str()),
                             authenticated: true,
                             can_issue: c.scopes.contains(&Scope::Issue),
+                            can_migrate: c.scopes.contains(&Scope::Migrate),
+                            can_resolve_flow: c.scopes.contains(&Scope::Flow),
                         },
                         scopes: c.scopes.clone(),
                     },

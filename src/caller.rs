@@ -16,6 +16,10 @@ pub struct Caller {
     pub authenticated: bool,
     /// Holds the `issue` scope: may mint sessions, and so extend one by its JWT alone.
     pub can_issue: bool,
+    /// Holds the `migrate` scope: may turn a legacy token into a session (inline, at the edge).
+    pub can_migrate: bool,
+    /// Holds the `flow` scope: may ask for login-flow decisions (at the edge).
+    pub can_resolve_flow: bool,
 }
 
 impl Caller {
@@ -24,6 +28,9 @@ impl Caller {
             name: Arc::from("anonymous"),
             authenticated: false,
             can_issue: false,
+            // Open mode grants validate, migrate and flow to anyone (`auth`).
+            can_migrate: true,
+            can_resolve_flow: true,
         }
     }
 

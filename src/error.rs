@@ -42,6 +42,9 @@ pub enum ErrorReason {
     InvalidFlowRequest,
     /// INVALID_ARGUMENT: a rollout update that would break the flow's rules.
     InvalidRollout,
+    /// INVALID_ARGUMENT: a proxy's per-route setting (Envoy's `context_extensions`, the
+    /// forward-auth query) that sessiongate does not know or cannot apply.
+    InvalidRouteSetting,
     /// INVALID_ARGUMENT: a revocation target that is no session token.
     NotASessionToken,
     /// INVALID_ARGUMENT: a revocation target that is no session_jwt of ours.
@@ -105,6 +108,7 @@ impl ErrorReason {
         ErrorReason::InvalidNumber,
         ErrorReason::InvalidFlowRequest,
         ErrorReason::InvalidRollout,
+        ErrorReason::InvalidRouteSetting,
         ErrorReason::NotASessionToken,
         ErrorReason::NotASessionJwt,
         ErrorReason::NotAProviderToken,
@@ -143,6 +147,7 @@ impl ErrorReason {
             ErrorReason::InvalidNumber => "INVALID_NUMBER",
             ErrorReason::InvalidFlowRequest => "INVALID_FLOW_REQUEST",
             ErrorReason::InvalidRollout => "INVALID_ROLLOUT",
+            ErrorReason::InvalidRouteSetting => "INVALID_ROUTE_SETTING",
             ErrorReason::NotASessionToken => "NOT_A_SESSION_TOKEN",
             ErrorReason::NotASessionJwt => "NOT_A_SESSION_JWT",
             ErrorReason::NotAProviderToken => "NOT_A_PROVIDER_TOKEN",

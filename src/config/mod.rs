@@ -11,7 +11,7 @@
 //! must never silently fall back to a default.
 //!
 //! One file per section of the file (`server`, `store` for `[redis]`, `native`, `providers`,
-//! `clients`, `flows`, `migration`, `telemetry`), each with its raw (as written) and typed (as
+//! `clients`, `flows`, `migration`, `edge`, `telemetry`), each with its raw (as written) and typed (as
 //! checked) forms and its checks; this file loads the layers, runs the sections in order and
 //! adds what spans several (what `live` refuses). Every problem is collected, not just the
 //! first, and names its key and its fix.
@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod clients;
+mod edge;
 mod export;
 mod flows;
 mod migration;
@@ -37,6 +38,8 @@ pub mod unleash;
 
 use clients::RawClient;
 pub use clients::{ClientConfig, Scope};
+use edge::RawEdge;
+pub use edge::{EdgeConfig, EdgeHeaders};
 pub use flows::{DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Stickiness};
 use flows::{RawFlow, RawFlowCookie};
 pub use migration::MigrationConfig;
@@ -224,6 +227,7 @@ pub struct Config {
     pub flow_warnings: Vec<String>,
     pub clients: Vec<ClientConfig>,
     pub migration: MigrationConfig,
+    pub edge: EdgeConfig,
 }
 
 // === The file format ===
@@ -250,6 +254,8 @@ struct RawFile {
     clients: Vec<RawClient>,
     #[serde(default)]
     migration: RawMigration,
+    #[serde(default)]
+    edge: RawEdge,
 }
 
 // === Defaults ===
@@ -471,6 +477,7 @@ fn build(
     let clients = clients::build(&mut c, raw.clients);
     let (log_format, telemetry) = telemetry::build(&mut c, vars, raw.log_format);
     let migration = migration::build(&mut c, raw.migration);
+    let edge = edge::build(&mut c, raw.edge);
 
     // --- what `live` refuses: every test-only convenience ---
     if env == Env::Live {
@@ -509,6 +516,7 @@ fn build(
         flow_warnings,
         clients,
         migration,
+        edge,
     })
 }
 

@@ -536,3 +536,40 @@ fn session_format_is_binary_unless_json_is_asked_for() {
     let p = problem("[redis]\nsession_format = \"protobuf\"\n", &[]);
     assert!(p[0].message.contains("unknown variant"), "{p:?}");
 }
+
+#[test]
+fn edge_header_names_are_lower_case_distinct_and_never_a_credentials_header() {
+    let c = from_toml(
+        "[edge.headers]\nuser_id = \"x-user-id\"\nflow = \"x-login-flow\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.edge.headers.user_id, "x-user-id");
+    assert_eq!(c.edge.headers.flow, "x-login-flow");
+    assert_eq!(c.edge.headers.origin, "x-sessiongate-origin");
+    for (toml, why) in [
+        ("user_id = \"X-User\"", "lower-case"),
+        ("user_id = \"\"", "lower-case"),
+        ("user_id = \"x user\"", "lower-case"),
+        (
+            "subject = \"authorization\"",
+            "something else than identity",
+        ),
+        ("subject = \"cookie\"", "something else than identity"),
+        (
+            "subject = \"proxy-connection\"",
+            "something else than identity",
+        ),
+        (
+            "subject = \"x-sessiongate-caller\"",
+            "something else than identity",
+        ),
+        ("subject = \"x-sessiongate-user-id\"", "already the name"),
+    ] {
+        let p = problem(&format!("[edge.headers]\n{toml}\n"), &[]);
+        assert_eq!(p.len(), 1, "{toml}: {p:?}");
+        assert!(p[0].key.starts_with("edge.headers."), "{toml}: {p:?}");
+        assert!(p[0].message.contains(why), "{toml}: {p:?}");
+    }
+    assert!(!problem("[edge.headers]\nuser = \"x\"\n", &[]).is_empty());
+}

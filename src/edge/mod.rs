@@ -4,50 +4,171 @@
 //! with identity headers for the service behind the proxy; whatever identity headers the
 //! client sent are removed first, so a service can trust them.
 //!
+//! Per route, the proxy may also ask for what a service would otherwise call sessiongate for:
+//! a login flow's decision (`ResolveFlow`, its cookie back to the browser) and the inline
+//! migration of a legacy token (`MigrateSession`, the new session's cookie back to the
+//! browser), so a rolling deployment and the move to NEW happen at the edge with no code.
+//!
 //! This room knows HTTP requests as header lists and knows nothing of Envoy's or axum's
 //! types: `grpc::ext_authz` and `http` translate to and from it.
 
+mod request;
+
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::caller::Caller;
-use crate::error::Error;
-use crate::session::{Origin, SessionService, ValidateRequest, Verdict, View, token};
+use crate::config::EdgeHeaders;
+use crate::error::{Error, ErrorCode, ErrorReason};
+use crate::flow::{self, FlowService};
+use crate::session::model::ClientInfo;
+use crate::session::{
+    Action, Created, MigrateRequest, NATIVE_PROVIDER, Origin, SessionService, ValidateRequest,
+    Verdict, View, token,
+};
 
-/// Every header sessiongate sets upstream starts with this; a client's copies of any of them
-/// are removed.
+/// Every header sessiongate sets upstream by default starts with this; a client's copies of
+/// any such header are removed, whether or not it is one sessiongate sets today.
 pub const IDENTITY_PREFIX: &str = "x-sessiongate-";
 
-/// The identity headers.
-pub const USER_ID: &str = "x-sessiongate-user-id";
-pub const SESSION_ID: &str = "x-sessiongate-session-id";
-pub const ORIGIN: &str = "x-sessiongate-origin";
-pub const PROVIDER: &str = "x-sessiongate-provider";
-pub const SUBJECT: &str = "x-sessiongate-subject";
-pub const SESSION_JWT: &str = "x-sessiongate-session-jwt";
+/// A fact passed upstream, as a header (named in `[edge.headers]`) and, for Envoy, as
+/// dynamic metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    UserId,
+    SessionId,
+    Origin,
+    Provider,
+    Subject,
+    SessionJwt,
+    Flow,
+}
 
-/// What a route allows, set per route by the proxy (Envoy's `context_extensions`, the
+impl Fact {
+    /// Every fact, in declaration order (`fact as usize` indexes it).
+    pub const ALL: [Fact; 7] = [
+        Fact::UserId,
+        Fact::SessionId,
+        Fact::Origin,
+        Fact::Provider,
+        Fact::Subject,
+        Fact::SessionJwt,
+        Fact::Flow,
+    ];
+
+    /// Its key in Envoy's dynamic metadata (for RBAC and rate limits); none for the session
+    /// JWT: a credential has no place in metadata that access logs may print.
+    pub fn metadata_key(self) -> Option<&'static str> {
+        Some(match self {
+            Fact::UserId => "user_id",
+            Fact::SessionId => "session_id",
+            Fact::Origin => "origin",
+            Fact::Provider => "provider",
+            Fact::Subject => "subject",
+            Fact::Flow => "flow",
+            Fact::SessionJwt => return None,
+        })
+    }
+
+    fn header(self, names: &EdgeHeaders) -> &str {
+        match self {
+            Fact::UserId => &names.user_id,
+            Fact::SessionId => &names.session_id,
+            Fact::Origin => &names.origin,
+            Fact::Provider => &names.provider,
+            Fact::Subject => &names.subject,
+            Fact::SessionJwt => &names.session_jwt,
+            Fact::Flow => &names.flow,
+        }
+    }
+}
+
+/// What a route asks for, set per route by the proxy (Envoy's `context_extensions`, the
 /// forward-auth URL's query).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Route {
-    /// The cookie that carries the credential on this route, when not `Authorization`.
-    pub cookie: Option<String>,
+    /// The cookies that may carry the credential when `Authorization` does not, in order.
+    /// A session migrated inline is set in the first.
+    pub cookies: Vec<String>,
     /// Requests with no credential at all pass (without identity).
     pub anonymous: bool,
+    /// A legacy token the migration policy wants moved is migrated here and now.
+    pub migrate: bool,
+    /// A login route: this flow's decision goes upstream. Everyone passes a login route — a
+    /// missing or failed credential is why one signs in.
+    pub flow: Option<String>,
 }
 
-/// The request a proxy describes: its headers (any case; duplicates as sent) and its route.
+impl Route {
+    /// Applies one setting: `cookie` (names, comma-separated), `anonymous` (`true`/`false`),
+    /// `migrate` (`inline`), `flow` (a flow name). Anything else is refused: a misspelt
+    /// setting must fail loudly, never quietly leave a route without what it asked for.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
+        let bad = |why: String| {
+            Err(Error::invalid_argument(
+                ErrorReason::InvalidRouteSetting,
+                why,
+            ))
+        };
+        match key {
+            "cookie" => self.add_cookies(value),
+            "anonymous" => match value {
+                "true" => self.anonymous = true,
+                "false" | "" => self.anonymous = false,
+                _ => return bad(format!("anonymous: `true` or `false`, not `{value}`")),
+            },
+            "migrate" => match value {
+                "inline" => self.migrate = true,
+                "" => self.migrate = false,
+                _ => return bad(format!("migrate: `inline` or nothing, not `{value}`")),
+            },
+            "flow" if value.is_empty() => self.flow = None,
+            "flow" if value.len() > 256 => return bad("flow: at most 256 bytes".into()),
+            "flow" => self.flow = Some(value.to_owned()),
+            _ => {
+                return bad(format!(
+                    "unknown setting `{key}`: the settings are cookie, anonymous, migrate and flow"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds cookie names from a setting's value (`sg_session,legacy_at`), in order.
+    pub fn add_cookies(&mut self, list: &str) {
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !self.cookies.iter().any(|c| c == name) {
+                self.cookies.push(name.to_owned());
+            }
+        }
+    }
+}
+
+/// The request a proxy describes: its headers (any case; duplicates as sent), its route and
+/// the client's address as the proxy saw it (for the flow's address rules), when known.
 pub struct EdgeRequest<'a> {
     pub headers: Vec<(&'a str, &'a str)>,
     pub route: Route,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// One header to set upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upstream<'g> {
+    pub fact: Fact,
+    pub header: &'g str,
+    pub value: String,
 }
 
 /// The answer to give the proxy.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Let the request through with `set` (replacing any copy), after removing `remove`.
+pub enum Decision<'g> {
+    /// Let the request through with `set` (replacing any copy), after removing `remove`;
+    /// `set_cookies` go back to the client with the response (`Set-Cookie` values).
     Allow {
-        set: Vec<(&'static str, String)>,
+        set: Vec<Upstream<'g>>,
         remove: Vec<String>,
+        set_cookies: Vec<String>,
     },
     /// Answer the client with 401 and this `WWW-Authenticate` (RFC 6750), and why in the
     /// body.
@@ -57,35 +178,93 @@ pub enum Decision {
     },
 }
 
-/// Decides edge requests with the session service.
+/// Decides edge requests with the session and flow services.
 pub struct Gate {
     sessions: Arc<SessionService>,
+    flows: Arc<FlowService>,
+    names: EdgeHeaders,
 }
 
 impl Gate {
-    pub fn new(sessions: Arc<SessionService>) -> Self {
-        Self { sessions }
+    pub fn new(sessions: Arc<SessionService>, flows: Arc<FlowService>, names: EdgeHeaders) -> Self {
+        Self {
+            sessions,
+            flows,
+            names,
+        }
     }
 
-    /// The decision on `req`, asked by `caller` (a proxy holding scope `validate`). A store or
-    /// provider outage is an error (`UNAVAILABLE`): the proxy's own failure mode decides,
-    /// never a 401 that would log a user out.
-    pub async fn check(&self, req: &EdgeRequest<'_>, caller: &Caller) -> Result<Decision, Error> {
-        let remove = spoofed(&req.headers);
-        let Some(token) = credential(&req.headers, &req.route) else {
-            return Ok(if req.route.anonymous {
-                Decision::Allow {
-                    set: Vec::new(),
-                    remove,
-                }
-            } else {
-                Decision::Deny {
+    /// The header that carries `fact` upstream.
+    pub fn header(&self, fact: Fact) -> &str {
+        fact.header(&self.names)
+    }
+
+    /// The decision on `req`, asked by `caller` (a proxy holding scope `validate`, and
+    /// `migrate` or `flow` for routes that ask for them). A store or provider outage is an
+    /// error (`UNAVAILABLE`): the proxy's own failure mode decides, never a 401 that would log
+    /// a user out.
+    pub async fn check<'g>(
+        &'g self,
+        req: &EdgeRequest<'_>,
+        caller: &Caller,
+    ) -> Result<Decision<'g>, Error> {
+        let route = &req.route;
+        // Checked before any credential is looked at, so that a proxy configured beyond its
+        // key's scopes fails on its first request, not on the first legacy user's.
+        if route.migrate && !caller.can_migrate {
+            return Err(scope_missing(caller, "migrate", "inline migration"));
+        }
+        if route.flow.is_some() && !caller.can_resolve_flow {
+            return Err(scope_missing(caller, "flow", "a login flow"));
+        }
+        let mut allow = Allow {
+            names: &self.names,
+            set: Vec::new(),
+            set_cookies: Vec::new(),
+        };
+        let mut user_id = None;
+        match request::credential(&req.headers, &route.cookies) {
+            None if !(route.anonymous || route.flow.is_some()) => {
+                return Ok(Decision::Deny {
                     // No credential at all: no error code (RFC 6750 §3.1).
                     www_authenticate: "Bearer".into(),
                     body: "no credential: send `Authorization: Bearer <token>`".into(),
+                });
+            }
+            None => {}
+            Some(token) => {
+                let verdict = self.validate(token, caller).await?;
+                match verdict.invalid {
+                    Some(reason) if route.flow.is_none() => return Ok(deny(reason.as_str())),
+                    Some(_) => {}
+                    None => {
+                        let migrated = match (verdict.action, route.migrate, route.cookies.first())
+                        {
+                            (Action::Migrate, true, Some(cookie)) => self
+                                .migrate(token, &verdict, req, caller)
+                                .await
+                                .map(|c| (c, cookie)),
+                            _ => None,
+                        };
+                        user_id = Some(match migrated {
+                            Some((created, cookie)) => allow.migrated(created, cookie),
+                            None => allow.identity(verdict),
+                        });
+                    }
                 }
-            });
-        };
+            }
+        }
+        if let Some(flow) = &route.flow {
+            self.resolve_flow(flow, user_id, req, &mut allow).await?;
+        }
+        Ok(Decision::Allow {
+            set: allow.set,
+            remove: request::spoofed(&req.headers, &self.names),
+            set_cookies: allow.set_cookies,
+        })
+    }
+
+    async fn validate(&self, token: &str, caller: &Caller) -> Result<Verdict, Error> {
         // An opaque session token is answered from the store, which mints its JWT anyway:
         // pass that on. A JWT needs no more than the BASIC view.
         let view = if token.starts_with(token::NATIVE_TOKEN_PREFIX) {
@@ -93,156 +272,235 @@ impl Gate {
         } else {
             View::Basic
         };
-        let verdict = self
-            .sessions
+        self.sessions
             .validate(ValidateRequest {
                 caller: caller.name.clone(),
                 token: token.to_owned(),
                 view,
                 ..Default::default()
             })
-            .await?;
-        Ok(decide(verdict, remove))
+            .await
     }
-}
 
-fn decide(v: Verdict, remove: Vec<String>) -> Decision {
-    if let Some(reason) = v.invalid {
-        return Decision::Deny {
-            www_authenticate: format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                reason.as_str()
-            ),
-            body: format!("invalid_token: {}", reason.as_str()),
-        };
-    }
-    let origin = match v.origin {
-        Origin::Legacy => "legacy",
-        Origin::New | Origin::Unknown => "new",
-    };
-    let provider = if v.provider.is_empty() {
-        crate::session::NATIVE_PROVIDER.to_owned()
-    } else {
-        v.provider
-    };
-    let mut set = vec![(ORIGIN, origin.to_owned()), (PROVIDER, provider)];
-    for (name, value) in [
-        (USER_ID, v.user_id),
-        (SESSION_ID, v.session_id),
-        (SUBJECT, v.subject),
-        (SESSION_JWT, v.session_jwt.unwrap_or_default()),
-    ] {
-        if !value.is_empty() {
-            set.push((name, value));
-        }
-    }
-    Decision::Allow { set, remove }
-}
-
-/// The credential: `Authorization: Bearer …`, else the route's cookie. An `Authorization`
-/// of another scheme (Basic) is not ours and is passed over.
-fn credential<'a>(headers: &[(&'a str, &'a str)], route: &Route) -> Option<&'a str> {
-    let named = |n: &'static str| {
-        headers
+    /// Migrates a valid legacy token inline. `None` when it did not work: the token is still
+    /// valid, so the request passes as LEGACY — a failed migration never costs a user their
+    /// request (MigrateSession's own errors and limits apply, and the next request tries
+    /// again).
+    async fn migrate(
+        &self,
+        token: &str,
+        verdict: &Verdict,
+        req: &EdgeRequest<'_>,
+        caller: &Caller,
+    ) -> Option<Created> {
+        let user_agent = req
+            .headers
             .iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| *v)
-    };
-    // (A sub-slice of a `&str` cut at ASCII bytes: always UTF-8.)
-    if let Some(t) = named("authorization")
-        .find_map(|v| crate::auth::bearer(v.as_bytes()).and_then(|t| std::str::from_utf8(t).ok()))
-    {
-        return Some(t);
-    }
-    let cookie = route.cookie.as_deref()?;
-    named("cookie")
-        .flat_map(|h| h.split(';'))
-        .filter_map(|c| cookie::Cookie::parse(c.trim()).ok())
-        .find(|c| c.name() == cookie)
-        .and_then(|c| match c.value_raw() {
-            Some(v) if !v.is_empty() => Some(v.trim_matches('"')),
-            _ => None,
-        })
-}
-
-/// The client's own `x-sessiongate-*` headers (lower-cased), removed before the request goes
-/// on. Those sessiongate sets replace any copy anyway; removing only what was sent keeps the
-/// answer small on the common path (none).
-fn spoofed(headers: &[(&str, &str)]) -> Vec<String> {
-    let mut remove: Vec<String> = Vec::new();
-    for (k, _) in headers {
-        if k.len() >= IDENTITY_PREFIX.len()
-            && k.as_bytes()[..IDENTITY_PREFIX.len()]
-                .eq_ignore_ascii_case(IDENTITY_PREFIX.as_bytes())
-        {
-            let lower = k.to_ascii_lowercase();
-            if !remove.contains(&lower) {
-                remove.push(lower);
+            .find(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+            .map_or("", |(_, v)| v);
+        let result = self
+            .sessions
+            .migrate(MigrateRequest {
+                caller: caller.name.to_string(),
+                legacy_token: token.to_owned(),
+                provider: verdict.provider.clone(),
+                client: ClientInfo {
+                    ip_address: req.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    user_agent: user_agent.chars().take(256).collect(),
+                },
+                ..Default::default()
+            })
+            .await;
+        let outcome = if result.is_ok() { "migrated" } else { "failed" };
+        metrics::counter!("sessiongate_edge_migrations_total", "result" => outcome).increment(1);
+        match result {
+            Ok((created, _replayed)) => Some(created),
+            Err(e) => {
+                tracing::warn!(
+                    provider = %verdict.provider,
+                    reason = e.reason.as_str(),
+                    "edge: inline migration failed; the request passes as LEGACY"
+                );
+                None
             }
         }
     }
-    remove
+
+    async fn resolve_flow(
+        &self,
+        flow: &str,
+        user_id: Option<String>,
+        req: &EdgeRequest<'_>,
+        allow: &mut Allow<'_>,
+    ) -> Result<(), Error> {
+        let flow_cookie = self
+            .flows
+            .cookie_name(flow)
+            .and_then(|name| request::cookie(&req.headers, name))
+            .map(str::to_owned);
+        let d = self
+            .flows
+            .resolve(&flow::Request {
+                flow: flow.to_owned(),
+                user_id,
+                flow_cookie,
+                ip: req.client_ip,
+                ..Default::default()
+            })
+            .await?;
+        let value = match d.flow {
+            flow::Flow::New => "new",
+            flow::Flow::Legacy => "legacy",
+        };
+        allow.push(Fact::Flow, value.to_owned());
+        if let Some(c) = d.set_cookie {
+            allow.set_cookies.push(c.header_value);
+        }
+        Ok(())
+    }
+}
+
+/// An allowing decision being built.
+struct Allow<'g> {
+    names: &'g EdgeHeaders,
+    set: Vec<Upstream<'g>>,
+    set_cookies: Vec<String>,
+}
+
+impl<'g> Allow<'g> {
+    fn push(&mut self, fact: Fact, value: String) {
+        if !value.is_empty() {
+            self.set.push(Upstream {
+                fact,
+                header: fact.header(self.names),
+                value,
+            });
+        }
+    }
+
+    /// The identity of a VALID verdict; returns its user.
+    fn identity(&mut self, v: Verdict) -> String {
+        let origin = match v.origin {
+            Origin::Legacy => "legacy",
+            Origin::New | Origin::Unknown => "new",
+        };
+        let provider = if v.provider.is_empty() {
+            NATIVE_PROVIDER.to_owned()
+        } else {
+            v.provider
+        };
+        self.push(Fact::Origin, origin.to_owned());
+        self.push(Fact::Provider, provider);
+        self.push(Fact::UserId, v.user_id.clone());
+        self.push(Fact::SessionId, v.session_id);
+        self.push(Fact::Subject, v.subject);
+        self.push(Fact::SessionJwt, v.session_jwt.unwrap_or_default());
+        v.user_id
+    }
+
+    /// The identity of a session just migrated to, and its token in `cookie` for the browser;
+    /// returns its user.
+    fn migrated(&mut self, c: Created, cookie: &str) -> String {
+        self.push(Fact::Origin, "new".to_owned());
+        self.push(Fact::Provider, NATIVE_PROVIDER.to_owned());
+        self.push(Fact::UserId, c.session.user_id.clone());
+        self.push(Fact::SessionId, c.session.session_id.clone());
+        self.push(Fact::Subject, c.session.user_id.clone());
+        self.push(Fact::SessionJwt, c.session_jwt);
+        self.set_cookies.push(session_cookie(
+            cookie,
+            &c.session_token,
+            c.session.expires_at_ms,
+        ));
+        c.session.user_id
+    }
+}
+
+/// The `Set-Cookie` value that hands a browser its new session: HttpOnly (no script reads
+/// it), Secure, `SameSite=Lax` (sent on top-level navigation, not on cross-site
+/// sub-requests), host-only and for the whole site, until the session expires.
+fn session_cookie(name: &str, token: &str, expires_at_ms: i64) -> String {
+    let mut c = cookie::Cookie::new(name.to_owned(), token.to_owned());
+    c.set_path("/");
+    c.set_secure(true);
+    c.set_http_only(true);
+    c.set_same_site(cookie::SameSite::Lax);
+    if let Ok(at) = time::OffsetDateTime::from_unix_timestamp(expires_at_ms.div_euclid(1000)) {
+        c.set_expires(at);
+    }
+    c.to_string()
+}
+
+fn deny(reason: &str) -> Decision<'static> {
+    Decision::Deny {
+        www_authenticate: format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
+        body: format!("invalid_token: {reason}"),
+    }
+}
+
+fn scope_missing(caller: &Caller, scope: &str, what: &str) -> Error {
+    Error::new(
+        ErrorCode::PermissionDenied,
+        ErrorReason::ScopeMissing,
+        format!(
+            "the route asks for {what}, and client `{}` lacks scope `{scope}`",
+            caller.name
+        ),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn route(cookie: Option<&str>) -> Route {
-        Route {
-            cookie: cookie.map(str::to_owned),
-            anonymous: false,
+    #[test]
+    fn route_settings_are_known_or_refused() {
+        let mut r = Route::default();
+        for (k, v) in [
+            ("cookie", "a,b"),
+            ("anonymous", "true"),
+            ("migrate", "inline"),
+            ("flow", "login"),
+        ] {
+            r.set(k, v).unwrap();
+        }
+        assert_eq!(
+            r,
+            Route {
+                cookies: vec!["a".into(), "b".into()],
+                anonymous: true,
+                migrate: true,
+                flow: Some("login".into()),
+            }
+        );
+        for (k, v) in [
+            ("cookies", "a"),
+            ("anonymous", "1"),
+            ("anonymous", "TRUE"),
+            ("migrate", "yes"),
+            ("flow", &"f".repeat(257)),
+            ("", ""),
+        ] {
+            let e = Route::default().set(k, v).unwrap_err();
+            assert_eq!(e.reason, ErrorReason::InvalidRouteSetting, "{k}={v}");
         }
     }
 
     #[test]
-    fn the_credential_is_the_bearer_token_else_the_routes_cookie() {
-        let h = |v: &[(&'static str, &'static str)]| v.to_vec();
-        let none = route(None);
-        let sid = route(Some("sid"));
-        assert_eq!(
-            credential(&h(&[("authorization", "Bearer abc")]), &none),
-            Some("abc")
-        );
-        assert_eq!(
-            credential(&h(&[("Authorization", "bearer  abc ")]), &none),
-            Some("abc")
-        );
-        assert_eq!(
-            credential(&h(&[("authorization", "Basic dTpw")]), &none),
-            None
-        );
-        assert_eq!(credential(&h(&[("authorization", "Bearer ")]), &none), None);
-        assert_eq!(credential(&h(&[("authorization", "Bearer")]), &none), None);
-        // The cookie only on a route that names it.
-        let c = h(&[("cookie", "a=1; sid=tok; b=2")]);
-        assert_eq!(credential(&c, &none), None);
-        assert_eq!(credential(&c, &sid), Some("tok"));
-        assert_eq!(
-            credential(&h(&[("cookie", "a=1"), ("cookie", "sid=t2")]), &sid),
-            Some("t2")
-        );
-        assert_eq!(credential(&h(&[("cookie", "sid=")]), &sid), None);
-        assert_eq!(credential(&h(&[("cookie", "xsid=t; sidx=u")]), &sid), None);
-        // Bearer wins over the cookie.
-        let both = h(&[("cookie", "sid=c"), ("authorization", "Bearer b")]);
-        assert_eq!(credential(&both, &sid), Some("b"));
-        // Garbage never panics.
-        for junk in ["", ";;;", "=", "sid", "\u{1F600}=x", "sid=\u{1F600}"] {
-            let _ = credential(&h(&[("cookie", junk), ("authorization", junk)]), &sid);
-        }
+    fn route_cookies_keep_their_order_once_each() {
+        let mut r = Route::default();
+        r.add_cookies(" sg_session , legacy_at,,sg_session");
+        r.add_cookies("legacy_at,other");
+        assert_eq!(r.cookies, ["sg_session", "legacy_at", "other"]);
     }
 
     #[test]
-    fn every_identity_header_the_client_sent_is_removed() {
-        let r = spoofed(&[
-            ("X-SessionGate-User-Id", "admin"),
-            ("x-sessiongate-user-id", "admin"),
-            ("x-sessiongate-role", "root"),
-            ("x-sessiongat", "short"),
-            ("x-other", "kept"),
-        ]);
-        assert_eq!(r, ["x-sessiongate-user-id", "x-sessiongate-role"]);
-        assert!(spoofed(&[("authorization", "Bearer x")]).is_empty());
+    fn a_session_cookie_is_http_only_secure_lax_and_expires_with_the_session() {
+        let c = session_cookie("__Host-sg_session", "sgs_abc", 1_800_000_000_000);
+        assert_eq!(
+            c,
+            "__Host-sg_session=sgs_abc; HttpOnly; SameSite=Lax; Secure; Path=/; \
+             Expires=Fri, 15 Jan 2027 08:00:00 GMT"
+        );
     }
 }

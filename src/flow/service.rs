@@ -147,6 +147,12 @@ impl FlowService {
             .cloned()
     }
 
+    /// The cookie `flow` keeps its device id and stickiness in; `None` for a flow that is not
+    /// configured (its decision is LEGACY, and no cookie is read or set).
+    pub fn cookie_name(&self, flow: &str) -> Option<&str> {
+        self.cookie_names.get(flow).map(String::as_str)
+    }
+
     fn resolver<'a>(&'a self, flow: &'a Effective) -> Resolver<'a> {
         Resolver {
             flow,

@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
-use super::ext_authz::ExtAuthzApi;
+use super::ext_authz::{AuthorizationServer, ExtAuthzApi};
 use super::layers::{AuthLayer, ObserveLayer};
 use super::pb::rollout_admin_service_server::RolloutAdminServiceServer;
 use super::pb::session_gate_service_server::SessionGateServiceServer;
@@ -100,10 +100,9 @@ pub async fn serve(
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let ext_authz =
-        envoy_types::ext_authz::v3::pb::AuthorizationServer::new(ExtAuthzApi::new(services.edge))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+    let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(services.edge))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let admin = RolloutAdminServiceServer::new(RolloutAdminApi::new(services.flows))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

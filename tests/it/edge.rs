@@ -81,6 +81,27 @@ fn allowed(r: &CheckResponse) -> Option<(HashMap<String, String>, Vec<String>)> 
     }
 }
 
+/// The `Set-Cookie` values an OK answer sends back to the browser.
+fn cookies_set(r: &CheckResponse) -> Vec<String> {
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
+        panic!("not allowed: {r:?}");
+    };
+    ok.response_headers_to_add
+        .iter()
+        .map(|h| {
+            assert_eq!(h.append_action, 0, "a backend's own cookies must stay");
+            let h = h.header.as_ref().unwrap();
+            assert_eq!(h.key, "set-cookie");
+            h.value.clone()
+        })
+        .collect()
+}
+
+/// `name=value` of a `Set-Cookie` value.
+fn cookie_pair(set_cookie: &str) -> &str {
+    set_cookie.split(';').next().unwrap()
+}
+
 /// The `WWW-Authenticate` of a 401.
 fn denied(r: &CheckResponse) -> String {
     let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
@@ -419,6 +440,23 @@ fn nginx_site(sessiongate: std::net::SocketAddr, backend: std::net::SocketAddr) 
       proxy_set_header X-Sessiongate-Caller "{KEY}";
       proxy_set_header X-Forwarded-Method $request_method;
       proxy_set_header X-Forwarded-Uri $request_uri;
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+    location = /_sessiongate_login {{
+      internal;
+      proxy_pass http://{sessiongate}/auth?cookie=sg_session&flow=login;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Sessiongate-Caller "{KEY}";
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+    location = /login {{
+      auth_request /_sessiongate_login;
+      auth_request_set $sg_flow $upstream_http_x_sessiongate_flow;
+      auth_request_set $sg_cookie $upstream_http_set_cookie;
+      add_header Set-Cookie $sg_cookie always;
+      proxy_set_header X-Sessiongate-Flow $sg_flow;
+      proxy_pass http://{backend};
     }}
     location @sessiongate_failed {{
       if ($sg_status = 503) {{ return 503; }}
@@ -442,6 +480,8 @@ fn nginx_site(sessiongate: std::net::SocketAddr, backend: std::net::SocketAddr) 
       proxy_set_header X-Sessiongate-Provider $sg_provider;
       proxy_set_header X-Sessiongate-Subject $sg_subject;
       proxy_set_header X-Sessiongate-Session-Jwt $sg_session_jwt;
+      auth_request_set $sg_cookie $upstream_http_set_cookie;
+      add_header Set-Cookie $sg_cookie always;
       proxy_pass http://{backend};
     }}
   }}"#
@@ -452,7 +492,12 @@ fn nginx_site(sessiongate: std::net::SocketAddr, backend: std::net::SocketAddr) 
 #[tokio::test]
 async fn a_real_nginx_with_auth_request_protects_a_backend() {
     let mut redis = RedisServer::start().await;
-    let app = Setup::new().caller_key(KEY).redis(&redis).spawn().await;
+    let app = Setup::new()
+        .caller_key(KEY)
+        .redis(&redis)
+        .toml("[[flows]]\nname = \"login\"\npercentage = 0\nallow_cidrs = [\"127.0.0.0/8\"]\n")
+        .spawn()
+        .await;
     let backend = echo_backend().await;
     let mut nginx = crate::support::nginx::Nginx::start(&nginx_site(app.http_addr, backend));
     let s = create(&app).await;
@@ -501,6 +546,27 @@ async fn a_real_nginx_with_auth_request_protects_a_backend() {
     assert_eq!(seen["x-sessiongate-user-id"], s.user_id);
     assert!(seen["x-sessiongate-session-jwt"].starts_with("eyJ"));
 
+    // The login page: the flow's decision reaches the backend and its cookie the browser.
+    // The client is the address nginx saw (127.0.0.1, on NEW by address), not the
+    // X-Forwarded-For it forged.
+    let r = client
+        .get(nginx.url("/login"))
+        .header("x-forwarded-for", "203.0.113.1")
+        .header("x-sessiongate-flow", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("__Host-sg_flow="), "{cookie}");
+    let seen: HashMap<String, String> = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(seen["x-sessiongate-flow"], "new");
+    // No cookie for the browser on a route that sets none.
+    let r = get(Some(format!("Bearer {}", s.session_jwt)), None)
+        .await
+        .unwrap();
+    assert!(r.headers().get("set-cookie").is_none());
+
     // No credential, or a bad one: 401 from nginx, with sessiongate's WWW-Authenticate.
     let r = get(None, None).await.unwrap();
     assert_eq!(r.status(), 401);
@@ -525,4 +591,349 @@ async fn a_real_nginx_with_auth_request_protects_a_backend() {
         .unwrap();
     assert_eq!(r.status(), 200);
     nginx.assert_running();
+}
+
+/// A Check as Envoy sends it for a client at `ip`.
+fn from_ip(mut req: CheckRequest, ip: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    req.attributes.as_mut().unwrap().source = Some(Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
+    req
+}
+
+#[tokio::test]
+async fn a_login_route_resolves_the_flow_at_the_edge_and_keeps_the_browser_sticky() {
+    let app = Setup::new()
+        .caller_key(KEY)
+        .toml(
+            "[[flows]]\nname = \"login\"\npercentage = 0\nallow_cidrs = [\"203.0.113.0/24\"]\n\
+             [[flows]]\nname = \"checkout\"\npercentage = 100\n",
+        )
+        .spawn()
+        .await;
+    let login = [("sessiongate.flow", "login")];
+
+    // No credential at all, not an anonymous route: a login route lets everyone through.
+    let r = ask(&app, check(&[], false, &login)).await.unwrap();
+    let (set, _) = allowed(&r).expect("a login route passes");
+    assert_eq!(set["x-sessiongate-flow"], "legacy");
+    assert!(!set.contains_key("x-sessiongate-user-id"));
+    let meta = r.dynamic_metadata.clone().unwrap().fields;
+    assert!(format!("{:?}", meta["flow"]).contains("legacy"));
+    let cookies = cookies_set(&r);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert!(cookies[0].starts_with("__Host-sg_flow="), "{}", cookies[0]);
+    assert!(cookies[0].contains("HttpOnly") && cookies[0].contains("Secure"));
+
+    // The browser sends its flow cookie back: the same device, so the same decision and the
+    // same device id in the cookie renewed.
+    let flow_cookie = cookie_pair(&cookies[0]).to_owned();
+    let r = ask(&app, check(&[("cookie", &flow_cookie)], false, &login))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&r).unwrap().0["x-sessiongate-flow"], "legacy");
+    assert_eq!(cookie_pair(&cookies_set(&r)[0]), flow_cookie);
+
+    // The address Envoy saw is the flow's client address: the office network is on NEW,
+    // and that is sticky for the browser from then on.
+    let r = ask(
+        &app,
+        from_ip(
+            check(&[("cookie", &flow_cookie)], false, &login),
+            "203.0.113.7",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(allowed(&r).unwrap().0["x-sessiongate-flow"], "new");
+    let sticky = cookie_pair(&cookies_set(&r)[0]).to_owned();
+    assert_ne!(sticky, flow_cookie);
+    let r = ask(&app, check(&[("cookie", &sticky)], false, &login))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&r).unwrap().0["x-sessiongate-flow"], "new");
+
+    // A forged flow cookie is a new device, never NEW by forgery.
+    let forged = format!("{}x", sticky);
+    let r = ask(&app, check(&[("cookie", &forged)], false, &login))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&r).unwrap().0["x-sessiongate-flow"], "legacy");
+
+    // A valid session on a login route passes with its identity and the flow; a failed one
+    // passes without identity (the user is about to sign in again).
+    let s = create(&app).await;
+    let auth = format!("Bearer {}", s.session_jwt);
+    let r = ask(&app, check(&[("authorization", &auth)], false, &login))
+        .await
+        .unwrap();
+    let (set, _) = allowed(&r).unwrap();
+    assert_eq!(set["x-sessiongate-user-id"], s.user_id);
+    assert!(set.contains_key("x-sessiongate-flow"));
+    let r = ask(
+        &app,
+        check(&[("authorization", "Bearer not.a.jwt")], false, &login),
+    )
+    .await
+    .unwrap();
+    let (set, _) = allowed(&r).unwrap();
+    assert!(!set.contains_key("x-sessiongate-user-id"));
+
+    // Another flow has its own cookie; an unknown flow is LEGACY with no cookie.
+    let r = ask(&app, check(&[], false, &[("sessiongate.flow", "checkout")]))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&r).unwrap().0["x-sessiongate-flow"], "new");
+    assert!(cookies_set(&r)[0].starts_with("__Host-sg_flow-"));
+    let r = ask(&app, check(&[], false, &[("sessiongate.flow", "nope")]))
+        .await
+        .unwrap();
+    assert_eq!(allowed(&r).unwrap().0["x-sessiongate-flow"], "legacy");
+    assert!(cookies_set(&r).is_empty());
+
+    // The same through forward-auth: the flow in the query, the client in X-Forwarded-For
+    // (the last entry, which the proxy appended), the cookie as Set-Cookie.
+    let f = forward(
+        &app,
+        "flow=login",
+        &[("x-forwarded-for", "198.51.100.1, 203.0.113.9")],
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(f.status(), 200);
+    assert_eq!(f.headers()["x-sessiongate-flow"], "new");
+    assert!(
+        f.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("__Host-sg_flow=")
+    );
+    let f = forward(
+        &app,
+        "flow=login",
+        &[("x-forwarded-for", "203.0.113.9, 198.51.100.1")],
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(f.headers()["x-sessiongate-flow"], "legacy");
+}
+
+#[tokio::test]
+async fn route_settings_are_checked_and_need_the_callers_scopes() {
+    let validate_only = sessiongate::store::keys::Digest::of(b"validate-only").to_hex();
+    let app = Setup::new()
+        .toml(&format!(
+            "[[flows]]\nname = \"login\"\npercentage = 100\n\
+             [[clients]]\nname = \"proxy\"\nkey_sha256 = \"{validate_only}\"\nscopes = [\"validate\"]\n"
+        ))
+        .spawn()
+        .await;
+    let c = AuthorizationClient::new(app.channel.clone());
+    let ask_as = |ext: &'static [(&'static str, &'static str)]| {
+        let mut c = c.clone();
+        async move {
+            c.check(bearer(check(&[], false, ext), "validate-only"))
+                .await
+        }
+    };
+    // A flow or inline migration needs the `flow` or `migrate` scope, refused up front.
+    for ext in [
+        &[("sessiongate.flow", "login")][..],
+        &[
+            ("sessiongate.migrate", "inline"),
+            ("sessiongate.cookie", "sg"),
+        ][..],
+    ] {
+        let e = ask_as(ext).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{ext:?}: {e:?}");
+        assert_eq!(crate::support::reason(&e), "SCOPE_MISSING");
+    }
+    // A misspelt or malformed setting is an error, never a route quietly without it.
+    for ext in [
+        &[("sessiongate.cookies", "sg")][..],
+        &[("sessiongate.anonymous", "yes")][..],
+        &[("sessiongate.migrate", "always")][..],
+    ] {
+        let e = ask_as(ext).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{ext:?}: {e:?}");
+        assert_eq!(crate::support::reason(&e), "INVALID_ROUTE_SETTING");
+    }
+    // Other filters' context extensions are not ours to judge.
+    let r = ask_as(&[("other.setting", "x"), ("sessiongate.anonymous", "true")])
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed(&r).is_some());
+    // forward-auth: the same, as a 500 that names the fix.
+    let f = forward(&app, "flow=login", &[], Some("validate-only")).await;
+    assert_eq!(f.status(), 500);
+    assert!(f.text().await.unwrap().contains("SCOPE_MISSING"));
+    let f = forward(&app, "anonymus=true", &[], Some("validate-only")).await;
+    assert_eq!(f.status(), 500);
+    assert!(f.text().await.unwrap().contains("INVALID_ROUTE_SETTING"));
+}
+
+#[tokio::test]
+async fn a_legacy_token_migrates_inline_and_the_browser_moves_to_new() {
+    use crate::support::eventually;
+    use crate::support::idp::{FakeIdp, UserInfoReply, sign};
+    use serde_json::json;
+    use sessiongate::keys::KeyKind;
+
+    const API: &str = "https://api.example.com";
+    let idp = FakeIdp::start().await;
+    let app = Setup::new()
+        .caller_key(KEY)
+        .toml(&format!(
+            "[migration]\nper_identity_per_minute = 100\n\
+             [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
+             audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\ntoken_format = \"jwt\"\npolicy = \"upgrade\"\nuserinfo_timeout_ms = 300\n",
+            idp.issuer(),
+            idp.jwks_url(),
+            idp.userinfo_url()
+        ))
+        .spawn()
+        .await;
+    let legacy = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));
+    idp.on_userinfo(
+        &legacy,
+        UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1", "email": "ada@example.com", "email_verified": true})),
+    );
+    // The NEW cookie first, the legacy provider's after it: once migrated, the NEW one is
+    // what the route reads.
+    let route = [
+        ("sessiongate.cookie", "__Host-sg_session,legacy_at"),
+        ("sessiongate.migrate", "inline"),
+    ];
+    let legacy_cookie = format!("legacy_at={legacy}");
+    let r = eventually(std::time::Duration::from_secs(5), || async {
+        ask(&app, check(&[("cookie", &legacy_cookie)], false, &route))
+            .await
+            .ok()
+    })
+    .await;
+    let (set, _) = allowed(&r).expect("a valid legacy token passes");
+    assert_eq!(set["x-sessiongate-origin"], "new", "{set:?}");
+    assert_eq!(set["x-sessiongate-provider"], "native");
+    assert!(set["x-sessiongate-user-id"].starts_with("user-test-"));
+    assert!(set["x-sessiongate-session-jwt"].starts_with("eyJ"));
+    let cookies = cookies_set(&r);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let new_cookie = cookie_pair(&cookies[0]).to_owned();
+    assert!(
+        new_cookie.starts_with("__Host-sg_session=sgs_"),
+        "{new_cookie}"
+    );
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Expires="] {
+        assert!(cookies[0].contains(attr), "{attr}: {}", cookies[0]);
+    }
+
+    // The browser's next request carries both cookies: the NEW session is read, nothing is
+    // migrated again.
+    let both = format!("{legacy_cookie}; {new_cookie}");
+    let r = ask(&app, check(&[("cookie", &both)], false, &route))
+        .await
+        .unwrap();
+    let (again, _) = allowed(&r).unwrap();
+    assert_eq!(again["x-sessiongate-user-id"], set["x-sessiongate-user-id"]);
+    assert_eq!(
+        again["x-sessiongate-session-id"],
+        set["x-sessiongate-session-id"]
+    );
+    assert!(cookies_set(&r).is_empty());
+    assert_eq!(idp.userinfo_hits(), 1);
+
+    // A concurrent request with the legacy cookie alone gets the same session (the
+    // migration is idempotent), not a second one.
+    let r = ask(&app, check(&[("cookie", &legacy_cookie)], false, &route))
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed(&r).unwrap().0["x-sessiongate-session-id"],
+        set["x-sessiongate-session-id"]
+    );
+    assert_eq!(cookie_pair(&cookies_set(&r)[0]), new_cookie);
+
+    // A route without inline migration passes the legacy token as LEGACY.
+    let r = ask(
+        &app,
+        check(
+            &[("cookie", &legacy_cookie)],
+            false,
+            &[("sessiongate.cookie", "legacy_at")],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(allowed(&r).unwrap().0["x-sessiongate-origin"], "legacy");
+    assert!(cookies_set(&r).is_empty());
+
+    // UserInfo down for another user: the legacy token is still valid, so the request passes
+    // as LEGACY — a failed migration never costs a user their request.
+    let mut claims = idp.claims(API);
+    claims["sub"] = json!("auth0|legacy-user-2");
+    let other = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+    idp.on_userinfo(&other, UserInfoReply::Status(503));
+    let r = ask(
+        &app,
+        check(&[("cookie", &format!("legacy_at={other}"))], false, &route),
+    )
+    .await
+    .unwrap();
+    let (set, _) = allowed(&r).expect("passes as LEGACY");
+    assert_eq!(set["x-sessiongate-origin"], "legacy");
+    assert!(cookies_set(&r).is_empty());
+
+    // forward-auth migrates the same way; the cookie comes back as Set-Cookie.
+    let f = forward(
+        &app,
+        "cookie=__Host-sg_session&cookie=legacy_at&migrate=inline",
+        &[("cookie", &legacy_cookie)],
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(f.status(), 200);
+    assert_eq!(f.headers()["x-sessiongate-origin"], "new");
+    assert_eq!(
+        cookie_pair(f.headers()["set-cookie"].to_str().unwrap()),
+        new_cookie
+    );
+}
+
+#[tokio::test]
+async fn configured_header_names_are_what_goes_upstream_and_their_forgeries_are_removed() {
+    let app = Setup::new()
+        .caller_key(KEY)
+        .toml("[edge.headers]\nuser_id = \"x-user-id\"\nsession_id = \"x-session\"\n")
+        .spawn()
+        .await;
+    let s = create(&app).await;
+    let auth = format!("Bearer {}", s.session_jwt);
+    let sent = [
+        ("authorization", auth.as_str()),
+        ("X-User-Id", "user-test-admin"),
+        ("x-sessiongate-user-id", "user-test-admin"),
+    ];
+    let r = ask(&app, check(&sent, false, &[])).await.unwrap();
+    let (set, removed) = allowed(&r).unwrap();
+    assert_eq!(set["x-user-id"], s.user_id);
+    assert_eq!(set["x-session"], s.session.as_ref().unwrap().session_id);
+    assert!(!set.contains_key("x-sessiongate-user-id"));
+    assert_eq!(set["x-sessiongate-origin"], "new");
+    assert_eq!(removed, ["x-user-id", "x-sessiongate-user-id"]);
+    // Metadata keys do not move with the header names.
+    let meta = r.dynamic_metadata.unwrap().fields;
+    assert!(format!("{:?}", meta["user_id"]).contains(&s.user_id));
+
+    let f = forward(&app, "", &sent, Some(KEY)).await;
+    assert_eq!(f.status(), 200);
+    assert_eq!(f.headers()["x-user-id"], s.user_id.as_str());
 }

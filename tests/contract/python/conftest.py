@@ -100,6 +100,7 @@ kind = "legacy"
 issuer = "{userinfo}/"
 token_format = "opaque"
 userinfo_url = "{userinfo}/userinfo"
+policy = "upgrade"
 
 [[flows]]
 name = "login"

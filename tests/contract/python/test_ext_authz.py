@@ -8,7 +8,7 @@ from envoy.service.auth.v3 import attribute_context_pb2 as ctx
 from envoy.service.auth.v3 import external_auth_pb2 as authz
 from envoy.service.auth.v3 import external_auth_pb2_grpc as authz_grpc
 
-from conftest import KEY, VALIDATE_ONLY_KEY, pb
+from conftest import KEY, LEGACY_TOKEN, VALIDATE_ONLY_KEY, pb
 from test_contract import create
 
 
@@ -35,6 +35,17 @@ def ok_headers(resp):
     assert resp.WhichOneof("http_response") == "ok_response", resp
     assert resp.status.code == 0
     return {h.header.key: h.header.value for h in resp.ok_response.headers}
+
+
+def cookies_to_set(resp):
+    """The Set-Cookie values for the browser, each added beside the backend's own."""
+    assert resp.WhichOneof("http_response") == "ok_response", resp
+    out = []
+    for h in resp.ok_response.response_headers_to_add:
+        assert h.header.key == "set-cookie"
+        assert h.append_action == base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+        out.append(h.header.value)
+    return out
 
 
 def www_authenticate(resp):
@@ -88,3 +99,42 @@ def test_envoy_needs_a_caller_key_with_scope_validate(envoy):
     with pytest.raises(grpc.RpcError) as e:
         envoy.Check(check({}), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_login_route_says_which_flow_and_sets_the_flow_cookie(envoy, auth):
+    login = {"sessiongate.flow": "login"}
+    resp = envoy.Check(check({}, ext=login), metadata=auth, timeout=10)
+    flow = ok_headers(resp)["x-sessiongate-flow"]
+    assert flow in ("new", "legacy")
+    assert resp.dynamic_metadata.fields["flow"].string_value == flow
+    [cookie] = cookies_to_set(resp)
+    assert cookie.startswith("__Host-sg_flow=") and "HttpOnly" in cookie and "Secure" in cookie
+    # The browser sends it back: the same device, the same decision, the same cookie.
+    pair = cookie.split(";")[0]
+    again = envoy.Check(check({"cookie": pair}, raw=True, ext=login), metadata=auth, timeout=10)
+    assert ok_headers(again)["x-sessiongate-flow"] == flow
+    assert cookies_to_set(again)[0].split(";")[0] == pair
+    # A proxy key without the `flow` scope cannot ask for it.
+    with pytest.raises(grpc.RpcError) as e:
+        envoy.Check(check({}, ext=login), metadata=[("authorization", f"Bearer {VALIDATE_ONLY_KEY}")],
+                    timeout=10)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_legacy_token_migrates_inline_and_its_session_comes_back_as_a_cookie(envoy, auth):
+    route = {"sessiongate.cookie": "__Host-sg_session,legacy_at", "sessiongate.migrate": "inline"}
+    resp = envoy.Check(check({"cookie": f"legacy_at={LEGACY_TOKEN}"}, ext=route), metadata=auth, timeout=10)
+    h = ok_headers(resp)
+    assert h["x-sessiongate-origin"] == "new"
+    assert h["x-sessiongate-session-jwt"].startswith("eyJ")
+    [cookie] = cookies_to_set(resp)
+    pair = cookie.split(";")[0]
+    assert pair.startswith("__Host-sg_session=sgs_")
+    # The next request reads the NEW cookie first and migrates nothing.
+    resp = envoy.Check(check({"cookie": f"legacy_at={LEGACY_TOKEN}; {pair}"}, ext=route), metadata=auth,
+                       timeout=10)
+    assert ok_headers(resp)["x-sessiongate-user-id"] == h["x-sessiongate-user-id"]
+    assert cookies_to_set(resp) == []
+    # Without the route setting the legacy token passes as LEGACY.
+    resp = envoy.Check(check({"authorization": f"Bearer {LEGACY_TOKEN}"}), metadata=auth, timeout=10)
+    assert ok_headers(resp)["x-sessiongate-origin"] == "legacy"
