@@ -104,31 +104,27 @@ impl Route {
     /// `migrate` (`inline`), `flow` (a flow name). Anything else is refused: a misspelt
     /// setting must fail loudly, never quietly leave a route without what it asked for.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
-        let bad = |why: String| {
-            Err(Error::invalid_argument(
-                ErrorReason::InvalidRouteSetting,
-                why,
-            ))
+        let bad = |why: String| Error::invalid_argument(ErrorReason::InvalidRouteSetting, why);
+        let flag = |v: &str| match v {
+            "true" => Ok(true),
+            "false" | "" => Ok(false),
+            _ => Err(bad(format!("{key}: `true` or `false`, not `{v}`"))),
         };
         match key {
             "cookie" => self.add_cookies(value),
-            "anonymous" => match value {
-                "true" => self.anonymous = true,
-                "false" | "" => self.anonymous = false,
-                _ => return bad(format!("anonymous: `true` or `false`, not `{value}`")),
-            },
+            "anonymous" => self.anonymous = flag(value)?,
             "migrate" => match value {
                 "inline" => self.migrate = true,
                 "" => self.migrate = false,
-                _ => return bad(format!("migrate: `inline` or nothing, not `{value}`")),
+                _ => return Err(bad(format!("migrate: `inline` or nothing, not `{value}`"))),
             },
             "flow" if value.is_empty() => self.flow = None,
-            "flow" if value.len() > 256 => return bad("flow: at most 256 bytes".into()),
+            "flow" if value.len() > 256 => return Err(bad("flow: at most 256 bytes".into())),
             "flow" => self.flow = Some(value.to_owned()),
             _ => {
-                return bad(format!(
+                return Err(bad(format!(
                     "unknown setting `{key}`: the settings are cookie, anonymous, migrate and flow"
-                ));
+                )));
             }
         }
         Ok(())
@@ -393,7 +389,10 @@ impl<'g> Allow<'g> {
         self.push(Fact::Provider, provider);
         self.push(Fact::UserId, v.user_id.clone());
         self.push(Fact::SessionId, v.session_id);
-        self.push(Fact::Subject, v.subject);
+        // A native session's subject is its user: said once.
+        if v.subject != v.user_id {
+            self.push(Fact::Subject, v.subject);
+        }
         self.push(Fact::SessionJwt, v.session_jwt.unwrap_or_default());
         v.user_id
     }
@@ -405,7 +404,6 @@ impl<'g> Allow<'g> {
         self.push(Fact::Provider, NATIVE_PROVIDER.to_owned());
         self.push(Fact::UserId, c.session.user_id.clone());
         self.push(Fact::SessionId, c.session.session_id.clone());
-        self.push(Fact::Subject, c.session.user_id.clone());
         self.push(Fact::SessionJwt, c.session_jwt);
         self.set_cookies.push(session_cookie(
             cookie,

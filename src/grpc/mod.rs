@@ -2,6 +2,7 @@
 //! request, call the domain, encode the answer; errors become `tonic::Status` through
 //! [`crate::error`].
 
+mod batched;
 pub mod convert;
 pub mod ext_authz;
 pub mod layers;

@@ -113,7 +113,10 @@ pub async fn serve(
         .layer(AuthLayer::new(services.callers))
         .into_inner();
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = futures::StreamExt::map(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        |conn| conn.map(super::batched::Batched),
+    );
     let server = Server::builder()
         // A gRPC client multiplexes everything over one connection: recycling connections
         // lets new replicas (scale-up, rollout) receive traffic.
