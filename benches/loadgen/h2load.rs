@@ -20,6 +20,7 @@ use crate::paths::{Fixtures, Path};
 /// Where h2load and the server's metrics are.
 pub(crate) struct H2Load {
     grpc_addr: String,
+    http_addr: String,
     metrics_url: String,
     http: reqwest::Client,
     dir: PathBuf,
@@ -51,6 +52,7 @@ impl H2Load {
         );
         Ok(Self {
             grpc_addr: grpc_addr.to_owned(),
+            http_addr: http_addr.to_owned(),
             metrics_url: format!("http://{http_addr}/metrics"),
             http: reqwest::Client::new(),
             dir: dir.to_path_buf(),
@@ -59,35 +61,48 @@ impl H2Load {
         })
     }
 
-    /// Runs `path` (whose request is `body`, already gRPC-framed) for `seconds`, and checks
-    /// every completed call on the server's counters.
+    /// Runs `path` (whose request is `req`) for `seconds`, and checks every completed call
+    /// on the server's counters.
     pub(crate) async fn shot(
         &self,
         path: Path,
-        rpc: &str,
-        body: &[u8],
+        req: &Fixed,
         seconds: f64,
         server_pid: u32,
     ) -> anyhow::Result<Shot> {
-        let file = self.dir.join(format!("{}.bin", path.key()));
-        std::fs::write(&file, body)?;
-        let before = Counters::read(&self.http, &self.metrics_url).await?;
-        let cpu0 = crate::report::cpu_us(server_pid);
-        let out = tokio::process::Command::new("h2load")
-            .args(["-t", "1"])
-            .args(["-c", &self.connections.to_string()])
-            .args(["-m", &self.streams.to_string()])
+        let mut cmd = tokio::process::Command::new("h2load");
+        cmd.args(["-t", "1"])
             // h2load takes whole seconds.
             .args(["-D", &format!("{}", seconds.ceil().max(1.0) as u64)])
-            .args(["--warm-up-time", "1"])
-            .arg("-d")
-            .arg(&file)
-            .args(["-H", "content-type: application/grpc"])
-            .args(["-H", "te: trailers"])
-            .args(["-H", &format!("authorization: Bearer {}", crate::API_KEY)])
-            .arg(format!("http://{}{rpc}", self.grpc_addr))
-            .output()
-            .await?;
+            .args(["--warm-up-time", "1"]);
+        match req {
+            Fixed::Grpc { rpc, body } => {
+                let file = self.dir.join(format!("{}.bin", path.key()));
+                std::fs::write(&file, body)?;
+                cmd.args(["-c", &self.connections.to_string()])
+                    .args(["-m", &self.streams.to_string()])
+                    .arg("-d")
+                    .arg(&file)
+                    .args(["-H", "content-type: application/grpc"])
+                    .args(["-H", "te: trailers"])
+                    .args(["-H", &format!("authorization: Bearer {}", crate::API_KEY)])
+                    .arg(format!("http://{}{rpc}", self.grpc_addr));
+            }
+            Fixed::Http { target, headers } => {
+                // A proxy keeps HTTP/1.1 connections alive and sends one request at a time on
+                // each (no pipelining): as many connections as gRPC has calls in flight.
+                cmd.arg("--h1")
+                    .args(["-c", &(self.connections * self.streams).to_string()])
+                    .args(["-m", "1"]);
+                for h in headers {
+                    cmd.args(["-H", h]);
+                }
+                cmd.arg(format!("http://{}{target}", self.http_addr));
+            }
+        }
+        let before = Counters::read(&self.http, &self.metrics_url).await?;
+        let cpu0 = crate::report::cpu_us(server_pid);
+        let out = cmd.output().await?;
         let cpu1 = crate::report::cpu_us(server_pid);
         let text = String::from_utf8_lossy(&out.stdout);
         anyhow::ensure!(
@@ -109,15 +124,21 @@ impl H2Load {
         );
         // Warm-up requests are answered too but not counted by h2load: the server's counts
         // may exceed h2load's, never fall short of them.
-        // The metric labels a method `Service/Method`, without the package.
-        let method = rpc.rsplit('.').next().unwrap_or(rpc);
-        let ok = after.ok(method) - before.ok(method);
         let want_valid = !path.malformed();
-        // Check decides through the same validation, so its verdicts are counted alike.
-        let judged = if rpc.ends_with("/ValidateSession") || rpc.ends_with(".Authorization/Check") {
-            after.verdicts(want_valid) - before.verdicts(want_valid)
-        } else {
-            ok
+        let verdicts = after.verdicts(want_valid) - before.verdicts(want_valid);
+        let (ok, judged) = match req {
+            Fixed::Grpc { rpc, .. } => {
+                // The metric labels a method `Service/Method`, without the package.
+                let method = rpc.rsplit('.').next().unwrap_or(rpc);
+                let ok = after.ok(method) - before.ok(method);
+                // Check decides through the same validation, so its verdicts are counted
+                // alike.
+                let validates =
+                    rpc.ends_with("/ValidateSession") || rpc.ends_with(".Authorization/Check");
+                (ok, if validates { verdicts } else { ok })
+            }
+            // h2load counts only 2xx as succeeded; forward-auth's are VALID verdicts.
+            Fixed::Http { .. } => (verdicts, verdicts),
         };
         anyhow::ensure!(
             ok >= done && judged >= done && ok == judged,
@@ -132,36 +153,57 @@ impl H2Load {
     }
 }
 
-/// The RPC a path calls, and its request as gRPC frames it (for h2load, which sends one
-/// fixed body per path; `None` for paths that need a fresh token per call).
-pub(crate) fn fixed_request(path: Path, fx: &Fixtures) -> Option<(&'static str, Vec<u8>)> {
+/// The one request h2load repeats for a path.
+pub(crate) enum Fixed {
+    /// A gRPC call: the method's path and its request, gRPC-framed.
+    Grpc { rpc: &'static str, body: Vec<u8> },
+    /// An HTTP/1.1 GET of `target` on the HTTP port, with these `name: value` headers.
+    Http {
+        target: &'static str,
+        headers: Vec<String>,
+    },
+}
+
+/// The request a path repeats (for h2load, which sends one fixed request per path; `None`
+/// for paths that need a fresh token per call).
+pub(crate) fn fixed_request(path: Path, fx: &Fixtures) -> Option<Fixed> {
+    let grpc = |rpc, body| Some(Fixed::Grpc { rpc, body });
     let validate = |token: &str| {
-        Some((
+        grpc(
             "/sessiongate.v1.SessionGateService/ValidateSession",
             grpc_frame(&pb::ValidateSessionRequest {
                 token: token.to_owned(),
                 view: path.view() as i32,
                 ..Default::default()
             }),
-        ))
+        )
     };
     match path {
-        Path::Baseline => Some((
+        Path::Baseline => grpc(
             "/grpc.health.v1.Health/Check",
             grpc_frame(&HealthCheckRequest {
                 service: String::new(),
             }),
-        )),
+        ),
         Path::JwtCached | Path::JwtCachedBasic => validate(&fx.cached_jwt),
         Path::Opaque | Path::OpaqueBasic => validate(&fx.opaque[0]),
         Path::Malformed | Path::MalformedJwtSized => {
             validate(&path.malformed_token(&fx.cached_jwt))
         }
-        Path::EnvoyCheck => Some((
+        Path::EnvoyCheck => grpc(
             "/envoy.service.auth.v3.Authorization/Check",
             grpc_frame(&crate::paths::envoy_check(&fx.cached_jwt)),
-        )),
-        Path::ResolveFlow => Some((
+        ),
+        // What nginx's auth subrequest carries: the user's headers and the proxy's key.
+        Path::ForwardAuth => Some(Fixed::Http {
+            target: "/auth",
+            headers: vec![
+                format!("authorization: Bearer {}", fx.cached_jwt),
+                format!("{}: {}", crate::paths::FORWARD_AUTH_CALLER, crate::API_KEY),
+                "user-agent: Mozilla/5.0".into(),
+            ],
+        }),
+        Path::ResolveFlow => grpc(
             "/sessiongate.v1.SessionGateService/ResolveFlow",
             grpc_frame(&pb::ResolveFlowRequest {
                 flow: "login".into(),
@@ -169,7 +211,7 @@ pub(crate) fn fixed_request(path: Path, fx: &Fixtures) -> Option<(&'static str, 
                 country: "NO".into(),
                 ..Default::default()
             }),
-        )),
+        ),
         _ => None,
     }
 }

@@ -149,7 +149,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "[native]\nsigning_keys = [\"{}\"]\n[[clients]]\nname = \"loadgen\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\", \"issue\", \"migrate\", \"flow\"]\n\
              [[flows]]\nname = \"login\"\npercentage = 50\nstickiness = \"device\"\ncountries = [\"NO\", \"SE\"]\n\
              [migration]\nper_caller_per_minute = 10000000\n\
-             [[providers]]\nname = \"legacy\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\naudiences = [\"{LEGACY_API}\"]\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n",
+             [[providers]]\nname = \"legacy\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\naudiences = [\"{LEGACY_API}\"]\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\n\
+             userinfo_budget_per_second = 100000\nuserinfo_budget_burst = 100000\n",
             key_path.display(),
             sessiongate::store::keys::Digest::of(API_KEY.as_bytes()).to_hex(),
             legacy.issuer(),
@@ -211,7 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "preparing sessions and {} fresh JWTs per uncached round…",
         args.uncached_tokens
     );
-    let fixtures = Arc::new(prepare(&channel, &key_path, &legacy, &args).await?);
+    let fixtures = Arc::new(prepare(&channel, &http_addr, &key_path, &legacy, &args).await?);
     // The legacy issuer's keys load in the background at start: wait until they verify.
     let warm = legacy
         .signer(sessiongate::keys::KeyKind::Rs256)
@@ -246,6 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Path::Malformed,
         Path::MalformedJwtSized,
         Path::EnvoyCheck,
+        Path::ForwardAuth,
         Path::LegacyRs256,
         Path::LegacyEs256,
         Path::LegacyEdDsa,
@@ -283,14 +285,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for _ in 0..args.rounds {
             let limit = path.fresh().then_some(args.uncached_tokens);
             let dur = Duration::from_secs_f64(args.seconds);
-            if let (Some(h2), Some((rpc, body))) = (&h2load, h2load::fixed_request(path, &fixtures))
-            {
-                let (base_rpc, base_body) = h2load::fixed_request(Path::Baseline, &fixtures)
+            if let (Some(h2), Some(req)) = (&h2load, h2load::fixed_request(path, &fixtures)) {
+                let base_req = h2load::fixed_request(Path::Baseline, &fixtures)
                     .expect("the baseline has a fixed request");
                 let base = h2
-                    .shot(Path::Baseline, base_rpc, &base_body, args.seconds, pid)
+                    .shot(Path::Baseline, &base_req, args.seconds, pid)
                     .await?;
-                let run = h2.shot(path, rpc, &body, args.seconds, pid).await?;
+                let run = h2.shot(path, &req, args.seconds, pid).await?;
                 base_cpu.push(base.cpu_us);
                 cpu.push(run.cpu_us);
                 ratios.push(run.rps / base.rps);
@@ -439,6 +440,7 @@ fn mint_many(
 
 async fn prepare(
     channel: &Channel,
+    http_addr: &str,
     key_path: &std::path::Path,
     legacy: &LegacyIdp,
     args: &Args,
@@ -521,6 +523,7 @@ async fn prepare(
         fresh.insert(path.key(), std::sync::Mutex::new(tokens.into_iter()));
     }
     Ok(Fixtures {
+        http_addr: http_addr.to_owned(),
         cached_jwt,
         opaque,
         fresh,

@@ -34,6 +34,9 @@ pub(crate) enum Path {
     MalformedJwtSized,
     /// Envoy's `Authorization/Check` of a request carrying the cached JWT: the edge's path.
     EnvoyCheck,
+    /// HTTP forward-auth (`GET /auth`, as nginx `auth_request` asks it) of a request carrying
+    /// the cached JWT, over HTTP/1.1 keep-alive connections on the HTTP port.
+    ForwardAuth,
 }
 
 impl Path {
@@ -73,6 +76,7 @@ impl Path {
             Path::Malformed => "ValidateSession, malformed token (fixed cost)",
             Path::MalformedJwtSized => "ValidateSession, malformed JWT-sized token, BASIC (floor)",
             Path::EnvoyCheck => "Envoy Authorization/Check, native JWT, cache hit",
+            Path::ForwardAuth => "HTTP/1.1 forward-auth /auth, native JWT, cache hit",
         }
     }
     /// The view a ValidateSession path asks for.
@@ -100,6 +104,7 @@ impl Path {
             Path::Malformed => "malformed",
             Path::MalformedJwtSized => "malformed_jwt_sized",
             Path::EnvoyCheck => "envoy_check",
+            Path::ForwardAuth => "forward_auth",
         }
     }
     /// The targets of docs/performance.md: minimum throughput ratio and p99 allowance over baseline (µs).
@@ -110,9 +115,11 @@ impl Path {
             Path::JwtCached => Some((0.6, 20.0)),
             Path::JwtUncached | Path::LegacyRs256 => Some((0.28, 40.0)),
             // No target of their own (docs/performance.md): reported for comparison.
-            Path::LegacyEs256 | Path::LegacyEdDsa | Path::Malformed | Path::MalformedJwtSized => {
-                None
-            }
+            Path::LegacyEs256
+            | Path::LegacyEdDsa
+            | Path::Malformed
+            | Path::MalformedJwtSized
+            | Path::ForwardAuth => None,
             Path::Opaque | Path::OpaqueBasic => Some((0.6, 50.0)),
             Path::ResolveFlow => Some((0.85, 20.0)),
             Path::EnvoyCheck => Some((0.8, 20.0)),
@@ -122,6 +129,8 @@ impl Path {
 
 /// What the paths send.
 pub(crate) struct Fixtures {
+    /// The server's HTTP port (forward-auth).
+    pub(crate) http_addr: String,
     pub(crate) cached_jwt: String,
     pub(crate) opaque: Vec<String>,
     /// Fresh tokens per path, consumed front to back across rounds.
@@ -150,6 +159,7 @@ pub(crate) async fn measure(
                 let mut health = HealthClient::new(channel.clone());
                 let mut envoy = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone());
                 let mut session = tonic::client::Grpc::new(channel);
+                let http = reqwest::Client::new();
                 let mut i = w;
                 loop {
                     let n = issued.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +176,17 @@ pub(crate) async fn measure(
                             Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0)
                         );
                         run.record(good, t0.elapsed());
+                        continue;
+                    }
+                    if path == Path::ForwardAuth {
+                        let t0 = Instant::now();
+                        let r = http
+                            .get(format!("http://{}/auth", fx.http_addr))
+                            .bearer_auth(&fx.cached_jwt)
+                            .header(FORWARD_AUTH_CALLER, crate::API_KEY)
+                            .send()
+                            .await;
+                        run.record(r.is_ok_and(|r| r.status() == 200), t0.elapsed());
                         continue;
                     }
                     if path == Path::ResolveFlow {
@@ -268,6 +289,9 @@ pub(crate) async fn resolve_lean(
         http::uri::PathAndQuery::from_static("/sessiongate.v1.SessionGateService/ResolveFlow");
     grpc.unary(req, path, codec).await.map(|r| r.into_inner())
 }
+
+/// The header a forward-auth proxy sends its caller key in.
+pub(crate) const FORWARD_AUTH_CALLER: &str = "x-sessiongate-caller";
 
 /// What Envoy asks about a `GET /orders` that carries `jwt` as its bearer token.
 pub(crate) fn envoy_check(jwt: &str) -> envoy_types::ext_authz::v3::pb::CheckRequest {
