@@ -1,4 +1,5 @@
-//! `[[clients]]`: the callers' API keys (their SHA-256 only) and scopes.
+//! `[[clients]]`: the callers — each known by an API key (its SHA-256 only) or by its mesh
+//! identity (a SPIFFE ID its sidecar vouches for) — and their scopes.
 
 use std::collections::BTreeSet;
 
@@ -36,19 +37,26 @@ pub struct ClientConfig {
     pub name: String,
     /// SHA-256 of the API key; the key itself is never configured.
     #[serde(serialize_with = "hex_serialize")]
-    pub key_sha256: [u8; 32],
+    pub key_sha256: Option<[u8; 32]>,
+    /// Or the caller's SPIFFE ID (`spiffe://<trust domain>/ns/<namespace>/sa/<account>`),
+    /// for a mesh proxy that cannot send a key (Istio's ext_authz provider).
+    pub spiffe_id: Option<String>,
     pub scopes: BTreeSet<Scope>,
 }
 
-fn hex_serialize<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode(v))
+fn hex_serialize<S: serde::Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(&hex::encode(v)),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClient {
     name: String,
-    key_sha256: String,
+    key_sha256: Option<String>,
+    spiffe_id: Option<String>,
     scopes: Vec<Scope>,
 }
 
@@ -56,6 +64,7 @@ pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
     let mut clients = Vec::new();
     let mut client_names = BTreeSet::new();
     let mut hashes = BTreeSet::new();
+    let mut spiffe_ids = BTreeSet::new();
     for (i, cl) in raw.into_iter().enumerate() {
         let k = |f: &str| format!("clients[{i}].{f}");
         if cl.name.is_empty() {
@@ -63,11 +72,34 @@ pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
         } else if !client_names.insert(cl.name.clone()) {
             c.fail(k("name"), format!("`{}` is used twice", cl.name));
         }
-        let mut key = [0u8; 32];
-        if hex::decode_to_slice(cl.key_sha256.trim(), &mut key).is_err() {
-            c.fail(k("key_sha256"), "must be 64 hex characters: the SHA-256 of the API key (`sessiongate apikey` makes one)");
-        } else if !hashes.insert(key) {
-            c.fail(k("key_sha256"), "the same key is configured twice");
+        let mut key = None;
+        match (&cl.key_sha256, &cl.spiffe_id) {
+            (Some(hash), None) => {
+                let mut h = [0u8; 32];
+                if hex::decode_to_slice(hash.trim(), &mut h).is_err() {
+                    c.fail(k("key_sha256"), "must be 64 hex characters: the SHA-256 of the API key (`sessiongate apikey` makes one)");
+                } else if !hashes.insert(h) {
+                    c.fail(k("key_sha256"), "the same key is configured twice");
+                }
+                key = Some(h);
+            }
+            (None, Some(id)) => {
+                // What an XFCC `URI=` value can be, unquoted: no separators, no spaces.
+                if !id.starts_with("spiffe://")
+                    || id.len() > 2048
+                    || id
+                        .bytes()
+                        .any(|b| !b.is_ascii_graphic() || b",;\"\\".contains(&b))
+                {
+                    c.fail(k("spiffe_id"), "must be a SPIFFE ID: spiffe://<trust domain>/ns/<namespace>/sa/<service account>");
+                } else if !spiffe_ids.insert(id.clone()) {
+                    c.fail(k("spiffe_id"), "the same SPIFFE ID is configured twice");
+                }
+            }
+            _ => c.fail(
+                k("key_sha256"),
+                "set exactly one of key_sha256 (an API key's hash) and spiffe_id (a mesh identity)",
+            ),
         }
         if cl.scopes.is_empty() {
             c.fail(
@@ -78,6 +110,7 @@ pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
         clients.push(ClientConfig {
             name: cl.name,
             key_sha256: key,
+            spiffe_id: cl.spiffe_id,
             scopes: cl.scopes.into_iter().collect(),
         });
     }

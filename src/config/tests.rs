@@ -573,3 +573,40 @@ fn edge_header_names_are_lower_case_distinct_and_never_a_credentials_header() {
     }
     assert!(!problem("[edge.headers]\nuser = \"x\"\n", &[]).is_empty());
 }
+
+#[test]
+fn a_client_is_known_by_exactly_one_of_a_key_hash_and_a_spiffe_id() {
+    let id = "spiffe://cluster.local/ns/istio-system/sa/ingress";
+    let c = from_toml(
+        &format!("[[clients]]\nname = \"mesh\"\nspiffe_id = \"{id}\"\nscopes = [\"validate\"]\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.clients[0].spiffe_id.as_deref(), Some(id));
+    assert_eq!(c.clients[0].key_sha256, None);
+    for (entry, key) in [
+        (
+            format!("key_sha256 = \"{HASH}\"\nspiffe_id = \"{id}\""),
+            "key_sha256",
+        ),
+        (String::new(), "key_sha256"),
+        ("spiffe_id = \"https://example.com/x\"".into(), "spiffe_id"),
+        (
+            "spiffe_id = \"spiffe://a/b,URI=spiffe://c\"".into(),
+            "spiffe_id",
+        ),
+        ("spiffe_id = \"spiffe://a/b c\"".into(), "spiffe_id"),
+    ] {
+        let p = problem(
+            &format!("[[clients]]\nname = \"mesh\"\n{entry}\nscopes = [\"validate\"]\n"),
+            &[],
+        );
+        assert_eq!(p.len(), 1, "{entry}: {p:?}");
+        assert_eq!(p[0].key, format!("clients[0].{key}"), "{entry}: {p:?}");
+    }
+    let twice = format!(
+        "[[clients]]\nname = \"a\"\nspiffe_id = \"{id}\"\nscopes = [\"validate\"]\n\
+         [[clients]]\nname = \"b\"\nspiffe_id = \"{id}\"\nscopes = [\"validate\"]\n"
+    );
+    assert!(problem(&twice, &[])[0].message.contains("twice"));
+}

@@ -65,7 +65,11 @@ where
         let m = method(req.uri().path());
         if let Some(scope) = m.scope {
             let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-            match self.keys.authorize(header, scope) {
+            let forwarded_cert = req
+                .headers()
+                .get(crate::auth::FORWARDED_CLIENT_CERT)
+                .map(|v| v.as_bytes());
+            match self.keys.authorize_call(header, forwarded_cert, scope) {
                 Ok(caller) => {
                     req.extensions_mut().insert(caller);
                 }

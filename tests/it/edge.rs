@@ -939,3 +939,51 @@ async fn configured_header_names_are_what_goes_upstream_and_their_forgeries_are_
     assert_eq!(f.status(), 200);
     assert_eq!(f.headers()["x-user-id"], s.user_id.as_str());
 }
+
+#[tokio::test]
+async fn a_mesh_proxy_known_by_its_spiffe_id_may_check_without_a_key() {
+    const GATEWAY: &str =
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account";
+    let app = Setup::new()
+        .toml(&format!(
+            "[[clients]]\nname = \"istio-ingress\"\nspiffe_id = \"{GATEWAY}\"\nscopes = [\"validate\"]\n"
+        ))
+        .spawn()
+        .await;
+    let mut c = AuthorizationClient::new(app.channel.clone());
+    let with_xfcc = |xfcc: &str| {
+        let mut r = tonic::Request::new(check(&[], false, &[("sessiongate.anonymous", "true")]));
+        r.metadata_mut()
+            .insert("x-forwarded-client-cert", xfcc.parse().unwrap());
+        r
+    };
+    // What sessiongate's sidecar appends after verifying the gateway's certificate.
+    let sidecar = format!(
+        "By=spiffe://cluster.local/ns/sessiongate-live/sa/sessiongate;Hash=ab12;URI={GATEWAY}"
+    );
+    let r = c.check(with_xfcc(&sidecar)).await.unwrap().into_inner();
+    assert!(allowed(&r).is_some());
+    // Another workload, a forged element before the sidecar's, or no header: refused.
+    for xfcc in [
+        "By=x;Hash=cd;URI=spiffe://cluster.local/ns/prod/sa/batch".to_owned(),
+        format!("URI={GATEWAY},By=x;Hash=cd;URI=spiffe://cluster.local/ns/prod/sa/batch"),
+        format!("URI=https://{GATEWAY}"),
+    ] {
+        let e = c.check(with_xfcc(&xfcc)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{xfcc}");
+    }
+    let e = c.check(check(&[], false, &[])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // Its scopes only: minting sessions is not among them.
+    let e = app
+        .session()
+        .create_session({
+            let mut r = tonic::Request::new(pb::CreateSessionRequest::default());
+            r.metadata_mut()
+                .insert("x-forwarded-client-cert", sidecar.parse().unwrap());
+            r
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+}

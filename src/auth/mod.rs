@@ -1,7 +1,9 @@
 //! Caller authentication: API keys with scopes.
 //!
 //! Callers send `authorization: Bearer <key>`. Only SHA-256 hashes of keys are configured, so
-//! a leaked config file leaks no key. Each key carries scopes, one per RPC family. In `test`
+//! a leaked config file leaks no key. Each key carries scopes, one per RPC family. A caller
+//! that cannot send a key — a mesh proxy asking Envoy's Check — may instead be configured by
+//! its SPIFFE ID, which sessiongate's own sidecar vouches for ([`xfcc`]). In `test`
 //! with no keys configured the service runs open for the read-mostly RPCs (with a warning at
 //! start); minting sessions (`issue`), revoking them (`revoke`) and rollout administration
 //! (`admin`) are never open, and `live` refuses to start without keys at all (see `config`).
@@ -14,6 +16,11 @@ use crate::config::{ClientConfig, Scope};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::keys::Digest;
 
+mod xfcc;
+
+/// The header in which a sidecar in front of sessiongate names the caller it verified.
+pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
+
 /// Scopes that an anonymous caller holds in open mode.
 /// Never `revoke`: in open mode anyone could log anyone out (a session id or a user's legacy
 /// token is no secret to every service that sees them).
@@ -24,37 +31,81 @@ struct Client {
     scopes: BTreeSet<Scope>,
 }
 
-/// The configured caller keys.
+impl Client {
+    fn allow(&self, scope: Scope) -> Result<Caller, Error> {
+        if self.scopes.contains(&scope) {
+            Ok(self.caller.clone())
+        } else {
+            Err(Error::new(
+                ErrorCode::PermissionDenied,
+                ErrorReason::ScopeMissing,
+                format!(
+                    "client `{}` lacks scope `{}` for this call",
+                    self.caller.name,
+                    scope.as_str()
+                ),
+            ))
+        }
+    }
+}
+
+/// The configured callers.
 pub struct CallerKeys {
     by_hash: HashMap<[u8; 32], Client>,
+    by_spiffe_id: HashMap<String, Client>,
 }
 
 impl CallerKeys {
     pub fn new(clients: &[ClientConfig]) -> Self {
-        let by_hash = clients
-            .iter()
-            .map(|c| {
-                (
-                    c.key_sha256,
-                    Client {
-                        caller: Caller {
-                            name: Arc::from(c.name.as_str()),
-                            authenticated: true,
-                            can_issue: c.scopes.contains(&Scope::Issue),
-                            can_migrate: c.scopes.contains(&Scope::Migrate),
-                            can_resolve_flow: c.scopes.contains(&Scope::Flow),
-                        },
-                        scopes: c.scopes.clone(),
-                    },
-                )
-            })
-            .collect();
-        Self { by_hash }
+        let client = |c: &ClientConfig| Client {
+            caller: Caller {
+                name: Arc::from(c.name.as_str()),
+                authenticated: true,
+                can_issue: c.scopes.contains(&Scope::Issue),
+                can_migrate: c.scopes.contains(&Scope::Migrate),
+                can_resolve_flow: c.scopes.contains(&Scope::Flow),
+            },
+            scopes: c.scopes.clone(),
+        };
+        Self {
+            by_hash: clients
+                .iter()
+                .filter_map(|c| Some((c.key_sha256?, client(c))))
+                .collect(),
+            by_spiffe_id: clients
+                .iter()
+                .filter_map(|c| Some((c.spiffe_id.clone()?, client(c))))
+                .collect(),
+        }
     }
 
-    /// Open mode: no keys configured (only possible in `test`).
+    /// Open mode: no callers configured (only possible in `test`).
     pub fn is_open(&self) -> bool {
-        self.by_hash.is_empty()
+        self.by_hash.is_empty() && self.by_spiffe_id.is_empty()
+    }
+
+    /// Checks a call against `scope`: its `authorization` key, else — when callers are
+    /// configured by mesh identity — the SPIFFE ID in the last element of
+    /// `x-forwarded-client-cert`, which sessiongate's sidecar appended after verifying the
+    /// caller's certificate.
+    pub fn authorize_call(
+        &self,
+        authorization: Option<&[u8]>,
+        forwarded_cert: Option<&[u8]>,
+        scope: Scope,
+    ) -> Result<Caller, Error> {
+        if authorization.is_none()
+            && !self.by_spiffe_id.is_empty()
+            && let Some(id) = forwarded_cert.and_then(xfcc::peer_spiffe_id)
+        {
+            return match self.by_spiffe_id.get(id) {
+                Some(client) => client.allow(scope),
+                None => Err(unauthenticated(
+                    "the caller's mesh identity is not a configured client (spiffe_id)",
+                )),
+            };
+        }
+        self.authorize(authorization, scope)
     }
 
     /// Checks the `authorization` header value (if any) against `scope`.
@@ -91,23 +142,10 @@ impl CallerKeys {
         };
         // Looking the hash up leaks, through timing, at most something about the *hash* of
         // the presented key, which does not help to guess a valid key.
-        let client = self
-            .by_hash
+        self.by_hash
             .get(Digest::of(key).as_bytes())
-            .ok_or_else(|| unauthenticated("unknown API key"))?;
-        if client.scopes.contains(&scope) {
-            Ok(client.caller.clone())
-        } else {
-            Err(Error::new(
-                ErrorCode::PermissionDenied,
-                ErrorReason::ScopeMissing,
-                format!(
-                    "client `{}` lacks scope `{}` for this call",
-                    client.caller.name,
-                    scope.as_str()
-                ),
-            ))
-        }
+            .ok_or_else(|| unauthenticated("unknown API key"))?
+            .allow(scope)
     }
 }
 
@@ -151,7 +189,8 @@ mod tests {
         hex::decode_to_slice(hash, &mut h).unwrap();
         let keys = CallerKeys::new(&[ClientConfig {
             name: "checkout".into(),
-            key_sha256: h,
+            key_sha256: Some(h),
+            spiffe_id: None,
             scopes: BTreeSet::from([Scope::Validate]),
         }]);
         (keys, key)
@@ -215,6 +254,66 @@ mod tests {
         assert!(
             Caller::anonymous()
                 .require_authenticated("RevokeSession by user")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_mesh_identity_is_a_caller_only_when_configured_and_only_without_a_key() {
+        let (key, hash) = new_api_key();
+        let mut h = [0u8; 32];
+        hex::decode_to_slice(hash, &mut h).unwrap();
+        let gateway = "spiffe://cluster.local/ns/istio-system/sa/ingress";
+        let callers = CallerKeys::new(&[
+            ClientConfig {
+                name: "checkout".into(),
+                key_sha256: Some(h),
+                spiffe_id: None,
+                scopes: BTreeSet::from([Scope::Validate, Scope::Issue]),
+            },
+            ClientConfig {
+                name: "ingress".into(),
+                key_sha256: None,
+                spiffe_id: Some(gateway.into()),
+                scopes: BTreeSet::from([Scope::Validate]),
+            },
+        ]);
+        let xfcc = format!("By=spiffe://cluster.local/ns/sg/sa/sessiongate;Hash=ab;URI={gateway}");
+        let c = callers
+            .authorize_call(None, Some(xfcc.as_bytes()), Scope::Validate)
+            .unwrap();
+        assert_eq!(&*c.name, "ingress");
+        // Its scopes only.
+        let e = callers
+            .authorize_call(None, Some(xfcc.as_bytes()), Scope::Issue)
+            .unwrap_err();
+        assert_eq!(e.reason, ErrorReason::ScopeMissing);
+        // Another workload's identity, or a forged element before the sidecar's: refused.
+        let other = "By=x;URI=spiffe://cluster.local/ns/prod/sa/batch";
+        let e = callers
+            .authorize_call(None, Some(other.as_bytes()), Scope::Validate)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthenticated);
+        let forged = format!("URI={gateway},By=x;URI=spiffe://cluster.local/ns/prod/sa/batch");
+        assert!(
+            callers
+                .authorize_call(None, Some(forged.as_bytes()), Scope::Validate)
+                .is_err()
+        );
+        // A key, when sent, is what counts.
+        let c = callers
+            .authorize_call(
+                Some(format!("Bearer {key}").as_bytes()),
+                Some(xfcc.as_bytes()),
+                Scope::Issue,
+            )
+            .unwrap();
+        assert_eq!(&*c.name, "checkout");
+        // Without mesh clients, XFCC means nothing.
+        let (only_keys, _) = keys();
+        assert!(
+            only_keys
+                .authorize_call(None, Some(xfcc.as_bytes()), Scope::Validate)
                 .is_err()
         );
     }
