@@ -205,6 +205,12 @@ impl Gate {
         caller: &Caller,
     ) -> Result<Decision<'g>, Error> {
         let route = &req.route;
+        if route.migrate && route.cookies.is_empty() {
+            return Err(Error::invalid_argument(
+                ErrorReason::InvalidRouteSetting,
+                "migrate=inline needs a cookie for the new session: name one with `cookie`",
+            ));
+        }
         // Checked before any credential is looked at, so that a proxy configured beyond its
         // key's scopes fails on its first request, not on the first legacy user's.
         if route.migrate && !caller.can_migrate {

@@ -761,6 +761,11 @@ async fn route_settings_are_checked_and_need_the_callers_scopes() {
         &[("sessiongate.cookies", "sg")][..],
         &[("sessiongate.anonymous", "yes")][..],
         &[("sessiongate.migrate", "always")][..],
+        // Inline migration with no cookie to put the session in.
+        &[
+            ("sessiongate.migrate", "inline"),
+            ("sessiongate.anonymous", "true"),
+        ][..],
     ] {
         let e = ask_as(ext).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{ext:?}: {e:?}");
