@@ -111,7 +111,7 @@ impl Route {
             _ => Err(bad(format!("{key}: `true` or `false`, not `{v}`"))),
         };
         match key {
-            "cookie" => self.add_cookies(value),
+            "cookie" => self.add_cookies(value).map_err(bad)?,
             "anonymous" => self.anonymous = flag(value)?,
             "migrate" => match value {
                 "inline" => self.migrate = true,
@@ -130,13 +130,22 @@ impl Route {
         Ok(())
     }
 
-    /// Adds cookie names from a setting's value (`sg_session,legacy_at`), in order.
-    pub fn add_cookies(&mut self, list: &str) {
+    /// Adds cookie names from a setting's value (`sg_session,legacy_at`), in order. Each must
+    /// be an RFC 6265 token: a name goes into `Set-Cookie` as written, where a `;` would add
+    /// attributes of its own.
+    fn add_cookies(&mut self, list: &str) -> Result<(), String> {
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            {
+                return Err(format!("cookie: `{name}` is not a cookie name"));
+            }
             if !self.cookies.iter().any(|c| c == name) {
                 self.cookies.push(name.to_owned());
             }
         }
+        Ok(())
     }
 }
 
@@ -483,6 +492,8 @@ mod tests {
             ("anonymous", "TRUE"),
             ("migrate", "yes"),
             ("flow", &"f".repeat(257)),
+            ("cookie", "sg; Domain=evil.example"),
+            ("cookie", "a=b"),
             ("", ""),
         ] {
             let e = Route::default().set(k, v).unwrap_err();
@@ -493,8 +504,9 @@ mod tests {
     #[test]
     fn route_cookies_keep_their_order_once_each() {
         let mut r = Route::default();
-        r.add_cookies(" sg_session , legacy_at,,sg_session");
-        r.add_cookies("legacy_at,other");
+        r.add_cookies(" sg_session , legacy_at,,sg_session")
+            .unwrap();
+        r.add_cookies("legacy_at,other").unwrap();
         assert_eq!(r.cookies, ["sg_session", "legacy_at", "other"]);
     }
 
