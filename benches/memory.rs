@@ -97,6 +97,7 @@ async fn redis_keys() -> Vec<(String, f64, usize)> {
         can_issue: true,
         can_migrate: true,
         can_resolve_flow: true,
+        edge_route: None,
     };
     let keys = Keys::new(cfg.env);
     let mut kinds: HashMap<&str, Vec<String>> = HashMap::new();

@@ -20,6 +20,8 @@ pub struct Caller {
     pub can_migrate: bool,
     /// Holds the `flow` scope: may ask for login-flow decisions (at the edge).
     pub can_resolve_flow: bool,
+    /// Its own route settings at the edge (`[[clients]] edge`), for checks that carry none.
+    pub edge_route: Option<Arc<crate::config::ClientRoute>>,
 }
 
 impl Caller {
@@ -31,6 +33,7 @@ impl Caller {
             // Open mode grants validate, migrate and flow to anyone (`auth`).
             can_migrate: true,
             can_resolve_flow: true,
+            edge_route: None,
         }
     }
 

@@ -64,6 +64,7 @@ impl CallerKeys {
                 can_issue: c.scopes.contains(&Scope::Issue),
                 can_migrate: c.scopes.contains(&Scope::Migrate),
                 can_resolve_flow: c.scopes.contains(&Scope::Flow),
+                edge_route: c.edge.clone().map(Arc::new),
             },
             scopes: c.scopes.clone(),
         };
@@ -192,6 +193,7 @@ mod tests {
             key_sha256: Some(h),
             spiffe_id: None,
             scopes: BTreeSet::from([Scope::Validate]),
+            edge: None,
         }]);
         (keys, key)
     }
@@ -270,12 +272,14 @@ mod tests {
                 key_sha256: Some(h),
                 spiffe_id: None,
                 scopes: BTreeSet::from([Scope::Validate, Scope::Issue]),
+                edge: None,
             },
             ClientConfig {
                 name: "ingress".into(),
                 key_sha256: None,
                 spiffe_id: Some(gateway.into()),
                 scopes: BTreeSet::from([Scope::Validate]),
+                edge: None,
             },
         ]);
         let xfcc = format!("By=spiffe://cluster.local/ns/sg/sa/sessiongate;Hash=ab;URI={gateway}");

@@ -42,6 +42,8 @@ pub struct ClientConfig {
     /// for a mesh proxy that cannot send a key (Istio's ext_authz provider).
     pub spiffe_id: Option<String>,
     pub scopes: BTreeSet<Scope>,
+    /// Route settings for this caller's edge checks that carry none of their own.
+    pub edge: Option<super::edge::ClientRoute>,
 }
 
 fn hex_serialize<S: serde::Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
@@ -58,6 +60,7 @@ pub(super) struct RawClient {
     key_sha256: Option<String>,
     spiffe_id: Option<String>,
     scopes: Vec<Scope>,
+    edge: Option<super::edge::ClientRoute>,
 }
 
 pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
@@ -107,11 +110,16 @@ pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
                 "needs at least one scope: validate, migrate, flow, issue, revoke or admin",
             );
         }
+        let scopes: BTreeSet<Scope> = cl.scopes.into_iter().collect();
+        if let Some(route) = &cl.edge {
+            super::edge::client_route(c, &k("edge"), route, scopes.contains(&Scope::Migrate));
+        }
         clients.push(ClientConfig {
             name: cl.name,
             key_sha256: key,
             spiffe_id: cl.spiffe_id,
-            scopes: cl.scopes.into_iter().collect(),
+            scopes,
+            edge: cl.edge,
         });
     }
 

@@ -134,3 +134,50 @@ pub(super) fn build(c: &mut Check, raw: RawEdge) -> EdgeConfig {
     }
     EdgeConfig { headers }
 }
+
+/// A caller's own route settings at the edge: what a proxy that cannot set any per route
+/// (Istio's `CUSTOM` action) gets. A request that carries settings of its own uses only those.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRoute {
+    /// The cookies that may carry the credential, in order.
+    #[serde(default)]
+    pub cookie: Vec<String>,
+    #[serde(default)]
+    pub anonymous: bool,
+    /// `"inline"`, or absent.
+    pub migrate: Option<String>,
+}
+
+/// Checks a client's route (`clients[i].edge`) against what the client may do.
+pub(super) fn client_route(c: &mut Check, key: &str, r: &ClientRoute, can_migrate: bool) {
+    for name in &r.cookie {
+        // RFC 6265 cookie-name: a token; it goes into Set-Cookie as written.
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            c.fail(
+                format!("{key}.cookie"),
+                format!("`{name}` is not a cookie name"),
+            );
+        }
+    }
+    match r.migrate.as_deref() {
+        None => {}
+        Some("inline") if r.cookie.is_empty() => c.fail(
+            format!("{key}.migrate"),
+            "inline migration needs a cookie for the new session: set cookie",
+        ),
+        Some("inline") if !can_migrate => c.fail(
+            format!("{key}.migrate"),
+            "inline migration needs the client's `migrate` scope",
+        ),
+        Some("inline") => {}
+        Some(other) => c.fail(
+            format!("{key}.migrate"),
+            format!("`{other}`: the only value is \"inline\""),
+        ),
+    }
+}

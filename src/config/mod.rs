@@ -39,7 +39,7 @@ pub mod unleash;
 use clients::RawClient;
 pub use clients::{ClientConfig, Scope};
 use edge::RawEdge;
-pub use edge::{EdgeConfig, EdgeHeaders};
+pub use edge::{ClientRoute, EdgeConfig, EdgeHeaders};
 pub use flows::{DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Stickiness};
 use flows::{RawFlow, RawFlowCookie};
 pub use migration::MigrationConfig;

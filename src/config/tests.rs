@@ -610,3 +610,50 @@ fn a_client_is_known_by_exactly_one_of_a_key_hash_and_a_spiffe_id() {
     );
     assert!(problem(&twice, &[])[0].message.contains("twice"));
 }
+
+#[test]
+fn a_clients_own_edge_route_is_checked_against_its_scopes() {
+    let client = |edge: &str, scopes: &str| {
+        format!(
+            "[[clients]]\nname = \"mesh\"\nspiffe_id = \"spiffe://cluster.local/ns/a/sa/b\"\nscopes = [{scopes}]\nedge = {{ {edge} }}\n"
+        )
+    };
+    let c = from_toml(
+        &client(
+            "cookie = [\"__Host-sg\", \"legacy_at\"], migrate = \"inline\"",
+            "\"validate\", \"migrate\"",
+        ),
+        &[],
+    )
+    .unwrap();
+    let edge = c.clients[0].edge.as_ref().unwrap();
+    assert_eq!(edge.cookie, ["__Host-sg", "legacy_at"]);
+    assert_eq!(edge.migrate.as_deref(), Some("inline"));
+    for (edge, scopes, key) in [
+        (
+            "cookie = [\"a; Domain=x\"]",
+            "\"validate\"",
+            "clients[0].edge.cookie",
+        ),
+        (
+            "migrate = \"inline\"",
+            "\"validate\", \"migrate\"",
+            "clients[0].edge.migrate",
+        ),
+        (
+            "cookie = [\"a\"], migrate = \"inline\"",
+            "\"validate\"",
+            "clients[0].edge.migrate",
+        ),
+        (
+            "cookie = [\"a\"], migrate = \"always\"",
+            "\"validate\", \"migrate\"",
+            "clients[0].edge.migrate",
+        ),
+    ] {
+        let p = problem(&client(edge, scopes), &[]);
+        assert_eq!(p.len(), 1, "{edge}: {p:?}");
+        assert_eq!(p[0].key, key, "{edge}: {p:?}");
+    }
+    assert!(!problem(&client("flow = \"login\"", "\"validate\""), &[]).is_empty());
+}

@@ -130,6 +130,30 @@ impl Route {
         Ok(())
     }
 
+    /// The route of a check from `caller` that carries `settings` (`(key, value)`, keys
+    /// without the `sessiongate.` prefix): those settings if there are any, else the caller's
+    /// own (`[[clients]] edge`), else none.
+    pub fn of<'a>(
+        caller: &Caller,
+        settings: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Route, Error> {
+        let mut route = Route::default();
+        let mut any = false;
+        for (k, v) in settings {
+            route.set(k, v)?;
+            any = true;
+        }
+        if !any && let Some(own) = &caller.edge_route {
+            route = Route {
+                cookies: own.cookie.clone(),
+                anonymous: own.anonymous,
+                migrate: own.migrate.is_some(),
+                flow: None,
+            };
+        }
+        Ok(route)
+    }
+
     /// Adds cookie names from a setting's value (`sg_session,legacy_at`), in order. Each must
     /// be an RFC 6265 token: a name goes into `Set-Cookie` as written, where a `;` would add
     /// attributes of its own.

@@ -23,6 +23,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::CallerKeys;
+use crate::caller::Caller;
 use crate::config::Scope;
 use crate::edge::{Decision, EdgeRequest, Gate, Route};
 use crate::error::{Error, ErrorCode};
@@ -63,7 +64,7 @@ pub async fn check(
                 .into_response();
         }
     };
-    let route = match route(query.as_deref().unwrap_or("")) {
+    let route = match route(&caller, query.as_deref().unwrap_or("")) {
         Ok(r) => r,
         Err(e) => return misconfigured(&e),
     };
@@ -147,13 +148,10 @@ fn client_ip(headers: &HeaderMap) -> Option<IpAddr> {
         .ok()
 }
 
-/// The route's settings from the query string.
-fn route(query: &str) -> Result<Route, Error> {
-    let mut r = Route::default();
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        r.set(&k, &v)?;
-    }
-    Ok(r)
+/// The route's settings from the query string (else the caller's own).
+fn route(caller: &Caller, query: &str) -> Result<Route, Error> {
+    let settings: Vec<_> = url::form_urlencoded::parse(query.as_bytes()).collect();
+    Route::of(caller, settings.iter().map(|(k, v)| (&**k, &**v)))
 }
 
 #[cfg(test)]
@@ -162,10 +160,13 @@ mod tests {
 
     #[test]
     fn route_settings_come_from_the_query() {
-        assert_eq!(route("").unwrap(), Route::default());
+        assert_eq!(route(&Caller::anonymous(), "").unwrap(), Route::default());
         assert_eq!(
-            route("cookie=sg_session&cookie=legacy_at&anonymous=true&migrate=inline&flow=log%20in")
-                .unwrap(),
+            route(
+                &Caller::anonymous(),
+                "cookie=sg_session&cookie=legacy_at&anonymous=true&migrate=inline&flow=log%20in"
+            )
+            .unwrap(),
             Route {
                 cookies: vec!["sg_session".into(), "legacy_at".into()],
                 anonymous: true,
@@ -173,9 +174,14 @@ mod tests {
                 flow: Some("log in".into()),
             }
         );
-        assert!(route("cookie=").unwrap().cookies.is_empty());
+        assert!(
+            route(&Caller::anonymous(), "cookie=")
+                .unwrap()
+                .cookies
+                .is_empty()
+        );
         for bad in ["anonymous=1", "x=%ZZ", "cookies=a"] {
-            assert!(route(bad).is_err(), "{bad}");
+            assert!(route(&Caller::anonymous(), bad).is_err(), "{bad}");
         }
     }
 

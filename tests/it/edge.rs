@@ -992,3 +992,55 @@ async fn a_mesh_proxy_known_by_its_spiffe_id_may_check_without_a_key() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn a_proxy_that_sets_no_route_settings_gets_its_clients_own() {
+    const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/ingress";
+    let app = Setup::new()
+        .caller_key(KEY)
+        .toml(&format!(
+            "[[clients]]\nname = \"istio-ingress\"\nspiffe_id = \"{GATEWAY}\"\nscopes = [\"validate\"]\n\
+             edge = {{ cookie = [\"sg_session\"] }}\n"
+        ))
+        .spawn()
+        .await;
+    let s = create(&app).await;
+    let mut c = AuthorizationClient::new(app.channel.clone());
+    let as_gateway = |req: CheckRequest| {
+        let mut r = tonic::Request::new(req);
+        r.metadata_mut().insert(
+            "x-forwarded-client-cert",
+            format!("By=spiffe://x;Hash=ab;URI={GATEWAY}")
+                .parse()
+                .unwrap(),
+        );
+        r
+    };
+    let cookie = format!("sg_session={}", s.session_token);
+    // No settings in the Check (Istio's CUSTOM action sends none): the client's cookie.
+    let r = c
+        .check(as_gateway(check(&[("cookie", &cookie)], false, &[])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        allowed(&r).expect("the cookie's session").0["x-sessiongate-user-id"],
+        s.user_id
+    );
+    // Settings in the Check replace the client's altogether.
+    let r = c
+        .check(as_gateway(check(
+            &[("cookie", &cookie)],
+            false,
+            &[("sessiongate.anonymous", "true")],
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed(&r).unwrap().0.is_empty(), "the cookie is not read");
+    // Another caller does not get them.
+    let r = ask(&app, check(&[("cookie", &cookie)], false, &[]))
+        .await
+        .unwrap();
+    assert_eq!(denied(&r), "Bearer");
+}

@@ -48,12 +48,13 @@ impl wire::authorization_server::Authorization for ExtAuthzApi {
     ) -> Result<Response<CheckResponse>, Status> {
         let caller = super::caller(&request);
         let attributes = request.into_inner().attributes.unwrap_or_default();
-        let mut route = Route::default();
+        let mut settings = Vec::new();
         for e in &attributes.context_extensions {
             if let Some(key) = e.key.strip_prefix(SETTING_PREFIX) {
-                route.set(utf8(key)?, utf8(&e.value)?)?;
+                settings.push((utf8(key)?, utf8(&e.value)?));
             }
         }
+        let route = Route::of(&caller, settings)?;
         // Envoy's view of the client: the downstream address after its own
         // `x-forwarded-for` handling, which the client cannot write.
         let client_ip = attributes
