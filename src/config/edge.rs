@@ -152,12 +152,7 @@ pub struct ClientRoute {
 /// Checks a client's route (`clients[i].edge`) against what the client may do.
 pub(super) fn client_route(c: &mut Check, key: &str, r: &ClientRoute, can_migrate: bool) {
     for name in &r.cookie {
-        // RFC 6265 cookie-name: a token; it goes into Set-Cookie as written.
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
-        {
+        if !super::is_cookie_name(name) {
             c.fail(
                 format!("{key}.cookie"),
                 format!("`{name}` is not a cookie name"),

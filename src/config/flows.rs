@@ -404,12 +404,7 @@ fn check_constraint(c: &mut Check, key: &str, con: &RawConstraint) {
 /// Checks `[flow_cookie]`.
 pub(super) fn flow_cookie(c: &mut Check, raw: RawFlowCookie, vars: &dyn Vars) -> FlowCookieConfig {
     let name = raw.name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.into());
-    // RFC 6265 cookie-name: a token (no separators, no controls).
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
-    {
+    if !super::is_cookie_name(&name) {
         c.fail("flow_cookie.name", format!("`{name}` is not a cookie name"));
     }
     let days = raw.max_age_days.unwrap_or(MAX_COOKIE_DAYS);

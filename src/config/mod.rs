@@ -146,6 +146,15 @@ impl ConfigError {
     }
 }
 
+/// An RFC 6265 cookie-name: a token (no separators, no controls). Names go into
+/// `Set-Cookie` as written, where a `;` would add attributes of its own.
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
 // === Secrets ===
 
 /// A secret string whose `Debug`, `Display` and `Serialize` never show it.

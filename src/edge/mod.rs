@@ -154,15 +154,10 @@ impl Route {
         Ok(route)
     }
 
-    /// Adds cookie names from a setting's value (`sg_session,legacy_at`), in order. Each must
-    /// be an RFC 6265 token: a name goes into `Set-Cookie` as written, where a `;` would add
-    /// attributes of its own.
+    /// Adds cookie names from a setting's value (`sg_session,legacy_at`), in order.
     fn add_cookies(&mut self, list: &str) -> Result<(), String> {
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if !name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
-            {
+            if !crate::config::is_cookie_name(name) {
                 return Err(format!("cookie: `{name}` is not a cookie name"));
             }
             if !self.cookies.iter().any(|c| c == name) {
