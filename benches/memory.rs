@@ -94,9 +94,12 @@ async fn redis_keys() -> Vec<(String, f64, usize)> {
     let admin = Caller {
         name: Arc::from("bench"),
         authenticated: true,
-        can_issue: true,
-        can_migrate: true,
-        can_resolve_flow: true,
+        scopes: sessiongate::config::Scopes::of(&[
+            sessiongate::config::Scope::Validate,
+            sessiongate::config::Scope::Issue,
+            sessiongate::config::Scope::Migrate,
+            sessiongate::config::Scope::Flow,
+        ]),
         edge_route: None,
     };
     let keys = Keys::new(cfg.env);

@@ -4,7 +4,13 @@
 
 use std::sync::Arc;
 
+use crate::config::{Scope, Scopes};
 use crate::error::{Error, ErrorCode, ErrorReason};
+
+/// Scopes that an anonymous caller holds in open mode.
+/// Never `revoke`: in open mode anyone could log anyone out (a session id or a user's legacy
+/// token is no secret to every service that sees them).
+pub const OPEN_SCOPES: [Scope; 3] = [Scope::Validate, Scope::Migrate, Scope::Flow];
 
 /// Who is calling, as established by the auth layer; handlers read it from the request's
 /// extensions.
@@ -14,12 +20,10 @@ pub struct Caller {
     pub name: Arc<str>,
     /// False in open mode: operations that must never be open check this.
     pub authenticated: bool,
-    /// Holds the `issue` scope: may mint sessions, and so extend one by its JWT alone.
-    pub can_issue: bool,
-    /// Holds the `migrate` scope: may turn a legacy token into a session (inline, at the edge).
-    pub can_migrate: bool,
-    /// Holds the `flow` scope: may ask for login-flow decisions (at the edge).
-    pub can_resolve_flow: bool,
+    /// What it may do. Beyond the RPC's own scope (checked by the key layer), services read
+    /// `issue` (may extend a session by its JWT alone), `migrate` and `flow` (what a route at
+    /// the edge may ask for).
+    pub scopes: Scopes,
     /// Its own route settings at the edge (`[[clients]] edge`), for checks that carry none.
     pub edge_route: Option<Arc<crate::config::ClientRoute>>,
 }
@@ -29,12 +33,13 @@ impl Caller {
         Self {
             name: Arc::from("anonymous"),
             authenticated: false,
-            can_issue: false,
-            // Open mode grants validate, migrate and flow to anyone (`auth`).
-            can_migrate: true,
-            can_resolve_flow: true,
+            scopes: Scopes::of(&OPEN_SCOPES),
             edge_route: None,
         }
+    }
+
+    pub fn may(&self, scope: Scope) -> bool {
+        self.scopes.contains(scope)
     }
 
     /// Refuses anonymous callers: for operations that are never open (`issue`, `revoke`,

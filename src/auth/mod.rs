@@ -8,11 +8,11 @@
 //! start); minting sessions (`issue`), revoking them (`revoke`) and rollout administration
 //! (`admin`) are never open, and `live` refuses to start without keys at all (see `config`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::caller::Caller;
-use crate::config::{ClientConfig, Scope};
+use crate::config::{ClientConfig, Scope, Scopes};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::keys::Digest;
 
@@ -21,52 +21,36 @@ mod xfcc;
 /// The header in which a sidecar in front of sessiongate names the caller it verified.
 pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 
-/// Scopes that an anonymous caller holds in open mode.
-/// Never `revoke`: in open mode anyone could log anyone out (a session id or a user's legacy
-/// token is no secret to every service that sees them).
-const OPEN_SCOPES: [Scope; 3] = [Scope::Validate, Scope::Migrate, Scope::Flow];
-
-struct Client {
-    caller: Caller,
-    scopes: BTreeSet<Scope>,
-}
-
-impl Client {
-    fn allow(&self, scope: Scope) -> Result<Caller, Error> {
-        if self.scopes.contains(&scope) {
-            Ok(self.caller.clone())
-        } else {
-            Err(Error::new(
-                ErrorCode::PermissionDenied,
-                ErrorReason::ScopeMissing,
-                format!(
-                    "client `{}` lacks scope `{}` for this call",
-                    self.caller.name,
-                    scope.as_str()
-                ),
-            ))
-        }
+/// `caller` for a call that needs `scope`, if it holds it.
+fn allow(caller: &Caller, scope: Scope) -> Result<Caller, Error> {
+    if caller.may(scope) {
+        Ok(caller.clone())
+    } else {
+        Err(Error::new(
+            ErrorCode::PermissionDenied,
+            ErrorReason::ScopeMissing,
+            format!(
+                "client `{}` lacks scope `{}` for this call",
+                caller.name,
+                scope.as_str()
+            ),
+        ))
     }
 }
 
 /// The configured callers.
 pub struct CallerKeys {
-    by_hash: HashMap<[u8; 32], Client>,
-    by_spiffe_id: HashMap<String, Client>,
+    by_hash: HashMap<[u8; 32], Caller>,
+    by_spiffe_id: HashMap<String, Caller>,
 }
 
 impl CallerKeys {
     pub fn new(clients: &[ClientConfig]) -> Self {
-        let client = |c: &ClientConfig| Client {
-            caller: Caller {
-                name: Arc::from(c.name.as_str()),
-                authenticated: true,
-                can_issue: c.scopes.contains(&Scope::Issue),
-                can_migrate: c.scopes.contains(&Scope::Migrate),
-                can_resolve_flow: c.scopes.contains(&Scope::Flow),
-                edge_route: c.edge.clone().map(Arc::new),
-            },
-            scopes: c.scopes.clone(),
+        let client = |c: &ClientConfig| Caller {
+            name: Arc::from(c.name.as_str()),
+            authenticated: true,
+            scopes: Scopes::of(&c.scopes),
+            edge_route: c.edge.clone().map(Arc::new),
         };
         Self {
             by_hash: clients
@@ -100,7 +84,7 @@ impl CallerKeys {
             && let Some(id) = forwarded_cert.and_then(xfcc::peer_spiffe_id)
         {
             return match self.by_spiffe_id.get(id) {
-                Some(client) => client.allow(scope),
+                Some(client) => allow(client, scope),
                 None => Err(unauthenticated(
                     "the caller's mesh identity is not a configured client (spiffe_id)",
                 )),
@@ -126,8 +110,9 @@ impl CallerKeys {
     pub fn authorize_key(&self, key: Option<&[u8]>, scope: Scope) -> Result<Caller, Error> {
         let Some(key) = key else {
             if self.is_open() {
-                return if OPEN_SCOPES.contains(&scope) {
-                    Ok(Caller::anonymous())
+                let anonymous = Caller::anonymous();
+                return if anonymous.may(scope) {
+                    Ok(anonymous)
                 } else {
                     Err(Error::new(
                         ErrorCode::Unauthenticated,
@@ -145,8 +130,8 @@ impl CallerKeys {
         // the presented key, which does not help to guess a valid key.
         self.by_hash
             .get(Digest::of(key).as_bytes())
-            .ok_or_else(|| unauthenticated("unknown API key"))?
-            .allow(scope)
+            .map(|client| allow(client, scope))
+            .unwrap_or_else(|| Err(unauthenticated("unknown API key")))
     }
 }
 
@@ -183,6 +168,8 @@ pub fn new_api_key() -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caller::OPEN_SCOPES;
+    use std::collections::BTreeSet;
 
     fn keys() -> (CallerKeys, String) {
         let (key, hash) = new_api_key();

@@ -19,6 +19,20 @@ pub enum Scope {
     Admin,
 }
 
+/// A set of scopes, small enough to copy into every call's [`crate::caller::Caller`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    pub fn of<'a>(scopes: impl IntoIterator<Item = &'a Scope>) -> Self {
+        Self(scopes.into_iter().fold(0, |bits, s| bits | 1 << *s as u8))
+    }
+
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & 1 << scope as u8 != 0
+    }
+}
+
 impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -37,7 +37,7 @@ mod tests;
 pub mod unleash;
 
 use clients::RawClient;
-pub use clients::{ClientConfig, Scope};
+pub use clients::{ClientConfig, Scope, Scopes};
 use edge::RawEdge;
 pub use edge::{ClientRoute, EdgeConfig, EdgeHeaders};
 pub use flows::{DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Stickiness};

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::caller::Caller;
-use crate::config::EdgeHeaders;
+use crate::config::{EdgeHeaders, Scope};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::flow::{self, FlowService};
 use crate::session::model::ClientInfo;
@@ -151,6 +151,14 @@ impl Route {
                 flow: None,
             };
         }
+        // Settings come one at a time, in any order: what they must be together is checked
+        // once they are all in.
+        if route.migrate && route.cookies.is_empty() {
+            return Err(Error::invalid_argument(
+                ErrorReason::InvalidRouteSetting,
+                "migrate=inline needs a cookie for the new session: name one with `cookie`",
+            ));
+        }
         Ok(route)
     }
 
@@ -176,21 +184,20 @@ pub struct EdgeRequest<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
-/// One header to set upstream.
+/// One fact to pass upstream, in the header [`Gate::header`] names.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Upstream<'g> {
+pub struct Upstream {
     pub fact: Fact,
-    pub header: &'g str,
     pub value: String,
 }
 
 /// The answer to give the proxy.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision<'g> {
+pub enum Decision {
     /// Let the request through with `set` (replacing any copy), after removing `remove`;
     /// `set_cookies` go back to the client with the response (`Set-Cookie` values).
     Allow {
-        set: Vec<Upstream<'g>>,
+        set: Vec<Upstream>,
         remove: Vec<String>,
         set_cookies: Vec<String>,
     },
@@ -227,31 +234,17 @@ impl Gate {
     /// `migrate` or `flow` for routes that ask for them). A store or provider outage is an
     /// error (`UNAVAILABLE`): the proxy's own failure mode decides, never a 401 that would log
     /// a user out.
-    pub async fn check<'g>(
-        &'g self,
-        req: &EdgeRequest<'_>,
-        caller: &Caller,
-    ) -> Result<Decision<'g>, Error> {
+    pub async fn check(&self, req: &EdgeRequest<'_>, caller: &Caller) -> Result<Decision, Error> {
         let route = &req.route;
-        if route.migrate && route.cookies.is_empty() {
-            return Err(Error::invalid_argument(
-                ErrorReason::InvalidRouteSetting,
-                "migrate=inline needs a cookie for the new session: name one with `cookie`",
-            ));
-        }
         // Checked before any credential is looked at, so that a proxy configured beyond its
         // key's scopes fails on its first request, not on the first legacy user's.
-        if route.migrate && !caller.can_migrate {
+        if route.migrate && !caller.may(Scope::Migrate) {
             return Err(scope_missing(caller, "migrate", "inline migration"));
         }
-        if route.flow.is_some() && !caller.can_resolve_flow {
+        if route.flow.is_some() && !caller.may(Scope::Flow) {
             return Err(scope_missing(caller, "flow", "a login flow"));
         }
-        let mut allow = Allow {
-            names: &self.names,
-            set: Vec::new(),
-            set_cookies: Vec::new(),
-        };
+        let mut allow = Allow::default();
         let mut user_id = None;
         match request::credential(&req.headers, &route.cookies) {
             None if !(route.anonymous || route.flow.is_some()) => {
@@ -361,7 +354,7 @@ impl Gate {
         flow: &str,
         user_id: Option<String>,
         req: &EdgeRequest<'_>,
-        allow: &mut Allow<'_>,
+        allow: &mut Allow,
     ) -> Result<(), Error> {
         let flow_cookie = self
             .flows
@@ -391,20 +384,16 @@ impl Gate {
 }
 
 /// An allowing decision being built.
-struct Allow<'g> {
-    names: &'g EdgeHeaders,
-    set: Vec<Upstream<'g>>,
+#[derive(Default)]
+struct Allow {
+    set: Vec<Upstream>,
     set_cookies: Vec<String>,
 }
 
-impl<'g> Allow<'g> {
+impl Allow {
     fn push(&mut self, fact: Fact, value: String) {
         if !value.is_empty() {
-            self.set.push(Upstream {
-                fact,
-                header: fact.header(self.names),
-                value,
-            });
+            self.set.push(Upstream { fact, value });
         }
     }
 
@@ -463,7 +452,7 @@ fn session_cookie(name: &str, token: &str, expires_at_ms: i64) -> String {
     c.to_string()
 }
 
-fn deny(reason: &str) -> Decision<'static> {
+fn deny(reason: &str) -> Decision {
     Decision::Deny {
         www_authenticate: format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
         body: format!("invalid_token: {reason}"),

@@ -9,6 +9,7 @@ use super::convert::{
     verdict_out, view_in,
 };
 use super::{caller, pb};
+use crate::config::Scope;
 use crate::error::{Error, ErrorReason};
 use crate::flow::FlowService;
 use crate::session::{
@@ -40,7 +41,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             .sessions
             .validate(ValidateRequest {
                 view,
-                may_extend_by_jwt: caller.can_issue,
+                may_extend_by_jwt: caller.may(Scope::Issue),
                 caller: caller.name,
                 token: r.token,
                 max_token_age_seconds: r.max_token_age_seconds,

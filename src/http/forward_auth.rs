@@ -89,7 +89,7 @@ pub async fn check(
                 // Names are checked at start, values come from ids and tokens (visible
                 // ASCII); one that is not is left out rather than failing the request.
                 if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(u.header.as_bytes()),
+                    HeaderName::from_bytes(fa.gate.header(u.fact).as_bytes()),
                     HeaderValue::from_str(&u.value),
                 ) {
                     r.headers_mut().insert(n, v);

@@ -793,18 +793,11 @@ async fn a_legacy_token_migrates_inline_and_the_browser_moves_to_new() {
     use serde_json::json;
     use sessiongate::keys::KeyKind;
 
-    const API: &str = "https://api.example.com";
+    use crate::migrate::{API, upgrade_toml};
     let idp = FakeIdp::start().await;
     let app = Setup::new()
         .caller_key(KEY)
-        .toml(&format!(
-            "[migration]\nper_identity_per_minute = 100\n\
-             [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
-             audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\ntoken_format = \"jwt\"\npolicy = \"upgrade\"\nuserinfo_timeout_ms = 300\n",
-            idp.issuer(),
-            idp.jwks_url(),
-            idp.userinfo_url()
-        ))
+        .toml(&upgrade_toml(&idp, "token_format = \"jwt\""))
         .spawn()
         .await;
     let legacy = sign(&idp.key(KeyKind::Rs256), json!({}), &idp.claims(API));

@@ -8,7 +8,7 @@ use sessiongate::keys::KeyKind;
 use crate::support::idp::{FakeIdp, UserInfoReply, sign};
 use crate::support::{Setup, TestApp, eventually, reason};
 
-const API: &str = "https://api.example.com";
+pub(crate) const API: &str = "https://api.example.com";
 
 async fn app_for(idp: &FakeIdp) -> TestApp {
     app_with(idp, "token_format = \"both\"").await
@@ -24,17 +24,20 @@ async fn app_for_one_client(idp: &FakeIdp) -> TestApp {
 }
 
 async fn app_with(idp: &FakeIdp, extra: &str) -> TestApp {
-    Setup::new()
-        .toml(&format!(
-            "[migration]\nper_identity_per_minute = 100\n\
-             [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
-                          audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\n{extra}\npolicy = \"upgrade\"\nuserinfo_timeout_ms = 300\n",
-            idp.issuer(),
-            idp.jwks_url(),
-            idp.userinfo_url()
-        ))
-        .spawn()
-        .await
+    Setup::new().toml(&upgrade_toml(idp, extra)).spawn().await
+}
+
+/// `idp` as a legacy provider whose policy is `upgrade` (tokens valid, and to be migrated),
+/// with `extra` provider keys, and migration limits out of a test's way.
+pub(crate) fn upgrade_toml(idp: &FakeIdp, extra: &str) -> String {
+    format!(
+        "[migration]\nper_identity_per_minute = 100\n\
+         [[providers]]\nname = \"auth0\"\nkind = \"legacy\"\nissuer = \"{}\"\njwks_url = \"{}\"\nuserinfo_url = \"{}\"\n\
+         audiences = [\"{API}\"]\nalgorithms = [\"RS256\"]\n{extra}\npolicy = \"upgrade\"\nuserinfo_timeout_ms = 300\n",
+        idp.issuer(),
+        idp.jwks_url(),
+        idp.userinfo_url()
+    )
 }
 
 #[tokio::test]

@@ -75,7 +75,7 @@ impl wire::authorization_server::Authorization for ExtAuthzApi {
 impl ExtAuthzApi {
     /// The answer to `d`; the facts go in dynamic metadata too, for Envoy's RBAC and
     /// rate-limit filters.
-    fn answer(&self, d: Decision<'_>) -> CheckResponse {
+    fn answer(&self, d: Decision) -> CheckResponse {
         match d {
             Decision::Allow {
                 set,
