@@ -15,6 +15,7 @@ use crate::flow::FlowService;
 use crate::flow::cookie::CookieKeys;
 use crate::grpc::server::Services;
 use crate::keys::{KeyError, SigningKeys};
+use crate::net::{Connections, Door, Limits};
 use crate::session::SessionService;
 use crate::store::keys::Keys;
 use crate::store::{Store, StoreError, StoreKind};
@@ -36,10 +37,6 @@ pub enum AppError {
     CookieKeys(#[from] crate::flow::cookie::CookieKeyError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("the gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-    #[error("the HTTP server failed: {0}")]
-    Http(std::io::Error),
 }
 
 /// A built, bound, not yet serving sessiongate.
@@ -171,7 +168,6 @@ impl App {
     /// in-flight calls finish within `server.drain_grace`, return.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let cfg = self.config.clone();
-        let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
         // One gate for both doors of the edge: Envoy's gRPC Check and HTTP forward-auth.
         let edge = Arc::new(crate::edge::Gate::new(
             self.sessions.clone(),
@@ -182,19 +178,13 @@ impl App {
             gate: edge.clone(),
             callers: self.callers.clone(),
         };
-        let (health, grpc) = crate::grpc::server::serve(
-            Services {
-                edge,
-                sessions: self.sessions,
-                flows: self.flows,
-                callers: self.callers,
-                max_message_bytes: cfg.server.max_message_bytes,
-            },
-            self.grpc,
-            async {
-                let _ = grpc_stopped.await;
-            },
-        )
+        let (health, grpc_service) = crate::grpc::server::service(Services {
+            edge,
+            sessions: self.sessions,
+            flows: self.flows,
+            callers: self.callers,
+            max_message_bytes: cfg.server.max_message_bytes,
+        })
         .await?;
 
         let metrics = crate::telemetry::metrics();
@@ -208,53 +198,61 @@ impl App {
                 }
             })
         };
-        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let http = tokio::spawn(
-            axum::serve(
-                self.http,
-                crate::http::router(metrics, self.signing.clone(), forward_auth),
-            )
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
+
+        let connections = Connections::new(Limits::of(&cfg.server), cfg.server.max_connections);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop_signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let grpc = {
+            let connections = connections.clone();
+            let stopped = stop_signal(stopped.clone());
+            tokio::spawn(async move {
+                connections
+                    .serve(self.grpc, Door::Grpc, grpc_service, stopped)
+                    .await
             })
-            .into_future(),
-        );
+        };
+        let http = {
+            let connections = connections.clone();
+            let stopped = stop_signal(stopped);
+            let router = crate::http::router(metrics, self.signing.clone(), forward_auth);
+            tokio::spawn(async move {
+                connections
+                    .serve(self.http, Door::Http, router, stopped)
+                    .await
+            })
+        };
 
         tracing::info!(
             grpc_addr = %self.grpc_addr,
             http_addr = %self.http_addr,
             env = cfg.env.as_str(),
             store = ?self.store.kind(),
+            max_connections = connections.cap(),
             "sessiongate serving"
         );
 
-        tokio::pin!(grpc);
-        let result = tokio::select! {
-            r = &mut grpc => r.map_err(AppError::from),
-            () = shutdown => {
-                // Readiness first, so load balancers stop sending before we stop accepting.
-                tracing::info!("shutdown requested: NOT_SERVING, draining in-flight calls");
-                health.not_serving().await;
-                let _ = stop_grpc.send(());
-                // tonic waits for every connection to close with no upper bound: bound it.
-                match tokio::time::timeout(cfg.server.drain_grace, &mut grpc).await {
-                    Ok(r) => r.map_err(AppError::from),
-                    Err(_) => {
-                        tracing::warn!(
-                            grace_seconds = cfg.server.drain_grace.as_secs(),
-                            "drain grace elapsed; closing the remaining connections"
-                        );
-                        Ok(())
-                    }
-                }
-            }
-        };
-        drop(stop_http);
-        upkeep.abort();
-        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), http).await {
-            return Err(AppError::Http(e));
+        shutdown.await;
+        // Readiness first, so load balancers stop sending before we stop accepting.
+        tracing::info!("shutdown requested: NOT_SERVING, draining in-flight calls");
+        health.not_serving().await;
+        let _ = stop.send(true);
+        // Each door stops accepting, sends every connection a GOAWAY and waits for it to
+        // close: bound the wait.
+        let drained = tokio::time::timeout(cfg.server.drain_grace, async {
+            let _ = grpc.await;
+            let _ = http.await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_seconds = cfg.server.drain_grace.as_secs(),
+                "drain grace elapsed; closing the remaining connections"
+            );
         }
+        upkeep.abort();
         tracing::info!("sessiongate stopped");
-        result
+        Ok(())
     }
 }

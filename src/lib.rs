@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod net;
 pub mod session;
 pub mod shutdown;
 pub mod store;

@@ -13,6 +13,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 const DEFAULT_MAX_TOKEN_BYTES: u32 = 8 * 1024;
 const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 * 1024;
 const DEFAULT_DRAIN_GRACE_SECONDS: u32 = 20;
+const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: u32 = 5;
+const DEFAULT_MAX_CONNECTION_IDLE_SECONDS: u32 = 300;
+const DEFAULT_MAX_CONNECTION_AGE_SECONDS: u32 = 300;
+const DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS: u32 = 30;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {
@@ -28,6 +32,18 @@ pub struct ServerConfig {
     /// taken from `HTTP(S)_PROXY`: a proxy sees the bearer tokens sent to UserInfo, so it is
     /// configured on purpose or not at all. A secret: it may carry credentials.
     pub upstream_proxy: Option<Secret>,
+    /// A connection that has not opened HTTP (HTTP/2's preface, an HTTP/1.1 request's
+    /// headers) this long after it was accepted is closed.
+    pub handshake_timeout: Duration,
+    /// A connection without a call in flight this long is retired (GOAWAY).
+    pub max_connection_idle: Duration,
+    /// Every connection is retired (GOAWAY) at this age, ±10 %, so that new replicas receive
+    /// traffic; calls in flight get `max_connection_age_grace` to finish.
+    pub max_connection_age: Duration,
+    pub max_connection_age_grace: Duration,
+    /// The most connections open at once, both ports together; `None`: below the process's
+    /// file-descriptor limit.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +55,11 @@ pub(super) struct RawServer {
     max_message_bytes: Option<u32>,
     drain_grace_seconds: Option<u32>,
     upstream_proxy: Option<String>,
+    handshake_timeout_seconds: Option<u32>,
+    max_connection_idle_seconds: Option<u32>,
+    max_connection_age_seconds: Option<u32>,
+    max_connection_age_grace_seconds: Option<u32>,
+    max_connections: Option<u32>,
 }
 
 pub(super) fn build(c: &mut Check, vars: &dyn Vars, raw: RawServer) -> ServerConfig {
@@ -96,6 +117,39 @@ pub(super) fn build(c: &mut Check, vars: &dyn Vars, raw: RawServer) -> ServerCon
         );
     }
 
+    let mut seconds = |key: &str, value: Option<u32>, default: u32, range| {
+        let v = value.unwrap_or(default);
+        c.range(key, v, range);
+        Duration::from_secs(v.into())
+    };
+    let handshake_timeout = seconds(
+        "server.handshake_timeout_seconds",
+        raw.handshake_timeout_seconds,
+        DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+        1..=60,
+    );
+    let max_connection_idle = seconds(
+        "server.max_connection_idle_seconds",
+        raw.max_connection_idle_seconds,
+        DEFAULT_MAX_CONNECTION_IDLE_SECONDS,
+        1..=86_400,
+    );
+    let max_connection_age = seconds(
+        "server.max_connection_age_seconds",
+        raw.max_connection_age_seconds,
+        DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+        1..=86_400,
+    );
+    let max_connection_age_grace = seconds(
+        "server.max_connection_age_grace_seconds",
+        raw.max_connection_age_grace_seconds,
+        DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+        0..=3_600,
+    );
+    if let Some(n) = raw.max_connections {
+        c.range("server.max_connections", n, 1..=1_000_000);
+    }
+
     ServerConfig {
         grpc_addr,
         http_addr,
@@ -103,6 +157,11 @@ pub(super) fn build(c: &mut Check, vars: &dyn Vars, raw: RawServer) -> ServerCon
         max_message_bytes: max_message_bytes as usize,
         drain_grace: Duration::from_secs(drain.into()),
         upstream_proxy: upstream_proxy.map(Secret::new),
+        handshake_timeout,
+        max_connection_idle,
+        max_connection_age,
+        max_connection_age_grace,
+        max_connections: raw.max_connections,
     }
 }
 

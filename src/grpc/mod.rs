@@ -2,8 +2,8 @@
 //! request, call the domain, encode the answer; errors become `tonic::Status` through
 //! [`crate::error`].
 
-mod batched;
 pub mod convert;
+pub mod deadline;
 pub mod ext_authz;
 pub mod layers;
 pub mod rollout;

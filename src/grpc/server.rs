@@ -1,19 +1,18 @@
-//! The gRPC server: the two API services and Envoy's external authorization behind the observation and caller-key layers, with
-//! health and reflection (v1 and v1alpha), every message bounded.
+//! The gRPC services: the two API services and Envoy's external authorization behind the
+//! observation, deadline and caller-key layers, with health and reflection (v1 and v1alpha),
+//! every message bounded. `crate::net` serves them on each connection.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::ServiceBuilder;
 
+use super::deadline::{Deadline, DeadlineLayer};
 use super::ext_authz::{AuthorizationServer, ExtAuthzApi};
-use super::layers::{AuthLayer, ObserveLayer};
+use super::layers::{Auth, AuthLayer, Observe, ObserveLayer};
 use super::pb::rollout_admin_service_server::RolloutAdminServiceServer;
 use super::pb::session_gate_service_server::SessionGateServiceServer;
 use super::rollout::RolloutAdminApi;
@@ -23,6 +22,13 @@ use crate::auth::CallerKeys;
 use crate::edge::Gate;
 use crate::flow::FlowService;
 use crate::session::SessionService;
+
+/// The longest a call may take, and the deadline of a call that sets none: work for a caller
+/// who has given up stops.
+const MAX_CALL: Duration = Duration::from_secs(30);
+
+/// Every gRPC service, as each connection serves it.
+pub type GrpcService = Observe<Deadline<Auth<Routes>>>;
 
 /// What the server is built from.
 pub struct Services {
@@ -51,19 +57,11 @@ impl Health {
     }
 }
 
-/// Builds the server on `listener`, SERVING, and returns its health and the future that runs
-/// it until `stop` resolves and every connection has closed.
-pub async fn serve(
+/// The gRPC services behind the observation, deadline and caller-key layers, ready to serve
+/// on each connection (`crate::net`), and the server's health, SERVING.
+pub async fn service(
     services: Services,
-    listener: TcpListener,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<
-    (
-        Health,
-        impl Future<Output = Result<(), tonic::transport::Error>>,
-    ),
-    tonic_reflection::server::Error,
-> {
+) -> Result<(Health, GrpcService), tonic_reflection::server::Error> {
     let max = services.max_message_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -107,32 +105,18 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
-    // Observe outermost, so that rejected callers are counted too.
-    let layers = ServiceBuilder::new()
-        .layer(ObserveLayer)
-        .layer(AuthLayer::new(services.callers))
-        .into_inner();
-
-    let incoming = futures::StreamExt::map(
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
-        |conn| conn.map(super::batched::Batched),
-    );
-    let server = Server::builder()
-        // A gRPC client multiplexes everything over one connection: recycling connections
-        // lets new replicas (scale-up, rollout) receive traffic.
-        .max_connection_age(Duration::from_secs(300))
-        .max_connection_age_grace(Duration::from_secs(30))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        // Honours the caller's `grpc-timeout`, and bounds calls that set none: work for a
-        // caller who has given up stops.
-        .timeout(Duration::from_secs(30))
-        .layer(layers)
-        .add_service(health_service)
+    let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(session)
         .add_service(ext_authz)
         .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, stop);
-    Ok((Health(health), server))
+        .prepare();
+    // Observe outermost, so that rejected and timed-out calls are counted too.
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer)
+        .layer(DeadlineLayer::new(MAX_CALL))
+        .layer(AuthLayer::new(services.callers))
+        .service(routes);
+    Ok((Health(health), service))
 }

@@ -3,6 +3,7 @@
 
 mod attacks;
 mod cli;
+mod connections;
 mod differential;
 mod edge;
 mod faults;

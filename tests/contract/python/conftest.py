@@ -79,6 +79,29 @@ def _sha(s):
     return hashlib.sha256(s.encode()).hexdigest()
 
 
+def spawn_sessiongate(work):
+    """Starts the binary with `work`/sessiongate.toml on free ports; returns the process and
+    its addresses (grpc, http) once it says it serves."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update({
+        "SESSIONGATE_CONFIG": str(work / "sessiongate.toml"),
+        "SESSIONGATE_GRPC_ADDR": "127.0.0.1:0",
+        "SESSIONGATE_HTTP_ADDR": "127.0.0.1:0",
+        "SESSIONGATE_LOG_FORMAT": "json",
+        "RUST_LOG": "info",
+    })
+    proc = subprocess.Popen([str(BINARY)], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+    addrs = None
+    for line in proc.stderr:  # blocks until the server says where it serves
+        if '"sessiongate serving"' in line:
+            rec = json.loads(line)
+            addrs = (rec["grpc_addr"], rec["http_addr"])
+            break
+    assert addrs, "sessiongate did not start"
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, addrs
+
+
 @pytest.fixture(scope="session")
 def server(userinfo):
     assert BINARY.exists(), f"{BINARY} not built (cargo build)"
@@ -107,23 +130,7 @@ name = "login"
 percentage = 100
 stickiness = "device"
 """)
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update({
-        "SESSIONGATE_CONFIG": str(work / "sessiongate.toml"),
-        "SESSIONGATE_GRPC_ADDR": "127.0.0.1:0",
-        "SESSIONGATE_HTTP_ADDR": "127.0.0.1:0",
-        "SESSIONGATE_LOG_FORMAT": "json",
-        "RUST_LOG": "info",
-    })
-    proc = subprocess.Popen([str(BINARY)], cwd=work, env=env, stderr=subprocess.PIPE, text=True)
-    addrs = None
-    for line in proc.stderr:  # blocks until the server says where it serves
-        if '"sessiongate serving"' in line:
-            rec = json.loads(line)
-            addrs = (rec["grpc_addr"], rec["http_addr"])
-            break
-    assert addrs, "sessiongate did not start"
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, addrs = spawn_sessiongate(work)
     yield {"grpc": addrs[0], "http": addrs[1]}
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "sessiongate did not exit cleanly on SIGTERM"

@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 pub struct Binary {
     pub child: Child,
     pub grpc: String,
+    pub http: String,
     pub log: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
@@ -41,17 +42,19 @@ impl Binary {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("\"sessiongate serving\"") {
                     let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                    let _ = tx.send(v["grpc_addr"].as_str().unwrap_or_default().to_owned());
+                    let addr = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                    let _ = tx.send((addr("grpc_addr"), addr("http_addr")));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let grpc = rx
+        let (grpc, http) = rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("no serving line: {:?}", log.lock().unwrap()));
         Binary {
             child,
             grpc,
+            http,
             log,
             _dir: dir,
         }
@@ -60,6 +63,9 @@ impl Binary {
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.grpc))
             .unwrap()
+            // Every call has a deadline: a stall fails the test instead of hanging CI.
+            .timeout(super::CALL_DEADLINE)
+            .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await
             .unwrap()

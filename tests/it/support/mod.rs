@@ -113,6 +113,9 @@ impl Setup {
         // The listener is bound already: connecting needs no waiting.
         let channel = Endpoint::from_shared(format!("http://{grpc_addr}"))
             .expect("endpoint")
+            // Every call has a deadline: a stall fails the test instead of hanging CI.
+            .timeout(CALL_DEADLINE)
+            .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await
             .expect("connect to the app");
@@ -267,6 +270,9 @@ pub fn bearer<T>(msg: T, key: &str) -> tonic::Request<T> {
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     r
 }
+
+/// The longest any test's call may take (the server bounds its own calls at 30 s).
+pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// The reason in a status' `google.rpc.ErrorInfo`.
 pub fn reason(status: &tonic::Status) -> String {
