@@ -42,6 +42,23 @@ impl Caller {
         self.scopes.contains(scope)
     }
 
+    /// Refuses a caller without `scope`, for `what` it asked ("this call", "inline
+    /// migration"): `PERMISSION_DENIED SCOPE_MISSING`.
+    pub fn require(&self, scope: Scope, what: &str) -> Result<(), Error> {
+        if self.may(scope) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::PermissionDenied,
+            ErrorReason::ScopeMissing,
+            format!(
+                "client `{}` lacks scope `{}` for {what}",
+                self.name,
+                scope.as_str()
+            ),
+        ))
+    }
+
     /// Refuses anonymous callers: for operations that are never open (`issue`, `revoke`,
     /// `admin`), whatever the env.
     pub fn require_authenticated(&self, what: &str) -> Result<(), Error> {

@@ -290,13 +290,50 @@ impl From<Error> for tonic::Status {
                 metadata.insert("retry-after", v);
             }
         }
-        tonic::Status::with_error_details_and_metadata(code, err.message, details, metadata)
+        let message = bounded(err.message);
+        tonic::Status::with_error_details_and_metadata(code, message, details, metadata)
     }
+}
+
+/// The longest error message sent, in bytes. A message may quote what the caller sent (a flow
+/// or provider name); unbounded, an 8 KiB name came back as a 37 KB `grpc-message` plus the
+/// same in `grpc-status-details-bin` — past any client's header limit, so the client reset the
+/// call (`PROTOCOL_ERROR`) instead of reading the error.
+const MAX_MESSAGE_BYTES: usize = 256;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_bounded_whatever_they_quote() {
+        let long = format!("no flow named `{}` is configured", "é".repeat(5_000));
+        let status = tonic::Status::from(Error::new(
+            ErrorCode::NotFound,
+            ErrorReason::FlowNotFound,
+            long,
+        ));
+        assert!(
+            status.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            status.message().len()
+        );
+        assert!(status.message().starts_with("no flow named `é"));
+        assert!(status.message().ends_with('…'));
+        assert_eq!(bounded("short".into()), "short");
+    }
 
     #[test]
     fn every_reason_is_documented_and_stored_by_its_name() {

@@ -23,19 +23,8 @@ pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 
 /// `caller` for a call that needs `scope`, if it holds it.
 fn allow(caller: &Caller, scope: Scope) -> Result<Caller, Error> {
-    if caller.may(scope) {
-        Ok(caller.clone())
-    } else {
-        Err(Error::new(
-            ErrorCode::PermissionDenied,
-            ErrorReason::ScopeMissing,
-            format!(
-                "client `{}` lacks scope `{}` for this call",
-                caller.name,
-                scope.as_str()
-            ),
-        ))
-    }
+    caller.require(scope, "this call")?;
+    Ok(caller.clone())
 }
 
 /// The configured callers.

@@ -19,12 +19,11 @@ use std::sync::Arc;
 
 use crate::caller::Caller;
 use crate::config::{EdgeHeaders, Scope};
-use crate::error::{Error, ErrorCode, ErrorReason};
+use crate::error::{Error, ErrorReason};
 use crate::flow::{self, FlowService};
 use crate::session::model::ClientInfo;
 use crate::session::{
-    Action, Created, MigrateRequest, NATIVE_PROVIDER, Origin, SessionService, ValidateRequest,
-    Verdict, View, token,
+    Created, NATIVE_PROVIDER, Origin, SessionService, ValidateRequest, Verdict, View, token,
 };
 
 /// Every header sessiongate sets upstream by default starts with this; a client's copies of
@@ -238,11 +237,11 @@ impl Gate {
         let route = &req.route;
         // Checked before any credential is looked at, so that a proxy configured beyond its
         // key's scopes fails on its first request, not on the first legacy user's.
-        if route.migrate && !caller.may(Scope::Migrate) {
-            return Err(scope_missing(caller, "migrate", "inline migration"));
+        if route.migrate {
+            caller.require(Scope::Migrate, "a route that migrates inline")?;
         }
-        if route.flow.is_some() && !caller.may(Scope::Flow) {
-            return Err(scope_missing(caller, "flow", "a login flow"));
+        if route.flow.is_some() {
+            caller.require(Scope::Flow, "a route with a login flow")?;
         }
         let mut allow = Allow::default();
         let mut user_id = None;
@@ -256,22 +255,20 @@ impl Gate {
             }
             None => {}
             Some(token) => {
-                let verdict = self.validate(token, caller).await?;
+                // Inline migration puts the new session in the route's first cookie.
+                let migrate_into = route.cookies.first().filter(|_| route.migrate);
+                let (verdict, migrated) = self
+                    .validate(token, req, caller, migrate_into.is_some())
+                    .await?;
                 match verdict.invalid {
                     Some(reason) if route.flow.is_none() => return Ok(deny(reason.as_str())),
                     Some(_) => {}
                     None => {
-                        let migrated = match (verdict.action, route.migrate, route.cookies.first())
-                        {
-                            (Action::Migrate, true, Some(cookie)) => self
-                                .migrate(token, &verdict, req, caller)
-                                .await
-                                .map(|c| (c, cookie)),
-                            _ => None,
-                        };
-                        user_id = Some(match migrated {
-                            Some((created, cookie)) => allow.migrated(created, cookie),
-                            None => allow.identity(verdict),
+                        user_id = Some(match (migrated, migrate_into) {
+                            (Some((created, _replayed)), Some(cookie)) => {
+                                allow.migrated(created, cookie)
+                            }
+                            _ => allow.identity(verdict),
                         });
                     }
                 }
@@ -287,7 +284,16 @@ impl Gate {
         })
     }
 
-    async fn validate(&self, token: &str, caller: &Caller) -> Result<Verdict, Error> {
+    /// The verdict on `token` and, when `migrate` and the token is a legacy one to migrate,
+    /// the new session (a failed migration passes the request as LEGACY: see
+    /// `SessionService::validate_and_migrate`).
+    async fn validate(
+        &self,
+        token: &str,
+        req: &EdgeRequest<'_>,
+        caller: &Caller,
+        migrate: bool,
+    ) -> Result<(Verdict, Option<(Created, bool)>), Error> {
         // An opaque session token is answered from the store, which mints its JWT anyway:
         // pass that on. A JWT needs no more than the BASIC view.
         let view = if token.starts_with(token::NATIVE_TOKEN_PREFIX) {
@@ -295,58 +301,25 @@ impl Gate {
         } else {
             View::Basic
         };
-        self.sessions
-            .validate(ValidateRequest {
-                caller: caller.name.clone(),
-                token: token.to_owned(),
-                view,
-                ..Default::default()
-            })
-            .await
-    }
-
-    /// Migrates a valid legacy token inline. `None` when it did not work: the token is still
-    /// valid, so the request passes as LEGACY — a failed migration never costs a user their
-    /// request (MigrateSession's own errors and limits apply, and the next request tries
-    /// again).
-    async fn migrate(
-        &self,
-        token: &str,
-        verdict: &Verdict,
-        req: &EdgeRequest<'_>,
-        caller: &Caller,
-    ) -> Option<Created> {
+        let mut v = ValidateRequest {
+            caller: caller.name.clone(),
+            token: token.to_owned(),
+            view,
+            ..Default::default()
+        };
+        if !migrate {
+            return Ok((self.sessions.validate(v).await?, None));
+        }
         let user_agent = req
             .headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
             .map_or("", |(_, v)| v);
-        let result = self
-            .sessions
-            .migrate(MigrateRequest {
-                caller: caller.name.to_string(),
-                legacy_token: token.to_owned(),
-                provider: verdict.provider.clone(),
-                client: ClientInfo {
-                    ip_address: req.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                    user_agent: user_agent.chars().take(256).collect(),
-                },
-                ..Default::default()
-            })
-            .await;
-        let outcome = if result.is_ok() { "migrated" } else { "failed" };
-        metrics::counter!("sessiongate_edge_migrations_total", "result" => outcome).increment(1);
-        match result {
-            Ok((created, _replayed)) => Some(created),
-            Err(e) => {
-                tracing::warn!(
-                    provider = %verdict.provider,
-                    reason = e.reason.as_str(),
-                    "edge: inline migration failed; the request passes as LEGACY"
-                );
-                None
-            }
-        }
+        v.client = ClientInfo {
+            ip_address: req.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            user_agent: user_agent.chars().take(256).collect(),
+        };
+        self.sessions.validate_and_migrate(v, "edge").await
     }
 
     async fn resolve_flow(
@@ -457,17 +430,6 @@ fn deny(reason: &str) -> Decision {
         www_authenticate: format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
         body: format!("invalid_token: {reason}"),
     }
-}
-
-fn scope_missing(caller: &Caller, scope: &str, what: &str) -> Error {
-    Error::new(
-        ErrorCode::PermissionDenied,
-        ErrorReason::ScopeMissing,
-        format!(
-            "the route asks for {what}, and client `{}` lacks scope `{scope}`",
-            caller.name
-        ),
-    )
 }
 
 #[cfg(test)]

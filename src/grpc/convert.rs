@@ -9,7 +9,7 @@ use super::pb;
 use crate::error::{Error, ErrorReason};
 use crate::session::claims::Claims;
 use crate::session::model::{AuthFactor, ClientInfo, LegacyIdentity, Session, User};
-use crate::session::{Action, Origin, Reason, Source, Verdict, View};
+use crate::session::{Action, Created, Origin, Reason, Source, Verdict, View};
 
 /// Unix milliseconds → Timestamp.
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
@@ -257,6 +257,19 @@ fn reason_out(r: Reason) -> pb::Reason {
 
 /// The verdict in the view asked for: BASIC leaves out claims, session and session_jwt
 /// (the domain builds none of them for it where it can; this holds every path to it).
+/// A migrated session, as MigrateSession (and ValidateSession's `migration`) answer it.
+pub fn migrated_out(created: Created, replayed: bool) -> pb::MigrateSessionResponse {
+    pb::MigrateSessionResponse {
+        user_id: created.user.user_id.clone(),
+        user: Some(user_out(&created.user)),
+        session: Some(session_out(&created.session)),
+        session_token: created.session_token,
+        session_jwt: created.session_jwt,
+        user_created: created.user_created,
+        replayed,
+    }
+}
+
 pub fn verdict_out(v: Verdict, view: View) -> pb::ValidateSessionResponse {
     let full = view == View::Full;
     pb::ValidateSessionResponse {
@@ -289,6 +302,7 @@ pub fn verdict_out(v: Verdict, view: View) -> pb::ValidateSessionResponse {
             Source::Store => pb::DecisionSource::Store,
             Source::Upstream => pb::DecisionSource::Upstream,
         } as i32,
+        migration: None,
     }
 }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    client_in, custom_claims_in, factor_in, flow_request, flow_response, session_out, user_out,
-    verdict_out, view_in,
+    client_in, custom_claims_in, factor_in, flow_request, flow_response, migrated_out, session_out,
+    user_out, verdict_out, view_in,
 };
 use super::{caller, pb};
 use crate::config::Scope;
@@ -37,19 +37,27 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         let caller = caller(&request);
         let r = request.into_inner();
         let view = view_in(r.view);
-        let verdict = self
+        let req = ValidateRequest {
+            view,
+            may_extend_by_jwt: caller.may(Scope::Issue),
+            caller: caller.name.clone(),
+            token: r.token,
+            max_token_age_seconds: r.max_token_age_seconds,
+            session_duration_minutes: r.session_duration_minutes,
+            client: client_in(r.client),
+        };
+        if !r.auto_migrate {
+            let verdict = self.sessions.validate(req).await?;
+            return Ok(Response::new(verdict_out(verdict, view)));
+        }
+        caller.require(Scope::Migrate, "auto_migrate")?;
+        let (verdict, migrated) = self
             .sessions
-            .validate(ValidateRequest {
-                view,
-                may_extend_by_jwt: caller.may(Scope::Issue),
-                caller: caller.name,
-                token: r.token,
-                max_token_age_seconds: r.max_token_age_seconds,
-                session_duration_minutes: r.session_duration_minutes,
-                client: client_in(r.client),
-            })
+            .validate_and_migrate(req, "validate_session")
             .await?;
-        Ok(Response::new(verdict_out(verdict, view)))
+        let mut out = verdict_out(verdict, view);
+        out.migration = migrated.map(|(created, replayed)| migrated_out(created, replayed));
+        Ok(Response::new(out))
     }
 
     async fn migrate_session(
@@ -70,15 +78,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
                 client: client_in(r.client),
             })
             .await?;
-        Ok(Response::new(pb::MigrateSessionResponse {
-            user_id: created.user.user_id.clone(),
-            user: Some(user_out(&created.user)),
-            session: Some(session_out(&created.session)),
-            session_token: created.session_token,
-            session_jwt: created.session_jwt,
-            user_created: created.user_created,
-            replayed,
-        }))
+        Ok(Response::new(migrated_out(created, replayed)))
     }
 
     async fn resolve_flow(

@@ -11,7 +11,7 @@ use super::native::{CreateRequest, Created, NativeIssuer, NativeSessions};
 use super::providers::ProviderTokens;
 use super::revocation::RevokedSids;
 use super::validate::Validator;
-use super::verdict::{ValidateRequest, Verdict};
+use super::verdict::{Action, ValidateRequest, Verdict};
 use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -109,6 +109,48 @@ impl SessionService {
     /// `ValidateSession`.
     pub async fn validate(&self, req: ValidateRequest) -> Result<Verdict, Error> {
         self.validator.validate(req).await
+    }
+
+    /// `ValidateSession` with `auto_migrate` (and the edge's inline migration): the verdict,
+    /// and — when it is a valid legacy token its provider's policy says to migrate
+    /// ([`Action::Migrate`]) — the new session, made by MigrateSession's own path (single
+    /// flight per token, replay window, limits). A migration that fails leaves the verdict as
+    /// it is: the token is still valid, the caller proceeds as LEGACY, and the next call tries
+    /// again; the failure is logged and counted (`via` names the door).
+    pub async fn validate_and_migrate(
+        &self,
+        req: ValidateRequest,
+        via: &'static str,
+    ) -> Result<(Verdict, Option<(Created, bool)>), Error> {
+        let (token, caller, client) = (req.token.clone(), req.caller.clone(), req.client.clone());
+        let verdict = self.validate(req).await?;
+        if !(verdict.is_valid() && verdict.action == Action::Migrate) {
+            return Ok((verdict, None));
+        }
+        let result = self
+            .migrate(MigrateRequest {
+                caller: caller.to_string(),
+                legacy_token: token,
+                provider: verdict.provider.clone(),
+                client,
+                ..Default::default()
+            })
+            .await;
+        let outcome = if result.is_ok() { "migrated" } else { "failed" };
+        metrics::counter!("sessiongate_auto_migrations_total", "via" => via, "result" => outcome)
+            .increment(1);
+        match result {
+            Ok(migrated) => Ok((verdict, Some(migrated))),
+            Err(e) => {
+                tracing::warn!(
+                    provider = %verdict.provider,
+                    reason = e.reason.as_str(),
+                    via,
+                    "a migration in passing failed; the token stays valid as LEGACY"
+                );
+                Ok((verdict, None))
+            }
+        }
     }
 
     /// `CreateSession`.

@@ -126,7 +126,11 @@ async fn forward(
     headers: &[(&str, &str)],
     caller: Option<&str>,
 ) -> reqwest::Response {
-    let mut r = reqwest::Client::new().get(format!("http://{}/auth?{query}", app.http_addr));
+    let mut r = reqwest::Client::builder()
+        .timeout(crate::support::CALL_DEADLINE)
+        .build()
+        .unwrap()
+        .get(format!("http://{}/auth?{query}", app.http_addr));
     for (k, v) in headers {
         r = r.header(*k, *v);
     }
@@ -330,7 +334,10 @@ async fn forward_auth_answers_with_identity_headers_and_keeps_the_callers_key_ap
     assert_eq!(h["x-sessiongate-provider"], "native");
     // The cookie named by the query, on a POST (any method).
     let cookie = format!("sg_session={}", s.session_token);
-    let f = reqwest::Client::new()
+    let f = reqwest::Client::builder()
+        .timeout(crate::support::CALL_DEADLINE)
+        .build()
+        .unwrap()
         .post(format!("http://{}/auth?cookie=sg_session", app.http_addr))
         .header("cookie", &cookie)
         .header("x-sessiongate-caller", KEY)
@@ -372,7 +379,10 @@ async fn forward_auth_answers_with_identity_headers_and_keeps_the_callers_key_ap
         "/auth/?anonymous=true",
         "/auth/x",
     ] {
-        let f = reqwest::Client::new()
+        let f = reqwest::Client::builder()
+            .timeout(crate::support::CALL_DEADLINE)
+            .build()
+            .unwrap()
             .get(format!("http://{}{path}", app.http_addr))
             .header("x-sessiongate-caller", KEY)
             .send()

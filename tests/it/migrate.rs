@@ -671,3 +671,154 @@ async fn an_identity_index_the_user_record_does_not_list_is_no_link() {
     assert_eq!(r.verdict(), pb::Verdict::Valid);
     assert_eq!(r.user_id, "", "a link the user record does not list");
 }
+
+fn auto(token: &str) -> pb::ValidateSessionRequest {
+    pb::ValidateSessionRequest {
+        token: token.into(),
+        auto_migrate: true,
+        view: pb::ValidateView::Basic as i32,
+        ..Default::default()
+    }
+}
+
+/// ValidateSession with `auto_migrate`: a legacy token to migrate comes back VALID with its new
+/// session, made by MigrateSession's path (a repeat gets the same session, replayed); tokens
+/// with nothing to migrate get none; a failed migration leaves the verdict VALID LEGACY; the
+/// caller needs scope `migrate`.
+#[tokio::test]
+async fn validate_with_auto_migrate_moves_the_user_in_the_same_call() {
+    let idp = FakeIdp::start().await;
+    let validate_only = "validate-only-key";
+    let toml = format!(
+        "{}\n[[clients]]\nname = \"reader\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\"]\n",
+        upgrade_toml(&idp, "token_format = \"both\""),
+        crate::support::sha(validate_only)
+    );
+    let app = Setup::new()
+        .toml(&toml)
+        .caller_key("full-key")
+        .spawn()
+        .await;
+    let claims_of = |sub: &str| {
+        let mut c = idp.claims(API);
+        c["sub"] = json!(sub);
+        c
+    };
+    let token = sign(
+        &idp.key(KeyKind::Rs256),
+        json!({}),
+        &claims_of("auth0|auto-1"),
+    );
+    idp.on_userinfo(
+        &token,
+        UserInfoReply::Json(
+            json!({"sub": "auth0|auto-1", "email": "auto@example.com", "email_verified": true}),
+        ),
+    );
+
+    let first = eventually(std::time::Duration::from_secs(5), || async {
+        let r = app
+            .session()
+            .validate_session(app.authed(auto(&token)))
+            .await
+            .ok()?
+            .into_inner();
+        r.migration.is_some().then_some(r)
+    })
+    .await;
+    assert_eq!(first.verdict, pb::Verdict::Valid as i32);
+    assert_eq!(
+        first.origin,
+        pb::Origin::Legacy as i32,
+        "the verdict is the token's"
+    );
+    assert_eq!(first.action, pb::Action::Migrate as i32);
+    let m = first.migration.unwrap();
+    assert!(m.user_created && !m.replayed);
+    assert_eq!(
+        m.user.as_ref().unwrap().legacy_identities[0].subject,
+        "auth0|auto-1"
+    );
+    let new = app.validate(&m.session_token).await.unwrap();
+    assert_eq!(
+        (new.verdict, new.origin, new.user_id.as_str()),
+        (
+            pb::Verdict::Valid as i32,
+            pb::Origin::New as i32,
+            m.user_id.as_str()
+        )
+    );
+
+    // Again: the same session, replayed; UserInfo asked once in all.
+    let again = app
+        .session()
+        .validate_session(app.authed(auto(&token)))
+        .await
+        .unwrap()
+        .into_inner()
+        .migration
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(
+        again.session.unwrap().session_id,
+        m.session.unwrap().session_id
+    );
+    assert_eq!(idp.userinfo_hits(), 1);
+
+    // A native token has nothing to migrate.
+    let native = app
+        .session()
+        .validate_session(app.authed(auto(&m.session_jwt)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(native.verdict, pb::Verdict::Valid as i32);
+    assert!(native.migration.is_none());
+
+    // UserInfo refusing: still VALID LEGACY, ACTION_MIGRATE, no migration.
+    let other = sign(
+        &idp.key(KeyKind::Rs256),
+        json!({}),
+        &claims_of("auth0|auto-2"),
+    );
+    idp.on_userinfo(&other, UserInfoReply::Status(503));
+    let failed = app
+        .session()
+        .validate_session(app.authed(auto(&other)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (failed.verdict, failed.origin, failed.action),
+        (
+            pb::Verdict::Valid as i32,
+            pb::Origin::Legacy as i32,
+            pb::Action::Migrate as i32
+        )
+    );
+    assert!(failed.migration.is_none());
+
+    // Without scope `migrate`: refused before anything is validated.
+    let refused = app
+        .session()
+        .validate_session(crate::support::bearer(auto(&token), validate_only))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert_eq!(reason(&refused), "SCOPE_MISSING");
+    // ... and without asking, the same caller validates as ever.
+    let plain = app
+        .session()
+        .validate_session(crate::support::bearer(
+            pb::ValidateSessionRequest {
+                token: token.clone(),
+                ..Default::default()
+            },
+            validate_only,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plain.verdict, pb::Verdict::Valid as i32);
+    assert!(plain.migration.is_none());
+}

@@ -128,3 +128,27 @@ test('only a key with the migrate scope can migrate', async () => {
   assert.equal(unknown.code, grpc.status.UNAUTHENTICATED, unknown.message);
   assert.equal(op.userinfoCalls(), calls, 'refused callers never reach the provider');
 });
+
+test('ValidateSession with auto_migrate moves a legacy user in the same call', async () => {
+  const legacy = await op.accessToken('alice');
+  const r = await api.ValidateSession({ token: legacy, auto_migrate: true });
+  assert.equal(r.verdict, 'VERDICT_VALID');
+  assert.equal(r.origin, 'ORIGIN_LEGACY', 'the verdict describes the token sent');
+  assert.equal(r.action, 'ACTION_MIGRATE');
+  assert.ok(r.migration, 'the new session comes with the verdict');
+  assert.equal(r.migration.user.email, 'alice@example.com');
+  const asNew = await api.ValidateSession({ token: r.migration.session_token });
+  assert.equal(asNew.verdict, 'VERDICT_VALID');
+  assert.equal(asNew.origin, 'ORIGIN_NEW');
+  assert.equal(asNew.user_id, r.migration.user_id);
+
+  const again = await api.ValidateSession({ token: legacy, auto_migrate: true });
+  assert.equal(again.migration.replayed, true);
+  assert.equal(again.migration.session.session_id, r.migration.session.session_id);
+
+  const denied = await api.ValidateSession({ token: legacy, auto_migrate: true }, { key: validateOnly }).then(
+    () => assert.fail('auto_migrate with a validate-only key'),
+    (e) => e,
+  );
+  assert.equal(denied.code, grpc.status.PERMISSION_DENIED, denied.message);
+});

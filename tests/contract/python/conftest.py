@@ -136,12 +136,43 @@ stickiness = "device"
     assert proc.wait(timeout=30) == 0, "sessiongate did not exit cleanly on SIGTERM"
 
 
+class _Deadline(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Gives every call that sets no timeout one, so that a stalled server fails a test
+    instead of hanging CI."""
+
+    SECONDS = 30
+
+    def _bounded(self, details):
+        if details.timeout is not None:
+            return details
+        return _CallDetails(details.method, self.SECONDS, details.metadata, details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._bounded(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._bounded(details), request)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
+def bounded_channel(addr):
+    """A channel to `addr` on which every call has a deadline."""
+    ch = grpc.insecure_channel(addr)
+    grpc.channel_ready_future(ch).result(timeout=10)
+    return ch, grpc.intercept_channel(ch, _Deadline())
+
+
 @pytest.fixture(scope="session")
 def channel(server):
-    ch = grpc.insecure_channel(server["grpc"])
-    grpc.channel_ready_future(ch).result(timeout=10)
+    raw, ch = bounded_channel(server["grpc"])
     yield ch
-    ch.close()
+    raw.close()
 
 
 @pytest.fixture(scope="session")
