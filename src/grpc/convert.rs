@@ -194,6 +194,7 @@ pub fn factor_in(f: pb::AuthenticationFactor) -> AuthFactor {
         kind: f.r#type,
         delivery: f.delivery,
         last_authenticated_at_ms: f.last_authenticated_at.as_ref().map(millis),
+        acr: f.acr,
     }
 }
 
@@ -202,6 +203,7 @@ fn factor_out(f: &AuthFactor) -> pb::AuthenticationFactor {
         r#type: f.kind.clone(),
         delivery: f.delivery.clone(),
         last_authenticated_at: f.last_authenticated_at_ms.map(timestamp),
+        acr: f.acr.clone(),
     }
 }
 

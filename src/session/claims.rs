@@ -241,6 +241,9 @@ pub(crate) fn claims_of(
             if let Some(ms) = f.last_authenticated_at_ms {
                 o.insert("last_authenticated_at".into(), json!(ms.div_euclid(1000)));
             }
+            if !f.acr.is_empty() {
+                o.insert("acr".into(), json!(f.acr));
+            }
             Value::Object(o)
         })
         .collect();

@@ -15,6 +15,10 @@ pub struct AuthFactor {
     pub delivery: String,
     #[serde(rename = "at", default, skip_serializing_if = "Option::is_none")]
     pub last_authenticated_at_ms: Option<i64>,
+    /// The Authentication Context Class Reference the authentication satisfied (OpenID
+    /// Connect `acr`), when the one who authenticated the user said.
+    #[serde(rename = "acr", default, skip_serializing_if = "String::is_empty")]
+    pub acr: String,
 }
 
 /// The end user's client.

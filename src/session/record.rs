@@ -94,6 +94,8 @@ struct FactorRecord {
     delivery: String,
     #[prost(int64, optional, tag = "3")]
     last_authenticated_at_ms: Option<i64>,
+    #[prost(string, tag = "4")]
+    acr: String,
 }
 
 impl SessionRecord {
@@ -127,6 +129,7 @@ impl SessionRecord {
                     kind: f.kind.clone(),
                     delivery: f.delivery.clone(),
                     last_authenticated_at_ms: f.last_authenticated_at_ms,
+                    acr: f.acr.clone(),
                 })
                 .collect(),
             ip,
@@ -175,6 +178,7 @@ impl SessionRecord {
                     kind: f.kind,
                     delivery: f.delivery,
                     last_authenticated_at_ms: f.last_authenticated_at_ms,
+                    acr: f.acr,
                 })
                 .collect(),
             attributes: ClientInfo {
@@ -235,6 +239,7 @@ mod tests {
                     kind: "otp".into(),
                     delivery: "email".into(),
                     last_authenticated_at_ms: Some(1_764_460_800_000),
+                    acr: "urn:example:loa:2".into(),
                 },
             ],
             attributes: ClientInfo {

@@ -822,3 +822,54 @@ async fn validate_with_auto_migrate_moves_the_user_in_the_same_call() {
     assert_eq!(plain.verdict, pb::Verdict::Valid as i32);
     assert!(plain.migration.is_none());
 }
+
+/// A legacy login's `amr`, `acr` and `auth_time` become the migrated session's factors, in
+/// the stored session and in its JWT: a step-up rule sees the MFA done at the legacy provider.
+#[tokio::test]
+async fn what_the_legacy_login_proved_is_kept_in_the_migrated_session() {
+    let idp = FakeIdp::start().await;
+    let app = app_for(&idp).await;
+    let auth_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 600;
+    let mut claims = idp.claims(API);
+    claims["amr"] = json!(["pwd", "mfa", "otp"]);
+    claims["acr"] = json!("urn:example:loa:2");
+    claims["auth_time"] = json!(auth_time);
+    let token = sign(&idp.key(KeyKind::Rs256), json!({}), &claims);
+    idp.on_userinfo(
+        &token,
+        UserInfoReply::Json(json!({"sub": "auth0|legacy-user-1", "email": "mfa@example.com", "email_verified": true})),
+    );
+    let m = eventually(std::time::Duration::from_secs(5), || async {
+        app.migrate(&token).await.ok()
+    })
+    .await;
+    let factors = m.session.unwrap().authentication_factors;
+    let kinds: Vec<&str> = factors.iter().map(|f| f.r#type.as_str()).collect();
+    assert_eq!(kinds, ["legacy_migration", "pwd", "mfa", "otp"]);
+    for f in &factors[1..] {
+        assert_eq!(f.delivery, "auth0");
+        assert_eq!(f.acr, "urn:example:loa:2");
+        assert_eq!(f.last_authenticated_at.as_ref().unwrap().seconds, auth_time);
+    }
+
+    // The same in what a later validation reads back (the store) and in the session's JWT.
+    let full = app.validate(&m.session_token).await.unwrap();
+    let stored = full.session.unwrap().authentication_factors;
+    assert_eq!(stored, factors);
+    let payload = m.session_jwt.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let jwt: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let in_jwt = &jwt["session"]["authentication_factors"];
+    assert_eq!(in_jwt[2]["type"], "mfa", "{jwt}");
+    assert_eq!(in_jwt[2]["acr"], "urn:example:loa:2");
+    assert_eq!(in_jwt[2]["last_authenticated_at"], auth_time);
+}

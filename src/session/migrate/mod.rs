@@ -8,6 +8,7 @@
 //! and rate limits per caller and per legacy identity.
 
 mod link;
+mod proof;
 mod replay;
 
 use std::sync::Arc;
@@ -230,7 +231,7 @@ impl Migrator {
 
         // 1. A JWT is verified locally first: a token of another client or issuer never
         //    reaches the provider (and does not spend its rate limit).
-        let jwt_sub = match token::classify(&req.legacy_token) {
+        let jwt = match token::classify(&req.legacy_token) {
             Ok(Shape::Jws(jws)) if provider.accepts_jwt() => {
                 let header = token::header(&jws).map_err(|r| rejected(r.as_str()))?;
                 let claims = token::payload(&jws).map_err(|r| rejected(r.as_str()))?;
@@ -243,7 +244,7 @@ impl Migrator {
                     .verify(&jws, &header, claims, now.div_euclid(1000))
                     .await
                 {
-                    Ok(jwt) => Some(jwt.subject),
+                    Ok(jwt) => Some(jwt),
                     Err(Ok(reason)) => return Err(rejected(reason.as_str())),
                     Err(Err(e)) => return Err(e),
                 }
@@ -259,8 +260,8 @@ impl Migrator {
         // real migrations: it is charged only for a token that checked out — a JWT now, an
         // opaque token once UserInfo vouched for it — so junk cannot spend it. (Junk opaque
         // tokens spend the provider's UserInfo budget instead, which protects the provider.)
-        let identity = match &jwt_sub {
-            Some(sub) => format!("sub\0{}\0{sub}", provider.name()),
+        let identity = match &jwt {
+            Some(jwt) => format!("sub\0{}\0{}", provider.name(), jwt.subject),
             None => format!(
                 "token\0{}",
                 Digest::of(req.legacy_token.as_bytes()).to_hex()
@@ -281,7 +282,7 @@ impl Migrator {
         // At once (one round trip of latency). They are also the check that the store is up
         // before the provider is asked: a UserInfo call whose result cannot be stored is
         // wasted (and rate-limited).
-        if jwt_sub.is_some() {
+        if jwt.is_some() {
             tokio::try_join!(per_caller(), per_identity)?;
         } else {
             per_identity.await?;
@@ -308,10 +309,10 @@ impl Migrator {
             .unwrap_or_default()
             .to_owned();
         // UserInfo's `sub` must be the token's (OpenID Connect Core, UserInfo response).
-        if jwt_sub.as_ref().is_some_and(|s| *s != sub) {
+        if jwt.as_ref().is_some_and(|j| j.subject != sub) {
             return Err(rejected("UserInfo names another subject than the token"));
         }
-        if jwt_sub.is_none() {
+        if jwt.is_none() {
             per_caller().await?;
         }
 
@@ -322,12 +323,17 @@ impl Migrator {
             .user_for_identity(&provider, &sub, &info, now)
             .await?;
 
-        // 4. The session.
-        let factors = vec![AuthFactor {
+        // 4. The session: the migration itself, then what the legacy login proved (from the
+        //    verified JWT, else from UserInfo's answer), so that a step-up rule does not send
+        //    the user through MFA again because the provider changed.
+        let mut factors = vec![AuthFactor {
             kind: "legacy_migration".into(),
             delivery: provider.name().to_owned(),
             last_authenticated_at_ms: Some(now),
+            ..Default::default()
         }];
+        let proven_by = jwt.as_ref().map_or(&info, |j| &*j.claims);
+        factors.extend(proof::factors(proven_by, provider.name(), now));
         let first_session_write = writes.len();
         let (session, session_token) = self.native.mint_session(
             &user.user_id,

@@ -238,6 +238,11 @@ fn session_from_claims(session_id: &str, user_id: &str, claims: &Map<String, Val
                         .get("last_authenticated_at")
                         .and_then(Value::as_i64)
                         .map(|v| v.saturating_mul(1000)),
+                    acr: f
+                        .get("acr")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
                 })
                 .collect()
         })
@@ -312,6 +317,7 @@ pub(crate) mod tests {
                     kind: "otp".into(),
                     delivery: "email".into(),
                     last_authenticated_at_ms: Some(now_ms - 61_000),
+                    acr: "urn:example:loa:2".into(),
                 },
                 AuthFactor {
                     kind: "passkey".into(),
