@@ -42,19 +42,20 @@ impl Caller {
         self.scopes.contains(scope)
     }
 
-    /// Refuses a caller without `scope`, for `what` it asked ("this call", "inline
-    /// migration"): `PERMISSION_DENIED SCOPE_MISSING`.
-    pub fn require(&self, scope: Scope, what: &str) -> Result<(), Error> {
-        if self.may(scope) {
+    /// Refuses a caller without any of `need` (one scope, or a choice of them), for `what` it
+    /// asked ("this call", "auto_migrate"): `PERMISSION_DENIED SCOPE_MISSING`.
+    pub fn require(&self, need: impl Into<Scopes>, what: &str) -> Result<(), Error> {
+        let need = need.into();
+        if self.scopes.meets(need) {
             return Ok(());
         }
         Err(Error::new(
             ErrorCode::PermissionDenied,
             ErrorReason::ScopeMissing,
             format!(
-                "client `{}` lacks scope `{}` for {what}",
+                "client `{}` lacks scope {} for {what}",
                 self.name,
-                scope.as_str()
+                need.describe()
             ),
         ))
     }

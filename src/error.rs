@@ -38,6 +38,11 @@ pub enum ErrorReason {
     ReservedClaim,
     /// INVALID_ARGUMENT: a number that JSON cannot carry (NaN, infinity).
     InvalidNumber,
+    /// INVALID_ARGUMENT: a factor type only MigrateSession sets (`legacy_migration`).
+    ReservedFactor,
+    /// INVALID_ARGUMENT: `except_session_id` with a target other than `user_id`, or naming a
+    /// session that is not the user's.
+    InvalidExcept,
     /// INVALID_ARGUMENT: a ResolveFlow request that cannot be evaluated.
     InvalidFlowRequest,
     /// INVALID_ARGUMENT: a rollout update that would break the flow's rules.
@@ -106,6 +111,8 @@ impl ErrorReason {
         ErrorReason::SessionDurationOutOfRange,
         ErrorReason::ReservedClaim,
         ErrorReason::InvalidNumber,
+        ErrorReason::ReservedFactor,
+        ErrorReason::InvalidExcept,
         ErrorReason::InvalidFlowRequest,
         ErrorReason::InvalidRollout,
         ErrorReason::InvalidRouteSetting,
@@ -145,6 +152,8 @@ impl ErrorReason {
             ErrorReason::SessionDurationOutOfRange => "SESSION_DURATION_OUT_OF_RANGE",
             ErrorReason::ReservedClaim => "RESERVED_CLAIM",
             ErrorReason::InvalidNumber => "INVALID_NUMBER",
+            ErrorReason::ReservedFactor => "RESERVED_FACTOR",
+            ErrorReason::InvalidExcept => "INVALID_EXCEPT",
             ErrorReason::InvalidFlowRequest => "INVALID_FLOW_REQUEST",
             ErrorReason::InvalidRollout => "INVALID_ROLLOUT",
             ErrorReason::InvalidRouteSetting => "INVALID_ROUTE_SETTING",

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::caller::Caller;
-use crate::config::{ClientConfig, Scope, Scopes};
+use crate::config::{ClientConfig, Scopes};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::keys::Digest;
 
@@ -21,9 +21,9 @@ mod xfcc;
 /// The header in which a sidecar in front of sessiongate names the caller it verified.
 pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 
-/// `caller` for a call that needs `scope`, if it holds it.
-fn allow(caller: &Caller, scope: Scope) -> Result<Caller, Error> {
-    caller.require(scope, "this call")?;
+/// `caller` for a call that needs one of `need`, if it holds it.
+fn allow(caller: &Caller, need: Scopes) -> Result<Caller, Error> {
+    caller.require(need, "this call")?;
     Ok(caller.clone())
 }
 
@@ -66,49 +66,60 @@ impl CallerKeys {
         &self,
         authorization: Option<&[u8]>,
         forwarded_cert: Option<&[u8]>,
-        scope: Scope,
+        need: impl Into<Scopes>,
     ) -> Result<Caller, Error> {
+        let need = need.into();
         if authorization.is_none()
             && !self.by_spiffe_id.is_empty()
             && let Some(id) = forwarded_cert.and_then(xfcc::peer_spiffe_id)
         {
             return match self.by_spiffe_id.get(id) {
-                Some(client) => allow(client, scope),
+                Some(client) => allow(client, need),
                 None => Err(unauthenticated(
                     "the caller's mesh identity is not a configured client (spiffe_id)",
                 )),
             };
         }
-        self.authorize(authorization, scope)
+        self.authorize(authorization, need)
     }
 
     /// Checks the `authorization` header value (if any) against `scope`.
-    pub fn authorize(&self, authorization: Option<&[u8]>, scope: Scope) -> Result<Caller, Error> {
+    pub fn authorize(
+        &self,
+        authorization: Option<&[u8]>,
+        need: impl Into<Scopes>,
+    ) -> Result<Caller, Error> {
+        let need = need.into();
         match authorization {
-            None => self.authorize_key(None, scope),
+            None => self.authorize_key(None, need),
             Some(header) => {
                 let key = bearer(header)
                     .ok_or_else(|| unauthenticated("`authorization` must be `Bearer <key>`"))?;
-                self.authorize_key(Some(key), scope)
+                self.authorize_key(Some(key), need)
             }
         }
     }
 
     /// Checks a bare API key (if any) against `scope`: for callers that cannot send it in
     /// `authorization` (a forward-auth proxy passes the user's own there).
-    pub fn authorize_key(&self, key: Option<&[u8]>, scope: Scope) -> Result<Caller, Error> {
+    pub fn authorize_key(
+        &self,
+        key: Option<&[u8]>,
+        need: impl Into<Scopes>,
+    ) -> Result<Caller, Error> {
+        let need = need.into();
         let Some(key) = key else {
             if self.is_open() {
                 let anonymous = Caller::anonymous();
-                return if anonymous.may(scope) {
+                return if anonymous.scopes.meets(need) {
                     Ok(anonymous)
                 } else {
                     Err(Error::new(
                         ErrorCode::Unauthenticated,
                         ErrorReason::CallerUnauthenticated,
                         format!(
-                            "scope `{}` is never open: configure a [[clients]] key with that scope and call with `authorization: Bearer <key>`",
-                            scope.as_str()
+                            "scope {} is never open: configure a [[clients]] key with that scope and call with `authorization: Bearer <key>`",
+                            need.describe()
                         ),
                     ))
                 };
@@ -119,7 +130,7 @@ impl CallerKeys {
         // the presented key, which does not help to guess a valid key.
         self.by_hash
             .get(Digest::of(key).as_bytes())
-            .map(|client| allow(client, scope))
+            .map(|client| allow(client, need))
             .unwrap_or_else(|| Err(unauthenticated("unknown API key")))
     }
 }
@@ -158,6 +169,7 @@ pub fn new_api_key() -> (String, String) {
 mod tests {
     use super::*;
     use crate::caller::OPEN_SCOPES;
+    use crate::config::Scope;
     use std::collections::BTreeSet;
 
     fn keys() -> (CallerKeys, String) {

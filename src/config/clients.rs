@@ -28,10 +28,50 @@ impl Scopes {
         Self(scopes.into_iter().fold(0, |bits, s| bits | 1 << *s as u8))
     }
 
+    pub const fn one(scope: Scope) -> Self {
+        Self(1 << scope as u8)
+    }
+
+    /// This set and `scope` (for "either scope will do").
+    pub const fn or(self, scope: Scope) -> Self {
+        Self(self.0 | 1 << scope as u8)
+    }
+
     pub fn contains(self, scope: Scope) -> bool {
         self.0 & 1 << scope as u8 != 0
     }
+
+    /// Whether the sets share a scope: a caller holding `self` may make a call that needs any
+    /// of `other`.
+    pub fn meets(self, other: Scopes) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The scopes in the set, by name: "`revoke` or `admin`".
+    pub fn describe(self) -> String {
+        ALL_SCOPES
+            .iter()
+            .filter(|s| self.contains(**s))
+            .map(|s| format!("`{}`", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
 }
+
+impl From<Scope> for Scopes {
+    fn from(s: Scope) -> Self {
+        Scopes::one(s)
+    }
+}
+
+const ALL_SCOPES: [Scope; 6] = [
+    Scope::Validate,
+    Scope::Migrate,
+    Scope::Flow,
+    Scope::Issue,
+    Scope::Revoke,
+    Scope::Admin,
+];
 
 impl Scope {
     pub fn as_str(self) -> &'static str {

@@ -127,6 +127,9 @@ pub fn claims_out(c: &Claims) -> prost_types::Struct {
                     number(ms.div_euclid(1000)),
                 );
             }
+            if !f.acr.is_empty() {
+                o.insert("acr".to_owned(), string(&f.acr));
+            }
             object(o)
         })
         .collect();
@@ -217,6 +220,7 @@ pub fn session_out(s: &Session) -> pb::Session {
         authentication_factors: s.factors.iter().map(factor_out).collect(),
         attributes: Some(client_out(&s.attributes)),
         custom_claims: (!s.custom_claims.is_empty()).then(|| json_to_struct(&s.custom_claims)),
+        created_via: s.created_via().to_owned(),
     }
 }
 

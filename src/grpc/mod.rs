@@ -31,7 +31,7 @@ pub const EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("ext_authz_descriptor");
 
 use crate::caller::Caller;
-use crate::config::Scope;
+use crate::config::{Scope, Scopes};
 
 /// The caller the auth layer established (anonymous only in open test mode).
 pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Caller {
@@ -46,56 +46,62 @@ pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Caller {
 pub struct Method {
     /// `Service/Method`, a bounded set of values for metric labels.
     pub name: &'static str,
-    /// `None`: open (health, reflection).
-    pub scope: Option<Scope>,
+    /// The scopes any one of which lets a caller make the call; `None`: open (health,
+    /// reflection).
+    pub scope: Option<Scopes>,
 }
 
 /// Every RPC sessiongate serves: path, metric label, scope.
-const METHODS: &[(&str, &str, Option<Scope>)] = &[
+const METHODS: &[(&str, &str, Option<Scopes>)] = &[
     (
         "/sessiongate.v1.SessionGateService/ValidateSession",
         "SessionGateService/ValidateSession",
-        Some(Scope::Validate),
+        Some(Scopes::one(Scope::Validate)),
     ),
     (
         "/sessiongate.v1.SessionGateService/MigrateSession",
         "SessionGateService/MigrateSession",
-        Some(Scope::Migrate),
+        Some(Scopes::one(Scope::Migrate)),
     ),
     (
         "/sessiongate.v1.SessionGateService/ResolveFlow",
         "SessionGateService/ResolveFlow",
-        Some(Scope::Flow),
+        Some(Scopes::one(Scope::Flow)),
     ),
     (
         "/sessiongate.v1.SessionGateService/CreateSession",
         "SessionGateService/CreateSession",
-        Some(Scope::Issue),
+        Some(Scopes::one(Scope::Issue)),
     ),
     (
         "/sessiongate.v1.SessionGateService/RevokeSession",
         "SessionGateService/RevokeSession",
-        Some(Scope::Revoke),
+        Some(Scopes::one(Scope::Revoke)),
+    ),
+    (
+        "/sessiongate.v1.SessionGateService/ListSessions",
+        "SessionGateService/ListSessions",
+        Some(Scopes::one(Scope::Revoke).or(Scope::Admin)),
     ),
     (
         "/sessiongate.v1.RolloutAdminService/GetRollout",
         "RolloutAdminService/GetRollout",
-        Some(Scope::Admin),
+        Some(Scopes::one(Scope::Admin)),
     ),
     (
         "/sessiongate.v1.RolloutAdminService/ListRollouts",
         "RolloutAdminService/ListRollouts",
-        Some(Scope::Admin),
+        Some(Scopes::one(Scope::Admin)),
     ),
     (
         "/sessiongate.v1.RolloutAdminService/UpdateRollout",
         "RolloutAdminService/UpdateRollout",
-        Some(Scope::Admin),
+        Some(Scopes::one(Scope::Admin)),
     ),
     (
         "/envoy.service.auth.v3.Authorization/Check",
         "Authorization/Check",
-        Some(Scope::Validate),
+        Some(Scopes::one(Scope::Validate)),
     ),
     ("/grpc.health.v1.Health/Check", "Health/Check", None),
     ("/grpc.health.v1.Health/Watch", "Health/Watch", None),
@@ -119,7 +125,7 @@ pub fn method(path: &str) -> Method {
     // that probing unknown names tells an outsider nothing.
     Method {
         name: "unknown",
-        scope: Some(Scope::Admin),
+        scope: Some(Scopes::one(Scope::Admin)),
     }
 }
 
@@ -131,15 +137,15 @@ mod tests {
     fn paths_map_to_scopes() {
         let m = method("/sessiongate.v1.SessionGateService/CreateSession");
         assert_eq!(m.name, "SessionGateService/CreateSession");
-        assert_eq!(m.scope, Some(Scope::Issue));
+        assert_eq!(m.scope, Some(Scopes::one(Scope::Issue)));
         assert_eq!(
             method("/sessiongate.v1.RolloutAdminService/UpdateRollout").scope,
-            Some(Scope::Admin)
+            Some(Scopes::one(Scope::Admin))
         );
         assert_eq!(method("/grpc.health.v1.Health/Check").scope, None);
         assert_eq!(
             method("/envoy.service.auth.v3.Authorization/Check").scope,
-            Some(Scope::Validate)
+            Some(Scopes::one(Scope::Validate))
         );
         assert_eq!(
             method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo").scope,
@@ -147,7 +153,7 @@ mod tests {
         );
         assert_eq!(
             method("/sessiongate.v1.SessionGateService/Nope").scope,
-            Some(Scope::Admin)
+            Some(Scopes::one(Scope::Admin))
         );
         assert_eq!(method("garbage").name, "unknown");
     }

@@ -134,7 +134,16 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
         use pb::revoke_session_request::Target;
         let caller = caller(&request);
-        let target = match request.into_inner().target {
+        let r = request.into_inner();
+        let except = (!r.except_session_id.is_empty()).then_some(r.except_session_id);
+        if except.is_some() && !matches!(r.target, Some(Target::UserId(_))) {
+            return Err(Error::invalid_argument(
+                ErrorReason::InvalidExcept,
+                "except_session_id goes with the user_id target only",
+            )
+            .into());
+        }
+        let target = match r.target {
             None => {
                 return Err(Error::invalid_argument(
                     ErrorReason::TargetRequired,
@@ -146,9 +155,28 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             Some(Target::SessionId(v)) => RevokeTarget::SessionId(v),
             Some(Target::SessionToken(v)) => RevokeTarget::SessionToken(v),
             Some(Target::SessionJwt(v)) => RevokeTarget::SessionJwt(v),
-            Some(Target::UserId(v)) => RevokeTarget::UserId(v),
+            Some(Target::UserId(user_id)) => RevokeTarget::UserId { user_id, except },
         };
         let revoked = self.sessions.revoke(target, &caller).await?;
         Ok(Response::new(pb::RevokeSessionResponse { revoked }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = caller(&request);
+        let user_id = request.into_inner().user_id;
+        if user_id.is_empty() {
+            return Err(Error::invalid_argument(
+                ErrorReason::TargetRequired,
+                "user_id is required",
+            )
+            .into());
+        }
+        let sessions = self.sessions.list_sessions(&user_id, &caller).await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions.iter().map(session_out).collect(),
+        }))
     }
 }

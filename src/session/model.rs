@@ -51,6 +51,20 @@ pub struct Session {
     pub custom_claims: Map<String, Value>,
 }
 
+/// The factor MigrateSession puts first in every session it mints; CreateSession refuses it,
+/// so that it tells how a session began.
+pub const MIGRATION_FACTOR: &str = "legacy_migration";
+
+impl Session {
+    /// How the session began: `"migration"` (MigrateSession) or `"native"` (CreateSession).
+    pub fn created_via(&self) -> &'static str {
+        match self.factors.first() {
+            Some(f) if f.kind == MIGRATION_FACTOR => "migration",
+            _ => "native",
+        }
+    }
+}
+
 /// A legacy provider's subject linked to a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegacyIdentity {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::migrate::{MigrateRequest, Migrator};
-use super::model::Redacted;
+use super::model::{Redacted, Session};
 use super::native::{CreateRequest, Created, NativeIssuer, NativeSessions};
 use super::providers::ProviderTokens;
 use super::revocation::RevokedSids;
@@ -25,7 +25,11 @@ pub enum RevokeTarget {
     SessionId(String),
     SessionToken(String),
     SessionJwt(String),
-    UserId(String),
+    /// Every session of the user but `except`.
+    UserId {
+        user_id: String,
+        except: Option<String>,
+    },
     /// A legacy (or external) provider's token: deny-listed until it expires.
     LegacyToken(String),
 }
@@ -34,7 +38,11 @@ impl std::fmt::Debug for RevokeTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RevokeTarget::SessionId(id) => f.debug_tuple("SessionId").field(id).finish(),
-            RevokeTarget::UserId(id) => f.debug_tuple("UserId").field(id).finish(),
+            RevokeTarget::UserId { user_id, except } => f
+                .debug_struct("UserId")
+                .field("user_id", user_id)
+                .field("except", except)
+                .finish(),
             RevokeTarget::SessionToken(t) => {
                 f.debug_tuple("SessionToken").field(&Redacted(t)).finish()
             }
@@ -163,6 +171,16 @@ impl SessionService {
         self.migrator.migrate(req).await
     }
 
+    /// `ListSessions`: the user's live sessions, the most recently started first.
+    pub async fn list_sessions(
+        &self,
+        user_id: &str,
+        caller: &Caller,
+    ) -> Result<Vec<Session>, Error> {
+        caller.require_authenticated("ListSessions")?;
+        self.native.list_user(user_id).await
+    }
+
     /// `RevokeSession`: revokes the target; returns how many sessions (and tokens) this call
     /// revoked (0 if it already was).
     pub async fn revoke(&self, target: RevokeTarget, caller: &Caller) -> Result<u32, Error> {
@@ -170,9 +188,9 @@ impl SessionService {
             RevokeTarget::SessionId(id) => self.native.revoke_id(&id).await,
             RevokeTarget::SessionToken(t) => self.native.revoke_token(&t).await,
             RevokeTarget::SessionJwt(jwt) => self.native.revoke_jwt(&jwt).await,
-            RevokeTarget::UserId(user_id) => {
+            RevokeTarget::UserId { user_id, except } => {
                 caller.require_authenticated("RevokeSession by user_id")?;
-                self.native.revoke_user(&user_id).await
+                self.native.revoke_user(&user_id, except.as_deref()).await
             }
             // Denied first, so that a migration racing this revocation refuses on its own;
             // then what was made from the token ("one revoke across both providers").

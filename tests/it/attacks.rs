@@ -124,6 +124,7 @@ impl Gate {
             .revoke_session(bearer(
                 pb::RevokeSessionRequest {
                     target: Some(target),
+                    ..Default::default()
                 },
                 KEY,
             ))

@@ -216,6 +216,7 @@ async fn check_refuses_what_validate_session_refuses_and_never_turns_an_outage_i
                 target: Some(pb::revoke_session_request::Target::SessionToken(
                     revoked.session_token.clone(),
                 )),
+                ..Default::default()
             },
             KEY,
         ))

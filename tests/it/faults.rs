@@ -138,6 +138,7 @@ async fn drive(
                                                 c.session_token.clone(),
                                             ),
                                         ),
+                                        ..Default::default()
                                     })
                                     .await
                                 {

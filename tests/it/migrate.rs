@@ -735,6 +735,7 @@ async fn validate_with_auto_migrate_moves_the_user_in_the_same_call() {
     assert_eq!(first.action, pb::Action::Migrate as i32);
     let m = first.migration.unwrap();
     assert!(m.user_created && !m.replayed);
+    assert_eq!(m.session.as_ref().unwrap().created_via, "migration");
     assert_eq!(
         m.user.as_ref().unwrap().legacy_identities[0].subject,
         "auth0|auto-1"

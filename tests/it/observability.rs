@@ -218,6 +218,7 @@ async fn spans_continue_the_callers_trace_and_no_secret_reaches_logs_spans_or_er
             .revoke_session(with(
                 pb::RevokeSessionRequest {
                     target: Some(target),
+                    ..Default::default()
                 },
                 &key,
                 tp,

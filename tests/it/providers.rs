@@ -576,6 +576,7 @@ async fn threat_23_legacy_tokens_are_revoked_by_jti_and_by_digest_on_every_repli
 
     let revoke = |t: &str| pb::RevokeSessionRequest {
         target: Some(pb::revoke_session_request::Target::LegacyToken(t.into())),
+        ..Default::default()
     };
     for t in [&token, &plain, &"opaque-1".to_string()] {
         let r = a
@@ -882,6 +883,7 @@ async fn threat_19_an_ecdsa_twin_of_a_revoked_token_is_revoked_too() {
         target: Some(pb::revoke_session_request::Target::LegacyToken(
             token.clone(),
         )),
+        ..Default::default()
     };
     app.session()
         .revoke_session(app.authed(revoke))

@@ -643,6 +643,7 @@ async fn revocation_reaches_another_replica_within_a_second_even_when_cached() {
             target: Some(pb::revoke_session_request::Target::SessionToken(
                 created.session_token.clone(),
             )),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -669,6 +670,7 @@ async fn revocation_reaches_another_replica_within_a_second_even_when_cached() {
             target: Some(pb::revoke_session_request::Target::SessionId(
                 created.session.unwrap().session_id,
             )),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -698,7 +700,12 @@ async fn revoke_by_jwt_by_user_and_events_without_token_material() {
         .unwrap()
         .into_inner();
     let mut c = app.session();
-    let revoke = |t| authed(pb::RevokeSessionRequest { target: Some(t) });
+    let revoke = |t| {
+        authed(pb::RevokeSessionRequest {
+            target: Some(t),
+            ..Default::default()
+        })
+    };
     use pb::revoke_session_request::Target;
 
     let r = c
@@ -757,6 +764,7 @@ async fn revoke_by_jwt_by_user_and_events_without_token_material() {
             .session()
             .revoke_session(pb::RevokeSessionRequest {
                 target: Some(target),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -1001,6 +1009,7 @@ async fn sessions_survive_a_rolling_upgrade_to_binary_records_and_back() {
             target: Some(pb::revoke_session_request::Target::SessionToken(
                 new.session_token.clone(),
             )),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -1031,4 +1040,163 @@ async fn sessions_survive_a_rolling_upgrade_to_binary_records_and_back() {
         stored.len()
     );
     assert!(bytes <= 300, "{bytes}");
+}
+
+/// ListSessions shows a user's live sessions, newest first, with their factors, client and
+/// origin; RevokeSession of a user "but one" keeps exactly that one; the scopes hold.
+#[tokio::test]
+async fn list_sessions_and_sign_out_everywhere_else() {
+    let key = KeyFile::new(KeyKind::Es256);
+    let reader = "list-reader-key";
+    let admin = "list-admin-key";
+    let mut s = setup(&key);
+    s.toml.push_str(&format!(
+        "[[clients]]\nname = \"reader\"\nkey_sha256 = \"{}\"\nscopes = [\"validate\"]\n\
+         [[clients]]\nname = \"support\"\nkey_sha256 = \"{}\"\nscopes = [\"admin\"]\n",
+        crate::support::sha(reader),
+        crate::support::sha(admin)
+    ));
+    let app = s.spawn().await;
+    let first = create(&app, 60).await;
+    let mut c = app.session();
+    let mut more = Vec::new();
+    for ua in ["phone", "laptop"] {
+        more.push(
+            c.create_session(authed(pb::CreateSessionRequest {
+                who: Some(pb::create_session_request::Who::UserId(
+                    first.user_id.clone(),
+                )),
+                authentication_factors: vec![pb::AuthenticationFactor {
+                    r#type: "otp".into(),
+                    delivery: "sms".into(),
+                    acr: "urn:example:loa:2".into(),
+                    ..Default::default()
+                }],
+                client: Some(pb::ClientInfo {
+                    ip_address: "198.51.100.7".into(),
+                    user_agent: ua.into(),
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner(),
+        );
+    }
+    let list = |key: &'static str| {
+        let mut c = app.session();
+        let user_id = first.user_id.clone();
+        async move {
+            c.list_sessions(crate::support::bearer(
+                pb::ListSessionsRequest { user_id },
+                key,
+            ))
+            .await
+        }
+    };
+
+    let listed = list(ISSUE_KEY).await.unwrap().into_inner().sessions;
+    assert_eq!(listed.len(), 3);
+    let ids: Vec<&str> = listed.iter().map(|s| s.session_id.as_str()).collect();
+    assert!(
+        listed.windows(2).all(|w| {
+            w[0].started_at.as_ref().unwrap().seconds >= w[1].started_at.as_ref().unwrap().seconds
+        }),
+        "newest first"
+    );
+    for c in [&first, &more[0], &more[1]] {
+        assert!(ids.contains(&c.session.as_ref().unwrap().session_id.as_str()));
+    }
+    let phone = listed
+        .iter()
+        .find(|s| s.attributes.as_ref().unwrap().user_agent == "phone")
+        .unwrap();
+    assert_eq!(phone.created_via, "native");
+    assert_eq!(phone.authentication_factors[0].acr, "urn:example:loa:2");
+    // `admin` will do as well as `revoke`; `validate` will not.
+    assert_eq!(list(admin).await.unwrap().into_inner().sessions.len(), 3);
+    let refused = list(reader).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("`revoke` or `admin`"),
+        "{}",
+        refused.message()
+    );
+
+    // Sign out everywhere else: the laptop's session stays.
+    let keep = more[1].session.as_ref().unwrap().session_id.clone();
+    let revoke = |except: &str, target| {
+        authed(pb::RevokeSessionRequest {
+            target: Some(target),
+            except_session_id: except.into(),
+        })
+    };
+    use pb::revoke_session_request::Target;
+    // A session of nobody's, or `except` with another target: refused, nothing revoked.
+    let e = c
+        .revoke_session(revoke(
+            "session-test-00000000-0000-4000-8000-000000000000",
+            Target::UserId(first.user_id.clone()),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(crate::support::reason(&e), "INVALID_EXCEPT");
+    let e = c
+        .revoke_session(revoke(&keep, Target::SessionId(keep.clone())))
+        .await
+        .unwrap_err();
+    assert_eq!(crate::support::reason(&e), "INVALID_EXCEPT");
+    assert_eq!(
+        list(ISSUE_KEY).await.unwrap().into_inner().sessions.len(),
+        3
+    );
+
+    let r = c
+        .revoke_session(revoke(&keep, Target::UserId(first.user_id.clone())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revoked, 2);
+    let left = list(ISSUE_KEY).await.unwrap().into_inner().sessions;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].session_id, keep);
+    assert_eq!(
+        verdict(&validate(&app, &more[1].session_token).await.unwrap()),
+        VALID
+    );
+    assert_eq!(
+        verdict(&validate(&app, &first.session_token).await.unwrap()),
+        invalid(pb::Reason::Revoked)
+    );
+
+    // An unknown user, and no user at all.
+    let mut c2 = app.session();
+    let e = c2
+        .list_sessions(authed(pb::ListSessionsRequest {
+            user_id: "user-test-00000000-0000-4000-8000-000000000000".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = c2
+        .list_sessions(authed(pb::ListSessionsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // `legacy_migration` is MigrateSession's own factor.
+    let e = c2
+        .create_session(authed(pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::UserId(
+                first.user_id.clone(),
+            )),
+            authentication_factors: vec![pb::AuthenticationFactor {
+                r#type: "legacy_migration".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(crate::support::reason(&e), "RESERVED_FACTOR");
 }

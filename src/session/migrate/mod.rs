@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 pub(crate) use link::Links;
 use replay::{REPLAY_LOCK_MARGIN, REPLAY_WAIT, Replay};
 
-use super::model::{AuthFactor, ClientInfo, Redacted};
+use super::model::{AuthFactor, ClientInfo, MIGRATION_FACTOR, Redacted};
 use super::native::{Created, NativeSessions, check_client, check_custom_claims, session_minutes};
 use super::providers::{LegacyIds, Provider, ProviderTokens, RevokedToken};
 use super::token::{self, Shape};
@@ -327,7 +327,7 @@ impl Migrator {
         //    verified JWT, else from UserInfo's answer), so that a step-up rule does not send
         //    the user through MFA again because the provider changed.
         let mut factors = vec![AuthFactor {
-            kind: "legacy_migration".into(),
+            kind: MIGRATION_FACTOR.into(),
             delivery: provider.name().to_owned(),
             last_authenticated_at_ms: Some(now),
             ..Default::default()

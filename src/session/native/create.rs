@@ -9,7 +9,9 @@ use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::ids::{self, IdKind};
 use crate::session::claims::RESERVED_CLAIMS;
 use crate::session::events::event;
-use crate::session::model::{AuthFactor, ClientInfo, Redacted, Session, User, decode, encode};
+use crate::session::model::{
+    AuthFactor, ClientInfo, MIGRATION_FACTOR, Redacted, Session, User, decode, encode,
+};
 use crate::session::{record, token};
 use crate::store::Write;
 use crate::store::keys::Digest;
@@ -301,6 +303,13 @@ pub(crate) fn check_factors(factors: &[AuthFactor]) -> Result<(), Error> {
     for f in factors {
         check_len("authentication_factors.type", &f.kind, 64)?;
         check_len("authentication_factors.delivery", &f.delivery, 128)?;
+        check_len("authentication_factors.acr", &f.acr, 128)?;
+        if f.kind == MIGRATION_FACTOR {
+            return Err(Error::invalid_argument(
+                ErrorReason::ReservedFactor,
+                format!("factor type `{MIGRATION_FACTOR}` is MigrateSession's own"),
+            ));
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod create;
 pub mod jwt;
+mod list;
 mod revoke;
 mod validate;
 

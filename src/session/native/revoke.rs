@@ -49,11 +49,24 @@ impl NativeSessions {
         self.revoke_id(verified.session_id()).await
     }
 
-    /// Revokes every live session of `user_id`; returns how many.
-    pub async fn revoke_user(&self, user_id: &str) -> Result<u32, Error> {
+    /// Revokes every live session of `user_id` but `except` (which must be one of the
+    /// user's: checked before anything is revoked); returns how many.
+    pub async fn revoke_user(&self, user_id: &str, except: Option<&str>) -> Result<u32, Error> {
         let user = self.load_user(user_id).await?;
-        self.revoke_listed(&self.keys.user_sessions(&user.user_id), self.clock.now_ms())
-            .await
+        let key = self.keys.user_sessions(&user.user_id);
+        let sids = self.store.set_members(&key).await?;
+        if let Some(keep) = except
+            && !sids.iter().any(|s| s == keep.as_bytes())
+        {
+            return Err(Error::invalid_argument(
+                ErrorReason::InvalidExcept,
+                "except_session_id is not one of this user's sessions: nothing was revoked",
+            ));
+        }
+        let sids = sids
+            .into_iter()
+            .filter(|s| except.is_none_or(|keep| s != keep.as_bytes()));
+        self.revoke_sids(sids, self.clock.now_ms()).await
     }
 
     /// Verifies a native JWT's signature and claims, accepting it past its expiry (revoking
@@ -141,8 +154,17 @@ impl NativeSessions {
     /// Revokes every session whose id the set `key` lists (a user's, a legacy token's);
     /// returns how many were still live. One that has expired and gone meanwhile is skipped.
     pub(crate) async fn revoke_listed(&self, key: &Key, now: i64) -> Result<u32, Error> {
+        let sids = self.store.set_members(key).await?;
+        self.revoke_sids(sids, now).await
+    }
+
+    async fn revoke_sids(
+        &self,
+        sids: impl IntoIterator<Item = Vec<u8>>,
+        now: i64,
+    ) -> Result<u32, Error> {
         let mut revoked = 0;
-        for sid in self.store.set_members(key).await? {
+        for sid in sids {
             let Ok(sid) = String::from_utf8(sid) else {
                 continue;
             };

@@ -97,6 +97,26 @@ def test_revoke_makes_the_session_revoked(api, auth):
         assert v.reason == pb.REASON_REVOKED
 
 
+def test_list_sessions_then_sign_out_everywhere_else(api, auth):
+    first = create(api, auth, "py-list@example.com")
+    second = api.CreateSession(
+        pb.CreateSessionRequest(user_id=first.user_id, client=pb.ClientInfo(user_agent="py-laptop")),
+        metadata=auth,
+        timeout=10,
+    )
+    listed = api.ListSessions(pb.ListSessionsRequest(user_id=first.user_id), metadata=auth, timeout=10).sessions
+    assert {s.session_id for s in listed} == {first.session.session_id, second.session.session_id}
+    assert all(s.created_via == "native" for s in listed)
+    r = api.RevokeSession(
+        pb.RevokeSessionRequest(user_id=first.user_id, except_session_id=second.session.session_id),
+        metadata=auth,
+        timeout=10,
+    )
+    assert r.revoked == 1
+    left = api.ListSessions(pb.ListSessionsRequest(user_id=first.user_id), metadata=auth, timeout=10).sessions
+    assert [s.session_id for s in left] == [second.session.session_id]
+
+
 def test_migrate_a_legacy_session(api, auth):
     legacy = api.ValidateSession(pb.ValidateSessionRequest(token=LEGACY_TOKEN), metadata=auth, timeout=10)
     assert legacy.verdict == pb.VERDICT_VALID and legacy.origin == pb.ORIGIN_LEGACY
