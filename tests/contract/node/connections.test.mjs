@@ -8,7 +8,7 @@ import { startSessiongate, client, sha256 } from './harness.mjs';
 const KEY = 'node-connections-key';
 
 async function retiredByAge(http) {
-  const text = await (await fetch(`http://${http}/metrics`)).text();
+  const text = await (await fetch(`http://${http}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
   return text
     .split('\n')
     .filter((l) => l.startsWith('sessiongate_connections_retired_total{') && l.includes('door="grpc"') && l.includes('reason="max_age"'))

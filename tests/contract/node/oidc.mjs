@@ -94,6 +94,7 @@ async function login(issuer, client, accountId) {
       return redeem(issuer, client, back.get('code'), verifier);
     }
     const res = await fetch(url, {
+      signal: AbortSignal.timeout(10_000),
       redirect: 'manual',
       headers: { cookie: [...jar].map(([k, v]) => `${k}=${v}`).join('; ') },
     });
@@ -111,6 +112,7 @@ async function login(issuer, client, accountId) {
 
 async function redeem(issuer, client, code, verifier) {
   const res = await fetch(`${issuer}/token`, {
+    signal: AbortSignal.timeout(10_000),
     method: 'POST',
     headers: {
       authorization: `Basic ${Buffer.from(`${client.client_id}:${client.client_secret}`).toString('base64')}`,
