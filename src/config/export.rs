@@ -121,6 +121,24 @@ pub(super) fn unleash_export(
                     s.name
                 )));
             }
+            if s.name == "gradualRolloutRandom" {
+                warnings.push(w(format!(
+                    "strategy {j} gradualRolloutRandom is not sticky: a user may get NEW on one call and LEGACY on the next"
+                )));
+            }
+            if s.name.starts_with("gradualRollout")
+                && s.parameters
+                    .get("percentage")
+                    .and_then(|p| p.trim().parse::<f64>().ok())
+                    .is_none()
+            {
+                warnings.push(w(format!(
+                    "strategy {j}: percentage `{}` is not a number: Unleash turns the strategy off",
+                    s.parameters
+                        .get("percentage")
+                        .map_or("(missing)", String::as_str)
+                )));
+            }
             if s.name == "flexibleRollout" {
                 match unleash::parse_rollout(s.parameters.get("rollout")) {
                     Some(r) if r <= 100 => {}

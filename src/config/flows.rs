@@ -286,6 +286,24 @@ fn hand_written_strategies(
                 ),
             );
         }
+        if s.name == "gradualRolloutRandom" {
+            c.fail(
+                format!("{sk}.name"),
+                "gradualRolloutRandom is never sticky (a user would flip between flows): use flexibleRollout",
+            );
+        }
+        if s.name.starts_with("gradualRollout")
+            && !s
+                .parameters
+                .get("percentage")
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .is_some_and(|p| (0.0..=100.0).contains(&p))
+        {
+            c.fail(
+                format!("{sk}.parameters.percentage"),
+                "must be a number 0..100 (Unleash turns such a strategy off)",
+            );
+        }
         if s.name == "flexibleRollout" {
             let p = &s.parameters;
             match p.get("rollout").map(|r| r.trim().parse::<u32>()) {

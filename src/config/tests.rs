@@ -657,3 +657,45 @@ fn a_clients_own_edge_route_is_checked_against_its_scopes() {
     }
     assert!(!problem(&client("flow = \"login\"", "\"validate\""), &[]).is_empty());
 }
+
+#[test]
+fn older_gradual_strategies_are_taken_with_a_number_and_random_never() {
+    let ok = from_toml(
+        r#"
+[[flows]]
+name = "login"
+[[flows.strategies]]
+name = "gradualRolloutUserId"
+parameters = { percentage = "30", groupId = "login" }
+[[flows.strategies]]
+name = "gradualRolloutSessionId"
+parameters = { percentage = "12.5" }
+"#,
+        &[],
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let p = problem(
+        r#"
+[[flows]]
+name = "login"
+[[flows.strategies]]
+name = "gradualRolloutUserId"
+parameters = { percentage = "abc" }
+[[flows.strategies]]
+name = "gradualRolloutSessionId"
+parameters = { percentage = "101" }
+[[flows.strategies]]
+name = "gradualRolloutRandom"
+parameters = { percentage = "50" }
+"#,
+        &[],
+    );
+    let keys = keys_of(&p);
+    for want in [
+        "flows[0].strategies[0].parameters.percentage",
+        "flows[0].strategies[1].parameters.percentage",
+        "flows[0].strategies[2].name",
+    ] {
+        assert!(keys.contains(&want), "{want} not in {keys:?}");
+    }
+}

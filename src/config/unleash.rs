@@ -60,7 +60,16 @@ pub const OPERATORS: &[&str] = &[
 ];
 
 /// The strategies this engine implements (all others evaluate to false, as in Unleash).
-pub const STRATEGIES: &[&str] = &["flexibleRollout", "userWithId", "remoteAddress", "default"];
+pub const STRATEGIES: &[&str] = &[
+    "flexibleRollout",
+    "userWithId",
+    "remoteAddress",
+    "default",
+    // Older strategies that real exports still carry.
+    "gradualRolloutUserId",
+    "gradualRolloutSessionId",
+    "gradualRolloutRandom",
+];
 
 /// An IP address or a CIDR network.
 pub fn parse_net(s: &str) -> Option<IpNet> {

@@ -225,6 +225,18 @@ enum Rule {
     },
     UserWithId(Vec<String>),
     RemoteAddress(Vec<IpNet>),
+    /// The older gradualRolloutUserId / gradualRolloutSessionId: on when the id's bucket (in
+    /// `group_id`, empty by default) is at most the percentage. `percentage`: `None` when it is
+    /// not a number (off).
+    Gradual {
+        by_session: bool,
+        percentage: Option<f64>,
+        group_id: String,
+    },
+    /// gradualRolloutRandom: on for a fresh random bucket 1..=100 at most the percentage.
+    Random {
+        percentage: Option<f64>,
+    },
     Default,
     Unknown,
 }
@@ -309,6 +321,14 @@ impl Feature {
                             .map(|ips| ips.split(',').filter_map(parse_net).collect())
                             .unwrap_or_default(),
                     ),
+                    "gradualRolloutUserId" | "gradualRolloutSessionId" => Rule::Gradual {
+                        by_session: s.name == "gradualRolloutSessionId",
+                        percentage: parse_percentage(p.get("percentage")),
+                        group_id: p.get("groupId").cloned().unwrap_or_default(),
+                    },
+                    "gradualRolloutRandom" => Rule::Random {
+                        percentage: parse_percentage(p.get("percentage")),
+                    },
                     "default" => Rule::Default,
                     _ => Rule::Unknown,
                 };
@@ -369,6 +389,24 @@ impl Feature {
                     }
                     on
                 }
+                Rule::Gradual {
+                    by_session,
+                    percentage,
+                    group_id,
+                } => {
+                    let id = if *by_session {
+                        ctx.session_id
+                    } else {
+                        ctx.user_id
+                    };
+                    match (id, percentage) {
+                        (Some(id), Some(p)) => *p > 0.0 && f64::from(bucket(group_id, id)) <= *p,
+                        _ => false,
+                    }
+                }
+                Rule::Random { percentage } => {
+                    percentage.is_some_and(|p| p >= f64::from(rand::random::<u32>() % 100 + 1))
+                }
                 Rule::Unknown => false,
             };
             if on {
@@ -394,6 +432,17 @@ impl Feature {
                 _ => None,
             })
     }
+}
+
+/// The older strategies' `percentage`, read as Unleash's SDKs read it (JavaScript's
+/// `Number(…)`): blank is 0, a decimal number is itself, anything else — or none — is not a
+/// number, and no comparison with it holds (the strategy is off).
+fn parse_percentage(v: Option<&String>) -> Option<f64> {
+    let v = v?.trim();
+    if v.is_empty() {
+        return Some(0.0);
+    }
+    v.parse::<f64>().ok().filter(|p| !p.is_nan())
 }
 
 /// The value a strategy buckets on, or `None` when the context lacks it (strategy off).

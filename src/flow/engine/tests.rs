@@ -472,3 +472,115 @@ fn evaluation_reports_what_decided() {
     let e = only_no.evaluate(&user("499"));
     assert!(!e.enabled && !e.constraints_matched, "NO_MATCH");
 }
+
+fn older(name: &str, percentage: &str, group: Option<&str>) -> StrategyDef {
+    let mut parameters = BTreeMap::from([("percentage".into(), percentage.into())]);
+    if let Some(g) = group {
+        parameters.insert("groupId".into(), g.into());
+    }
+    StrategyDef {
+        name: name.into(),
+        parameters,
+        ..Default::default()
+    }
+}
+
+fn default_strategy() -> StrategyDef {
+    StrategyDef {
+        name: "default".into(),
+        ..Default::default()
+    }
+}
+
+fn session(id: &str) -> Context<'_> {
+    Context {
+        session_id: Some(id),
+        ..Default::default()
+    }
+}
+
+/// Unleash's client specification, cases 03 and 04 (gradualRolloutUserId and
+/// gradualRolloutSessionId, group "AB12A"): 100 % on with an id and off without one; at 50 %,
+/// id 122 in and 155 out; 0 % off; 0 % then `default` on for everyone.
+#[test]
+fn older_gradual_rollouts_by_user_and_session_match_unleash_specification() {
+    for (name, ctx_of) in [
+        ("gradualRolloutUserId", user as fn(&str) -> Context<'_>),
+        ("gradualRolloutSessionId", session),
+    ] {
+        let at = |p: &str| feature(vec![older(name, p, Some("AB12A"))]);
+        assert!(at("100").evaluate(&ctx_of("123")).enabled, "{name} A");
+        assert!(
+            !at("100").evaluate(&Context::default()).enabled,
+            "{name} A without id"
+        );
+        assert!(at("50").evaluate(&ctx_of("122")).enabled, "{name} B 122");
+        assert!(!at("50").evaluate(&ctx_of("155")).enabled, "{name} B 155");
+        assert!(!at("0").evaluate(&ctx_of("122")).enabled, "{name} C");
+        let d = feature(vec![older(name, "0", Some("AB12A")), default_strategy()]);
+        assert!(d.evaluate(&Context::default()).enabled, "{name} D");
+        // The other id does not count: a user id is no session id.
+        let other = if name.ends_with("UserId") {
+            session("123")
+        } else {
+            user("123")
+        };
+        assert!(
+            !at("100").evaluate(&other).enabled,
+            "{name} with the other id"
+        );
+    }
+}
+
+/// The same bucket as flexibleRollout's for the same group and id (Unleash's vector: group
+/// `Feature.flexibleRollout.userId.55`, id 25 → bucket 55); the group defaults to empty, not
+/// to the feature's name; the percentage is read as JavaScript's `Number` reads it.
+#[test]
+fn older_gradual_rollouts_bucket_like_flexible_rollout_and_read_percentages_like_unleash() {
+    let g = "Feature.flexibleRollout.userId.55";
+    let at = |p: &str| feature(vec![older("gradualRolloutUserId", p, Some(g))]);
+    assert!(at("55").evaluate(&user("25")).enabled);
+    assert!(!at("54").evaluate(&user("25")).enabled);
+    assert!(
+        !at("54.5").evaluate(&user("25")).enabled,
+        "bucket 55 is above 54.5"
+    );
+    assert!(at(" 55 ").evaluate(&user("25")).enabled, "trimmed");
+    for off in ["", "abc", "NaN", "-5"] {
+        assert!(!at(off).evaluate(&user("25")).enabled, "`{off}`");
+    }
+    let missing = feature(vec![StrategyDef {
+        name: "gradualRolloutUserId".into(),
+        ..Default::default()
+    }]);
+    assert!(!missing.evaluate(&user("25")).enabled, "no percentage: off");
+    // No groupId: the empty group, whatever the feature is called.
+    let id = (0..1000)
+        .map(|i| i.to_string())
+        .find(|id| bucket("", id) <= 10 && bucket("f", id) > 10)
+        .expect("an id the two groups place apart");
+    let no_group = feature(vec![older("gradualRolloutUserId", "10", None)]);
+    assert!(no_group.evaluate(&user(&id)).enabled);
+}
+
+/// Unleash's client specification, case 05 (gradualRolloutRandom): 100 % always on, 0 % never,
+/// 0 % then `default` on, a disabled feature off; in between, about the percentage.
+#[test]
+fn older_random_rollout_matches_unleash_specification() {
+    let random = |p: &str| older("gradualRolloutRandom", p, None);
+    let ctx = Context::default();
+    for _ in 0..1000 {
+        assert!(feature(vec![random("100")]).evaluate(&ctx).enabled);
+        assert!(!feature(vec![random("0")]).evaluate(&ctx).enabled);
+    }
+    assert!(
+        feature(vec![random("0"), default_strategy()])
+            .evaluate(&ctx)
+            .enabled
+    );
+    let disabled = Feature::compile("f", false, &[random("100")], &HashMap::new());
+    assert!(!disabled.evaluate(&ctx).enabled);
+    let half = feature(vec![random("50")]);
+    let on = (0..10_000).filter(|_| half.evaluate(&ctx).enabled).count();
+    assert!((4_500..=5_500).contains(&on), "{on} of 10 000 at 50 %");
+}
