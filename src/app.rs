@@ -178,6 +178,7 @@ impl App {
             gate: edge.clone(),
             callers: self.callers.clone(),
         };
+        let sessions = self.sessions.clone();
         let (health, grpc_service) = crate::grpc::server::service(Services {
             edge,
             sessions: self.sessions,
@@ -216,7 +217,7 @@ impl App {
         let http = {
             let connections = connections.clone();
             let stopped = stop_signal(stopped);
-            let router = crate::http::router(metrics, self.signing.clone(), forward_auth);
+            let router = crate::http::router(metrics, self.signing.clone(), forward_auth, sessions);
             tokio::spawn(async move {
                 connections
                     .serve(self.http, Door::Http, router, stopped)

@@ -43,6 +43,8 @@ pub enum ErrorReason {
     /// INVALID_ARGUMENT: `except_session_id` with a target other than `user_id`, or naming a
     /// session that is not the user's.
     InvalidExcept,
+    /// INVALID_ARGUMENT: a back-channel logout token that does not verify or is not one.
+    InvalidLogoutToken,
     /// INVALID_ARGUMENT: a ResolveFlow request that cannot be evaluated.
     InvalidFlowRequest,
     /// INVALID_ARGUMENT: a rollout update that would break the flow's rules.
@@ -113,6 +115,7 @@ impl ErrorReason {
         ErrorReason::InvalidNumber,
         ErrorReason::ReservedFactor,
         ErrorReason::InvalidExcept,
+        ErrorReason::InvalidLogoutToken,
         ErrorReason::InvalidFlowRequest,
         ErrorReason::InvalidRollout,
         ErrorReason::InvalidRouteSetting,
@@ -154,6 +157,7 @@ impl ErrorReason {
             ErrorReason::InvalidNumber => "INVALID_NUMBER",
             ErrorReason::ReservedFactor => "RESERVED_FACTOR",
             ErrorReason::InvalidExcept => "INVALID_EXCEPT",
+            ErrorReason::InvalidLogoutToken => "INVALID_LOGOUT_TOKEN",
             ErrorReason::InvalidFlowRequest => "INVALID_FLOW_REQUEST",
             ErrorReason::InvalidRollout => "INVALID_ROLLOUT",
             ErrorReason::InvalidRouteSetting => "INVALID_ROUTE_SETTING",

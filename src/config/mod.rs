@@ -48,8 +48,8 @@ use native::RawNative;
 pub use native::{KeySource, NativeConfig, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
 use providers::RawProvider;
 pub use providers::{
-    ASYMMETRIC_ALGORITHMS, OpaqueAlphabet, OpaqueShape, Policy, ProviderConfig, ProviderKind,
-    TokenFormat, UpstreamBudget,
+    ASYMMETRIC_ALGORITHMS, BackchannelLogout, LogoutRevokes, OpaqueAlphabet, OpaqueShape, Policy,
+    ProviderConfig, ProviderKind, TokenFormat, UpstreamBudget,
 };
 use server::RawServer;
 pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerConfig};

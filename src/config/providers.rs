@@ -93,6 +93,25 @@ pub enum Policy {
     Reject,
 }
 
+/// What a back-channel logout from the provider revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogoutRevokes {
+    /// The provider's tokens of that user (or OP session) issued before the logout.
+    Legacy,
+    /// Those, and the native sessions migrated from that identity.
+    All,
+}
+
+/// OpenID Connect Back-Channel Logout from this provider (`POST /backchannel-logout/<name>`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackchannelLogout {
+    /// The logout token's `aud` must name one of these (the client id the provider knows
+    /// sessiongate's fleet by).
+    pub audiences: Vec<String>,
+    pub revokes: LogoutRevokes,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderConfig {
     pub name: String,
@@ -114,6 +133,8 @@ pub struct ProviderConfig {
     pub userinfo_budget: UpstreamBudget,
     /// What this provider's opaque tokens look like.
     pub opaque_shape: OpaqueShape,
+    /// `None`: the provider's back-channel logouts are not taken.
+    pub backchannel_logout: Option<BackchannelLogout>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +163,9 @@ pub(super) struct RawProvider {
     opaque_token_min_length: Option<u32>,
     opaque_token_max_length: Option<u32>,
     opaque_token_alphabet: Option<OpaqueAlphabet>,
+    #[serde(default)]
+    backchannel_logout_audiences: Vec<String>,
+    backchannel_logout_revokes: Option<LogoutRevokes>,
 }
 
 /// `native_issuer` is taken: tokens are routed by issuer, so no provider may share it.
@@ -247,6 +271,31 @@ pub(super) fn build(
                 "must be at most 64 visible ASCII characters",
             );
         }
+        let backchannel_logout = if p.backchannel_logout_audiences.is_empty() {
+            if p.backchannel_logout_revokes.is_some() {
+                c.fail(
+                    k("backchannel_logout_revokes"),
+                    "set backchannel_logout_audiences too (the client id the logout tokens are addressed to)",
+                );
+            }
+            None
+        } else {
+            if jwks_url.is_none() && !discoverable {
+                c.fail(k("backchannel_logout_audiences"), "logout tokens are verified with the issuer's JWKS: set jwks_url, or make issuer an https URL to discover it");
+            }
+            if p.backchannel_logout_audiences.iter().any(String::is_empty) {
+                c.fail(
+                    k("backchannel_logout_audiences"),
+                    "an empty audience matches nothing",
+                );
+            }
+            Some(BackchannelLogout {
+                audiences: p.backchannel_logout_audiences,
+                revokes: p
+                    .backchannel_logout_revokes
+                    .unwrap_or(LogoutRevokes::Legacy),
+            })
+        };
         if p.kind == ProviderKind::External && p.policy.is_some() {
             c.fail(
                 k("policy"),
@@ -276,6 +325,7 @@ pub(super) fn build(
                     .opaque_token_alphabet
                     .unwrap_or(OpaqueAlphabet::VisibleAscii),
             },
+            backchannel_logout,
         });
     }
 

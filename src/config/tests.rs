@@ -699,3 +699,45 @@ parameters = { percentage = "50" }
         assert!(keys.contains(&want), "{want} not in {keys:?}");
     }
 }
+
+#[test]
+fn backchannel_logout_settings_are_checked() {
+    let p = problem(
+        r#"
+[[providers]]
+name = "legacy"
+kind = "legacy"
+issuer = "https://idp.example/"
+audiences = ["api"]
+backchannel_logout_revokes = "all"
+[[providers]]
+name = "other"
+kind = "legacy"
+issuer = "not-a-url"
+jwks_url = "https://idp.example/jwks"
+audiences = ["api"]
+backchannel_logout_audiences = [""]
+"#,
+        &[],
+    );
+    let keys = keys_of(&p);
+    for want in [
+        "providers[0].backchannel_logout_revokes",
+        "providers[1].backchannel_logout_audiences",
+    ] {
+        assert!(keys.contains(&want), "{want} not in {keys:?}");
+    }
+    let bad = from_toml(
+        "[[providers]]\nname = \"l\"\nkind = \"legacy\"\nissuer = \"https://idp.example/\"\naudiences = [\"api\"]\nbackchannel_logout_audiences = [\"c\"]\nbackchannel_logout_revokes = \"everything\"\n",
+        &[],
+    );
+    assert!(bad.is_err(), "an unknown revokes value");
+    let ok = from_toml(
+        "[[providers]]\nname = \"l\"\nkind = \"legacy\"\nissuer = \"https://idp.example/\"\naudiences = [\"api\"]\nbackchannel_logout_audiences = [\"fleet\"]\n",
+        &[],
+    )
+    .expect("valid");
+    let b = ok.providers[0].backchannel_logout.as_ref().unwrap();
+    assert_eq!(b.audiences, ["fleet"]);
+    assert_eq!(b.revokes, crate::config::LogoutRevokes::Legacy, "the default");
+}

@@ -1,28 +1,39 @@
 //! The plain-HTTP port: `/metrics` for Prometheus, `/.well-known/jwks.json` for anyone who
-//! prefers to verify `session_jwt`s offline with their own JWT library, and `/auth` for
-//! proxies that speak HTTP forward-auth.
+//! prefers to verify `session_jwt`s offline with their own JWT library, `/auth` for
+//! proxies that speak HTTP forward-auth, and `/backchannel-logout/<provider>` for providers'
+//! OpenID Connect back-channel logouts.
 
+mod backchannel;
 mod forward_auth;
 
 pub use forward_auth::{CALLER_HEADER, ForwardAuth};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 
 use crate::keys::SigningKeys;
+use crate::session::SessionService;
 
 /// The HTTP routes.
 pub fn router(
     metrics: PrometheusHandle,
     signing: Arc<SigningKeys>,
     forward_auth: ForwardAuth,
+    sessions: Arc<SessionService>,
 ) -> Router {
     Router::new()
         .route("/auth", any(forward_auth::check).with_state(forward_auth))
+        .route(
+            "/backchannel-logout/{provider}",
+            post(backchannel::logout)
+                .with_state(sessions)
+                .layer(DefaultBodyLimit::max(backchannel::MAX_BODY_BYTES)),
+        )
         .route(
             "/.well-known/jwks.json",
             get(move || {

@@ -20,10 +20,18 @@ use crate::store::keys::Keys;
 use crate::store::{Invalidation, Notice, ResyncSchedule, Store, StoreError, Write};
 use tokio::sync::broadcast::error::RecvError;
 
-/// Revoked session ids with the time (Unix seconds) after which they no longer matter.
+/// The prefix of a provider logout's entry: `lo:<login key>:<cutoff>` revokes the provider's
+/// tokens of that login (a user, or an OP session) issued at or before the cutoff.
+const LOGOUT_PREFIX: &str = "lo:";
+
+/// Revoked session ids with the time (Unix seconds) after which they no longer matter, and
+/// provider logouts — one set in the store, one channel, one reload.
 #[derive(Default)]
 pub struct RevokedSids {
     sids: RwLock<HashMap<String, i64>>,
+    /// Login key → (cutoff, until): tokens of that login issued at or before the cutoff are
+    /// revoked.
+    logouts: RwLock<HashMap<String, (i64, i64)>>,
 }
 
 impl RevokedSids {
@@ -34,8 +42,38 @@ impl RevokedSids {
             .contains_key(sid)
     }
 
+    /// Whether the login `key` (see [`RevokedSids::login_key`]) was logged out at or after
+    /// `issued_at`: a token of it issued then is revoked.
+    pub fn logged_out(&self, key: &str, issued_at: i64) -> bool {
+        self.logouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|(cutoff, _)| issued_at <= *cutoff)
+    }
+
+    /// The key of a provider's login: a user (`kind` "sub") or an OP session ("sid") at the
+    /// issuer. A digest, so that no id is kept or sent in the clear.
+    pub fn login_key(issuer: &str, kind: &str, value: &str) -> String {
+        crate::store::keys::Digest::of(format!("{issuer}\0{kind}\0{value}").as_bytes()).to_hex()
+    }
+
+    /// The entry that revokes the tokens of login `key` issued at or before `cutoff`.
+    pub fn logout_id(key: &str, cutoff: i64) -> String {
+        format!("{LOGOUT_PREFIX}{key}:{cutoff}")
+    }
+
     pub fn insert(&self, sid: &str, until: i64, now: i64) {
         if until <= now {
+            return;
+        }
+        if let Some((key, cutoff)) = parse_logout(sid) {
+            let mut m = self.logouts.write().unwrap_or_else(|p| p.into_inner());
+            let e = m.entry(key.to_owned()).or_insert((cutoff, until));
+            *e = (e.0.max(cutoff), e.1.max(until));
+            if m.len().is_multiple_of(1024) {
+                m.retain(|_, (_, u)| *u > now);
+            }
             return;
         }
         let mut m = self.sids.write().unwrap_or_else(|p| p.into_inner());
@@ -97,17 +135,28 @@ impl RevokedSids {
     ) -> Result<usize, StoreError> {
         let now = clock.now_secs();
         let fresh = store.expiring_members(&keys.revoked(), now).await?;
-        let mut map = self.sids.write().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, u| *u > now);
+        self.sids
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, u| *u > now);
+        self.logouts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (_, u)| *u > now);
         for (sid, until) in &fresh {
-            let Ok(sid) = std::str::from_utf8(sid) else {
-                continue;
-            };
-            let e = map.entry(sid.to_owned()).or_insert(*until);
-            *e = (*e).max(*until);
+            if let Ok(sid) = std::str::from_utf8(sid) {
+                self.insert(sid, *until, now);
+            }
         }
         Ok(fresh.len())
     }
+}
+
+/// A logout entry's login key and cutoff.
+fn parse_logout(id: &str) -> Option<(&str, i64)> {
+    let rest = id.strip_prefix(LOGOUT_PREFIX)?;
+    let (key, cutoff) = rest.rsplit_once(':')?;
+    Some((key, cutoff.parse().ok()?))
 }
 
 /// Feeds `revoked` from the invalidation channel until the process ends, reloading the whole
@@ -159,6 +208,29 @@ pub fn spawn_listener(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logout_revokes_what_was_issued_up_to_its_cutoff_and_only_grows() {
+        let r = RevokedSids::default();
+        let key = RevokedSids::login_key("https://idp.example/", "sub", "alice");
+        assert!(!r.logged_out(&key, 100));
+        r.insert(&RevokedSids::logout_id(&key, 1_000), 5_000, 900);
+        assert!(r.logged_out(&key, 999));
+        assert!(r.logged_out(&key, 1_000));
+        assert!(!r.logged_out(&key, 1_001), "a login after the logout");
+        // An older logout replayed does not move the cutoff back.
+        r.insert(&RevokedSids::logout_id(&key, 500), 5_000, 900);
+        assert!(r.logged_out(&key, 999));
+        assert!(
+            !r.contains(&RevokedSids::logout_id(&key, 1_000)),
+            "not a sid"
+        );
+        let other = RevokedSids::login_key("https://idp.example/", "sid", "alice");
+        assert!(!r.logged_out(&other, 0), "a sid is not a sub");
+        // Malformed entries are plain ids, never a logout.
+        r.insert("lo:abc:notanumber", 5_000, 900);
+        assert!(!r.logged_out("abc", 0));
+    }
 
     #[test]
     fn entries_expire_and_only_grow() {

@@ -171,6 +171,19 @@ impl SessionService {
         self.migrator.migrate(req).await
     }
 
+    /// A provider's back-channel logout (`POST /backchannel-logout/<provider>`): its tokens of
+    /// the login logged out are REVOKED everywhere, and — by the provider's setting — the
+    /// sessions migrated from that identity. Returns how many sessions it revoked.
+    pub async fn backchannel_logout(
+        &self,
+        provider: &str,
+        logout_token: &str,
+    ) -> Result<u32, Error> {
+        self.migrator
+            .backchannel_logout(provider, logout_token)
+            .await
+    }
+
     /// `ListSessions`: the user's live sessions, the most recently started first.
     pub async fn list_sessions(
         &self,

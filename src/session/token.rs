@@ -151,7 +151,18 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, Reason> 
 /// Decodes and screens the header: no critical extensions we would have to understand, no
 /// key material or key URLs carried by the token itself (a token must never pick its own
 /// key), and a `typ` of a JWT access token.
+/// The `typ`s an access token or a session JWT may carry (absent is fine too).
+pub const ACCESS_TYPS: &[&str] = &["JWT", "at+jwt", "application/at+jwt"];
+/// The `typ`s a back-channel logout token may carry: never an access token's, so that neither
+/// passes for the other.
+pub const LOGOUT_TYPS: &[&str] = &["JWT", "logout+jwt", "application/logout+jwt"];
+
 pub fn header(jws: &Jws<'_>) -> Result<Header, Reason> {
+    header_typed(jws, ACCESS_TYPS)
+}
+
+/// The header, refusing a `typ` outside `typs` (compared without case).
+pub fn header_typed(jws: &Jws<'_>, typs: &[&str]) -> Result<Header, Reason> {
     // No key named twice, at any depth (serde's derive only notices the fields it knows).
     let UniqueKeys(raw) = decode_json(jws.header)?;
     let h: Header = serde_json::from_value(Value::Object(raw)).map_err(|_| Reason::Malformed)?;
@@ -167,10 +178,7 @@ pub fn header(jws: &Jws<'_>) -> Result<Header, Reason> {
     }
     match h.typ.as_deref() {
         None => {}
-        Some(t)
-            if t.eq_ignore_ascii_case("JWT")
-                || t.eq_ignore_ascii_case("at+jwt")
-                || t.eq_ignore_ascii_case("application/at+jwt") => {}
+        Some(t) if typs.iter().any(|ok| t.eq_ignore_ascii_case(ok)) => {}
         Some(_) => return Err(Reason::Malformed),
     }
     Ok(h)

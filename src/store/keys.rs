@@ -173,6 +173,11 @@ impl Keys {
         ))
     }
 
+    /// A back-channel logout token already taken, by the digest of its issuer and `jti`.
+    pub fn logout_jti(&self, iss_jti: &Digest) -> Key {
+        self.key(format_args!("lo-jti:{}", iss_jti.to_hex()))
+    }
+
     /// A legacy provider's cached UserInfo answer for an opaque token.
     pub fn userinfo(&self, token: &Digest) -> Key {
         self.key(format_args!("ui:{}", token.to_hex()))

@@ -2,6 +2,7 @@
 //! service — gRPC over loopback, real redis-server processes.
 
 mod attacks;
+mod backchannel;
 mod cli;
 mod connections;
 mod differential;

@@ -23,7 +23,7 @@ use super::model::{AuthFactor, ClientInfo, MIGRATION_FACTOR, Redacted};
 use super::native::{Created, NativeSessions, check_client, check_custom_claims, session_minutes};
 use super::providers::{LegacyIds, Provider, ProviderTokens, RevokedToken};
 use super::token::{self, Shape};
-use crate::config::{Config, MigrationConfig, Policy};
+use crate::config::{Config, LogoutRevokes, MigrationConfig, Policy};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::keys::{Digest, Keys};
 use crate::store::{Store, Write};
@@ -102,6 +102,33 @@ impl Migrator {
             }])
             .await?;
         self.revoke_sessions_migrated_from(&token.signed).await
+    }
+
+    /// A back-channel logout from a provider: its tokens of that login are revoked (see
+    /// `ProviderTokens::backchannel_logout`), and, when the provider's setting says `all`, the
+    /// sessions migrated from that identity that started before the logout. Returns how many
+    /// sessions that revoked.
+    pub async fn backchannel_logout(&self, provider: &str, token: &str) -> Result<u32, Error> {
+        let logout = self.providers.backchannel_logout(provider, token).await?;
+        let (true, LogoutRevokes::All, Some(sub)) = (logout.fresh, logout.revokes, &logout.sub)
+        else {
+            return Ok(0);
+        };
+        let Some(user_id) = self.links.migrated_user(&logout.provider, sub).await? else {
+            return Ok(0);
+        };
+        let mut revoked = 0;
+        for s in self.native.list_user(&user_id).await? {
+            let from_here = s.created_via() == "migration"
+                && s.factors
+                    .first()
+                    .is_some_and(|f| f.delivery == logout.provider.name());
+            // A session started after the logout is a new login's, not the one logged out.
+            if from_here && s.started_at_ms.div_euclid(1000) <= logout.at {
+                revoked += self.native.revoke_id(&s.session_id).await?;
+            }
+        }
+        Ok(revoked)
     }
 
     /// Revokes every session minted by migrating the legacy token whose signed digest is

@@ -35,6 +35,10 @@ pub(crate) struct LegacyIds {
     pub signed: Digest,
     by_jti: Option<Box<str>>,
     by_signed: Box<str>,
+    /// The login keys a back-channel logout revokes the token by (its user, its OP session),
+    /// and when it was issued: a logout revokes what was issued up to it.
+    logins: Vec<Box<str>>,
+    issued_at: i64,
 }
 
 impl LegacyIds {
@@ -49,21 +53,59 @@ impl LegacyIds {
             }),
             by_signed: format!("lt:{}", signed.to_hex()).into_boxed_str(),
             signed,
+            logins: Vec::new(),
+            issued_at: 0,
         }
+    }
+
+    /// These ids, and the token's login: `sub` and `sid` at `iss`, issued at `issued_at`
+    /// (Unix seconds), so that a back-channel logout of either revokes it.
+    pub fn with_login(
+        mut self,
+        iss: &str,
+        sub: Option<&str>,
+        sid: Option<&str>,
+        issued_at: i64,
+    ) -> Self {
+        self.logins = [("sub", sub), ("sid", sid)]
+            .into_iter()
+            .filter_map(|(kind, v)| {
+                Some(RevokedSids::login_key(
+                    iss,
+                    kind,
+                    v.filter(|v| !v.is_empty())?,
+                ))
+            })
+            .map(String::into_boxed_str)
+            .collect();
+        self.issued_at = issued_at;
+        self
+    }
+
+    /// The ids of a verified JWT's claims.
+    pub fn of_claims(
+        iss: &str,
+        claims: &serde_json::Map<String, Value>,
+        signed: Digest,
+        now: i64,
+    ) -> Self {
+        let str_of = |k: &str| claims.get(k).and_then(Value::as_str);
+        // A token without `iat` counts as issued when it is first judged.
+        let iat = claims
+            .get("iat")
+            .and_then(crate::session::token::numeric_date)
+            .unwrap_or(now);
+        Self::new(iss, str_of("jti"), signed).with_login(iss, str_of("sub"), str_of("sid"), iat)
     }
 
     /// The ids of `token` as presented, read unverified (a deny-list hit only ever refuses;
     /// a JWT that verifies later has the same `jti`).
     pub fn of_token(iss: &str, token: &str) -> Self {
         match token::classify(token) {
-            Ok(Shape::Jws(jws)) => {
-                let claims = token::payload(&jws).ok();
-                let jti = claims
-                    .as_ref()
-                    .and_then(|c| c.get("jti"))
-                    .and_then(Value::as_str);
-                Self::new(iss, jti, signed_digest(&jws))
-            }
+            Ok(Shape::Jws(jws)) => match token::payload(&jws) {
+                Ok(claims) => Self::of_claims(iss, &claims, signed_digest(&jws), i64::MAX),
+                Err(_) => Self::new(iss, None, signed_digest(&jws)),
+            },
             _ => Self::new("", None, Digest::of(token.as_bytes())),
         }
     }
@@ -84,6 +126,10 @@ impl ProviderTokens {
     /// replica keeps, fed like the revoked sids.
     pub(crate) fn denied(&self, ids: &LegacyIds) -> bool {
         ids.all().any(|id| self.revoked.contains(id))
+            || ids
+                .logins
+                .iter()
+                .any(|k| self.revoked.logged_out(k, ids.issued_at))
     }
 
     /// Deny-lists a provider's token until it expires (JWT) or for the provider's maximum

@@ -5,6 +5,7 @@
 //! Nothing in this folder knows about sessiongate's own sessions or about migration.
 
 mod denylist;
+mod logout;
 mod opaque;
 mod provider;
 mod singleflight;
@@ -13,6 +14,7 @@ mod validate;
 use std::sync::Arc;
 
 pub(crate) use denylist::{LegacyIds, RevokedToken, signed_digest};
+pub use logout::BACKCHANNEL_LOGOUT_EVENT;
 pub use provider::{Provider, Providers, VerifiedProviderJwt};
 
 use super::revocation::RevokedSids;

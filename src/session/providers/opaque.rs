@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::validate::Verified;
 use super::{LegacyIds, Provider, ProviderTokens};
 use crate::error::Error;
+use crate::session::revocation::RevokedSids;
 use crate::session::verdict::{Origin, Reason, Source, Verdict};
 use crate::store::keys::Digest;
 use crate::upstream::userinfo::UserInfoOutcome;
@@ -32,6 +33,10 @@ pub(super) struct CachedUserInfo {
     /// provider's fault, replayed as UNAVAILABLE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unusable: Option<String>,
+    /// When the provider answered (Unix seconds; 0 in answers cached by earlier versions): a
+    /// back-channel logout of the user after it revokes the cached answer.
+    #[serde(default)]
+    at: i64,
 }
 
 impl CachedUserInfo {
@@ -46,11 +51,12 @@ impl CachedUserInfo {
 
     /// What to remember of an answer, and for how long; `None` for a transient one (a rate
     /// limit, an unreachable provider), which is never remembered.
-    fn of(outcome: UserInfoOutcome) -> Option<(Self, Duration)> {
+    fn of(outcome: UserInfoOutcome, now: i64) -> Option<(Self, Duration)> {
         let refused = |unusable: Option<String>| Self {
             ok: false,
             claims: None,
             unusable,
+            at: 0,
         };
         Some(match outcome {
             UserInfoOutcome::Ok(claims) => (
@@ -58,6 +64,7 @@ impl CachedUserInfo {
                     ok: true,
                     claims: Some(claims),
                     unusable: None,
+                    at: now,
                 },
                 USERINFO_OK_TTL,
             ),
@@ -98,7 +105,17 @@ impl ProviderTokens {
                 self.userinfo_answer(token, &digest, provider)
             })
             .await?;
-        let answer = cached.into_result(provider)?;
+        let answered_at = cached.at;
+        let mut answer = cached.into_result(provider)?;
+        // The user logged out at the provider (back-channel) after it vouched for the token.
+        if let Ok(claims) = &answer
+            && let Some(sub) = claims.get("sub").and_then(Value::as_str)
+        {
+            let key = RevokedSids::login_key(&provider.config.issuer, "sub", sub);
+            if self.revoked.logged_out(&key, answered_at) {
+                answer = Err(Reason::Revoked);
+            }
+        }
         Ok(self.userinfo_verdict(provider, answer, source, now))
     }
 
@@ -123,8 +140,9 @@ impl ProviderTokens {
             }
         }
         // `Provider::userinfo` returns transient outcomes as errors already.
-        let (cached, ttl) = CachedUserInfo::of(provider.userinfo(token).await?)
-            .ok_or_else(|| provider.unusable_answer("unavailable"))?;
+        let (cached, ttl) =
+            CachedUserInfo::of(provider.userinfo(token).await?, self.clock.now_secs())
+                .ok_or_else(|| provider.unusable_answer("unavailable"))?;
         if let Ok(bytes) = serde_json::to_vec(&cached) {
             let write = crate::store::Write::Put {
                 key,

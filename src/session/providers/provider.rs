@@ -189,6 +189,17 @@ impl Provider {
         claims: Map<String, Value>,
         now: i64,
     ) -> Result<VerifiedProviderJwt, Result<Reason, Error>> {
+        self.verify_signature(jws, header).await?;
+        self.check_claims(claims, now).map_err(Ok)
+    }
+
+    /// Checks that `jws` is signed by one of the provider's keys with an allowed algorithm
+    /// (a refresh of the key set for an unknown `kid`, once); its claims are the caller's.
+    pub async fn verify_signature(
+        &self,
+        jws: &Jws<'_>,
+        header: &Header,
+    ) -> Result<(), Result<Reason, Error>> {
         let invalid = |r| Err(Ok(r));
         let Some(alg) = Alg::parse(&header.alg).filter(|a| self.algs.contains(a)) else {
             return invalid(Reason::UnsupportedAlgorithm);
@@ -245,7 +256,7 @@ impl Provider {
         if !key.verify(alg, jws.signing_input.as_bytes(), &sig) {
             return invalid(Reason::BadSignature);
         }
-        self.check_claims(claims, now).map_err(Ok)
+        Ok(())
     }
 
     fn check_claims(
@@ -343,7 +354,10 @@ impl Providers {
                 let source = match &p.jwks_url {
                     Some(url) => Some(KeysAt::Url(url.clone())),
                     // Endpoints left out of the configuration come from OIDC discovery.
-                    None if takes_jwt || (takes_opaque && p.userinfo_url.is_none()) => {
+                    None if takes_jwt
+                        || p.backchannel_logout.is_some()
+                        || (takes_opaque && p.userinfo_url.is_none()) =>
+                    {
                         Some(KeysAt::Discover {
                             issuer: p.issuer.clone(),
                             allow_http: cfg.env == crate::config::Env::Test,

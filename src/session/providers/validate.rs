@@ -72,8 +72,12 @@ impl ProviderTokens {
     ) -> Result<Verdict, Error> {
         match provider.verify(jws, header, claims, now).await {
             Ok(jwt) => {
-                let jti = jwt.claims.get("jti").and_then(Value::as_str);
-                let ids = LegacyIds::new(&provider.config.issuer, jti, signed_digest(jws));
+                let ids = LegacyIds::of_claims(
+                    &provider.config.issuer,
+                    &jwt.claims,
+                    signed_digest(jws),
+                    now,
+                );
                 let denied = self.denied(&ids);
                 self.cache.insert(
                     *digest.as_bytes(),
