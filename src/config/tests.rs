@@ -739,5 +739,9 @@ backchannel_logout_audiences = [""]
     .expect("valid");
     let b = ok.providers[0].backchannel_logout.as_ref().unwrap();
     assert_eq!(b.audiences, ["fleet"]);
-    assert_eq!(b.revokes, crate::config::LogoutRevokes::Legacy, "the default");
+    assert_eq!(
+        b.revokes,
+        crate::config::LogoutRevokes::Legacy,
+        "the default"
+    );
 }

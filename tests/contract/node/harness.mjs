@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createHash } from 'node:crypto';
+import { createServer } from 'node:net';
 import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
@@ -58,6 +59,36 @@ export async function startSessiongate({ toml = '', env = {} } = {}) {
         await exited;
       }
       await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * A throwaway redis-server on a free loopback port, for tests with two replicas; resolves once
+ * it says it accepts connections. `stop()` ends it.
+ */
+export async function startRedis() {
+  const probe = createServer();
+  await new Promise((ok) => probe.listen(0, '127.0.0.1', ok));
+  const { port } = probe.address();
+  await new Promise((ok) => probe.close(ok));
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines = createInterface({ input: child.stdout });
+  await new Promise((ok, fail) => {
+    lines.on('line', (line) => line.includes('Ready to accept connections') && ok());
+    child.on('exit', (code) => fail(new Error(`redis-server exited (${code})`)));
+    child.on('error', fail);
+  });
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode === null) {
+        const exited = new Promise((ok) => child.on('exit', ok));
+        child.kill('SIGTERM');
+        await exited;
+      }
     },
   };
 }

@@ -9,7 +9,11 @@ import { Provider } from 'oidc-provider';
 
 const b64url = (buf) => buf.toString('base64url');
 
-export async function startOidcProvider({ accounts }) {
+/**
+ * `backchannelLogoutUri`: where the provider posts its back-channel logout tokens (the
+ * client's `backchannel_logout_uri`); logouts through `logout(accountId)` send them.
+ */
+export async function startOidcProvider({ accounts, backchannelLogoutUri }) {
   const server = http.createServer();
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
   const issuer = `http://127.0.0.1:${server.address().port}`;
@@ -19,14 +23,24 @@ export async function startOidcProvider({ accounts }) {
     redirect_uris: [`${issuer}/callback`],
     grant_types: ['authorization_code'],
     response_types: ['code'],
+    ...(backchannelLogoutUri && {
+      backchannel_logout_uri: backchannelLogoutUri,
+      backchannel_logout_session_required: true,
+    }),
   };
   const provider = new Provider(issuer, {
     clients: [client],
     findAccount: async (_ctx, id) =>
       accounts[id] && { accountId: id, claims: async () => ({ sub: id, ...accounts[id] }) },
     claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
-    features: { devInteractions: { enabled: false } },
+    features: {
+      devInteractions: { enabled: false },
+      backchannelLogout: { enabled: Boolean(backchannelLogoutUri) },
+    },
     cookies: { keys: [b64url(randomBytes(32))] },
+    // The provider's outgoing calls refuse loopback addresses (an SSRF guard); its
+    // back-channel logouts go to sessiongate on loopback here, so that guard is left out.
+    fetch: (url, { dispatcher: _guard, ...options }) => globalThis.fetch(url, options),
     ttl: { AccessToken: 3600, IdToken: 3600, Interaction: 600, Session: 3600, Grant: 3600 },
   });
   provider.on('server_error', (_ctx, err) => console.error('oidc-provider:', err));
@@ -40,6 +54,12 @@ export async function startOidcProvider({ accounts }) {
     });
   });
 
+  const backchannel = [];
+  provider.on('backchannel.success', (_ctx, _client, accountId, sid) => backchannel.push({ ok: true, accountId, sid }));
+  provider.on('backchannel.error', (_ctx, err, _client, accountId, sid) => backchannel.push({ ok: false, accountId, sid, err: String(err) }));
+  // Each account's browser: its cookies at the provider, kept from its login for its logout.
+  const browsers = new Map();
+
   let userinfoCalls = 0;
   server.on('request', (req) => {
     if (req.url.startsWith('/me')) userinfoCalls += 1;
@@ -50,7 +70,38 @@ export async function startOidcProvider({ accounts }) {
     userinfoUrl: `${issuer}/me`,
     userinfoCalls: () => userinfoCalls,
     /** Runs the authorization code flow for `accountId` and returns its access token. */
-    accessToken: (accountId) => login(issuer, client, accountId),
+    accessToken: (accountId) => {
+      const jar = browsers.get(accountId) ?? new Map();
+      browsers.set(accountId, jar);
+      return login(issuer, client, accountId, jar);
+    },
+    /**
+     * Logs `accountId` out at the provider the way a browser does (RP-initiated logout and
+     * its confirmation form); the provider posts its back-channel logout tokens before it
+     * answers. Returns what the back-channel deliveries reported.
+     */
+    logout: async (accountId) => {
+      const jar = browsers.get(accountId);
+      const cookie = () => [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
+      const page = await fetch(`${issuer}/session/end?client_id=${client.client_id}`, {
+        signal: AbortSignal.timeout(10_000),
+        headers: { cookie: cookie() },
+      });
+      const html = await page.text();
+      const action = html.match(/action="([^"]+)"/)?.[1];
+      const xsrf = html.match(/name="xsrf" value="([^"]+)"/)?.[1];
+      if (!action || !xsrf) throw new Error(`no logout form: ${page.status} ${html}`);
+      const before = backchannel.length;
+      const done = await fetch(new URL(action, issuer), {
+        signal: AbortSignal.timeout(10_000),
+        method: 'POST',
+        redirect: 'manual',
+        headers: { cookie: cookie(), 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ xsrf, logout: 'yes' }),
+      });
+      if (done.status >= 400) throw new Error(`logout confirm: ${done.status} ${await done.text()}`);
+      return backchannel.slice(before);
+    },
     close: () => new Promise((ok) => { server.closeAllConnections(); server.close(ok); }),
   };
 }
@@ -72,7 +123,7 @@ async function interact(provider, req, res) {
 
 // Follows the provider's redirects by hand (keeping its cookies) until it sends the browser
 // to the client's redirect_uri with a code, then redeems the code at the token endpoint.
-async function login(issuer, client, accountId) {
+async function login(issuer, client, accountId, jar) {
   const verifier = b64url(randomBytes(32));
   const auth = new URL(`${issuer}/auth`);
   auth.search = new URLSearchParams({
@@ -85,7 +136,6 @@ async function login(issuer, client, accountId) {
     code_challenge: b64url(createHash('sha256').update(verifier).digest()),
     code_challenge_method: 'S256',
   });
-  const jar = new Map();
   let url = auth.href;
   for (let hop = 0; hop < 10; hop += 1) {
     if (url.startsWith(client.redirect_uris[0])) {
