@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use super::activity::{Activity, Tracked};
 use super::socket::Socket;
-use super::{Door, Limits};
+use super::{AnswerBody, Door, DoorService, Limits};
 
 /// Why the server ended a connection (a metric label).
 #[derive(Clone, Copy)]
@@ -47,7 +47,7 @@ impl Retired {
 
 /// Serves `tcp` until it closes. `stop` turns to `true` when the server stops; `_slot` is the
 /// connection's place under the cap, freed when it closes.
-pub(super) async fn drive<S, B>(
+pub(super) async fn drive<S: DoorService<B>, B: AnswerBody>(
     tcp: TcpStream,
     service: S,
     builder: auto::Builder<TokioExecutor>,
@@ -55,18 +55,7 @@ pub(super) async fn drive<S, B>(
     door: Door,
     mut stop: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
-) where
-    S: tower::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let activity = Arc::new(Activity::new());
     let socket = Socket::new(tcp, activity.clone());
     let conn = builder.serve_connection(

@@ -41,6 +41,47 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Streams a client may have open at once on one HTTP/2 connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1_024;
 
+/// What a door serves on each of its connections: HTTP requests in, answers out (the gRPC
+/// services, the HTTP router).
+pub trait DoorService<B>:
+    tower::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> DoorService<B> for S where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// An answer's body, as hyper sends it.
+pub trait AnswerBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> AnswerBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// Which port a connection came through (a metric label), and what it speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Door {
@@ -110,24 +151,13 @@ impl Connections {
     /// Serves `service` on every connection `listener` accepts until `stop` resolves; then
     /// stops accepting (the listening socket closes), retires every connection gracefully,
     /// and resolves once the last has closed.
-    pub async fn serve<S, B>(
+    pub async fn serve<S: DoorService<B>, B: AnswerBody>(
         &self,
         listener: TcpListener,
         door: Door,
         service: S,
         stop: impl Future<Output = ()>,
-    ) where
-        S: tower::Service<
-                http::Request<hyper::body::Incoming>,
-                Response = http::Response<B>,
-                Error = Infallible,
-            > + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) {
         let builder = self.builder(door);
         let (stopping, stopped) = watch::channel(false);
         {

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::binary::Binary;
-use crate::support::{Setup, bearer, eventually, http_get, sha, validate_as};
+use crate::support::{Setup, eventually, http_get, new_user_session, sha, validate_as};
 
 const KEY: &str = "connections-test-key";
 
@@ -36,21 +36,6 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 async fn metrics_of(http: &str) -> String {
     http_get(http.parse().unwrap(), "/metrics").await.1
-}
-
-async fn new_session(api: &mut Api) -> pb::CreateSessionResponse {
-    api.create_session(bearer(
-        pb::CreateSessionRequest {
-            who: Some(pb::create_session_request::Who::NewUser(
-                pb::NewUser::default(),
-            )),
-            ..Default::default()
-        },
-        KEY,
-    ))
-    .await
-    .unwrap()
-    .into_inner()
 }
 
 type Api = pb::session_gate_service_client::SessionGateServiceClient<tonic::transport::Channel>;
@@ -106,7 +91,7 @@ async fn r8_tonic_calls_through_three_recyclings_and_none_fails() {
     );
     let channel = bin.channel().await;
     let mut api = Api::new(channel.clone());
-    let jwt = new_session(&mut api).await.session_jwt;
+    let jwt = new_user_session(&mut api, KEY).await.session_jwt;
     let retired = |t: &str| {
         metric(
             t,
@@ -413,7 +398,7 @@ async fn r9_a_flood_of_idle_connections_under_a_low_descriptor_limit_costs_no_cp
         health_started.elapsed()
     );
     let mut api = Api::new(channel);
-    let jwt = new_session(&mut api).await.session_jwt;
+    let jwt = new_user_session(&mut api, KEY).await.session_jwt;
     for _ in 0..20 {
         let v = api
             .validate_session(validate_as(jwt.clone(), KEY))

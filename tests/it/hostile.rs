@@ -130,19 +130,7 @@ async fn m1_ten_thousand_malformed_requests_never_pass_never_panic_and_stay_boun
     let pid = bin.child.id();
     let channel = bin.channel().await;
     let mut api = pb::session_gate_service_client::SessionGateServiceClient::new(channel.clone());
-    let created = api
-        .create_session(bearer(
-            pb::CreateSessionRequest {
-                who: Some(pb::create_session_request::Who::NewUser(
-                    pb::NewUser::default(),
-                )),
-                ..Default::default()
-            },
-            KEY,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = crate::support::new_user_session(&mut api, KEY).await;
     let rss_before = rss_kb(pid);
 
     // 10 000 in CI; a soak run multiplies it (faults::soak).

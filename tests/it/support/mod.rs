@@ -268,6 +268,26 @@ pub fn validate_as(
     )
 }
 
+/// CreateSession of a new, anonymous user with `key`.
+pub async fn new_user_session(
+    api: &mut SessionGateServiceClient<Channel>,
+    key: &str,
+) -> sessiongate::grpc::pb::CreateSessionResponse {
+    use sessiongate::grpc::pb;
+    api.create_session(bearer(
+        pb::CreateSessionRequest {
+            who: Some(pb::create_session_request::Who::NewUser(
+                pb::NewUser::default(),
+            )),
+            ..Default::default()
+        },
+        key,
+    ))
+    .await
+    .expect("CreateSession")
+    .into_inner()
+}
+
 /// `msg` with `authorization: Bearer <key>`.
 pub fn bearer<T>(msg: T, key: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
