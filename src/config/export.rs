@@ -127,10 +127,7 @@ pub(super) fn unleash_export(
                 )));
             }
             if s.name.starts_with("gradualRollout")
-                && s.parameters
-                    .get("percentage")
-                    .and_then(|p| p.trim().parse::<f64>().ok())
-                    .is_none()
+                && unleash::parse_percentage(s.parameters.get("percentage")).is_none()
             {
                 warnings.push(w(format!(
                     "strategy {j}: percentage `{}` is not a number: Unleash turns the strategy off",

@@ -293,10 +293,7 @@ fn hand_written_strategies(
             );
         }
         if s.name.starts_with("gradualRollout")
-            && !s
-                .parameters
-                .get("percentage")
-                .and_then(|p| p.trim().parse::<f64>().ok())
+            && !unleash::parse_percentage(s.parameters.get("percentage"))
                 .is_some_and(|p| (0.0..=100.0).contains(&p))
         {
             c.fail(

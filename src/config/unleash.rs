@@ -79,6 +79,17 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
+/// The older strategies' `percentage`, read as Unleash's SDKs read it (JavaScript's
+/// `Number(…)`): blank is 0, a decimal number is itself, anything else — or none — is not a
+/// number, and no comparison with it holds (the strategy is off).
+pub fn parse_percentage(v: Option<&String>) -> Option<f64> {
+    let v = v?.trim();
+    if v.is_empty() {
+        return Some(0.0);
+    }
+    v.parse::<f64>().ok().filter(|p| !p.is_nan())
+}
+
 /// How a flexibleRollout strategy's percentage is read (Unleash: an integer string; anything
 /// else turns the strategy off).
 pub fn parse_rollout(s: Option<&String>) -> Option<u32> {

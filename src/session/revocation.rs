@@ -52,6 +52,17 @@ impl RevokedSids {
             .is_some_and(|(cutoff, _)| issued_at <= *cutoff)
     }
 
+    /// [`RevokedSids::logged_out`] for the login `kind`/`value` at `issuer`, hashing its key
+    /// only when some logout is known (the common case on a hot path is none).
+    pub fn login_logged_out(&self, issuer: &str, kind: &str, value: &str, issued_at: i64) -> bool {
+        let any = !self
+            .logouts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        any && self.logged_out(&Self::login_key(issuer, kind, value), issued_at)
+    }
+
     /// The key of a provider's login: a user (`kind` "sub") or an OP session ("sid") at the
     /// issuer. A digest, so that no id is kept or sent in the clear.
     pub fn login_key(issuer: &str, kind: &str, value: &str) -> String {

@@ -15,7 +15,9 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config::unleash::{ConstraintDef, StrategyDef, parse_net, parse_rollout};
+use crate::config::unleash::{
+    ConstraintDef, StrategyDef, parse_net, parse_percentage, parse_rollout,
+};
 
 /// Unleash's seed for strategy bucketing (variants use another; sessiongate has none).
 const STRATEGY_SEED: u32 = 0;
@@ -432,17 +434,6 @@ impl Feature {
                 _ => None,
             })
     }
-}
-
-/// The older strategies' `percentage`, read as Unleash's SDKs read it (JavaScript's
-/// `Number(…)`): blank is 0, a decimal number is itself, anything else — or none — is not a
-/// number, and no comparison with it holds (the strategy is off).
-fn parse_percentage(v: Option<&String>) -> Option<f64> {
-    let v = v?.trim();
-    if v.is_empty() {
-        return Some(0.0);
-    }
-    v.parse::<f64>().ok().filter(|p| !p.is_nan())
 }
 
 /// The value a strategy buckets on, or `None` when the context lacks it (strategy off).

@@ -50,11 +50,11 @@ impl ProviderTokens {
         name: &str,
         token: &str,
     ) -> Result<Logout, Error> {
-        let provider = self
+        let (provider, settings) = self
             .providers
             .all()
-            .find(|p| p.name() == name && p.config.backchannel_logout.is_some())
-            .cloned()
+            .filter(|p| p.name() == name)
+            .find_map(|p| Some((p.clone(), p.config.backchannel_logout.clone()?)))
             .ok_or_else(|| {
                 Error::new(
                     crate::error::ErrorCode::NotFound,
@@ -62,9 +62,6 @@ impl ProviderTokens {
                     "no provider of that name takes back-channel logouts",
                 )
             })?;
-        let Some(settings) = provider.config.backchannel_logout.clone() else {
-            unreachable!("filtered above");
-        };
         let now = self.clock.now_secs();
         if token.is_empty() || token.len() > self.max_token_bytes {
             return Err(invalid("empty or too large"));

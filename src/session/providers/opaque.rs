@@ -12,7 +12,6 @@ use serde_json::{Map, Value};
 use super::validate::Verified;
 use super::{LegacyIds, Provider, ProviderTokens};
 use crate::error::Error;
-use crate::session::revocation::RevokedSids;
 use crate::session::verdict::{Origin, Reason, Source, Verdict};
 use crate::store::keys::Digest;
 use crate::upstream::userinfo::UserInfoOutcome;
@@ -110,11 +109,11 @@ impl ProviderTokens {
         // The user logged out at the provider (back-channel) after it vouched for the token.
         if let Ok(claims) = &answer
             && let Some(sub) = claims.get("sub").and_then(Value::as_str)
+            && self
+                .revoked
+                .login_logged_out(&provider.config.issuer, "sub", sub, answered_at)
         {
-            let key = RevokedSids::login_key(&provider.config.issuer, "sub", sub);
-            if self.revoked.logged_out(&key, answered_at) {
-                answer = Err(Reason::Revoked);
-            }
+            answer = Err(Reason::Revoked);
         }
         Ok(self.userinfo_verdict(provider, answer, source, now))
     }
