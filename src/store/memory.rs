@@ -5,7 +5,7 @@
 //! `live` refuses it. Expiry is lazy on read plus a periodic sweep, so memory stays bounded
 //! by what is live.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,7 +13,10 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::{Key, MEMORY_EVENTS_MAX_LEN, Notice, Store, StoreError, StoreKind, StoreResult, Write};
+use super::{
+    GroupRead, Key, MEMORY_EVENTS_MAX_LEN, Notice, Store, StoreError, StoreKind, StoreResult,
+    StreamEntry, Write,
+};
 use crate::config::Env;
 
 /// Sweep expired entries after this many writes.
@@ -38,11 +41,34 @@ impl Entry {
     }
 }
 
+/// A consumer group of the event stream: its cursor and what it read but did not
+/// acknowledge.
+#[derive(Default)]
+struct Group {
+    last: u64,
+    pending: BTreeSet<u64>,
+}
+
 #[derive(Default)]
 struct State {
     map: HashMap<Key, Entry>,
-    events: VecDeque<serde_json::Value>,
+    /// Events by id (1, 2, …), oldest first.
+    events: VecDeque<(u64, serde_json::Value)>,
+    last_event: u64,
+    groups: HashMap<String, Group>,
     writes: u64,
+}
+
+/// Event ids look like Redis stream ids (`<n>-0`).
+fn event_id(n: u64) -> String {
+    format!("{n}-0")
+}
+
+fn parse_event_id(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 impl State {
@@ -58,7 +84,13 @@ impl State {
         if self.events.len() == MEMORY_EVENTS_MAX_LEN {
             self.events.pop_front();
         }
-        self.events.push_back(event);
+        self.last_event += 1;
+        self.events.push_back((self.last_event, event));
+    }
+
+    fn event(&self, id: u64) -> Option<serde_json::Value> {
+        let i = self.events.binary_search_by_key(&id, |(n, _)| *n).ok()?;
+        Some(self.events[i].1.clone())
     }
 
     fn wrote(&mut self, now: Instant) {
@@ -139,6 +171,17 @@ impl State {
                     self.map.remove(&key);
                 }
             }
+            Write::ExpiringRemove { key, member } => {
+                if let Some(e) = self.live(&key, now) {
+                    let Value::Expiring(members) = &mut e.value else {
+                        return Err(wrong_type(&key));
+                    };
+                    members.remove(&member);
+                    if members.is_empty() {
+                        self.map.remove(&key);
+                    }
+                }
+            }
             Write::SetRemove { key, member } => {
                 if let Some(e) = self.live(&key, now) {
                     let Value::Set(set) = &mut e.value else {
@@ -165,14 +208,16 @@ impl State {
                 | None => Ok(()),
                 Some(_) => Err(wrong_type(key)),
             },
-            Write::ExpiringAdd { key, .. } => match self.live(key, now) {
-                Some(Entry {
-                    value: Value::Expiring(_),
-                    ..
-                })
-                | None => Ok(()),
-                Some(_) => Err(wrong_type(key)),
-            },
+            Write::ExpiringAdd { key, .. } | Write::ExpiringRemove { key, .. } => {
+                match self.live(key, now) {
+                    Some(Entry {
+                        value: Value::Expiring(_),
+                        ..
+                    })
+                    | None => Ok(()),
+                    Some(_) => Err(wrong_type(key)),
+                }
+            }
             Write::Put { .. } | Write::Delete { .. } | Write::Event(_) => Ok(()),
         }
     }
@@ -429,7 +474,89 @@ impl Store for MemoryStore {
     async fn recent_events(&self, count: usize) -> StoreResult<Vec<serde_json::Value>> {
         let st = self.state();
         let skip = st.events.len().saturating_sub(count);
-        Ok(st.events.iter().skip(skip).cloned().collect())
+        Ok(st
+            .events
+            .iter()
+            .skip(skip)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn group_create(&self, group: &str) -> StoreResult<()> {
+        let mut st = self.state();
+        let last = st.last_event;
+        st.groups.entry(group.to_owned()).or_insert(Group {
+            last,
+            pending: BTreeSet::new(),
+        });
+        Ok(())
+    }
+
+    async fn group_read(
+        &self,
+        group: &str,
+        read: GroupRead,
+        count: usize,
+    ) -> StoreResult<Vec<StreamEntry>> {
+        let mut st = self.state();
+        let st = &mut *st;
+        let Some(g) = st.groups.get_mut(group) else {
+            // As Redis answers (NOGROUP): the group must be created again.
+            return Err(StoreError::Unavailable("no such consumer group".into()));
+        };
+        match read {
+            GroupRead::New => {
+                let from = st.events.partition_point(|(n, _)| *n <= g.last);
+                let out: Vec<StreamEntry> = st
+                    .events
+                    .iter()
+                    .skip(from)
+                    .take(count)
+                    .map(|(n, e)| StreamEntry {
+                        id: event_id(*n),
+                        event: Some(e.clone()),
+                    })
+                    .collect();
+                for e in &out {
+                    let n = parse_event_id(&e.id);
+                    g.pending.insert(n);
+                    g.last = n;
+                }
+                Ok(out)
+            }
+            GroupRead::PendingAfter(after) => {
+                let after = parse_event_id(&after);
+                let ids: Vec<u64> = g.pending.range(after + 1..).take(count).copied().collect();
+                Ok(ids
+                    .into_iter()
+                    .map(|n| StreamEntry {
+                        id: event_id(n),
+                        event: st.event(n),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    async fn group_ack(&self, group: &str, ids: &[String]) -> StoreResult<()> {
+        if let Some(g) = self.state().groups.get_mut(group) {
+            for id in ids {
+                g.pending.remove(&parse_event_id(id));
+            }
+        }
+        Ok(())
+    }
+
+    async fn renew_if_equals(&self, key: &Key, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut st = self.state();
+        match st.live(key, now) {
+            Some(e) if matches!(&e.value, Value::Bytes(v) if v == value) => {
+                e.expires_at = Some(now + ttl);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 

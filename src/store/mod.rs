@@ -81,8 +81,29 @@ pub enum Write {
         prune_through: i64,
         ttl: Option<Duration>,
     },
+    /// Removes `member` from the expiry-ordered set `key`.
+    ExpiringRemove { key: Key, member: Vec<u8> },
     /// Append an event (a JSON object) to the event stream, with the batch.
     Event(serde_json::Value),
+}
+
+/// One entry of the event stream, as a consumer group reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEntry {
+    /// The stream's id of the entry (ordered; opaque otherwise).
+    pub id: String,
+    /// The event; `None` when the stream was trimmed past it before the group acknowledged
+    /// it (Redis keeps the id in the group's pending list, not the entry).
+    pub event: Option<serde_json::Value>,
+}
+
+/// Which entries a consumer group read returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRead {
+    /// Entries no one in the group has read yet; reading them makes them pending.
+    New,
+    /// Entries read but not yet acknowledged, after this id (`"0"`: from the first).
+    PendingAfter(String),
 }
 
 /// What arrives on the invalidation channel.
@@ -234,6 +255,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `count` events, oldest first.
     async fn recent_events(&self, count: usize) -> StoreResult<Vec<serde_json::Value>>;
+
+    /// Creates the consumer group `group` on the event stream, reading from the events
+    /// appended after this call on (what came before is not its business); nothing if it
+    /// exists. A group's readers share one cursor and one pending list, so each event goes
+    /// to one of them. Callers keep one reader per group at a time (a lease), which is why
+    /// the reader has no name of its own.
+    async fn group_create(&self, group: &str) -> StoreResult<()>;
+
+    /// Up to `count` entries of `group`, in stream order.
+    async fn group_read(
+        &self,
+        group: &str,
+        read: GroupRead,
+        count: usize,
+    ) -> StoreResult<Vec<StreamEntry>>;
+
+    /// Acknowledges `ids` in `group`: they leave its pending list for good.
+    async fn group_ack(&self, group: &str, ids: &[String]) -> StoreResult<()>;
+
+    /// Resets `key`'s time to live to `ttl` only if it holds `value` (a lease renewed by its
+    /// holder only). True if it was renewed.
+    async fn renew_if_equals(&self, key: &Key, value: &[u8], ttl: Duration) -> StoreResult<bool>;
 }
 
 /// The event stream's name in Redis (contract).

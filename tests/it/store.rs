@@ -7,7 +7,7 @@ use sessiongate::config::Env;
 use sessiongate::store::keys::{Digest, Keys};
 use sessiongate::store::memory::MemoryStore;
 use sessiongate::store::redis::{RedisStore, Timeouts};
-use sessiongate::store::{Notice, Store, StoreError, Write};
+use sessiongate::store::{GroupRead, Notice, Store, StoreError, Write};
 
 use crate::support::{RedisCluster, RedisServer, eventually};
 
@@ -198,6 +198,16 @@ async fn suite(s: Arc<dyn Store>) {
     let mut got = s.expiring_members(&revoked, 0).await.unwrap();
     got.sort();
     assert_eq!(got, vec![(b"b".to_vec(), 200), (b"c".to_vec(), 300)]);
+    s.write(vec![Write::ExpiringRemove {
+        key: revoked.clone(),
+        member: b"b".to_vec(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.expiring_members(&revoked, 0).await.unwrap(),
+        vec![(b"c".to_vec(), 300)]
+    );
 
     // A type mismatch is data corruption, not an outage.
     let e = s.set_members(&a).await.unwrap_err();
@@ -223,6 +233,69 @@ async fn suite(s: Arc<dyn Store>) {
             .collect::<Vec<_>>(),
         vec![2, 3, 4]
     );
+
+    // Consumer groups: a new group reads what is appended after it exists; what it read
+    // stays pending until acknowledged, and a later reader finds it there.
+    s.group_create("g1").await.unwrap();
+    s.group_create("g1").await.unwrap();
+    for i in 5..9 {
+        s.append_event(&serde_json::json!({"type": "test.event", "n": i}))
+            .await
+            .unwrap();
+    }
+    let n = |e: &sessiongate::store::StreamEntry| e.event.as_ref().unwrap()["n"].as_i64().unwrap();
+    let first = s.group_read("g1", GroupRead::New, 3).await.unwrap();
+    assert_eq!(first.iter().map(n).collect::<Vec<_>>(), vec![5, 6, 7]);
+    let rest = s.group_read("g1", GroupRead::New, 10).await.unwrap();
+    assert_eq!(rest.iter().map(n).collect::<Vec<_>>(), vec![8]);
+    assert!(
+        s.group_read("g1", GroupRead::New, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.group_ack("g1", &[first[1].id.clone(), rest[0].id.clone()])
+        .await
+        .unwrap();
+    let pending = s
+        .group_read("g1", GroupRead::PendingAfter("0".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.iter().map(n).collect::<Vec<_>>(), vec![5, 7]);
+    let after = s
+        .group_read("g1", GroupRead::PendingAfter(pending[0].id.clone()), 10)
+        .await
+        .unwrap();
+    assert_eq!(after.iter().map(n).collect::<Vec<_>>(), vec![7]);
+    // Another group has a cursor of its own.
+    s.group_create("g2").await.unwrap();
+    assert!(
+        s.group_read("g2", GroupRead::New, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A group that does not exist (a Redis that lost it) is an error the reader can act on.
+    assert!(s.group_read("nope", GroupRead::New, 1).await.is_err());
+
+    // Leases: renewed by their holder only.
+    let lease = k.rate("lease", &Digest::of(b"l"));
+    assert!(
+        s.put_if_absent(&lease, b"me", Some(Duration::from_secs(2)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.renew_if_equals(&lease, b"other", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.renew_if_equals(&lease, b"me", Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(s.ttl(&lease).await.unwrap().unwrap().unwrap() > Duration::from_secs(30));
 
     // Invalidation channel: what is published arrives at subscribers. Redis delivers only
     // once the background subscription is up, so publish until it arrives.

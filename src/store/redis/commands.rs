@@ -25,7 +25,8 @@ pub(super) fn write_key(w: &Write) -> &str {
         | Write::Delete { key }
         | Write::SetAdd { key, .. }
         | Write::SetRemove { key, .. }
-        | Write::ExpiringAdd { key, .. } => key.as_str(),
+        | Write::ExpiringAdd { key, .. }
+        | Write::ExpiringRemove { key, .. } => key.as_str(),
         Write::Event(_) => EVENTS_STREAM,
     }
 }
@@ -73,6 +74,9 @@ pub(super) fn transaction(writes: &[Write]) -> redis::Pipeline {
                     .arg(*prune_through)
                     .ignore();
                 grow_ttl(&mut pipe, key, *ttl);
+            }
+            Write::ExpiringRemove { key, member } => {
+                pipe.zrem(key.as_str(), member.as_slice()).ignore();
             }
             Write::Event(event) => {
                 pipe.add_command(xadd(event)).ignore();

@@ -27,13 +27,20 @@ use redis::{AsyncCommands, ErrorKind, RedisError, RedisFuture};
 use tokio::sync::broadcast;
 
 use super::keys::Keys;
-use super::{EVENTS_STREAM, Key, Notice, Store, StoreError, StoreKind, StoreResult, Write};
+use super::{
+    EVENTS_STREAM, GroupRead, Key, Notice, Store, StoreError, StoreKind, StoreResult, StreamEntry,
+    Write,
+};
 use crate::config::Env;
 use breaker::{Breakers, slot_number};
 use commands::{transaction, ttl_ms, write_key, xadd};
 
 mod breaker;
 mod commands;
+
+/// The one reader name of every consumer group: a lease keeps one reader per group at a
+/// time, so a new holder finds what the last one left pending under the same name.
+const GROUP_READER: &str = "sessiongate";
 
 /// Calls in flight at most; past it, calls fail at once (load shedding) instead of queueing.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -563,4 +570,133 @@ impl Store for RedisStore {
         }
         Ok(out)
     }
+
+    async fn group_create(&self, group: &str) -> StoreResult<()> {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(EVENTS_STREAM)
+            .arg(group)
+            .arg("$")
+            .arg("MKSTREAM");
+        let created = self
+            .run("XGROUP", Some(EVENTS_STREAM), |mut c| async move {
+                match cmd.query_async::<()>(&mut c).await {
+                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                    other => other,
+                }
+            })
+            .await;
+        created
+    }
+
+    async fn group_read(
+        &self,
+        group: &str,
+        read: GroupRead,
+        count: usize,
+    ) -> StoreResult<Vec<StreamEntry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(group)
+            .arg(GROUP_READER)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(EVENTS_STREAM);
+        match read {
+            GroupRead::New => cmd.arg(">"),
+            GroupRead::PendingAfter(after) => cmd.arg(after),
+        };
+        let reply: redis::Value = self
+            .run("XREADGROUP", Some(EVENTS_STREAM), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+        stream_entries(reply)
+    }
+
+    async fn group_ack(&self, group: &str, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XACK");
+        cmd.arg(EVENTS_STREAM).arg(group).arg(ids);
+        self.run("XACK", Some(EVENTS_STREAM), |mut c| async move {
+            cmd.query_async::<i64>(&mut c).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn renew_if_equals(&self, key: &Key, value: &[u8], ttl: Duration) -> StoreResult<bool> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT)
+            .arg(1)
+            .arg(key.as_str())
+            .arg(value)
+            .arg(ttl_ms(ttl));
+        let renewed: i64 = self
+            .run("EVAL", Some(key.as_str()), |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+}
+
+/// The entries of an XREADGROUP reply on the one event stream: `nil` (nothing new), or
+/// `[[stream, [[id, [field, value, …] | nil], …]]]` (`nil` fields: trimmed since read).
+fn stream_entries(reply: redis::Value) -> StoreResult<Vec<StreamEntry>> {
+    use redis::Value as V;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("XREADGROUP reply: {what}"));
+    let streams = match reply {
+        V::Nil => return Ok(Vec::new()),
+        V::Array(a) => a,
+        V::Map(m) => m.into_iter().map(|(k, v)| V::Array(vec![k, v])).collect(),
+        _ => return Err(corrupt("not an array")),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let V::Array(mut pair) = stream else {
+            return Err(corrupt("stream is not a pair"));
+        };
+        let Some(V::Array(entries)) = pair.pop() else {
+            return Err(corrupt("no entries"));
+        };
+        for entry in entries {
+            let V::Array(mut parts) = entry else {
+                return Err(corrupt("entry is not an array"));
+            };
+            if parts.len() != 2 {
+                return Err(corrupt("entry is not a pair"));
+            }
+            let fields = parts.pop();
+            let id: String = redis::from_redis_value(parts.pop().unwrap_or(V::Nil))
+                .map_err(|_| corrupt("id"))?;
+            let event = match fields {
+                Some(V::Array(f)) => {
+                    let mut event = None;
+                    for kv in f.chunks(2) {
+                        if let [name, value] = kv {
+                            let name: String = redis::from_redis_value(name.clone())
+                                .map_err(|_| corrupt("field name"))?;
+                            if name == "event" {
+                                let text: String = redis::from_redis_value(value.clone())
+                                    .map_err(|_| corrupt("field value"))?;
+                                event = Some(
+                                    serde_json::from_str(&text)
+                                        .map_err(|e| StoreError::Corrupt(format!("event: {e}")))?,
+                                );
+                            }
+                        }
+                    }
+                    event
+                }
+                _ => None,
+            };
+            out.push(StreamEntry { id, event });
+        }
+    }
+    Ok(out)
 }
