@@ -578,15 +578,13 @@ impl Store for RedisStore {
             .arg(group)
             .arg("$")
             .arg("MKSTREAM");
-        let created = self
-            .run("XGROUP", Some(EVENTS_STREAM), |mut c| async move {
-                match cmd.query_async::<()>(&mut c).await {
-                    Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-                    other => other,
-                }
-            })
-            .await;
-        created
+        self.run("XGROUP", Some(EVENTS_STREAM), |mut c| async move {
+            match cmd.query_async::<()>(&mut c).await {
+                Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn group_read(
