@@ -19,6 +19,7 @@ use crate::net::{Connections, Door, Limits};
 use crate::session::SessionService;
 use crate::store::keys::Keys;
 use crate::store::{Store, StoreError, StoreKind};
+use crate::webhooks::Webhooks;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,7 @@ pub struct App {
     signing: Arc<SigningKeys>,
     sessions: Arc<SessionService>,
     flows: Arc<FlowService>,
+    webhooks: Arc<Webhooks>,
     grpc: TcpListener,
     http: TcpListener,
     grpc_addr: SocketAddr,
@@ -124,6 +126,7 @@ impl App {
             tracing::warn!(error = %e, "cannot load flow overrides yet");
         }
         crate::flow::service::spawn_listener(flows.clone(), config.store.resync_every);
+        let webhooks = Arc::new(Webhooks::new(&config, store.clone(), clock.clone()));
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -143,6 +146,7 @@ impl App {
             signing,
             sessions,
             flows,
+            webhooks,
             config: Arc::new(config),
             grpc,
             http,
@@ -184,6 +188,7 @@ impl App {
             sessions: self.sessions,
             flows: self.flows,
             callers: self.callers,
+            webhooks: self.webhooks.clone(),
             max_message_bytes: cfg.server.max_message_bytes,
         })
         .await?;
@@ -205,6 +210,7 @@ impl App {
         let stop_signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let deliverers = self.webhooks.spawn(stopped.clone());
         let grpc = {
             let connections = connections.clone();
             let stopped = stop_signal(stopped.clone());
@@ -244,6 +250,8 @@ impl App {
         let drained = tokio::time::timeout(cfg.server.drain_grace, async {
             let _ = grpc.await;
             let _ = http.await;
+            // Webhook deliveries in flight finish (or are left to the next holder).
+            futures::future::join_all(deliverers).await;
         })
         .await;
         if drained.is_err() {

@@ -82,6 +82,10 @@ pub enum ErrorReason {
     ProviderNotFound,
     /// NOT_FOUND: no such flow is configured.
     FlowNotFound,
+    /// NOT_FOUND: no such webhook is configured.
+    WebhookNotFound,
+    /// NOT_FOUND: the webhook has no dead letter of that event.
+    DeadLetterNotFound,
     /// RESOURCE_EXHAUSTED: our rate limit, per caller or per identity.
     RateLimited,
     /// RESOURCE_EXHAUSTED: the legacy provider answered 429.
@@ -96,6 +100,8 @@ pub enum ErrorReason {
     LegacyProviderUnavailable,
     /// UNAVAILABLE: the issuer's keys cannot be had; retry.
     KeysUnavailable,
+    /// UNAVAILABLE: a webhook receiver did not take a redelivered event; retry later.
+    WebhookUndelivered,
     /// UNIMPLEMENTED: not served by this build.
     Unimplemented,
     /// INTERNAL: a bug; the details are in the server logs.
@@ -134,6 +140,8 @@ impl ErrorReason {
         ErrorReason::SessionNotFound,
         ErrorReason::ProviderNotFound,
         ErrorReason::FlowNotFound,
+        ErrorReason::WebhookNotFound,
+        ErrorReason::DeadLetterNotFound,
         ErrorReason::RateLimited,
         ErrorReason::LegacyRateLimited,
         ErrorReason::UpstreamBudgetExhausted,
@@ -141,6 +149,7 @@ impl ErrorReason {
         ErrorReason::StoreUnavailable,
         ErrorReason::LegacyProviderUnavailable,
         ErrorReason::KeysUnavailable,
+        ErrorReason::WebhookUndelivered,
         ErrorReason::Unimplemented,
         ErrorReason::Internal,
     ];
@@ -176,6 +185,8 @@ impl ErrorReason {
             ErrorReason::SessionNotFound => "SESSION_NOT_FOUND",
             ErrorReason::ProviderNotFound => "PROVIDER_NOT_FOUND",
             ErrorReason::FlowNotFound => "FLOW_NOT_FOUND",
+            ErrorReason::WebhookNotFound => "WEBHOOK_NOT_FOUND",
+            ErrorReason::DeadLetterNotFound => "DEAD_LETTER_NOT_FOUND",
             ErrorReason::RateLimited => "RATE_LIMITED",
             ErrorReason::LegacyRateLimited => "LEGACY_RATE_LIMITED",
             ErrorReason::UpstreamBudgetExhausted => "UPSTREAM_BUDGET_EXHAUSTED",
@@ -183,6 +194,7 @@ impl ErrorReason {
             ErrorReason::StoreUnavailable => "STORE_UNAVAILABLE",
             ErrorReason::LegacyProviderUnavailable => "LEGACY_PROVIDER_UNAVAILABLE",
             ErrorReason::KeysUnavailable => "KEYS_UNAVAILABLE",
+            ErrorReason::WebhookUndelivered => "WEBHOOK_UNDELIVERED",
             ErrorReason::Unimplemented => "UNIMPLEMENTED",
             ErrorReason::Internal => "INTERNAL",
         }

@@ -28,6 +28,7 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::Config;

@@ -11,7 +11,7 @@
 //! must never silently fall back to a default.
 //!
 //! One file per section of the file (`server`, `store` for `[redis]`, `native`, `providers`,
-//! `clients`, `flows`, `migration`, `edge`, `telemetry`), each with its raw (as written) and typed (as
+//! `clients`, `flows`, `migration`, `edge`, `webhooks`, `telemetry`), each with its raw (as written) and typed (as
 //! checked) forms and its checks; this file loads the layers, runs the sections in order and
 //! adds what spans several (what `live` refuses). Every problem is collected, not just the
 //! first, and names its key and its fix.
@@ -35,6 +35,7 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 pub mod unleash;
+mod webhooks;
 
 use clients::RawClient;
 pub use clients::{ClientConfig, Scope, Scopes};
@@ -56,6 +57,8 @@ pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerConfig};
 use store::RawRedis;
 pub use store::{SessionFormat, StoreConfig};
 pub use telemetry::TelemetryConfig;
+use webhooks::RawWebhook;
+pub use webhooks::{EVENT_TYPES, WebhookConfig, WebhookSecret};
 
 // === Environment variable names (contract) ===
 
@@ -237,6 +240,7 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     pub migration: MigrationConfig,
     pub edge: EdgeConfig,
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 // === The file format ===
@@ -265,6 +269,8 @@ struct RawFile {
     migration: RawMigration,
     #[serde(default)]
     edge: RawEdge,
+    #[serde(default)]
+    webhooks: Vec<RawWebhook>,
 }
 
 // === Defaults ===
@@ -487,6 +493,7 @@ fn build(
     let (log_format, telemetry) = telemetry::build(&mut c, vars, raw.log_format);
     let migration = migration::build(&mut c, raw.migration);
     let edge = edge::build(&mut c, raw.edge);
+    let webhooks = webhooks::build(&mut c, env, vars, raw.webhooks);
 
     // --- what `live` refuses: every test-only convenience ---
     if env == Env::Live {
@@ -526,6 +533,7 @@ fn build(
         clients,
         migration,
         edge,
+        webhooks,
     })
 }
 

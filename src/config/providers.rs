@@ -332,7 +332,12 @@ pub(super) fn build(
     providers
 }
 
-fn url_field(c: &mut Check, env: Env, key: &str, value: Option<String>) -> Option<url::Url> {
+pub(super) fn url_field(
+    c: &mut Check,
+    env: Env,
+    key: &str,
+    value: Option<String>,
+) -> Option<url::Url> {
     let value = value?;
     match url::Url::parse(&value) {
         Ok(u) if u.scheme() == "https" => Some(u),

@@ -745,3 +745,75 @@ backchannel_logout_audiences = [""]
         "the default"
     );
 }
+
+const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[test]
+fn webhooks_parse_with_defaults_and_never_show_their_secrets() {
+    let cfg = from_toml(
+        "[[webhooks]]\nurl = \"https://hooks.example.com/in?token=abc\"\nsecrets = [\"env:WH1\", \"env:WH2\"]\n\
+         [[webhooks]]\nname = \"legacy-backfill\"\nurl = \"https://legacy.example.com/hook\"\nsecrets = [\"env:WH1\"]\nevents = [\"user.created\"]\n",
+        &[("WH1", WHSEC), ("WH2", WHSEC)],
+    )
+    .unwrap();
+    let [a, b] = &cfg.webhooks[..] else {
+        panic!("two webhooks")
+    };
+    assert!(a.name.starts_with("webhook-") && a.name.len() == "webhook-".len() + 8);
+    assert_eq!(a.secrets.len(), 2);
+    assert_eq!(a.secrets[0].key_bytes().len(), 24);
+    assert!(a.wants("rollout.updated") && a.wants("user.migrated"));
+    assert_eq!(a.retry_for, Duration::from_secs(86_400));
+    assert_eq!(a.timeout, Duration::from_secs(10));
+    assert_eq!(b.name, "legacy-backfill");
+    assert!(b.wants("user.created") && !b.wants("session.created"));
+    let shown = cfg.describe();
+    assert!(
+        !shown.contains("MfKQ9r8") && !shown.contains("token=abc"),
+        "{shown}"
+    );
+    assert!(shown.contains("env:WH1"));
+}
+
+#[test]
+fn webhook_mistakes_are_refused_with_their_key() {
+    let p = problem(
+        "[[webhooks]]\nname = \"a\"\nurl = \"https://x.example/h\"\nsecrets = [\"whsec_literal\"]\n\
+         [[webhooks]]\nname = \"a\"\nurl = \"https://y.example/h\"\nsecrets = [\"env:SHORT\"]\nevents = []\n\
+         [[webhooks]]\nname = \"c d\"\nurl = \"https://z.example/h\"\nsecrets = [\"env:NOPREFIX\", \"env:MISSING\"]\nevents = [\"user.deleted\"]\n\
+         [[webhooks]]\nurl = \"ftp://w.example/h\"\nsecrets = [\"env:WH\"]\n\
+         [[webhooks]]\nsecrets = [\"env:WH\"]\n\
+         [[webhooks]]\nname = \"e\"\nurl = \"https://v.example/h\"\nsecrets = []\ntimeout_seconds = 0\nmax_in_flight = 0\n",
+        &[
+            ("SHORT", "whsec_c2hvcnQ="),
+            ("NOPREFIX", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("WH", WHSEC),
+        ],
+    );
+    let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "webhooks[0].secrets[0]",
+        "webhooks[1].name",
+        "webhooks[1].secrets[0]",
+        "webhooks[1].events",
+        "webhooks[2].name",
+        "webhooks[2].secrets[0]",
+        "webhooks[2].secrets[1]",
+        "webhooks[2].events",
+        "webhooks[3].url",
+        "webhooks[4].url",
+        "webhooks[5].secrets",
+        "webhooks[5].timeout_seconds",
+        "webhooks[5].max_in_flight",
+    ] {
+        assert!(keys.contains(&want), "{want} not in {keys:?}");
+    }
+    // No secret value in any message.
+    assert!(p.iter().all(|p| !p.message.contains("MfKQ9r8")));
+    // Plain http only in test.
+    let live = problem(
+        "[[webhooks]]\nurl = \"http://hooks.internal/h\"\nsecrets = [\"env:WH\"]\n",
+        &[("WH", WHSEC), (ENV_ENV, "live")],
+    );
+    assert!(live.iter().any(|p| p.key == "webhooks[0].url"), "{live:?}");
+}

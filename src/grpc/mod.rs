@@ -9,6 +9,7 @@ pub mod layers;
 pub mod rollout;
 pub mod server;
 pub mod session;
+pub mod webhooks;
 
 /// Generated code for `sessiongate.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -23,6 +24,7 @@ pub mod pb {
 /// Fully qualified names of the public services, as reflection and health report them.
 pub const SESSION_GATE_SERVICE: &str = "sessiongate.v1.SessionGateService";
 pub const ROLLOUT_ADMIN_SERVICE: &str = "sessiongate.v1.RolloutAdminService";
+pub const WEBHOOK_ADMIN_SERVICE: &str = "sessiongate.v1.WebhookAdminService";
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 pub const EXT_AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
@@ -96,6 +98,16 @@ const METHODS: &[(&str, &str, Option<Scopes>)] = &[
     (
         "/sessiongate.v1.RolloutAdminService/UpdateRollout",
         "RolloutAdminService/UpdateRollout",
+        Some(Scopes::one(Scope::Admin)),
+    ),
+    (
+        "/sessiongate.v1.WebhookAdminService/ListDeadLetters",
+        "WebhookAdminService/ListDeadLetters",
+        Some(Scopes::one(Scope::Admin)),
+    ),
+    (
+        "/sessiongate.v1.WebhookAdminService/RedeliverDeadLetter",
+        "WebhookAdminService/RedeliverDeadLetter",
         Some(Scopes::one(Scope::Admin)),
     ),
     (

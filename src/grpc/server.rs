@@ -15,13 +15,19 @@ use super::ext_authz::{AuthorizationServer, ExtAuthzApi};
 use super::layers::{Auth, AuthLayer, Observe, ObserveLayer};
 use super::pb::rollout_admin_service_server::RolloutAdminServiceServer;
 use super::pb::session_gate_service_server::SessionGateServiceServer;
+use super::pb::webhook_admin_service_server::WebhookAdminServiceServer;
 use super::rollout::RolloutAdminApi;
 use super::session::SessionGateApi;
-use super::{EXT_AUTHZ_SERVICE, HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE, pb};
+use super::webhooks::WebhookAdminApi;
+use super::{
+    EXT_AUTHZ_SERVICE, HEALTH_SERVICE, ROLLOUT_ADMIN_SERVICE, SESSION_GATE_SERVICE,
+    WEBHOOK_ADMIN_SERVICE, pb,
+};
 use crate::auth::CallerKeys;
 use crate::edge::Gate;
 use crate::flow::FlowService;
 use crate::session::SessionService;
+use crate::webhooks::Webhooks;
 
 /// The longest a call may take, and the deadline of a call that sets none: work for a caller
 /// who has given up stops.
@@ -37,6 +43,7 @@ pub struct Services {
     pub edge: Arc<Gate>,
     pub flows: Arc<FlowService>,
     pub callers: Arc<CallerKeys>,
+    pub webhooks: Arc<Webhooks>,
     /// The largest message read or written, on every service (open ones included).
     pub max_message_bytes: usize,
 }
@@ -79,6 +86,7 @@ pub async fn service(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(SESSION_GATE_SERVICE)
             .with_service_name(ROLLOUT_ADMIN_SERVICE)
+            .with_service_name(WEBHOOK_ADMIN_SERVICE)
             .with_service_name(HEALTH_SERVICE)
             .with_service_name(EXT_AUTHZ_SERVICE)
     };
@@ -105,12 +113,17 @@ pub async fn service(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
+    let webhooks = WebhookAdminServiceServer::new(WebhookAdminApi::new(services.webhooks))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
     let routes = Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(session)
         .add_service(ext_authz)
         .add_service(admin)
+        .add_service(webhooks)
         .prepare();
     // Observe outermost, so that rejected and timed-out calls are counted too.
     let service = ServiceBuilder::new()

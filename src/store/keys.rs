@@ -206,6 +206,28 @@ impl Keys {
         ))
     }
 
+    /// The lease of the replica delivering a webhook's events (names are configuration:
+    /// letters, digits, `-`, `_`, `.`).
+    pub fn webhook_lease(&self, webhook: &str) -> Key {
+        self.key(format_args!("wh:{webhook}:lease"))
+    }
+
+    /// A webhook's dead letters, ordered by when they are dropped (members: event ids).
+    pub fn webhook_dead_letters(&self, webhook: &str) -> Key {
+        self.key(format_args!("{{wh:{webhook}}}:dead"))
+    }
+
+    /// One dead letter: the event and why its delivery gave up.
+    pub fn webhook_dead_letter(&self, webhook: &str, event_id: &str) -> Key {
+        self.key(format_args!("{{wh:{webhook}}}:dead:{event_id}"))
+    }
+
+    /// The consumer group a webhook reads the event stream with (not a key: a name within
+    /// the stream), per env like the keys.
+    pub fn webhook_group(&self, webhook: &str) -> String {
+        format!("{}webhook:{webhook}", self.prefix)
+    }
+
     /// A fixed-window rate-limit counter for `subject` (a digest: subjects may be tokens).
     pub fn rate(&self, bucket: &str, subject: &Digest) -> Key {
         self.key(format_args!("rate:{bucket}:{}", subject.to_hex()))

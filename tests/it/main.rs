@@ -19,4 +19,5 @@ mod store;
 mod support;
 mod telemetry;
 mod upstream_faults;
+mod webhooks;
 mod wycheproof;

@@ -129,6 +129,16 @@ async fn a_legacy_jwt_becomes_a_native_session_and_the_identity_is_linked_once()
         .collect();
     assert_eq!(created.len(), 1);
     assert_eq!(created[0]["created_via"], "migration");
+    // The identity moved once: one `user.migrated`, with the legacy subject a receiver needs
+    // to mark the legacy account.
+    let migrated: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "user.migrated")
+        .collect();
+    assert_eq!(migrated.len(), 1, "{events:?}");
+    assert_eq!(migrated[0]["user_id"], first.user_id.as_str());
+    assert_eq!(migrated[0]["legacy_subject"], "auth0|legacy-user-1");
+    assert_eq!(migrated[0]["new_user"], true);
     assert!(
         events
             .iter()
@@ -357,6 +367,15 @@ async fn verified_emails_link_to_existing_users_unverified_ones_never_and_confli
         linked.user.unwrap().legacy_identities[0].subject,
         "auth0|g1"
     );
+    // Linking to a user who signed up another way is a migration too, of no new user.
+    let events = app.store.recent_events(100).await.unwrap();
+    let migrated: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "user.migrated")
+        .collect();
+    assert_eq!(migrated.len(), 1, "{events:?}");
+    assert_eq!(migrated[0]["user_id"], grace.user_id.as_str());
+    assert_eq!(migrated[0]["new_user"], false);
 
     let unverified = app
         .session()

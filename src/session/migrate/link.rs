@@ -215,7 +215,8 @@ impl Links {
                     .compare_and_swap(&self.keys.user(&user_id), &bytes, &encode(&user)?)
                     .await?
                 {
-                    return Ok((user, false, Vec::new()));
+                    let migrated = migrated_event(self.env, now, &user_id, provider, sub, false);
+                    return Ok((user, false, vec![migrated]));
                 }
                 bytes = self
                     .store
@@ -269,9 +270,33 @@ impl Links {
                 "user.created",
                 json!({"user_id": user_id, "created_via": "migration", "provider": provider.name()}),
             ));
+            writes.push(migrated_event(self.env, now, &user_id, provider, sub, true));
         }
         Ok((user, won, writes))
     }
+}
+
+/// `user.migrated`: a legacy identity now belongs to `user_id` (a new user, or one who had
+/// signed in another way), for receivers that mark the legacy account as moved.
+fn migrated_event(
+    env: crate::config::Env,
+    now: i64,
+    user_id: &str,
+    provider: &Provider,
+    sub: &str,
+    new_user: bool,
+) -> Write {
+    event(
+        env,
+        now,
+        "user.migrated",
+        json!({
+            "user_id": user_id,
+            "provider": provider.name(),
+            "legacy_subject": sub,
+            "new_user": new_user,
+        }),
+    )
 }
 
 /// Whether linking `identity` to `user` would make one person two subjects of one provider.

@@ -5,6 +5,7 @@ pub mod binary;
 pub mod idp;
 pub mod nginx;
 pub mod proxy;
+pub mod receiver;
 pub mod redis;
 
 use std::collections::HashMap;
