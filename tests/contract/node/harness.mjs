@@ -103,10 +103,14 @@ const definition = protoLoader.loadSync('sessiongate/v1/sessiongate.proto', {
 });
 const pkg = grpc.loadPackageDefinition(definition).sessiongate.v1;
 
-/** A promise-returning client of both services, authenticating with `apiKey`. */
+/** A promise-returning client of the API and admin services, authenticating with `apiKey`. */
 export function client(addr, apiKey) {
   const creds = grpc.credentials.createInsecure();
-  const services = [new pkg.SessionGateService(addr, creds), new pkg.RolloutAdminService(addr, creds)];
+  const services = [
+    new pkg.SessionGateService(addr, creds),
+    new pkg.RolloutAdminService(addr, creds),
+    new pkg.WebhookAdminService(addr, creds),
+  ];
   const api = {};
   for (const svc of services) {
     for (const method of Object.keys(Object.getPrototypeOf(svc))) {

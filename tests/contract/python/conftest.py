@@ -79,10 +79,11 @@ def _sha(s):
     return hashlib.sha256(s.encode()).hexdigest()
 
 
-def spawn_sessiongate(work):
-    """Starts the binary with `work`/sessiongate.toml on free ports; returns the process and
-    its addresses (grpc, http) once it says it serves."""
+def spawn_sessiongate(work, extra_env=None):
+    """Starts the binary with `work`/sessiongate.toml on free ports (and `extra_env`); returns
+    the process and its addresses (grpc, http) once it says it serves."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(extra_env or {})
     env.update({
         "SESSIONGATE_CONFIG": str(work / "sessiongate.toml"),
         "SESSIONGATE_GRPC_ADDR": "127.0.0.1:0",
