@@ -25,6 +25,9 @@ pub struct StoreConfig {
     pub resync_every: Duration,
     /// `redis.session_format`: how session records are written (both are always read).
     pub session_format: SessionFormat,
+    /// `redis.events_max_len`: about how many events the stream keeps. A webhook receiver
+    /// may be down for as many events as this before the oldest undelivered ones are lost.
+    pub events_max_len: usize,
 }
 
 /// How native session records are written.
@@ -47,6 +50,7 @@ pub(super) struct RawRedis {
     connect_timeout_ms: Option<u32>,
     resync_seconds: Option<u32>,
     session_format: Option<SessionFormat>,
+    events_max_len: Option<usize>,
 }
 
 pub(super) fn build(c: &mut Check, vars: &dyn Vars, raw: RawRedis) -> StoreConfig {
@@ -85,6 +89,8 @@ pub(super) fn build(c: &mut Check, vars: &dyn Vars, raw: RawRedis) -> StoreConfi
     }
     let resync_seconds = raw.resync_seconds.unwrap_or(DEFAULT_RESYNC_SECONDS);
     c.range("redis.resync_seconds", resync_seconds, 1..=3_600);
+    let events_max_len = raw.events_max_len.unwrap_or(crate::store::EVENTS_MAX_LEN);
+    c.range("redis.events_max_len", events_max_len, 1_000..=100_000_000);
 
     StoreConfig {
         redis_url: redis_url.map(Secret::new),
@@ -93,5 +99,6 @@ pub(super) fn build(c: &mut Check, vars: &dyn Vars, raw: RawRedis) -> StoreConfi
         connect_timeout: Duration::from_millis(connect_timeout_ms.into()),
         resync_every: Duration::from_secs(resync_seconds.into()),
         session_format: raw.session_format.unwrap_or_default(),
+        events_max_len,
     }
 }

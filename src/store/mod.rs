@@ -281,7 +281,8 @@ pub trait Store: Send + Sync + 'static {
 
 /// The event stream's name in Redis (contract).
 pub const EVENTS_STREAM: &str = "sessiongate:events";
-/// How many events the stream keeps (approximately, in Redis).
+/// How many events the stream keeps (approximately, in Redis) unless `redis.events_max_len`
+/// says otherwise.
 pub const EVENTS_MAX_LEN: usize = 100_000;
 /// How many events the embedded store keeps.
 pub const MEMORY_EVENTS_MAX_LEN: usize = 10_000;
@@ -292,15 +293,18 @@ pub fn from_config(
     cfg: &crate::config::StoreConfig,
 ) -> StoreResult<Arc<dyn Store>> {
     Ok(match &cfg.redis_url {
-        Some(url) => Arc::new(redis::RedisStore::connect(
-            url.expose(),
-            cfg.cluster,
-            env,
-            redis::Timeouts {
-                command: cfg.command_timeout,
-                connect: cfg.connect_timeout,
-            },
-        )?),
+        Some(url) => Arc::new(
+            redis::RedisStore::connect(
+                url.expose(),
+                cfg.cluster,
+                env,
+                redis::Timeouts {
+                    command: cfg.command_timeout,
+                    connect: cfg.connect_timeout,
+                },
+            )?
+            .with_events_max_len(cfg.events_max_len),
+        ),
         None => Arc::new(memory::MemoryStore::new(env)),
     })
 }

@@ -70,9 +70,10 @@ g() { grpcurl -plaintext -max-time 10 "$@" 2>&1 || true; }
 out=$(g "$addr" list)
 check "list shows SessionGateService" '^sessiongate\.v1\.SessionGateService$' "$out"
 check "list shows RolloutAdminService" '^sessiongate\.v1\.RolloutAdminService$' "$out"
+check "list shows WebhookAdminService" '^sessiongate\.v1\.WebhookAdminService$' "$out"
 check "list shows grpc.health.v1.Health" '^grpc\.health\.v1\.Health$' "$out"
 check "list shows Envoy's envoy.service.auth.v3.Authorization" '^envoy\.service\.auth\.v3\.Authorization$' "$out"
-[ "$(wc -l <<<"$out")" -eq 4 ] && ok "list shows nothing else" || bad "list shows more: $out"
+[ "$(wc -l <<<"$out")" -eq 5 ] && ok "list shows nothing else" || bad "list shows more: $out"
 out=$(g "$addr" describe envoy.service.auth.v3.CheckRequest)
 check "describe shows Envoy's CheckRequest" 'AttributeContext attributes = 1' "$out"
 
@@ -82,6 +83,10 @@ for rpc in ValidateSession MigrateSession ResolveFlow CreateSession RevokeSessio
 done
 out=$(g "$addr" describe sessiongate.v1.RolloutAdminService)
 for rpc in GetRollout ListRollouts UpdateRollout; do
+  check "describe shows $rpc" "rpc $rpc " "$out"
+done
+out=$(g "$addr" describe sessiongate.v1.WebhookAdminService)
+for rpc in ListDeadLetters RedeliverDeadLetter; do
   check "describe shows $rpc" "rpc $rpc " "$out"
 done
 out=$(g "$addr" describe sessiongate.v1.UpdateRolloutRequest)

@@ -328,6 +328,47 @@ async fn redis_store_passes_the_suite() {
     suite(redis_store(&redis)).await;
 }
 
+/// An event trimmed from the bounded stream before a webhook acknowledged it comes back from
+/// the group's pending list without its body: the reader learns it is gone, nothing breaks.
+#[tokio::test]
+async fn an_event_trimmed_before_it_was_acknowledged_reads_back_empty() {
+    let redis = RedisServer::start().await;
+    let s = redis_store(&redis);
+    s.group_create("g").await.unwrap();
+    for i in 0..3 {
+        s.append_event(&serde_json::json!({"n": i})).await.unwrap();
+    }
+    assert_eq!(
+        s.group_read("g", GroupRead::New, 10).await.unwrap().len(),
+        3
+    );
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = ::redis::cmd("XTRIM")
+        .arg(sessiongate::store::EVENTS_STREAM)
+        .arg("MAXLEN")
+        .arg(1)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let pending = s
+        .group_read("g", GroupRead::PendingAfter("0".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(
+        pending
+            .iter()
+            .map(|e| e.event.is_some())
+            .collect::<Vec<_>>(),
+        [false, false, true]
+    );
+    assert_eq!(pending[2].event.as_ref().unwrap()["n"], 2);
+}
+
 /// The same suite on a three-master Redis Cluster: its batches span slots (two session ids
 /// with different hash tags, a set, the event stream), so they exercise the per-slot split.
 #[tokio::test]

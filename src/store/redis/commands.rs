@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use crate::store::{EVENTS_MAX_LEN, EVENTS_STREAM, Key, Write};
+use crate::store::{EVENTS_STREAM, Key, Write};
 
-/// The arguments of an XADD of `event` to the bounded event stream.
-pub(super) fn xadd(event: &serde_json::Value) -> redis::Cmd {
+/// The arguments of an XADD of `event` to the event stream, kept to about `max_len` entries.
+pub(super) fn xadd(event: &serde_json::Value, max_len: usize) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(EVENTS_STREAM)
         .arg("MAXLEN")
         .arg("~")
-        .arg(EVENTS_MAX_LEN)
+        .arg(max_len)
         .arg("*")
         .arg("event")
         .arg(event.to_string());
@@ -31,8 +31,8 @@ pub(super) fn write_key(w: &Write) -> &str {
     }
 }
 
-/// One MULTI/EXEC applying `writes`.
-pub(super) fn transaction(writes: &[Write]) -> redis::Pipeline {
+/// One MULTI/EXEC applying `writes` (events to a stream of about `events_max_len`).
+pub(super) fn transaction(writes: &[Write], events_max_len: usize) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for w in writes {
@@ -79,7 +79,7 @@ pub(super) fn transaction(writes: &[Write]) -> redis::Pipeline {
                 pipe.zrem(key.as_str(), member.as_slice()).ignore();
             }
             Write::Event(event) => {
-                pipe.add_command(xadd(event)).ignore();
+                pipe.add_command(xadd(event, events_max_len)).ignore();
             }
         }
     }

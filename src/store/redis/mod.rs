@@ -96,6 +96,7 @@ pub struct RedisStore {
     cluster: bool,
     timeouts: Timeouts,
     breakers: Breakers,
+    events_max_len: usize,
     in_flight: tokio::sync::Semaphore,
     channel: String,
     notices: broadcast::Sender<Notice>,
@@ -180,11 +181,18 @@ impl RedisStore {
             cluster,
             timeouts,
             breakers: Breakers::new(cluster),
+            events_max_len: super::EVENTS_MAX_LEN,
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
             channel,
             notices,
             subscriber,
         })
+    }
+
+    /// Keeps the event stream to about `n` entries (default [`super::EVENTS_MAX_LEN`]).
+    pub fn with_events_max_len(mut self, n: usize) -> Self {
+        self.events_max_len = n;
+        self
     }
 
     /// Splits keyed items into groups that a cluster can serve in one request (one slot
@@ -460,7 +468,7 @@ impl Store for RedisStore {
         // Standalone: one MULTI/EXEC. Cluster: one per slot, in order, stopping at the first
         // failure (the trait's contract).
         for group in self.by_slot(writes, write_key) {
-            let pipe = transaction(&group);
+            let pipe = transaction(&group, self.events_max_len);
             self.run(
                 "MULTI/EXEC",
                 group.first().map(write_key),
@@ -537,7 +545,7 @@ impl Store for RedisStore {
     }
 
     async fn append_event(&self, event: &serde_json::Value) -> StoreResult<()> {
-        let cmd = xadd(event);
+        let cmd = xadd(event, self.events_max_len);
         self.run("XADD", Some(EVENTS_STREAM), |mut c| async move {
             cmd.query_async::<String>(&mut c).await
         })
