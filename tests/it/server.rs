@@ -84,6 +84,7 @@ async fn reflection_v1_and_v1alpha_list_only_the_public_services() {
         "grpc.health.v1.Health",
         "sessiongate.v1.RolloutAdminService",
         "sessiongate.v1.SessionGateService",
+        "sessiongate.v1.WebhookAdminService",
     ]
     .map(String::from)
     .into();

@@ -300,3 +300,59 @@ async fn two_replicas_sharing_a_redis_deliver_each_event_once_and_one_takes_over
         .collect();
     assert!(kinds.iter().all(|u| users[10..].contains(u)));
 }
+
+/// A Redis outage while events wait: the deliverer cannot read, acknowledge or renew, and
+/// delivers everything once Redis answers again.
+#[tokio::test]
+async fn a_redis_outage_delays_deliveries_and_loses_none() {
+    let redis = RedisServer::start().await;
+    let receiver = Receiver::start().await;
+    let app = setup(&receiver, "").redis(&redis).spawn().await;
+    let mut users = Vec::new();
+    for _ in 0..10 {
+        users.push(new_user_session(&mut app.session(), KEY).await.user_id);
+    }
+    redis.pause();
+    // The outage is real: the store refuses (fast) what needs it.
+    let e = app
+        .session()
+        .create_session(bearer(
+            pb::CreateSessionRequest {
+                who: Some(pb::create_session_request::Who::NewUser(
+                    pb::NewUser::default(),
+                )),
+                ..Default::default()
+            },
+            KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    redis.resume();
+    for _ in 0..5 {
+        users.push(new_user_session(&mut app.session(), KEY).await.user_id);
+    }
+    let got = receiver.until_delivered(30).await;
+    let delivered: std::collections::BTreeSet<_> = got
+        .iter()
+        .filter(|d| d.status == 200)
+        .map(|d| d.json()["data"]["user_id"].as_str().unwrap().to_owned())
+        .collect();
+    let acknowledged: std::collections::BTreeSet<_> = users.into_iter().collect();
+    assert!(
+        delivered.is_superset(&acknowledged),
+        "every acknowledged creation's events"
+    );
+    // The call that failed with UNAVAILABLE may still have been applied once Redis woke up
+    // (its outcome was unknown, not negative): then its event is delivered too, and the user
+    // does exist — an event always describes what the store holds.
+    for extra in delivered.difference(&acknowledged) {
+        assert!(
+            app.store
+                .get(&app.keys.user(extra))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}
