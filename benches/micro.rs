@@ -102,6 +102,7 @@ fn flows(c: &mut Criterion) {
             percentage: 50,
             stickiness: Stickiness::Device,
         },
+        ramp: None,
     };
     let eff = Effective::compile(&cfg, &Overrides::default());
     let keys = CookieKeys::load(&[KeySource::Env {

@@ -183,6 +183,7 @@ impl App {
             callers: self.callers.clone(),
         };
         let sessions = self.sessions.clone();
+        let flows = self.flows.clone();
         let (health, grpc_service) = crate::grpc::server::service(Services {
             edge,
             sessions: self.sessions,
@@ -211,6 +212,7 @@ impl App {
             let _ = rx.wait_for(|s| *s).await;
         };
         let deliverers = self.webhooks.spawn(stopped.clone());
+        let ramps = crate::flow::ramp::spawn(flows, sessions.signals().clone(), stopped.clone());
         let grpc = {
             let connections = connections.clone();
             let stopped = stop_signal(stopped.clone());
@@ -250,8 +252,12 @@ impl App {
         let drained = tokio::time::timeout(cfg.server.drain_grace, async {
             let _ = grpc.await;
             let _ = http.await;
-            // Webhook deliveries in flight finish (or are left to the next holder).
+            // Webhook deliveries in flight finish (or are left to the next holder); the ramp
+            // hands its leases over.
             futures::future::join_all(deliverers).await;
+            if let Some(r) = ramps {
+                let _ = r.await;
+            }
         })
         .await;
         if drained.is_err() {

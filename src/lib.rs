@@ -25,6 +25,7 @@ pub mod keys;
 pub mod net;
 pub mod session;
 pub mod shutdown;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -212,6 +212,7 @@ pub(super) fn unleash_export(
                 segments: segments.clone(),
                 from_export: true,
             },
+            ramp: None,
         });
     }
     (flows, warnings)

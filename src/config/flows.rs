@@ -64,6 +64,9 @@ pub struct FlowConfig {
     pub countries: Vec<String>,
     pub min_app_versions: BTreeMap<String, semver::Version>,
     pub rules: FlowRules,
+    /// `[[flows.ramp]]`: a schedule the service advances, and its guards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampConfig>,
 }
 
 /// How the percentage part of a flow is written.
@@ -120,6 +123,58 @@ pub(super) struct RawFlow {
     #[serde(default)]
     min_app_versions: BTreeMap<String, String>,
     strategies: Option<Vec<RawStrategy>>,
+    #[serde(default)]
+    ramp: Vec<RawRampStep>,
+    guards: Option<RawGuards>,
+}
+
+/// `[[flows.ramp]]`: one step of a schedule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRampStep {
+    percentage: u32,
+    /// How long the step lasts before the next; the last step's is not needed.
+    hold_minutes: Option<u64>,
+}
+
+/// `[flows.guards]`: what pauses a ramp.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuards {
+    window_minutes: Option<u64>,
+    min_samples: Option<u64>,
+    migration_failure_ratio: Option<f64>,
+    new_invalid_ratio: Option<f64>,
+    userinfo_error_ratio: Option<f64>,
+}
+
+/// A flow's schedule: steps of percentage and hold time, advanced by the service and paused
+/// by its guards.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RampConfig {
+    pub steps: Vec<RampStep>,
+    pub guards: Guards,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RampStep {
+    pub percentage: u32,
+    /// `None` for the last step.
+    pub hold: Option<Duration>,
+}
+
+/// Thresholds over a sliding window of the fleet's counts; a ratio over its threshold (with
+/// at least `min_samples` in its denominator) pauses the ramp.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Guards {
+    pub window: Duration,
+    pub min_samples: u64,
+    /// Failed MigrateSession calls among all (the provider or store down, a refused link).
+    pub migration_failure_ratio: f64,
+    /// INVALID verdicts on NEW credentials for a reason other than expiry or revocation.
+    pub new_invalid_ratio: f64,
+    /// Failed UserInfo calls (unreachable, 5xx, unusable, rate-limited) among all.
+    pub userinfo_error_ratio: f64,
 }
 
 /// A hand-written strategy: Unleash's shape, but strict about unknown keys (a typo must not
@@ -234,6 +289,7 @@ pub(super) fn flow(
             }
         }
     };
+    let ramp = ramp(c, i, &f.ramp, f.guards, &rules);
     FlowConfig {
         name: f.name,
         kill_switch: f.kill_switch,
@@ -247,7 +303,101 @@ pub(super) fn flow(
         countries,
         min_app_versions,
         rules,
+        ramp,
     }
+}
+
+/// The most minutes a step may hold, and the widest guard window.
+const MAX_HOLD_MINUTES: u64 = 90 * 24 * 60;
+const MAX_WINDOW_MINUTES: u64 = 60;
+
+fn ramp(
+    c: &mut Check,
+    i: usize,
+    steps: &[RawRampStep],
+    guards: Option<RawGuards>,
+    rules: &FlowRules,
+) -> Option<RampConfig> {
+    let k = |field: &str| format!("flows[{i}].{field}");
+    if steps.is_empty() {
+        if guards.is_some() {
+            c.fail(
+                k("guards"),
+                "guards watch a ramp: add [[flows.ramp]] steps, or remove [flows.guards]",
+            );
+        }
+        return None;
+    }
+    let start = match rules {
+        FlowRules::Percentage { percentage, .. } => *percentage,
+        FlowRules::Strategies { .. } => {
+            c.fail(k("ramp"), "a flow written as Unleash strategies takes its percentages from them: a ramp needs the simple form (`percentage`)");
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    let mut below = start;
+    for (j, st) in steps.iter().enumerate() {
+        let last = j + 1 == steps.len();
+        if st.percentage > 100 {
+            c.fail(
+                k(&format!("ramp[{j}].percentage")),
+                format!("{} is more than 100", st.percentage),
+            );
+        } else if st.percentage <= below {
+            // A schedule only ever raises the share on NEW.
+            c.fail(
+                k(&format!("ramp[{j}].percentage")),
+                format!("{}% does not rise above {below}% (the flow's percentage or the step before): steps only go up", st.percentage),
+            );
+        }
+        below = below.max(st.percentage);
+        let hold = match (st.hold_minutes, last) {
+            (Some(m), _) if !(1..=MAX_HOLD_MINUTES).contains(&m) => {
+                c.fail(
+                    k(&format!("ramp[{j}].hold_minutes")),
+                    format!("{m} is out of range 1..={MAX_HOLD_MINUTES}"),
+                );
+                None
+            }
+            (Some(m), _) => Some(Duration::from_secs(m * 60)),
+            (None, false) => {
+                c.fail(
+                    k(&format!("ramp[{j}].hold_minutes")),
+                    "required on every step but the last: how long it lasts",
+                );
+                None
+            }
+            (None, true) => None,
+        };
+        out.push(RampStep {
+            percentage: st.percentage,
+            hold,
+        });
+    }
+    let g = guards.unwrap_or_default();
+    let window = g.window_minutes.unwrap_or(10);
+    c.range(k("guards.window_minutes"), window, 1..=MAX_WINDOW_MINUTES);
+    let min_samples = g.min_samples.unwrap_or(100);
+    c.range(k("guards.min_samples"), min_samples, 1..=1_000_000_000);
+    let mut ratio = |field: &str, v: Option<f64>, default: f64| {
+        let v = v.unwrap_or(default);
+        if !(v > 0.0 && v <= 1.0) {
+            c.fail(
+                k(&format!("guards.{field}")),
+                format!("{v} is not a ratio in (0, 1] (1 turns the guard off)"),
+            );
+        }
+        v
+    };
+    let guards = Guards {
+        window: Duration::from_secs(window * 60),
+        min_samples,
+        migration_failure_ratio: ratio("migration_failure_ratio", g.migration_failure_ratio, 0.05),
+        new_invalid_ratio: ratio("new_invalid_ratio", g.new_invalid_ratio, 0.05),
+        userinfo_error_ratio: ratio("userinfo_error_ratio", g.userinfo_error_ratio, 0.10),
+    };
+    Some(RampConfig { steps: out, guards })
 }
 
 pub(super) fn check_name(c: &mut Check, key: &str, name: &str, names: &mut BTreeSet<String>) {

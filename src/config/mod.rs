@@ -41,7 +41,10 @@ use clients::RawClient;
 pub use clients::{ClientConfig, Scope, Scopes};
 use edge::RawEdge;
 pub use edge::{ClientRoute, EdgeConfig, EdgeHeaders};
-pub use flows::{DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Stickiness};
+pub use flows::{
+    DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Guards, RampConfig, RampStep,
+    Stickiness,
+};
 use flows::{RawFlow, RawFlowCookie};
 pub use migration::MigrationConfig;
 use migration::RawMigration;

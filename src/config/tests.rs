@@ -817,3 +817,48 @@ fn webhook_mistakes_are_refused_with_their_key() {
     );
     assert!(live.iter().any(|p| p.key == "webhooks[0].url"), "{live:?}");
 }
+
+#[test]
+fn a_ramp_parses_with_default_guards_and_its_mistakes_are_refused() {
+    let cfg = from_toml(
+        "[[flows]]\nname = \"login\"\npercentage = 5\n\
+         [[flows.ramp]]\npercentage = 10\nhold_minutes = 60\n\
+         [[flows.ramp]]\npercentage = 100\n",
+        &[],
+    )
+    .unwrap();
+    let ramp = cfg.flows[0].ramp.as_ref().unwrap();
+    assert_eq!(ramp.steps.len(), 2);
+    assert_eq!(ramp.steps[0].hold, Some(Duration::from_secs(3600)));
+    assert_eq!(ramp.steps[1].hold, None);
+    assert_eq!(ramp.guards.window, Duration::from_secs(600));
+    assert_eq!(ramp.guards.min_samples, 100);
+    assert_eq!(ramp.guards.migration_failure_ratio, 0.05);
+
+    let p = problem(
+        "[[flows]]\nname = \"a\"\npercentage = 20\n\
+         [[flows.ramp]]\npercentage = 10\nhold_minutes = 0\n\
+         [[flows.ramp]]\npercentage = 150\n\
+         [flows.guards]\nnew_invalid_ratio = 1.5\nwindow_minutes = 120\n\
+         [[flows]]\nname = \"b\"\n\
+         [[flows.ramp]]\npercentage = 50\n\
+         [[flows.ramp]]\npercentage = 60\n\
+         [[flows]]\nname = \"c\"\n[flows.guards]\nmin_samples = 5\n\
+         [[flows]]\nname = \"d\"\n[[flows.strategies]]\nname = \"default\"\n\
+         [[flows.ramp]]\npercentage = 50\n",
+        &[],
+    );
+    let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "flows[0].ramp[0].percentage",
+        "flows[0].ramp[0].hold_minutes",
+        "flows[0].ramp[1].percentage",
+        "flows[0].guards.new_invalid_ratio",
+        "flows[0].guards.window_minutes",
+        "flows[1].ramp[0].hold_minutes",
+        "flows[2].guards",
+        "flows[3].ramp",
+    ] {
+        assert!(keys.contains(&want), "{want} not in {keys:?}");
+    }
+}

@@ -6,11 +6,13 @@
 //! - [`resolve`]: the service rules around the engine (kill switch, gates, lists, stickiness);
 //! - [`cookie`]: the signed cookie that keeps a device on NEW;
 //! - [`service`]: overrides in the shared store, replicated to every replica;
+//! - [`ramp`]: a schedule that raises the percentage by itself and pauses when a guard trips;
 //! - [`simulate`]: `sessiongate flow simulate`, the dry run of a change.
 
 pub mod cookie;
 pub mod engine;
 pub mod model;
+pub mod ramp;
 pub mod resolve;
 pub mod service;
 pub mod simulate;

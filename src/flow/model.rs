@@ -77,6 +77,24 @@ pub struct Overrides {
     /// Bumped by every change (part of the config version).
     #[serde(default)]
     pub revision: u64,
+    /// Where the flow's ramp is (`None`: not started, or no ramp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampState>,
+}
+
+/// A ramp's progress, shared by every replica in the flow's override record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RampState {
+    /// The current step (an index into the configured steps).
+    pub step: u32,
+    /// When the current step began, or the ramp last resumed (Unix ms): its hold counts
+    /// from here.
+    pub since_ms: i64,
+    /// Why it is paused (a guard, or who paused it); `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// The guards count from here (Unix ms): a resume forgets what tripped them.
+    pub guards_from_ms: i64,
 }
 
 impl Overrides {
@@ -117,6 +135,7 @@ pub struct Effective {
     /// Changes whenever anything that decides changes (file or overrides).
     pub config_version: String,
     pub updated_at_ms: Option<i64>,
+    pub ramp: Option<RampState>,
 }
 
 fn apply(base: &[String], d: Option<&ListDelta>) -> Vec<String> {
@@ -208,6 +227,7 @@ impl Effective {
             feature,
             config_version,
             updated_at_ms: ov.updated_at_ms,
+            ramp: ov.ramp.clone(),
         })
     }
 

@@ -39,6 +39,18 @@ pub struct Rollout {
     pub min_app_versions: BTreeMap<String, String>,
     pub config_version: String,
     pub updated_at_ms: Option<i64>,
+    /// The flow's ramp, if it has one.
+    pub ramp: Option<RampView>,
+}
+
+/// A ramp as the admin API shows it: the schedule and where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RampView {
+    pub steps: Vec<crate::config::RampStep>,
+    /// `None` until it starts.
+    pub state: Option<super::model::RampState>,
+    /// When the next step is due, if one is (running, not at the last step).
+    pub next_step_at_ms: Option<i64>,
 }
 
 /// A partial update: only the fields present change.
@@ -52,6 +64,8 @@ pub struct Update {
     pub lists: Vec<(ListName, Vec<String>, Vec<String>)>,
     /// Drop every override first (back to the file), then apply the rest.
     pub clear_overrides: bool,
+    /// Resume, skip a step of or pause the flow's ramp.
+    pub ramp: Option<super::ramp::RampAction>,
 }
 
 pub struct FlowService {
@@ -137,6 +151,31 @@ impl FlowService {
             ),
             files,
         }
+    }
+
+    /// The flows with a ramp, and their schedules.
+    pub(super) fn ramps(&self) -> Vec<(String, crate::config::RampConfig)> {
+        self.files
+            .iter()
+            .filter_map(|(n, f)| Some((n.clone(), f.ramp.clone()?)))
+            .collect()
+    }
+
+    pub(super) fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    pub(super) fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub(super) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// A flow's effective settings as this replica has them.
+    pub(super) fn effective(&self, flow: &str) -> Option<Arc<Effective>> {
+        self.current(flow)
     }
 
     fn current(&self, flow: &str) -> Option<Arc<Effective>> {
@@ -287,6 +326,15 @@ impl FlowService {
                 .collect(),
             config_version: e.config_version.clone(),
             updated_at_ms: e.updated_at_ms,
+            ramp: cfg.ramp.as_ref().map(|r| RampView {
+                steps: r.steps.clone(),
+                state: e.ramp.clone(),
+                next_step_at_ms: e.ramp.as_ref().and_then(|st| {
+                    let hold = r.steps.get(st.step as usize)?.hold?;
+                    (st.paused.is_none() && (st.step as usize + 1) < r.steps.len())
+                        .then(|| st.since_ms + hold.as_millis() as i64)
+                }),
+            }),
         }
     }
 
@@ -346,8 +394,40 @@ impl FlowService {
                 }
             }
         }
-        let key = self.keys.flow_overrides(&u.flow);
-        let lock = self.keys.flow_overrides_lock(&u.flow);
+        if u.ramp.is_some() && cfg.ramp.is_none() {
+            return Err(Error::invalid_argument(
+                ErrorReason::InvalidRollout,
+                format!(
+                    "flow `{}` has no [[flows.ramp]] to resume, skip or pause",
+                    u.flow
+                ),
+            ));
+        }
+        let now = self.clock.now_ms();
+        let by = caller.name.to_string();
+        self.change(&u.flow, &by, |cfg, ov, before| {
+            apply_update(cfg, &u, &by, ov, before, now).map(Some)
+        })
+        .await?
+        .ok_or_else(|| Error::internal("an admin update made no change"))
+    }
+
+    /// A read-modify-write of `flow`'s override record under a short store lock (so that two
+    /// admins, or an admin and the ramp, never overwrite each other's change), then a
+    /// `rollout.updated` event naming what changed and `by` whom, and an announcement to
+    /// every replica. `edit` returns what it changed beyond what the diff shows, or `None` to
+    /// change nothing (its check of the fresh record failed); then `None` is returned.
+    pub(super) async fn change(
+        &self,
+        flow: &str,
+        by: &str,
+        edit: impl FnOnce(&FlowConfig, &mut Overrides, &Effective) -> Result<Option<Changes>, Error>,
+    ) -> Result<Option<Rollout>, Error> {
+        let Some(cfg) = self.files.get(flow) else {
+            return Err(not_found(flow));
+        };
+        let key = self.keys.flow_overrides(flow);
+        let lock = self.keys.flow_overrides_lock(flow);
         let owner = uuid::Uuid::new_v4().to_string();
         let mut acquired = false;
         for attempt in 0..40u64 {
@@ -359,7 +439,7 @@ impl FlowService {
                 acquired = true;
                 break;
             }
-            // Another admin's update is in flight (milliseconds): wait briefly.
+            // Another update is in flight (milliseconds): wait briefly.
             tokio::time::sleep(Duration::from_millis(10 + attempt * 5)).await;
         }
         if !acquired {
@@ -368,73 +448,44 @@ impl FlowService {
                 "another update of this flow is in progress; retry",
             ));
         }
-        let result = self.update_locked(cfg, &u, caller, &key).await;
-        if let Err(e) = self.store.write(vec![Write::Delete { key: lock }]).await {
+        let result = self.change_locked(cfg, flow, by, &key, edit).await;
+        if let Err(e) = self.store.delete_if_equals(&lock, owner.as_bytes()).await {
             tracing::warn!(error = %e, "could not release a rollout lock (it expires by itself)");
         }
-        let ov = result?;
+        let Some(ov) = result? else {
+            return Ok(None);
+        };
         let eff = Effective::compile(cfg, &ov);
-        self.install(&u.flow, eff.clone());
+        self.install(flow, eff.clone());
         let note = serde_json::to_vec(&Invalidation::Rollout {
-            flow: u.flow.clone(),
+            flow: flow.to_owned(),
         })
         .map_err(Error::internal)?;
         if let Err(e) = self.store.publish(&note).await {
             // Stored: other replicas pick it up at their next resync.
             tracing::warn!(error = %e, "could not announce a rollout change");
         }
-        Ok(self.rollout_of(&eff))
+        Ok(Some(self.rollout_of(&eff)))
     }
 
-    async fn update_locked(
+    async fn change_locked(
         &self,
         cfg: &FlowConfig,
-        u: &Update,
-        caller: &Caller,
+        flow: &str,
+        by: &str,
         key: &crate::store::Key,
-    ) -> Result<Overrides, Error> {
+        edit: impl FnOnce(&FlowConfig, &mut Overrides, &Effective) -> Result<Option<Changes>, Error>,
+    ) -> Result<Option<Overrides>, Error> {
         let mut ov = self.load_overrides(key).await?;
-        if u.clear_overrides {
-            // Back to the file's settings — except the rollback epoch, which never goes
-            // down: clearing must not revive the cookies an epoch bump invalidated.
-            ov = Overrides {
-                rollback_epoch: ov.rollback_epoch,
-                revision: ov.revision,
-                ..Overrides::default()
-            };
-        }
         let before = Effective::compile(cfg, &ov);
-        if let Some(e) = u.rollback_epoch
-            && e < before.rollback_epoch
-        {
-            return Err(Error::invalid_argument(
-                ErrorReason::InvalidRollout,
-                format!(
-                    "rollback_epoch must not go down ({} → {e}): a lower epoch would revive cookies it invalidated",
-                    before.rollback_epoch
-                ),
-            ));
-        }
         let prev_revision = ov.revision;
-        if let Some(p) = u.percentage {
-            ov.percentage = Some(p);
-        }
-        if let Some(k) = u.kill_switch {
-            ov.kill_switch = Some(k);
-        }
-        if let Some(e) = u.rollback_epoch {
-            ov.rollback_epoch = Some(e);
-        }
-        for (list, add, remove) in &u.lists {
-            ov.edit(*list, add, remove);
-        }
+        let prev_ramp = ov.ramp.clone();
+        let Some(mut changes) = edit(cfg, &mut ov, &before)? else {
+            return Ok(None);
+        };
         ov.updated_at_ms = Some(self.clock.now_ms());
         ov.revision = prev_revision + 1;
         let after = Effective::compile(cfg, &ov);
-        let mut changes = serde_json::Map::new();
-        if u.clear_overrides {
-            changes.insert("cleared".into(), json!(true));
-        }
         if before.percentage != after.percentage {
             changes.insert(
                 "percentage".into(),
@@ -460,6 +511,23 @@ impl FlowService {
                 changes.insert(l.as_str().into(), json!([b.len(), a.len()]));
             }
         }
+        let (was, is) = (prev_ramp.as_ref(), ov.ramp.as_ref());
+        if was.map(|r| r.step) != is.map(|r| r.step) {
+            changes.insert(
+                "ramp_step".into(),
+                json!([was.map(|r| r.step), is.map(|r| r.step)]),
+            );
+        }
+        let (paused_was, paused_is) = (
+            was.and_then(|r| r.paused.clone()),
+            is.and_then(|r| r.paused.clone()),
+        );
+        if paused_was != paused_is {
+            changes.insert(
+                "ramp_paused".into(),
+                paused_is.map_or(json!(false), Value::String),
+            );
+        }
         let event = json!({
             "type": "rollout.updated",
             "id": uuid::Uuid::new_v4().to_string(),
@@ -467,8 +535,8 @@ impl FlowService {
                 std::time::UNIX_EPOCH + Duration::from_millis(self.clock.now_ms().max(0) as u64)
             ).to_string(),
             "env": self.env.as_str(),
-            "flow": u.flow,
-            "by": &*caller.name,
+            "flow": flow,
+            "by": by,
             "changes": Value::Object(changes),
             "config_version": after.config_version,
         });
@@ -483,7 +551,7 @@ impl FlowService {
                 Write::Event(event),
             ])
             .await?;
-        Ok(ov)
+        Ok(Some(ov))
     }
 
     async fn load_overrides(&self, key: &crate::store::Key) -> Result<Overrides, StoreError> {
@@ -526,6 +594,61 @@ impl FlowService {
         }
         Ok(())
     }
+}
+
+/// What a change says about itself in its `rollout.updated` event, beyond the diff.
+pub(super) type Changes = serde_json::Map<String, Value>;
+
+/// Applies an admin's update to the fresh override record (`before`: what it makes now).
+fn apply_update(
+    cfg: &FlowConfig,
+    u: &Update,
+    by: &str,
+    ov: &mut Overrides,
+    before: &Effective,
+    now_ms: i64,
+) -> Result<Changes, Error> {
+    let mut changes = Changes::new();
+    if u.clear_overrides {
+        // Back to the file's settings — except the rollback epoch, which never goes down:
+        // clearing must not revive the cookies an epoch bump invalidated. A ramp starts over.
+        *ov = Overrides {
+            rollback_epoch: ov.rollback_epoch,
+            revision: ov.revision,
+            ..Overrides::default()
+        };
+        changes.insert("cleared".into(), json!(true));
+    }
+    let epoch_now = Effective::compile(cfg, ov)
+        .rollback_epoch
+        .max(before.rollback_epoch);
+    if let Some(e) = u.rollback_epoch
+        && e < epoch_now
+    {
+        return Err(Error::invalid_argument(
+            ErrorReason::InvalidRollout,
+            format!(
+                "rollback_epoch must not go down ({epoch_now} → {e}): a lower epoch would revive cookies it invalidated"
+            ),
+        ));
+    }
+    if let Some(p) = u.percentage {
+        ov.percentage = Some(p);
+    }
+    if let Some(k) = u.kill_switch {
+        ov.kill_switch = Some(k);
+    }
+    if let Some(e) = u.rollback_epoch {
+        ov.rollback_epoch = Some(e);
+    }
+    for (list, add, remove) in &u.lists {
+        ov.edit(*list, add, remove);
+    }
+    if let (Some(action), Some(ramp)) = (u.ramp, &cfg.ramp) {
+        let current = Effective::compile(cfg, ov).percentage;
+        super::ramp::admin(ramp, ov, current, action, by, now_ms);
+    }
+    Ok(changes)
 }
 
 fn not_found(flow: &str) -> Error {

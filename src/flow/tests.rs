@@ -42,6 +42,7 @@ fn flow(percentage: u32) -> FlowConfig {
             percentage,
             stickiness: Stickiness::Device,
         },
+        ramp: None,
     }
 }
 

@@ -396,11 +396,33 @@ pub fn rollout(r: crate::flow::Rollout) -> pb::Rollout {
         min_app_versions: r.min_app_versions.into_iter().collect(),
         config_version: r.config_version,
         updated_at: r.updated_at_ms.map(timestamp),
+        ramp: r.ramp.map(|v| {
+            let st = v.state.as_ref();
+            let last = v.steps.len().saturating_sub(1);
+            pb::Ramp {
+                steps: v
+                    .steps
+                    .iter()
+                    .map(|s| pb::RampStep {
+                        percentage: s.percentage,
+                        hold_minutes: s.hold.map_or(0, |h| (h.as_secs() / 60) as u32),
+                    })
+                    .collect(),
+                started: st.is_some(),
+                current_step: st.map_or(0, |s| s.step),
+                step_started_at: st.map(|s| timestamp(s.since_ms)),
+                next_step_at: v.next_step_at_ms.map(timestamp),
+                paused: st.is_some_and(|s| s.paused.is_some()),
+                paused_reason: st.and_then(|s| s.paused.clone()).unwrap_or_default(),
+                complete: st.is_some_and(|s| s.step as usize >= last),
+            }
+        }),
     }
 }
 
-pub fn rollout_update(r: pb::UpdateRolloutRequest) -> crate::flow::Update {
+pub fn rollout_update(r: pb::UpdateRolloutRequest) -> Result<crate::flow::Update, Error> {
     use crate::flow::model::ListName as L;
+    use crate::flow::ramp::RampAction;
     let lists = [
         (L::AllowUsers, r.allow_users),
         (L::DenyUsers, r.deny_users),
@@ -413,14 +435,27 @@ pub fn rollout_update(r: pb::UpdateRolloutRequest) -> crate::flow::Update {
     .filter_map(|(l, e)| e.map(|e| (l, e.add, e.remove)))
     .filter(|(_, a, r)| !a.is_empty() || !r.is_empty())
     .collect();
-    crate::flow::Update {
+    let ramp = match pb::RampAction::try_from(r.ramp) {
+        Ok(pb::RampAction::Unspecified) => None,
+        Ok(pb::RampAction::Resume) => Some(RampAction::Resume),
+        Ok(pb::RampAction::Skip) => Some(RampAction::Skip),
+        Ok(pb::RampAction::Pause) => Some(RampAction::Pause),
+        Err(_) => {
+            return Err(Error::invalid_argument(
+                ErrorReason::InvalidRollout,
+                format!("ramp: {} is not a RampAction", r.ramp),
+            ));
+        }
+    };
+    Ok(crate::flow::Update {
         flow: r.flow,
         percentage: r.percentage,
         kill_switch: r.kill_switch,
         rollback_epoch: r.rollback_epoch,
         lists,
         clear_overrides: r.clear_overrides,
-    }
+        ramp,
+    })
 }
 
 #[cfg(test)]

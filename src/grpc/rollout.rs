@@ -49,7 +49,7 @@ impl pb::rollout_admin_service_server::RolloutAdminService for RolloutAdminApi {
         request: Request<pb::UpdateRolloutRequest>,
     ) -> Result<Response<pb::UpdateRolloutResponse>, Status> {
         let caller = super::caller(&request);
-        let update = convert::rollout_update(request.into_inner());
+        let update = convert::rollout_update(request.into_inner())?;
         let r = self.flows.update(update, &caller).await?;
         Ok(Response::new(pb::UpdateRolloutResponse {
             rollout: Some(convert::rollout(r)),

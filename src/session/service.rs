@@ -15,8 +15,9 @@ use super::verdict::{Action, ValidateRequest, Verdict};
 use crate::caller::Caller;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::keys::SigningKeys;
+use crate::signals::{Signal, Signals};
 use crate::store::Store;
 
 /// What `RevokeSession` targets.
@@ -61,6 +62,8 @@ pub struct SessionService {
     providers: Arc<ProviderTokens>,
     validator: Validator,
     migrator: Arc<Migrator>,
+    /// What the rollout's guards watch, counted here and in the providers.
+    signals: Arc<Signals>,
 }
 
 impl SessionService {
@@ -71,6 +74,7 @@ impl SessionService {
         signing: Arc<SigningKeys>,
     ) -> Self {
         let revoked = Arc::new(RevokedSids::default());
+        let signals = Arc::new(Signals::default());
         let native = Arc::new(NativeSessions::new(
             cfg,
             store.clone(),
@@ -83,6 +87,7 @@ impl SessionService {
             store.clone(),
             clock.clone(),
             revoked.clone(),
+            signals.clone(),
         ));
         Self {
             validator: Validator::new(
@@ -91,6 +96,7 @@ impl SessionService {
                 clock.clone(),
                 native.clone(),
                 providers.clone(),
+                signals.clone(),
             ),
             migrator: Arc::new(Migrator::new(
                 cfg,
@@ -102,7 +108,13 @@ impl SessionService {
             revoked,
             native,
             providers,
+            signals,
         }
+    }
+
+    /// The health signals counted by this service (for the rollout's guards).
+    pub fn signals(&self) -> &Arc<Signals> {
+        &self.signals
     }
 
     /// The revoked set every replica keeps (native sids and deny-listed provider tokens).
@@ -168,7 +180,17 @@ impl SessionService {
 
     /// `MigrateSession`: the session, and whether it is a replay of an earlier call's.
     pub async fn migrate(&self, req: MigrateRequest) -> Result<(Created, bool), Error> {
-        self.migrator.migrate(req).await
+        let result = self.migrator.migrate(req).await;
+        // A failure is the service's or the provider's, not a bad token or a limit.
+        let failed = result.as_ref().is_err_and(|e| {
+            matches!(
+                e.code,
+                ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::FailedPrecondition
+            )
+        });
+        self.signals
+            .outcome(Signal::Migrations, Signal::MigrationFailures, failed);
+        result
     }
 
     /// A provider's back-channel logout (`POST /backchannel-logout/<provider>`): its tokens of

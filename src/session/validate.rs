@@ -24,6 +24,7 @@ use super::verdict::{Origin, Reason, Source, ValidateRequest, Verdict, View};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{Error, ErrorReason};
+use crate::signals::{Signal, Signals};
 use crate::store::Store;
 use crate::store::keys::Digest;
 use crate::telemetry::{MigrationProgress, ValidationCounters};
@@ -42,6 +43,7 @@ pub struct Validator {
     max_token_bytes: usize,
     progress: MigrationProgress,
     counters: ValidationCounters,
+    signals: Arc<Signals>,
 }
 
 impl Validator {
@@ -51,8 +53,10 @@ impl Validator {
         clock: Arc<dyn Clock>,
         native: Arc<NativeSessions>,
         providers: Arc<ProviderTokens>,
+        signals: Arc<Signals>,
     ) -> Self {
         Self {
+            signals,
             clock,
             native,
             providers,
@@ -90,6 +94,16 @@ impl Validator {
                 .record(&req.caller, provider, v.origin == Origin::New);
         }
         if let Ok(v) = &verdict {
+            if v.origin == Origin::New {
+                // Expired and revoked credentials are everyday traffic; the rest (a bad
+                // signature, an unknown key, a lost session) is what a broken NEW side looks
+                // like to the rollout's guards.
+                let bad = v
+                    .invalid
+                    .is_some_and(|r| !matches!(r, Reason::Expired | Reason::Revoked));
+                self.signals
+                    .outcome(Signal::NewValidations, Signal::NewInvalid, bad);
+            }
             // Provider names come from the configuration: a small, fixed set.
             self.counters.record(
                 if v.provider.is_empty() {

@@ -228,6 +228,19 @@ impl Keys {
         format!("{}webhook:{webhook}", self.prefix)
     }
 
+    /// The lease of the replica moving a flow's ramp.
+    pub fn flow_ramp_lease(&self, flow: &str) -> Key {
+        self.key(format_args!(
+            "flow:{}:ramp",
+            Digest::of(flow.as_bytes()).to_hex()
+        ))
+    }
+
+    /// The fleet's count of a guard signal in one minute (`minute`: Unix minutes).
+    pub fn guard_count(&self, signal: &str, minute: i64) -> Key {
+        self.key(format_args!("guard:{signal}:{minute}"))
+    }
+
     /// A fixed-window rate-limit counter for `subject` (a digest: subjects may be tokens).
     pub fn rate(&self, bucket: &str, subject: &Digest) -> Key {
         self.key(format_args!("rate:{bucket}:{}", subject.to_hex()))

@@ -393,7 +393,7 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64> {
+    async fn incr(&self, key: &Key, by: u64, ttl: Duration) -> StoreResult<u64> {
         let now = Instant::now();
         let mut st = self.state();
         let n = match st.live(key, now) {
@@ -401,7 +401,7 @@ impl Store for MemoryStore {
                 value: Value::Counter(n),
                 ..
             }) => {
-                *n += 1;
+                *n += by;
                 *n
             }
             Some(_) => return Err(wrong_type(key)),
@@ -409,11 +409,11 @@ impl Store for MemoryStore {
                 st.map.insert(
                     key.clone(),
                     Entry {
-                        value: Value::Counter(1),
+                        value: Value::Counter(by),
                         expires_at: Some(now + ttl),
                     },
                 );
-                1
+                by
             }
         };
         st.wrote(now);
@@ -578,14 +578,14 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            s.incr(&k.session_token("c"), Duration::from_secs(5))
+            s.incr(&k.session_token("c"), 1, Duration::from_secs(5))
                 .await
                 .unwrap(),
             1
         );
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            s.incr(&k.session_token("c"), Duration::from_secs(5))
+            s.incr(&k.session_token("c"), 1, Duration::from_secs(5))
                 .await
                 .unwrap(),
             2
@@ -593,7 +593,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         // The window did not slide with the second increment.
         assert_eq!(
-            s.incr(&k.session_token("c"), Duration::from_secs(5))
+            s.incr(&k.session_token("c"), 1, Duration::from_secs(5))
                 .await
                 .unwrap(),
             1

@@ -231,9 +231,10 @@ pub trait Store: Send + Sync + 'static {
     /// a read-modify-write that loses no concurrent change. True if it was replaced.
     async fn compare_and_swap(&self, key: &Key, expected: &[u8], new: &[u8]) -> StoreResult<bool>;
 
-    /// Add one to the counter at `key` and return the new value; a new counter expires after
-    /// `ttl` (fixed window: later increments do not extend it). For rate limits.
-    async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64>;
+    /// Add `by` to the counter at `key` and return the new value; a new counter expires after
+    /// `ttl` (fixed window: later increments do not extend it). For rate limits and the
+    /// counts the fleet shares (the rollout guards' windows). `get` reads it as decimal text.
+    async fn incr(&self, key: &Key, by: u64, ttl: Duration) -> StoreResult<u64>;
 
     /// The members of the set at `key` (empty if absent).
     async fn set_members(&self, key: &Key) -> StoreResult<Vec<Vec<u8>>>;

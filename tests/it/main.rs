@@ -13,6 +13,7 @@ mod hostile;
 mod migrate;
 mod observability;
 mod providers;
+mod ramp;
 mod server;
 mod sessions;
 mod store;

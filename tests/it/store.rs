@@ -216,9 +216,18 @@ async fn suite(s: Arc<dyn Store>) {
     // Counters: fixed window, one per subject.
     let rate = k.rate("migrate", &Digest::of(b"caller"));
     for want in 1..=3 {
-        assert_eq!(s.incr(&rate, Duration::from_secs(60)).await.unwrap(), want);
+        assert_eq!(
+            s.incr(&rate, 1, Duration::from_secs(60)).await.unwrap(),
+            want
+        );
     }
     assert!(s.ttl(&rate).await.unwrap().unwrap().unwrap() <= Duration::from_secs(60));
+    // By more than one; read back as decimal text.
+    assert_eq!(
+        s.incr(&rate, 10, Duration::from_secs(60)).await.unwrap(),
+        13
+    );
+    assert_eq!(s.get(&rate).await.unwrap().as_deref(), Some(&b"13"[..]));
 
     // Events: appended in order, newest last.
     for i in 0..5 {

@@ -399,7 +399,7 @@ impl Migrator {
     /// `limit`, with the time left in the window as retry-after.
     async fn rate_limit(&self, bucket: &str, subject: &str, limit: u32) -> Result<(), Error> {
         let key = self.keys.rate(bucket, &Digest::of(subject.as_bytes()));
-        let n = self.store.incr(&key, Duration::from_secs(60)).await?;
+        let n = self.store.incr(&key, 1, Duration::from_secs(60)).await?;
         if n <= u64::from(limit) {
             return Ok(());
         }

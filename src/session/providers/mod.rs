@@ -56,11 +56,12 @@ impl ProviderTokens {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         revoked: Arc<RevokedSids>,
+        signals: Arc<crate::signals::Signals>,
     ) -> Self {
         Self {
             env: cfg.env,
             keys: Keys::new(cfg.env),
-            providers: Providers::start(cfg, store.clone()),
+            providers: Providers::start(cfg, store.clone(), signals),
             revoked,
             cache: quick_cache::sync::Cache::new(VERDICT_CACHE_ENTRIES),
             userinfo_flight: SingleFlight::default(),

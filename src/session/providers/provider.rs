@@ -21,6 +21,7 @@ use crate::keys::jwks::{Alg, kid_ok};
 use crate::session::model::LegacyIdentity;
 use crate::session::token::{Header, Jws, audience_matches, numeric_date};
 use crate::session::verdict::Reason;
+use crate::signals::{Signal, Signals};
 use crate::upstream::budget::TokenBucket;
 use crate::upstream::http::http_client;
 use crate::upstream::userinfo::{UserInfoClient, UserInfoOutcome};
@@ -51,6 +52,8 @@ pub struct Provider {
     /// Whether identity links made under this provider's name, before links were keyed by
     /// issuer, belong to it (decided once, on first need: see `linked_user`).
     pub(crate) old_links_trusted: tokio::sync::OnceCell<bool>,
+    /// Where UserInfo's failures are counted for the rollout's guards.
+    signals: Arc<Signals>,
 }
 
 impl Provider {
@@ -128,6 +131,15 @@ impl Provider {
         .await;
         metrics::histogram!("sessiongate_upstream_duration_seconds", "provider" => self.name().to_owned(), "call" => "userinfo")
             .record(started.elapsed().as_secs_f64());
+        // The provider failing, not a token it refuses.
+        let failed = matches!(
+            outcome,
+            UserInfoOutcome::RateLimited(_)
+                | UserInfoOutcome::Unavailable(_)
+                | UserInfoOutcome::Invalid(_)
+        );
+        self.signals
+            .outcome(Signal::UserinfoCalls, Signal::UserinfoErrors, failed);
         match outcome {
             UserInfoOutcome::RateLimited(after) => Err(Error::new(
                 crate::error::ErrorCode::ResourceExhausted,
@@ -335,7 +347,7 @@ pub struct Providers {
 impl Providers {
     /// Builds the providers and starts fetching their keys in the background (start-up never
     /// waits for an issuer).
-    pub fn start(cfg: &Config, store: Arc<dyn crate::store::Store>) -> Self {
+    pub fn start(cfg: &Config, store: Arc<dyn crate::store::Store>, signals: Arc<Signals>) -> Self {
         let store_keys = crate::store::keys::Keys::new(cfg.env);
         let proxy = cfg.server.upstream_proxy.as_ref();
         let http = http_client(
@@ -393,6 +405,7 @@ impl Providers {
                     max_lifetime_secs: p.max_token_lifetime.as_secs() as i64,
                     budget: TokenBucket::new(p.userinfo_budget.per_second, p.userinfo_budget.burst),
                     old_links_trusted: tokio::sync::OnceCell::new(),
+                    signals: signals.clone(),
                 };
                 (p.issuer.clone(), Arc::new(provider))
             })

@@ -479,10 +479,10 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn incr(&self, key: &Key, ttl: Duration) -> StoreResult<u64> {
+    async fn incr(&self, key: &Key, by: u64, ttl: Duration) -> StoreResult<u64> {
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .incr(key.as_str(), 1u64)
+            .incr(key.as_str(), by)
             .cmd("PEXPIRE")
             .arg(key.as_str())
             .arg(ttl_ms(ttl))
