@@ -122,10 +122,13 @@ impl FlowService {
     ) -> Self {
         let files: BTreeMap<String, FlowConfig> =
             flows.iter().map(|f| (f.name.clone(), f.clone())).collect();
-        let effective = files
+        let effective: HashMap<String, Arc<Effective>> = files
             .iter()
             .map(|(n, f)| (n.clone(), Effective::compile(f, &Overrides::default())))
             .collect();
+        for (n, e) in &effective {
+            gauges(n, e);
+        }
         FlowService {
             env,
             effective: RwLock::new(effective),
@@ -563,6 +566,7 @@ impl FlowService {
     }
 
     fn install(&self, flow: &str, e: Arc<Effective>) {
+        gauges(flow, &e);
         self.effective
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -593,6 +597,18 @@ impl FlowService {
             self.reload(&n).await?;
         }
         Ok(())
+    }
+}
+
+/// What dashboards plot: a flow's share on NEW, and its ramp's step and pause.
+fn gauges(flow: &str, e: &Effective) {
+    metrics::gauge!("sessiongate_flow_percentage", "flow" => flow.to_owned())
+        .set(f64::from(e.percentage));
+    if let Some(r) = &e.ramp {
+        metrics::gauge!("sessiongate_flow_ramp_step", "flow" => flow.to_owned())
+            .set(f64::from(r.step));
+        metrics::gauge!("sessiongate_flow_ramp_paused", "flow" => flow.to_owned())
+            .set(if r.paused.is_some() { 1.0 } else { 0.0 });
     }
 }
 
