@@ -144,9 +144,189 @@ pub fn metrics() -> PrometheusHandle {
                     "a metrics recorder was already installed; /metrics shows only its own view"
                 );
             }
+            describe();
             handle
         })
         .clone()
+}
+
+/// Every metric sessiongate records, with its `# HELP` text (a unit test checks that no metric
+/// name in the source is missing here).
+const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "sessiongate_build_info",
+        Kind::Gauge,
+        "Always 1; the version and env that run, as labels.",
+    ),
+    (
+        "sessiongate_grpc_requests_total",
+        Kind::Counter,
+        "gRPC calls by method and status code.",
+    ),
+    (
+        "sessiongate_grpc_request_duration_seconds",
+        Kind::Histogram,
+        "gRPC call latency by method, from the first byte in to the last out.",
+    ),
+    (
+        "sessiongate_caller_rejections_total",
+        Kind::Counter,
+        "Calls refused before decoding: no or a wrong caller key, or a key without the scope.",
+    ),
+    (
+        "sessiongate_validations_total",
+        Kind::Counter,
+        "ValidateSession verdicts by origin, provider, verdict, reason and where they came from (cache, local verify, store).",
+    ),
+    (
+        "sessiongate_migration_validations_total",
+        Kind::Counter,
+        "VALID verdicts by calling service, provider and side (new/legacy): the migration's progress.",
+    ),
+    (
+        "sessiongate_migrations_total",
+        Kind::Counter,
+        "Legacy sessions migrated, by provider and whether the user was created or found.",
+    ),
+    (
+        "sessiongate_auto_migrations_total",
+        Kind::Counter,
+        "Migrations made in passing (auto_migrate, the edge), by door and result.",
+    ),
+    (
+        "sessiongate_sessions_created_total",
+        Kind::Counter,
+        "Native sessions minted.",
+    ),
+    (
+        "sessiongate_sessions_revoked_total",
+        Kind::Counter,
+        "Native sessions revoked.",
+    ),
+    (
+        "sessiongate_legacy_tokens_revoked_total",
+        Kind::Counter,
+        "Legacy tokens deny-listed.",
+    ),
+    (
+        "sessiongate_backchannel_logouts_total",
+        Kind::Counter,
+        "Back-channel logouts received, by provider and result.",
+    ),
+    (
+        "sessiongate_flow_decisions_total",
+        Kind::Counter,
+        "ResolveFlow answers by flow, result (new/legacy) and reason.",
+    ),
+    (
+        "sessiongate_flow_errors_total",
+        Kind::Counter,
+        "ResolveFlow answers that fell back to LEGACY on an error.",
+    ),
+    (
+        "sessiongate_flow_percentage",
+        Kind::Gauge,
+        "A flow's share of users on NEW, as configured now (file, overrides, ramp).",
+    ),
+    (
+        "sessiongate_flow_ramp_step",
+        Kind::Gauge,
+        "The current step of a flow's ramp.",
+    ),
+    (
+        "sessiongate_flow_ramp_paused",
+        Kind::Gauge,
+        "1 while a flow's ramp is paused (a guard tripped, or an admin paused it).",
+    ),
+    (
+        "sessiongate_upstream_duration_seconds",
+        Kind::Histogram,
+        "Calls to providers (UserInfo, JWKS) by provider and call.",
+    ),
+    (
+        "sessiongate_upstream_budget_exhausted_total",
+        Kind::Counter,
+        "UserInfo calls refused because this replica's budget for the provider was spent.",
+    ),
+    (
+        "sessiongate_jwks_refreshes_total",
+        Kind::Counter,
+        "Key set fetches by issuer and result.",
+    ),
+    (
+        "sessiongate_jwks_age_seconds",
+        Kind::Gauge,
+        "Age of the key set each issuer is verified with.",
+    ),
+    (
+        "sessiongate_jwks_keys_rejected_total",
+        Kind::Counter,
+        "Keys of fetched key sets refused (too small, unsupported, malformed).",
+    ),
+    (
+        "sessiongate_store_fast_failures_total",
+        Kind::Counter,
+        "Store calls refused at once (circuit open, too many in flight).",
+    ),
+    (
+        "sessiongate_connections_open",
+        Kind::Gauge,
+        "Client connections open, both ports.",
+    ),
+    (
+        "sessiongate_connections_retired_total",
+        Kind::Counter,
+        "Connections closed gracefully by age or idleness.",
+    ),
+    (
+        "sessiongate_connections_cut_total",
+        Kind::Counter,
+        "Connections cut: handshake timeout, over the cap, or past their grace.",
+    ),
+    (
+        "sessiongate_accept_errors_total",
+        Kind::Counter,
+        "Failed accepts (descriptors exhausted, …).",
+    ),
+    (
+        "sessiongate_webhook_deliveries_total",
+        Kind::Counter,
+        "Webhook delivery attempts by webhook and result (delivered, failed, dead_lettered, redelivered, trimmed).",
+    ),
+    (
+        "sessiongate_webhook_delivery_lag_seconds",
+        Kind::Histogram,
+        "Time from an event to its delivery, by webhook.",
+    ),
+    (
+        "sessiongate_webhook_backlog",
+        Kind::Gauge,
+        "Events waiting in the delivering replica's lanes, by webhook.",
+    ),
+    (
+        "sessiongate_webhook_lease_held",
+        Kind::Gauge,
+        "1 on the replica delivering a webhook's events.",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// `# HELP` for every metric, and the build's identity.
+fn describe() {
+    for (name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
+    metrics::gauge!("sessiongate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// Counter handles by label set, resolved once: resolving labels on every call (owned label
@@ -244,5 +424,49 @@ impl ValidationCounters {
                     "source" => source,
                 )
             });
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::METRICS;
+
+    /// Every metric name in the source has its help text: a new metric without one fails here.
+    #[test]
+    fn every_metric_is_described() {
+        fn walk(dir: &std::path::Path, out: &mut String) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push_str(&std::fs::read_to_string(&p).unwrap());
+                }
+            }
+        }
+        let mut src = String::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut src,
+        );
+        let mut found = 0;
+        for (at, _) in src.match_indices("\"sessiongate_") {
+            let rest = &src[at + 1..];
+            let Some(end) = rest.find('"') else { continue };
+            let piece = &rest[..end];
+            let is_metric = piece.len() > "sessiongate_".len()
+                && piece
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && piece != "sessiongate_descriptor";
+            if is_metric {
+                found += 1;
+                assert!(
+                    METRICS.iter().any(|(n, _, _)| *n == piece),
+                    "{piece} has no help text in telemetry::METRICS"
+                );
+            }
+        }
+        assert!(found > 20, "found only {found} metric names");
     }
 }

@@ -195,6 +195,30 @@ async fn metrics_count_rpcs_by_method_and_code() {
         body.contains("sessiongate_grpc_request_duration_seconds_bucket"),
         "{body}"
     );
+    // Stock tools read every family's help and type, and the build's identity.
+    let families: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("sessiongate_"))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+        })
+        .collect();
+    assert!(families.len() > 3, "{families:?}");
+    for f in &families {
+        assert!(body.contains(&format!("# HELP {f} ")), "no HELP for {f}");
+        assert!(body.contains(&format!("# TYPE {f} ")), "no TYPE for {f}");
+    }
+    assert!(
+        body.contains(&format!(
+            "sessiongate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
 }
 
 #[tokio::test]
