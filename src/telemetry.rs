@@ -469,4 +469,37 @@ mod metric_tests {
         }
         assert!(found > 20, "found only {found} metric names");
     }
+
+    /// The shipped dashboard and alerts plot and alert on metrics that exist.
+    #[test]
+    fn the_dashboard_and_alerts_name_only_real_metrics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/monitoring");
+        let mut named = 0;
+        for file in ["alerts.yaml", "alerts.test.yaml", "dashboard.json"] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            for (at, _) in text.match_indices("sessiongate_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.len() <= "sessiongate_".len() {
+                    continue;
+                }
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                named += 1;
+                assert!(
+                    METRICS.iter().any(|(n, _, _)| *n == family),
+                    "{file} names {name}, which sessiongate does not record"
+                );
+            }
+        }
+        assert!(named > 30, "{named}");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("dashboard.json")).unwrap())
+                .unwrap();
+        assert!(dashboard["panels"].as_array().unwrap().len() > 10);
+    }
 }
