@@ -423,8 +423,6 @@ async fn check_needs_a_caller_key_with_scope_validate() {
 
 /// A backend that answers every request with the headers it received, as JSON.
 async fn echo_backend() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
         let seen: HashMap<String, String> = headers
             .iter()
@@ -432,8 +430,7 @@ async fn echo_backend() -> std::net::SocketAddr {
             .collect();
         axum::Json(seen)
     });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    crate::support::serve_http(app).await
 }
 
 /// The nginx configuration a user pastes (README, "nginx"), pointed at this test's

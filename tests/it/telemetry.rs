@@ -44,20 +44,7 @@ async fn metrics_show_the_migration_progress_by_client_and_provider() {
         ))
         .spawn()
         .await;
-    let created = app
-        .session()
-        .create_session(bearer(
-            pb::CreateSessionRequest {
-                who: Some(pb::create_session_request::Who::NewUser(
-                    pb::NewUser::default(),
-                )),
-                ..Default::default()
-            },
-            "web-key",
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = crate::support::new_user_session(&mut app.session(), "web-key").await;
     let legacy_jwt = sign(&legacy.key(KeyKind::Rs256), json!({}), &legacy.claims(API));
     let validate = |token: String, key: &'static str| {
         let app = &app;

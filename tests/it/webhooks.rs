@@ -12,7 +12,9 @@ use sessiongate::grpc::pb::webhook_admin_service_client::WebhookAdminServiceClie
 use tonic::Code;
 
 use crate::support::receiver::Receiver;
-use crate::support::{RedisServer, Setup, TestApp, bearer, new_user_session, reason};
+use crate::support::{
+    RedisServer, Setup, TestApp, bearer, new_user_request, new_user_session, reason,
+};
 
 const KEY: &str = "webhook-test-key";
 
@@ -316,15 +318,7 @@ async fn a_redis_outage_delays_deliveries_and_loses_none() {
     // The outage is real: the store refuses (fast) what needs it.
     let e = app
         .session()
-        .create_session(bearer(
-            pb::CreateSessionRequest {
-                who: Some(pb::create_session_request::Who::NewUser(
-                    pb::NewUser::default(),
-                )),
-                ..Default::default()
-            },
-            KEY,
-        ))
+        .create_session(new_user_request(KEY))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);

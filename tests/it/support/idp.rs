@@ -212,11 +212,7 @@ impl FakeIdp {
                     .route("/userinfo", get(userinfo))
                     .with_state((shared.clone(), userinfo_hits.clone())),
             );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = super::serve_http(app).await;
         Self {
             addr,
             shared,

@@ -274,8 +274,26 @@ pub async fn new_user_session(
     api: &mut SessionGateServiceClient<Channel>,
     key: &str,
 ) -> sessiongate::grpc::pb::CreateSessionResponse {
+    api.create_session(new_user_request(key))
+        .await
+        .expect("CreateSession")
+        .into_inner()
+}
+
+/// Serves `app` on a free loopback port until the test ends; returns where.
+pub async fn serve_http(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// A CreateSession request for a new, anonymous user, as caller `key`.
+pub fn new_user_request(key: &str) -> tonic::Request<sessiongate::grpc::pb::CreateSessionRequest> {
     use sessiongate::grpc::pb;
-    api.create_session(bearer(
+    bearer(
         pb::CreateSessionRequest {
             who: Some(pb::create_session_request::Who::NewUser(
                 pb::NewUser::default(),
@@ -283,10 +301,7 @@ pub async fn new_user_session(
             ..Default::default()
         },
         key,
-    ))
-    .await
-    .expect("CreateSession")
-    .into_inner()
+    )
 }
 
 /// `msg` with `authorization: Bearer <key>`.

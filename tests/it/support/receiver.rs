@@ -76,11 +76,7 @@ impl Receiver {
         let app = Router::new()
             .route("/hook", post(take))
             .with_state(script.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = super::serve_http(app).await;
         Self {
             addr,
             script,
