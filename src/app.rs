@@ -212,7 +212,8 @@ impl App {
             let _ = rx.wait_for(|s| *s).await;
         };
         let deliverers = self.webhooks.spawn(stopped.clone());
-        let ramps = crate::flow::ramp::spawn(flows, sessions.signals().clone(), stopped.clone());
+        let ramps =
+            crate::flow::autoramp::spawn(flows, sessions.signals().clone(), stopped.clone());
         let grpc = {
             let connections = connections.clone();
             let stopped = stop_signal(stopped.clone());

@@ -58,7 +58,7 @@ pub use providers::{
 use server::RawServer;
 pub use server::{DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR, ServerConfig};
 use store::RawRedis;
-pub use store::{SessionFormat, StoreConfig};
+pub use store::{DEFAULT_EVENTS_MAX_LEN, SessionFormat, StoreConfig};
 pub use telemetry::TelemetryConfig;
 use webhooks::RawWebhook;
 pub use webhooks::{EVENT_TYPES, WebhookConfig, WebhookSecret};

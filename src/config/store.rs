@@ -9,6 +9,8 @@ use super::{Check, ENV_REDIS_URL, Secret, Vars};
 const DEFAULT_COMMAND_TIMEOUT_MS: u32 = 500;
 const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 250;
 const DEFAULT_RESYNC_SECONDS: u32 = 30;
+/// How many events the stream keeps unless `redis.events_max_len` says otherwise.
+pub const DEFAULT_EVENTS_MAX_LEN: usize = 100_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreConfig {
@@ -89,7 +91,7 @@ pub(super) fn build(c: &mut Check, vars: &dyn Vars, raw: RawRedis) -> StoreConfi
     }
     let resync_seconds = raw.resync_seconds.unwrap_or(DEFAULT_RESYNC_SECONDS);
     c.range("redis.resync_seconds", resync_seconds, 1..=3_600);
-    let events_max_len = raw.events_max_len.unwrap_or(crate::store::EVENTS_MAX_LEN);
+    let events_max_len = raw.events_max_len.unwrap_or(DEFAULT_EVENTS_MAX_LEN);
     c.range("redis.events_max_len", events_max_len, 1_000..=100_000_000);
 
     StoreConfig {

@@ -7,8 +7,10 @@
 //! - [`cookie`]: the signed cookie that keeps a device on NEW;
 //! - [`service`]: overrides in the shared store, replicated to every replica;
 //! - [`ramp`]: a schedule that raises the percentage by itself and pauses when a guard trips;
+//! - [`autoramp`]: the task that moves ramps (one replica per flow, by lease);
 //! - [`simulate`]: `sessiongate flow simulate`, the dry run of a change.
 
+pub mod autoramp;
 pub mod cookie;
 pub mod engine;
 pub mod model;

@@ -284,7 +284,7 @@ pub trait Store: Send + Sync + 'static {
 pub const EVENTS_STREAM: &str = "sessiongate:events";
 /// How many events the stream keeps (approximately, in Redis) unless `redis.events_max_len`
 /// says otherwise.
-pub const EVENTS_MAX_LEN: usize = 100_000;
+pub const EVENTS_MAX_LEN: usize = crate::config::DEFAULT_EVENTS_MAX_LEN;
 /// How many events the embedded store keeps.
 pub const MEMORY_EVENTS_MAX_LEN: usize = 10_000;
 
