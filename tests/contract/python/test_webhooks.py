@@ -12,7 +12,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -23,18 +22,12 @@ import grpc
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import KEY, _sha, bounded_channel, pb, rpc, spawn_sessiongate
+from conftest import KEY, _sha, bounded_channel, free_port, pb, rpc, spawn_sessiongate
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 # The secret being rotated in: the receiver knows only the new one, sessiongate signs with both.
 OLD_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 AUTH = [("authorization", f"Bearer {KEY}")]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:
