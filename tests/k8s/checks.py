@@ -38,7 +38,7 @@ for kind in ("Deployment", "StatefulSet"):
             for probe in ("readinessProbe", "livenessProbe"):
                 p = c.get(probe)
                 need(p is not None, f"{cname}: {probe}")
-                if p:
+                if p and "exec" not in p:
                     port = next((v.get("port") for v in p.values() if isinstance(v, dict) and "port" in v), None)
                     need(isinstance(port, int), f"{cname}: {probe} on a numeric port (got {port!r})")
 
@@ -51,6 +51,36 @@ need("TOKIO_WORKER_THREADS" in envs, "TOKIO_WORKER_THREADS set")
 for secret_var in ("REDIS_URL", "SESSIONGATE_FLOW_COOKIE_KEY"):
     need("secretKeyRef" in envs.get(secret_var, {}).get("valueFrom", {}), f"{secret_var} from a Secret")
 need(c.get("startupProbe", {}).get("grpc", {}).get("port") == 50051, "gRPC startupProbe on 50051")
+# The autoscaler owns the count; workers follow the CPU request; spread over zones and nodes.
+hpa_targets = {h["spec"]["scaleTargetRef"]["name"] for h in by_kind.get("HorizontalPodAutoscaler", [])}
+need("sessiongate" in hpa_targets, "an HPA scales the Deployment")
+need("replicas" not in dep["spec"], "no replicas on a Deployment an HPA scales (each apply would reset it)")
+workers = envs.get("TOKIO_WORKER_THREADS", {}).get("valueFrom", {}).get("resourceFieldRef", {})
+need(workers.get("resource") == "requests.cpu", "TOKIO_WORKER_THREADS from the CPU request (Downward API)")
+spread = {t["topologyKey"] for t in spec.get("topologySpreadConstraints", [])}
+need({"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= spread, "spread over zones and nodes")
+# Redis: a password from a Secret, ready only on PONG, maxmemory under its limit.
+redis = next((d for d in by_kind.get("StatefulSet", []) if d["metadata"]["name"] == "sessiongate-redis"), None)
+if redis:
+    rc = redis["spec"]["template"]["spec"]["containers"][0]
+    renv = {e["name"]: e for e in rc.get("env", [])}
+    need("secretKeyRef" in renv.get("REDIS_PASSWORD", {}).get("valueFrom", {}), "Redis password from a Secret")
+    need("--requirepass" in rc.get("args", []) and "$(REDIS_PASSWORD)" in rc.get("args", []), "Redis requires the password")
+    need("PONG" in " ".join(rc.get("readinessProbe", {}).get("exec", {}).get("command", [])), "Redis ready only on PONG")
+    conf = next(d for d in by_kind["ConfigMap"] if d["metadata"]["name"].startswith("sessiongate-redis"))["data"]["redis.conf"]
+    settings = dict(l.split(None, 1) for l in conf.splitlines() if l.strip() and not l.startswith("#"))
+    units = {"mb": 2**20, "gb": 2**30}
+    mm = settings.get("maxmemory", "0")
+    mm_bytes = int(mm[:-2]) * units.get(mm[-2:].lower(), 1) if mm[-2:].lower() in units else int(mm)
+    lim = rc["resources"]["limits"]["memory"]
+    lim_bytes = int(lim[:-2]) * {"Mi": 2**20, "Gi": 2**30}[lim[-2:]]
+    need(settings.get("maxmemory-policy") == "noeviction", "Redis noeviction")
+    need(0 < mm_bytes <= 0.8 * lim_bytes, f"Redis maxmemory ({mm}) set and well under its limit ({lim})")
+# Callers reach the JWKS on the HTTP port.
+np = next(d for d in by_kind["NetworkPolicy"] if d["metadata"]["name"] == "sessiongate")
+http_from = [f for rule in np["spec"]["ingress"] if any(p["port"] == 8080 for p in rule.get("ports", [])) for f in rule["from"]]
+need(any(f.get("namespaceSelector", {}).get("matchLabels", {}).get("sessiongate.example.com/client") == "true" for f in http_from),
+     "callers reach the HTTP port (JWKS)")
 need(c.get("readinessProbe", {}).get("grpc", {}).get("service") == "sessiongate.v1.SessionGateService",
      "readiness asks for the SessionGateService health")
 need(c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0) > 0, "a preStop sleep")

@@ -49,6 +49,39 @@ else
   echo "  ok   a writable root filesystem is refused by the checks"
 fi
 
+if python3 tests/k8s/checks.py test <(sed 's/^  revisionHistoryLimit: 5/  replicas: 2\n  revisionHistoryLimit: 5/' "$work/test.yaml") >/dev/null 2>&1; then
+  echo "  FAIL replicas under an HPA passed the checks"; fail=1
+else
+  echo "  ok   replicas on a Deployment an HPA scales are refused by the checks"
+fi
+if python3 tests/k8s/checks.py test <(sed 's/^    maxmemory 700mb/    maxmemory 2gb/' "$work/test.yaml") >/dev/null 2>&1; then
+  echo "  FAIL a Redis maxmemory over its limit passed the checks"; fail=1
+else
+  echo "  ok   a Redis maxmemory over its container limit is refused by the checks"
+fi
+
+# The Redis configuration runs as the StatefulSet runs it: a real redis-server with the shipped
+# redis.conf and --requirepass refuses a client without the password, answers the probe's
+# PONG with it, and has maxmemory and noeviction.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# (Only its data directory moves: /data is the volume's mount point.)
+sed "s|^dir /data$|dir $work|" k8s/base/redis.conf >"$work/redis.conf"
+redis-server "$work/redis.conf" --requirepass probe-secret --port "$port" --bind 127.0.0.1 \
+  >"$work/redis.log" 2>&1 &
+redis_pid=$!
+# Until it says it is ready (or 10 s).
+timeout 10 grep -m1 -q "Ready to accept connections" <(tail -f "$work/redis.log") || true
+if [ "$(redis-cli -p "$port" get x 2>&1)" = "NOAUTH Authentication required." ] \
+  && [ "$(REDISCLI_AUTH=probe-secret redis-cli -p "$port" ping)" = PONG ] \
+  && [ "$(REDISCLI_AUTH=probe-secret redis-cli -p "$port" config get maxmemory | tail -1)" = 734003200 ] \
+  && [ "$(REDISCLI_AUTH=probe-secret redis-cli -p "$port" config get maxmemory-policy | tail -1)" = noeviction ]; then
+  echo "  ok   k8s/base/redis.conf: a password required, PONG for the probe, maxmemory 700mb, noeviction"
+else
+  echo "  FAIL k8s/base/redis.conf does not run as the StatefulSet expects"; fail=1
+fi
+kill "$redis_pid" 2>/dev/null || true
+wait "$redis_pid" 2>/dev/null || true
+
 # The examples users paste are valid too (Istio's below: its kinds have no Kubernetes schema).
 for example in k8s/examples/*.yaml; do
   [ "$example" = k8s/examples/istio.yaml ] && continue
