@@ -182,8 +182,10 @@ impl App {
             gate: edge.clone(),
             callers: self.callers.clone(),
         };
+        let started = std::time::Instant::now();
         let sessions = self.sessions.clone();
         let flows = self.flows.clone();
+        let status_flows = self.flows.clone();
         let (health, grpc_service) = crate::grpc::server::service(Services {
             edge,
             sessions: self.sessions,
@@ -226,7 +228,23 @@ impl App {
         let http = {
             let connections = connections.clone();
             let stopped = stop_signal(stopped);
-            let router = crate::http::router(metrics, self.signing.clone(), forward_auth, sessions);
+            let status = crate::http::StatusPage {
+                sessions: sessions.clone(),
+                flows: status_flows,
+                env: cfg.env.as_str(),
+                store: match self.store.kind() {
+                    StoreKind::Memory => "embedded",
+                    StoreKind::Redis => "Redis",
+                },
+                started,
+            };
+            let router = crate::http::router(
+                metrics,
+                self.signing.clone(),
+                forward_auth,
+                sessions,
+                status,
+            );
             tokio::spawn(async move {
                 connections
                     .serve(self.http, Door::Http, router, stopped)

@@ -19,16 +19,21 @@ pub enum Signal {
     /// the provider refuses is not a failure.
     UserinfoCalls,
     UserinfoErrors,
+    /// VALID verdicts by side: the migration's progress (the status page's share).
+    ValidNew,
+    ValidLegacy,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 6] = [
+    pub const ALL: [Signal; N] = [
         Signal::Migrations,
         Signal::MigrationFailures,
         Signal::NewValidations,
         Signal::NewInvalid,
         Signal::UserinfoCalls,
         Signal::UserinfoErrors,
+        Signal::ValidNew,
+        Signal::ValidLegacy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,19 +44,31 @@ impl Signal {
             Signal::NewInvalid => "new_invalid",
             Signal::UserinfoCalls => "userinfo_calls",
             Signal::UserinfoErrors => "userinfo_errors",
+            Signal::ValidNew => "valid_new",
+            Signal::ValidLegacy => "valid_legacy",
         }
     }
 }
 
-/// This process' counts since they were last taken.
+const N: usize = 8;
+
+/// This process' counts: since they were last taken (for the fleet's windows), and since it
+/// started (for its status page).
 #[derive(Debug, Default)]
 pub struct Signals {
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; N],
+    since_start: [AtomicU64; N],
 }
 
 impl Signals {
     pub fn count(&self, s: Signal) {
         self.counts[s as usize].fetch_add(1, Ordering::Relaxed);
+        self.since_start[s as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every count since the process started.
+    pub fn since_start(&self, s: Signal) -> u64 {
+        self.since_start[s as usize].load(Ordering::Relaxed)
     }
 
     /// Counts an outcome: one of `total`, and one of `bad` too when `is_bad`.
@@ -63,7 +80,7 @@ impl Signals {
     }
 
     /// The counts since the last call, zeroing them.
-    pub fn take(&self) -> [(Signal, u64); 6] {
+    pub fn take(&self) -> [(Signal, u64); N] {
         Signal::ALL.map(|s| (s, self.counts[s as usize].swap(0, Ordering::Relaxed)))
     }
 
@@ -92,5 +109,7 @@ mod tests {
         assert!(s.take().iter().all(|(_, n)| *n == 0));
         s.give_back(&taken);
         assert_eq!(s.take(), taken);
+        // What was taken and given back still counts once since the start.
+        assert_eq!(s.since_start(Signal::Migrations), 2);
     }
 }

@@ -1,12 +1,14 @@
 //! The plain-HTTP port: `/metrics` for Prometheus, `/.well-known/jwks.json` for anyone who
 //! prefers to verify `session_jwt`s offline with their own JWT library, `/auth` for
-//! proxies that speak HTTP forward-auth, and `/backchannel-logout/<provider>` for providers'
-//! OpenID Connect back-channel logouts.
+//! proxies that speak HTTP forward-auth, `/backchannel-logout/<provider>` for providers'
+//! OpenID Connect back-channel logouts, and `/status`, a page for people.
 
 mod backchannel;
 mod forward_auth;
+mod status;
 
 pub use forward_auth::{CALLER_HEADER, ForwardAuth};
+pub use status::StatusPage;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -25,8 +27,10 @@ pub fn router(
     signing: Arc<SigningKeys>,
     forward_auth: ForwardAuth,
     sessions: Arc<SessionService>,
+    status: StatusPage,
 ) -> Router {
     Router::new()
+        .route("/status", get(status::page).with_state(status))
         .route("/auth", any(forward_auth::check).with_state(forward_auth))
         .route(
             "/backchannel-logout/{provider}",

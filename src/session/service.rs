@@ -112,6 +112,11 @@ impl SessionService {
         }
     }
 
+    /// The configured providers and their keys' health (the status page).
+    pub fn providers(&self) -> Vec<super::providers::ProviderStatus> {
+        self.providers.statuses()
+    }
+
     /// The health signals counted by this service (for the rollout's guards).
     pub fn signals(&self) -> &Arc<Signals> {
         &self.signals

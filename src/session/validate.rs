@@ -92,6 +92,11 @@ impl Validator {
             };
             self.progress
                 .record(&req.caller, provider, v.origin == Origin::New);
+            self.signals.count(if v.origin == Origin::New {
+                Signal::ValidNew
+            } else {
+                Signal::ValidLegacy
+            });
         }
         if let Ok(v) = &verdict {
             if v.origin == Origin::New {

@@ -250,3 +250,43 @@ async fn shutdown_flips_health_first_then_drains_within_the_grace() {
     stopped.await.unwrap().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn the_status_page_shows_rollouts_the_share_on_new_and_providers() {
+    let app = Setup::new()
+        .toml(
+            "[[flows]]\nname = \"login\"\npercentage = 0\nstickiness = \"device\"\n\
+             [[flows.ramp]]\npercentage = 10\nhold_minutes = 60\n\
+             [[flows.ramp]]\npercentage = 100\n\
+             [[flows]]\nname = \"checkout\"\npercentage = 30\nkill_switch = true\n",
+        )
+        .caller_key("status-key")
+        .spawn()
+        .await;
+    let created = crate::support::new_user_session(&mut app.session(), "status-key").await;
+    let v = app
+        .session()
+        .validate_session(crate::support::validate_as(
+            created.session_token,
+            "status-key",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(v.get_ref().verdict, pb::Verdict::Valid as i32);
+    // The ramp starts by itself within a tick.
+    let page = crate::support::eventually(std::time::Duration::from_secs(10), || async {
+        let (status, body) = app.http_get("/status").await;
+        assert_eq!(status, 200);
+        body.contains("step 1 of 2").then_some(body)
+    })
+    .await;
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains("<td>login</td><td>10 %</td>"), "{page}");
+    assert!(
+        page.contains("<td>checkout</td><td>30 %</td><td class=\"bad\">on</td>"),
+        "{page}"
+    );
+    assert!(page.contains("id=\"new-share\">1 (100.0 %)"), "{page}");
+    assert!(page.contains("no providers configured"), "{page}");
+    assert!(!page.contains("<script"), "no script");
+}

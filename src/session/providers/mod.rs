@@ -30,6 +30,15 @@ use validate::ProviderHit;
 const VERDICT_CACHE_ENTRIES: usize = 100_000;
 
 /// The configured providers and what is cached of their tokens.
+/// A provider as the status page shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub legacy: bool,
+    /// Its key set's age and whether the last refresh failed (`None`: no keys).
+    pub keys: Option<(Option<std::time::Duration>, bool)>,
+}
+
 pub struct ProviderTokens {
     env: Env,
     store: Arc<dyn Store>,
@@ -51,6 +60,21 @@ pub struct ProviderTokens {
 }
 
 impl ProviderTokens {
+    /// Every configured provider, by name.
+    pub fn statuses(&self) -> Vec<ProviderStatus> {
+        let mut v: Vec<_> = self
+            .providers
+            .all()
+            .map(|p| ProviderStatus {
+                name: p.name().to_owned(),
+                legacy: p.config.kind == crate::config::ProviderKind::Legacy,
+                keys: p.key_health(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     pub fn new(
         cfg: &Config,
         store: Arc<dyn Store>,

@@ -61,6 +61,12 @@ impl Provider {
         &self.config.name
     }
 
+    /// How old its key set is and whether the last refresh failed; `None` without keys
+    /// (opaque tokens only).
+    pub fn key_health(&self) -> Option<(Option<std::time::Duration>, bool)> {
+        self.keys.as_ref().map(|k| (k.age(), k.refresh_failing()))
+    }
+
     /// `sub` as one of this provider's accounts, as user records list them.
     pub fn identity(&self, sub: &str) -> LegacyIdentity {
         LegacyIdentity {
