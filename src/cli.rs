@@ -290,7 +290,7 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     // Telemetry inside the runtime: the span exporter runs on it.
     let telemetry = {
         let _in_runtime = rt.enter();
-        match crate::telemetry::init(cfg.log_format, &cfg.telemetry) {
+        match crate::telemetry::init(cfg.log_format, &cfg.telemetry, cfg.env.as_str()) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("sessiongate: {e}");

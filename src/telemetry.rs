@@ -45,8 +45,13 @@ pub struct TelemetryError {
 }
 
 /// Installs the global tracing subscriber (logs, and span export when configured). Call once,
-/// from inside the tokio runtime: the exporter runs on it.
-pub fn init(format: LogFormat, cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+/// from inside the tokio runtime: the exporter runs on it. `env` goes on the exported
+/// resource, with the service's name and version.
+pub fn init(
+    format: LogFormat,
+    cfg: &TelemetryConfig,
+    env: &'static str,
+) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
@@ -85,6 +90,13 @@ pub fn init(format: LogFormat, cfg: &TelemetryConfig) -> Result<Telemetry, Telem
                 .with_resource(
                     opentelemetry_sdk::Resource::builder()
                         .with_service_name(cfg.service_name.clone())
+                        .with_attributes([
+                            opentelemetry::KeyValue::new(
+                                "service.version",
+                                env!("CARGO_PKG_VERSION"),
+                            ),
+                            opentelemetry::KeyValue::new("deployment.environment.name", env),
+                        ])
                         .build(),
                 )
                 .build();

@@ -117,17 +117,23 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let name = method(req.uri().path()).name;
+        let m = method(req.uri().path());
+        let name = m.name;
         // DEBUG: exported as a trace span when OTLP export is on (its layer takes sessiongate's
         // DEBUG spans), free otherwise — at the default `info` no layer wants it, so it is
         // never built (building it for the log layer cost ~10% of a cached validation).
+        // Named and attributed per OpenTelemetry's RPC conventions: the fully qualified method
+        // (`_OTHER` for a path that is none of ours), the status code's name, an error status
+        // for the codes that are the server's fault.
         let span = tracing::debug_span!(
             "grpc",
-            otel.name = name,
+            otel.name = m.full,
             otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.method = name,
-            grpc.code = tracing::field::Empty,
+            rpc.system.name = "grpc",
+            rpc.method = m.full,
+            rpc.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         // Continue the caller's trace (W3C traceparent in the gRPC metadata).
         if req.headers().contains_key("traceparent") {
@@ -152,8 +158,22 @@ where
                         .unwrap_or(tonic::Code::Ok),
                     Err(_) => tonic::Code::Unknown,
                 };
+                let server_fault = matches!(
+                    code,
+                    tonic::Code::Unknown
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Unimplemented
+                        | tonic::Code::Internal
+                        | tonic::Code::Unavailable
+                        | tonic::Code::DataLoss
+                );
                 let code = code_name(code);
-                tracing::Span::current().record("grpc.code", code);
+                let span = tracing::Span::current();
+                span.record("rpc.response.status_code", code);
+                if server_fault {
+                    span.record("error.type", code);
+                    span.record("otel.status_code", "ERROR");
+                }
                 let elapsed = start.elapsed();
                 metrics::counter!("sessiongate_grpc_requests_total", "method" => name, "code" => code)
                     .increment(1);

@@ -48,6 +48,9 @@ pub(crate) fn caller<T>(req: &tonic::Request<T>) -> Caller {
 pub struct Method {
     /// `Service/Method`, a bounded set of values for metric labels.
     pub name: &'static str,
+    /// `package.Service/Method`, as OpenTelemetry's RPC conventions name it (`_OTHER` for a
+    /// path that is none of sessiongate's methods).
+    pub full: &'static str,
     /// The scopes any one of which lets a caller make the call; `None`: open (health,
     /// reflection).
     pub scope: Option<Scopes>,
@@ -121,15 +124,17 @@ const METHODS: &[(&str, &str, Option<Scopes>)] = &[
 
 /// Classifies a request path (`/package.Service/Method`).
 pub fn method(path: &str) -> Method {
-    if let Some((_, name, scope)) = METHODS.iter().find(|(p, _, _)| *p == path) {
+    if let Some((p, name, scope)) = METHODS.iter().find(|(p, _, _)| *p == path) {
         return Method {
             name,
+            full: &p[1..],
             scope: *scope,
         };
     }
     if path.starts_with("/grpc.reflection.") {
         return Method {
             name: "ServerReflection",
+            full: "_OTHER",
             scope: None,
         };
     }
@@ -137,6 +142,7 @@ pub fn method(path: &str) -> Method {
     // that probing unknown names tells an outsider nothing.
     Method {
         name: "unknown",
+        full: "_OTHER",
         scope: Some(Scopes::one(Scope::Admin)),
     }
 }

@@ -75,7 +75,7 @@ fn with<T>(msg: T, key: &str, traceparent: Option<&str>) -> Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_continue_the_callers_trace_and_no_secret_reaches_logs_spans_or_errors() {
     let (collector, collector_addr) = start_collector().await;
-    let redis = RedisServer::start().await;
+    let mut redis = RedisServer::start().await;
     let idp = FakeIdp::start().await;
     let canary = format!("CANARY{}", uuid::Uuid::new_v4().simple());
     let key = format!("key-{canary}");
@@ -239,6 +239,22 @@ async fn spans_continue_the_callers_trace_and_no_secret_reaches_logs_spans_or_er
         .unwrap_err();
     errors.push(format!("{e:?}"));
 
+    // The store gone: an opaque session cannot be judged — UNAVAILABLE, the server's fault.
+    redis.kill().await;
+    let e = api
+        .validate_session(with(
+            pb::ValidateSessionRequest {
+                token: created.session_token.clone(),
+                ..Default::default()
+            },
+            &key,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    errors.push(format!("{e:?}"));
+
     drop((api, admin));
     // Waiting for the exit blocks: off the runtime, which serves the collector meanwhile.
     let logs = tokio::task::spawn_blocking(move || bin.stop())
@@ -254,8 +270,58 @@ async fn spans_continue_the_callers_trace_and_no_secret_reaches_logs_spans_or_er
         .collect();
     let rpc = in_trace
         .iter()
-        .find(|s| s.name == "SessionGateService/ValidateSession")
+        .find(|s| s.name == "sessiongate.v1.SessionGateService/ValidateSession")
         .unwrap_or_else(|| panic!("no ValidateSession span in trace {trace_id}: {spans:#?}"));
+    // OpenTelemetry's RPC conventions: kind SERVER, the method fully qualified, the status
+    // code by name; the resource says what runs where.
+    let attr = |s: &Span, k: &str| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+            .map(|v| format!("{v:?}"))
+    };
+    assert_eq!(rpc.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(
+        attr(rpc, "rpc.system.name").as_deref(),
+        Some("StringValue(\"grpc\")")
+    );
+    assert_eq!(
+        attr(rpc, "rpc.method").as_deref(),
+        Some("StringValue(\"sessiongate.v1.SessionGateService/ValidateSession\")")
+    );
+    assert_eq!(
+        attr(rpc, "rpc.response.status_code").as_deref(),
+        Some("StringValue(\"OK\")")
+    );
+    assert!(raw_spans.contains("service.version") && raw_spans.contains(env!("CARGO_PKG_VERSION")));
+    assert!(raw_spans.contains("deployment.environment.name"));
+    // A call that failed for the server's reasons (the store down: UNAVAILABLE) is an error span.
+    let failed = spans
+        .iter()
+        .find(|s| {
+            attr(s, "rpc.response.status_code").as_deref() == Some("StringValue(\"UNAVAILABLE\")")
+        })
+        .expect("the UNAVAILABLE call's span");
+    assert_eq!(
+        failed.status.as_ref().map(|st| st.code),
+        Some(2),
+        "STATUS_CODE_ERROR"
+    );
+    assert_eq!(
+        attr(failed, "error.type").as_deref(),
+        Some("StringValue(\"UNAVAILABLE\")")
+    );
+    // A refusal of the caller (UNAUTHENTICATED) is not the server's fault: no error status.
+    let refused = spans
+        .iter()
+        .find(|s| {
+            attr(s, "rpc.response.status_code").as_deref()
+                == Some("StringValue(\"UNAUTHENTICATED\")")
+        })
+        .expect("the wrong key's span");
+    assert_ne!(refused.status.as_ref().map(|st| st.code), Some(2));
     assert_eq!(
         hex::encode(&rpc.parent_span_id),
         parent,
