@@ -65,7 +65,7 @@ fi
 # PONG with it, and has maxmemory and noeviction.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # (Only its data directory moves: /data is the volume's mount point.)
-sed "s|^dir /data$|dir $work|" k8s/base/redis.conf >"$work/redis.conf"
+sed "s|^dir /data$|dir $work|" k8s/components/redis/redis.conf >"$work/redis.conf"
 redis-server "$work/redis.conf" --requirepass probe-secret --port "$port" --bind 127.0.0.1 \
   >"$work/redis.log" 2>&1 &
 redis_pid=$!
@@ -75,9 +75,9 @@ if [ "$(redis-cli -p "$port" get x 2>&1)" = "NOAUTH Authentication required." ] 
   && [ "$(REDISCLI_AUTH=probe-secret redis-cli -p "$port" ping)" = PONG ] \
   && [ "$(REDISCLI_AUTH=probe-secret redis-cli -p "$port" config get maxmemory | tail -1)" = 734003200 ] \
   && [ "$(REDISCLI_AUTH=probe-secret redis-cli -p "$port" config get maxmemory-policy | tail -1)" = noeviction ]; then
-  echo "  ok   k8s/base/redis.conf: a password required, PONG for the probe, maxmemory 700mb, noeviction"
+  echo "  ok   k8s/components/redis/redis.conf: a password required, PONG for the probe, maxmemory 700mb, noeviction"
 else
-  echo "  FAIL k8s/base/redis.conf does not run as the StatefulSet expects"; fail=1
+  echo "  FAIL k8s/components/redis/redis.conf does not run as the StatefulSet expects"; fail=1
 fi
 kill "$redis_pid" 2>/dev/null || true
 wait "$redis_pid" 2>/dev/null || true
