@@ -52,8 +52,8 @@ struct Group {
 #[derive(Default)]
 struct State {
     map: HashMap<Key, Entry>,
-    /// Events by id (1, 2, …), oldest first.
-    events: VecDeque<(u64, serde_json::Value)>,
+    /// Events by id (1, 2, …), oldest first, with when they were appended (Unix ms).
+    events: VecDeque<(u64, serde_json::Value, i64)>,
     last_event: u64,
     groups: HashMap<String, Group>,
     writes: u64,
@@ -85,11 +85,14 @@ impl State {
             self.events.pop_front();
         }
         self.last_event += 1;
-        self.events.push_back((self.last_event, event));
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.events.push_back((self.last_event, event, at));
     }
 
     fn event(&self, id: u64) -> Option<serde_json::Value> {
-        let i = self.events.binary_search_by_key(&id, |(n, _)| *n).ok()?;
+        let i = self.events.binary_search_by_key(&id, |(n, _, _)| *n).ok()?;
         Some(self.events[i].1.clone())
     }
 
@@ -478,13 +481,22 @@ impl Store for MemoryStore {
             .events
             .iter()
             .skip(skip)
-            .map(|(_, e)| e.clone())
+            .map(|(_, e, _)| e.clone())
             .collect())
     }
 
-    async fn group_create(&self, group: &str) -> StoreResult<()> {
+    async fn group_create(&self, group: &str, from_ms: i64) -> StoreResult<()> {
         let mut st = self.state();
-        let last = st.last_event;
+        // The last event appended before `from_ms`.
+        let last = st
+            .events
+            .iter()
+            .take_while(|(_, _, at)| *at < from_ms)
+            .last()
+            .map_or_else(
+                || st.events.front().map_or(st.last_event, |(n, _, _)| n - 1),
+                |(n, _, _)| *n,
+            );
         st.groups.entry(group.to_owned()).or_insert(Group {
             last,
             pending: BTreeSet::new(),
@@ -506,13 +518,13 @@ impl Store for MemoryStore {
         };
         match read {
             GroupRead::New => {
-                let from = st.events.partition_point(|(n, _)| *n <= g.last);
+                let from = st.events.partition_point(|(n, _, _)| *n <= g.last);
                 let out: Vec<StreamEntry> = st
                     .events
                     .iter()
                     .skip(from)
                     .take(count)
-                    .map(|(n, e)| StreamEntry {
+                    .map(|(n, e, _)| StreamEntry {
                         id: event_id(*n),
                         event: Some(e.clone()),
                     })

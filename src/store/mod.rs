@@ -257,12 +257,12 @@ pub trait Store: Send + Sync + 'static {
     /// The newest `count` events, oldest first.
     async fn recent_events(&self, count: usize) -> StoreResult<Vec<serde_json::Value>>;
 
-    /// Creates the consumer group `group` on the event stream, reading from the events
-    /// appended after this call on (what came before is not its business); nothing if it
-    /// exists. A group's readers share one cursor and one pending list, so each event goes
-    /// to one of them. Callers keep one reader per group at a time (a lease), which is why
-    /// the reader has no name of its own.
-    async fn group_create(&self, group: &str) -> StoreResult<()>;
+    /// Creates the consumer group `group` on the event stream, reading the events appended
+    /// from `from_ms` (Unix ms, wall clock) on — not from whenever the group happens to be
+    /// created, which may be later — and nothing if it exists. A group's readers share one
+    /// cursor and one pending list, so each event goes to one of them. Callers keep one
+    /// reader per group at a time (a lease), which is why the reader has no name of its own.
+    async fn group_create(&self, group: &str, from_ms: i64) -> StoreResult<()>;
 
     /// Up to `count` entries of `group`, in stream order.
     async fn group_read(

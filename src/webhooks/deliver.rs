@@ -9,7 +9,7 @@
 //! user. A refused delivery is retried with exponential backoff and jitter until the event
 //! is `retry_for` old, then buried (`super::dead`) and the lane moves on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,13 +107,38 @@ struct Pending {
 #[derive(Default)]
 struct Lanes {
     lanes: HashMap<String, VecDeque<Pending>>,
+    /// The stream ids held, so that an entry read twice is held once.
+    ids: HashSet<String>,
     held: usize,
 }
 
+/// A stream id's order (`<ms>-<seq>`).
+fn stream_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 impl Lanes {
-    fn push(&mut self, lane: String, p: Pending) {
-        self.lanes.entry(lane).or_default().push_back(p);
+    /// Queues `p` in stream order within its lane (an entry read late — the pending list
+    /// read again — still goes before the user's later events), never ahead of a head in
+    /// flight. False if it is held already.
+    fn push(&mut self, lane: String, p: Pending) -> bool {
+        if !self.ids.insert(p.id.clone()) {
+            return false;
+        }
+        let q = self.lanes.entry(lane).or_default();
+        let key = stream_order(&p.id);
+        let first = usize::from(q.front().is_some_and(|h| h.in_flight));
+        let at = (first..q.len())
+            .find(|&i| stream_order(&q[i].id) > key)
+            .unwrap_or(q.len());
+        q.insert(at, p);
         self.held += 1;
+        true
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        self.ids.contains(id)
     }
 
     fn head(&mut self, lane: &str) -> Option<&mut Pending> {
@@ -126,7 +151,8 @@ impl Lanes {
         if q.is_empty() {
             self.lanes.remove(lane);
         }
-        if p.is_some() {
+        if let Some(p) = &p {
+            self.ids.remove(&p.id);
             self.held -= 1;
         }
         p
@@ -191,7 +217,7 @@ impl Holder<'_> {
         let group = &ep.group;
         let name = ep.cfg.name.as_str();
         let lease = self.sh.keys.webhook_lease(name);
-        if let Err(e) = store.group_create(group).await {
+        if let Err(e) = store.group_create(group, ep.since_ms).await {
             tracing::warn!(webhook = %name, error = %e, "cannot create the webhook's consumer group");
             return false;
         }
@@ -248,7 +274,10 @@ impl Holder<'_> {
                     Err(e) => {
                         // The group may be gone (a Redis that lost its data): make it again.
                         tracing::debug!(webhook = %name, error = %e, "cannot read the event stream");
-                        let _ = store.group_create(group).await;
+                        let _ = store.group_create(group, ep.since_ms).await;
+                        // A read that timed out may still have run (Redis answered late): its
+                        // entries are pending for us, so read the pending list again.
+                        pending_after = Some("0".to_owned());
                         read_at = now + POLL * 5;
                     }
                 }
@@ -297,6 +326,10 @@ impl Holder<'_> {
     /// Takes a read entry into its lane, or acknowledges it at once if it is not for this
     /// webhook.
     fn admit(&mut self, e: StreamEntry) {
+        // Read again (the pending list after a failed read): held or delivered already.
+        if self.lanes.holds(&e.id) || self.to_ack.contains(&e.id) {
+            return;
+        }
         let name = self.ep.cfg.name.as_str();
         let Some(event) = e.event else {
             // Trimmed from the (bounded) stream before it could be delivered.
@@ -494,6 +527,43 @@ mod tests {
         l.push("u:c".into(), p("c1"));
         l.push("u:d".into(), p("d1"));
         assert_eq!(l.start(now, 1).len(), 1);
+    }
+
+    #[test]
+    fn an_entry_read_again_is_held_once_and_a_late_one_keeps_stream_order() {
+        let mut l = Lanes::default();
+        let now = Instant::now();
+        let p = |id: &str| Pending {
+            id: id.into(),
+            envelope: Envelope {
+                id: id.into(),
+                kind: "session.created".into(),
+                body: Vec::new(),
+            },
+            event: Value::Null,
+            at_ms: 0,
+            attempts: 0,
+            due: now,
+            in_flight: false,
+        };
+        assert!(l.push("u:a".into(), p("1700000000005-0")));
+        assert!(l.push("u:a".into(), p("1700000000007-0")));
+        assert!(!l.push("u:a".into(), p("1700000000007-0")), "held already");
+        assert_eq!(l.held, 2);
+        // The head goes out; an older entry read late queues behind it, before the newer one.
+        assert_eq!(l.start(now, 1).len(), 1);
+        assert!(l.push("u:a".into(), p("1700000000003-0")));
+        let order: Vec<_> = l.lanes["u:a"].iter().map(|p| p.id.clone()).collect();
+        assert_eq!(
+            order,
+            ["1700000000005-0", "1700000000003-0", "1700000000007-0"]
+        );
+        assert_eq!(l.pop("u:a").unwrap().id, "1700000000005-0");
+        assert!(!l.holds("1700000000005-0"));
+        assert!(
+            l.push("u:a".into(), p("1700000000005-0")),
+            "gone, so held anew"
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ struct Endpoint {
     client: reqwest::Client,
     /// Its consumer group on the event stream.
     group: String,
+    /// Where a new consumer group starts reading (Unix ms): when this process started, with a
+    /// minute's margin for clocks that disagree — a webhook added with this deploy gets every
+    /// event from it on, however late its deliverer first takes the lease.
+    since_ms: i64,
 }
 
 /// What every deliverer shares.
@@ -53,6 +57,10 @@ pub struct Webhooks {
 impl Webhooks {
     pub fn new(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let keys = Keys::new(config.env);
+        let since_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+            - 60_000;
         let endpoints = config
             .webhooks
             .iter()
@@ -65,6 +73,7 @@ impl Webhooks {
                         config.server.upstream_proxy.as_ref(),
                     ),
                     group: keys.webhook_group(&w.name),
+                    since_ms,
                     cfg: w.clone(),
                 })
             })

@@ -245,8 +245,20 @@ async fn suite(s: Arc<dyn Store>) {
 
     // Consumer groups: a new group reads what is appended after it exists; what it read
     // stays pending until acknowledged, and a later reader finds it there.
-    s.group_create("g1").await.unwrap();
-    s.group_create("g1").await.unwrap();
+    // (From now: what was appended before is not this group's.)
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    // The next millisecond (a spin of at most one): appends from here on are after `from`.
+    let from = now_ms() + 1;
+    while now_ms() < from {
+        std::hint::spin_loop();
+    }
+    s.group_create("g1", from).await.unwrap();
+    s.group_create("g1", from).await.unwrap();
     for i in 5..9 {
         s.append_event(&serde_json::json!({"type": "test.event", "n": i}))
             .await
@@ -277,7 +289,7 @@ async fn suite(s: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(after.iter().map(n).collect::<Vec<_>>(), vec![7]);
     // Another group has a cursor of its own.
-    s.group_create("g2").await.unwrap();
+    s.group_create("g2", now_ms() + 1000).await.unwrap();
     assert!(
         s.group_read("g2", GroupRead::New, 10)
             .await
@@ -343,7 +355,7 @@ async fn redis_store_passes_the_suite() {
 async fn an_event_trimmed_before_it_was_acknowledged_reads_back_empty() {
     let redis = RedisServer::start().await;
     let s = redis_store(&redis);
-    s.group_create("g").await.unwrap();
+    s.group_create("g", 0).await.unwrap();
     for i in 0..3 {
         s.append_event(&serde_json::json!({"n": i})).await.unwrap();
     }

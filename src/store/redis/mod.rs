@@ -579,12 +579,14 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn group_create(&self, group: &str) -> StoreResult<()> {
+    async fn group_create(&self, group: &str, from_ms: i64) -> StoreResult<()> {
+        // Stream ids begin with the Redis server's time in ms: the group starts just before
+        // the first id at or after `from_ms`.
         let mut cmd = redis::cmd("XGROUP");
         cmd.arg("CREATE")
             .arg(EVENTS_STREAM)
             .arg(group)
-            .arg("$")
+            .arg(format!("{}-0", from_ms.max(1) - 1))
             .arg("MKSTREAM");
         self.run("XGROUP", Some(EVENTS_STREAM), |mut c| async move {
             match cmd.query_async::<()>(&mut c).await {
