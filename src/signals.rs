@@ -36,6 +36,17 @@ impl Signal {
         Signal::ValidLegacy,
     ];
 
+    /// What the rollout's guards judge: shared with the fleet each second. The rest only
+    /// counts since start (the status page).
+    pub const GUARDED: [Signal; 6] = [
+        Signal::Migrations,
+        Signal::MigrationFailures,
+        Signal::NewValidations,
+        Signal::NewInvalid,
+        Signal::UserinfoCalls,
+        Signal::UserinfoErrors,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Signal::Migrations => "migrations",
@@ -52,8 +63,8 @@ impl Signal {
 
 const N: usize = 8;
 
-/// This process' counts: since they were last taken (for the fleet's windows), and since it
-/// started (for its status page).
+/// This process' counts: since they were last taken (the guarded ones, for the fleet's
+/// windows), and since it started (for its status page).
 #[derive(Debug, Default)]
 pub struct Signals {
     counts: [AtomicU64; N],
@@ -62,7 +73,9 @@ pub struct Signals {
 
 impl Signals {
     pub fn count(&self, s: Signal) {
-        self.counts[s as usize].fetch_add(1, Ordering::Relaxed);
+        if Signal::GUARDED.contains(&s) {
+            self.counts[s as usize].fetch_add(1, Ordering::Relaxed);
+        }
         self.since_start[s as usize].fetch_add(1, Ordering::Relaxed);
     }
 

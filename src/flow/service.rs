@@ -635,9 +635,8 @@ fn apply_update(
         };
         changes.insert("cleared".into(), json!(true));
     }
-    let epoch_now = Effective::compile(cfg, ov)
-        .rollback_epoch
-        .max(before.rollback_epoch);
+    // A clear keeps the epoch, so `before`'s is still the flow's.
+    let epoch_now = before.rollback_epoch;
     if let Some(e) = u.rollback_epoch
         && e < epoch_now
     {

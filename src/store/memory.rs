@@ -85,9 +85,7 @@ impl State {
             self.events.pop_front();
         }
         self.last_event += 1;
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let at = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
         self.events.push_back((self.last_event, event, at));
     }
 

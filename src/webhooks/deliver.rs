@@ -109,7 +109,6 @@ struct Lanes {
     lanes: HashMap<String, VecDeque<Pending>>,
     /// The stream ids held, so that an entry read twice is held once.
     ids: HashSet<String>,
-    held: usize,
 }
 
 /// A stream id's order (`<ms>-<seq>`).
@@ -133,12 +132,16 @@ impl Lanes {
             .find(|&i| stream_order(&q[i].id) > key)
             .unwrap_or(q.len());
         q.insert(at, p);
-        self.held += 1;
         true
     }
 
     fn holds(&self, id: &str) -> bool {
         self.ids.contains(id)
+    }
+
+    /// How many events the lanes hold.
+    fn held(&self) -> usize {
+        self.ids.len()
     }
 
     fn head(&mut self, lane: &str) -> Option<&mut Pending> {
@@ -153,7 +156,6 @@ impl Lanes {
         }
         if let Some(p) = &p {
             self.ids.remove(&p.id);
-            self.held -= 1;
         }
         p
     }
@@ -254,7 +256,7 @@ impl Holder<'_> {
                     return false;
                 }
             }
-            if now >= read_at && self.lanes.held < READ_AHEAD {
+            if now >= read_at && self.lanes.held() < READ_AHEAD {
                 let read = match &pending_after {
                     Some(after) => GroupRead::PendingAfter(after.clone()),
                     None => GroupRead::New,
@@ -282,7 +284,7 @@ impl Holder<'_> {
                     }
                 }
                 metrics::gauge!("sessiongate_webhook_backlog", "webhook" => name.to_owned())
-                    .set(self.lanes.held as f64);
+                    .set(self.lanes.held() as f64);
             }
             self.flush_acks().await;
             let room = self.ep.cfg.max_in_flight.saturating_sub(inflight.len());
@@ -487,11 +489,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lanes_deliver_a_users_events_one_at_a_time_in_order() {
-        let mut l = Lanes::default();
-        let now = Instant::now();
-        let p = |id: &str| Pending {
+    /// An event waiting in a lane, due `now`.
+    fn pending(id: &str, now: Instant) -> Pending {
+        Pending {
             id: id.into(),
             envelope: Envelope {
                 id: id.into(),
@@ -503,7 +503,14 @@ mod tests {
             attempts: 0,
             due: now,
             in_flight: false,
-        };
+        }
+    }
+
+    #[test]
+    fn lanes_deliver_a_users_events_one_at_a_time_in_order() {
+        let mut l = Lanes::default();
+        let now = Instant::now();
+        let p = |id: &str| pending(id, now);
         l.push("u:a".into(), p("a1"));
         l.push("u:a".into(), p("a2"));
         l.push("u:b".into(), p("b1"));
@@ -523,7 +530,7 @@ mod tests {
         // `room` bounds what starts.
         l.pop("u:a");
         l.pop("u:b");
-        assert_eq!(l.held, 0);
+        assert_eq!(l.held(), 0);
         l.push("u:c".into(), p("c1"));
         l.push("u:d".into(), p("d1"));
         assert_eq!(l.start(now, 1).len(), 1);
@@ -533,23 +540,11 @@ mod tests {
     fn an_entry_read_again_is_held_once_and_a_late_one_keeps_stream_order() {
         let mut l = Lanes::default();
         let now = Instant::now();
-        let p = |id: &str| Pending {
-            id: id.into(),
-            envelope: Envelope {
-                id: id.into(),
-                kind: "session.created".into(),
-                body: Vec::new(),
-            },
-            event: Value::Null,
-            at_ms: 0,
-            attempts: 0,
-            due: now,
-            in_flight: false,
-        };
+        let p = |id: &str| pending(id, now);
         assert!(l.push("u:a".into(), p("1700000000005-0")));
         assert!(l.push("u:a".into(), p("1700000000007-0")));
         assert!(!l.push("u:a".into(), p("1700000000007-0")), "held already");
-        assert_eq!(l.held, 2);
+        assert_eq!(l.held(), 2);
         // The head goes out; an older entry read late queues behind it, before the newer one.
         assert_eq!(l.start(now, 1).len(), 1);
         assert!(l.push("u:a".into(), p("1700000000003-0")));

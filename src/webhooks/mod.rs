@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, WebhookConfig};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::store::Store;
@@ -57,10 +57,8 @@ pub struct Webhooks {
 impl Webhooks {
     pub fn new(config: &Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let keys = Keys::new(config.env);
-        let since_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-            - 60_000;
+        // The wall clock, not `clock`: stream ids are Redis' wall time.
+        let since_ms = SystemClock.now_ms() - 60_000;
         let endpoints = config
             .webhooks
             .iter()
