@@ -27,9 +27,8 @@ pub const SECRET_PREFIX: &str = "whsec_";
 pub struct WebhookConfig {
     /// Names the receiver in metrics, logs, the admin API and the store (its consumer group).
     pub name: String,
-    /// Where events are POSTed. Shown without its query (which may carry a credential).
-    #[serde(serialize_with = "url_without_query")]
-    pub url: url::Url,
+    /// Where events are POSTed.
+    pub url: ReceiverUrl,
     /// The event types sent; `None`: all of them.
     pub events: Option<BTreeSet<String>>,
     /// The signing keys, decoded; the first is the current one, and every one signs each
@@ -78,13 +77,37 @@ impl Serialize for WebhookSecret {
     }
 }
 
-fn url_without_query<S: serde::Serializer>(u: &url::Url, s: S) -> Result<S::Ok, S::Error> {
-    let mut shown = u.clone();
-    if shown.query().is_some() {
-        shown.set_query(Some("<redacted>"));
+/// A receiver's URL, which may carry a credential (a password, a token in the query): shown
+/// without them by `Debug` and `Serialize` alike (`check-config`, a logged config).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceiverUrl(url::Url);
+
+impl ReceiverUrl {
+    /// The URL to send to.
+    pub fn get(&self) -> &url::Url {
+        &self.0
     }
-    let _ = shown.set_password(None);
-    s.serialize_str(shown.as_str())
+
+    fn shown(&self) -> String {
+        let mut shown = self.0.clone();
+        if shown.query().is_some() {
+            shown.set_query(Some("<redacted>"));
+        }
+        let _ = shown.set_password(None);
+        shown.to_string()
+    }
+}
+
+impl std::fmt::Debug for ReceiverUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+impl Serialize for ReceiverUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.shown())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,7 +233,7 @@ pub(super) fn build(
         c.range(at("max_in_flight"), max_in_flight, 1..=256);
         out.push(WebhookConfig {
             name,
-            url,
+            url: ReceiverUrl(url),
             events,
             secrets,
             timeout: Duration::from_secs(timeout),

@@ -293,9 +293,14 @@ impl Holder<'_> {
                 let now_s = self.sh.clock.now_ms().div_euclid(1000);
                 let lane_for_task = lane.clone();
                 let handle = inflight.spawn(async move {
-                    let r =
-                        super::send::attempt(&ep.client, &ep.cfg.url, &ep.signer, &envelope, now_s)
-                            .await;
+                    let r = super::send::attempt(
+                        &ep.client,
+                        ep.cfg.url.get(),
+                        &ep.signer,
+                        &envelope,
+                        now_s,
+                    )
+                    .await;
                     (lane_for_task, r)
                 });
                 lanes_of.insert(handle.id(), lane);

@@ -153,7 +153,7 @@ impl Webhooks {
         let name = ep.cfg.name.clone();
         match send::attempt(
             &ep.client,
-            &ep.cfg.url,
+            ep.cfg.url.get(),
             &ep.signer,
             &envelope,
             now_ms.div_euclid(1000),
