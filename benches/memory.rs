@@ -105,24 +105,28 @@ async fn redis_keys() -> Vec<(String, f64, usize)> {
     let keys = Keys::new(cfg.env);
     let mut kinds: HashMap<&str, Vec<String>> = HashMap::new();
     for i in 0..N {
-        let c = sessions
-            .create(CreateRequest {
-                who: Some(Who::NewUser {
-                    email: format!("user{i}@example.com"),
-                    email_verified: true,
-                    name: format!("User {i}"),
-                }),
-                factors: vec![sessiongate::session::model::AuthFactor {
-                    kind: "passkey".into(),
-                    ..Default::default()
-                }],
-                duration_minutes: 0,
-                custom_claims: Default::default(),
-                client: sessiongate::session::model::ClientInfo {
-                    ip_address: "203.0.113.7".into(),
-                    user_agent: "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".into(),
+        let (c, _) = sessions
+            .create(
+                &sessiongate::caller::Caller::anonymous(),
+                CreateRequest {
+                    who: Some(Who::NewUser {
+                        email: format!("user{i}@example.com"),
+                        email_verified: true,
+                        name: format!("User {i}"),
+                    }),
+                    factors: vec![sessiongate::session::model::AuthFactor {
+                        kind: "passkey".into(),
+                        ..Default::default()
+                    }],
+                    duration_minutes: 0,
+                    custom_claims: Default::default(),
+                    client: sessiongate::session::model::ClientInfo {
+                        ip_address: "203.0.113.7".into(),
+                        user_agent: "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".into(),
+                    },
+                    request_id: None,
                 },
-            })
+            )
             .await
             .unwrap();
         let digest = Digest::of(c.session_token.as_bytes());

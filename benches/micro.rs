@@ -151,18 +151,22 @@ fn cached_validation(c: &mut Criterion) {
         Arc::new(sessiongate::store::memory::MemoryStore::new(cfg.env));
     let clock: Arc<dyn sessiongate::clock::Clock> = Arc::new(sessiongate::clock::SystemClock);
     let sessions = sessiongate::session::SessionService::new(&cfg, store, clock, keys);
-    let created = rt
-        .block_on(sessions.create(sessiongate::session::CreateRequest {
-            who: Some(sessiongate::session::Who::NewUser {
-                email: "bench@example.com".into(),
-                email_verified: true,
-                name: String::new(),
-            }),
-            factors: vec![],
-            duration_minutes: 0,
-            custom_claims: Default::default(),
-            client: Default::default(),
-        }))
+    let (created, _) = rt
+        .block_on(sessions.create(
+            &sessiongate::caller::Caller::anonymous(),
+            sessiongate::session::CreateRequest {
+                who: Some(sessiongate::session::Who::NewUser {
+                    email: "bench@example.com".into(),
+                    email_verified: true,
+                    name: String::new(),
+                }),
+                factors: vec![],
+                duration_minutes: 0,
+                custom_claims: Default::default(),
+                client: Default::default(),
+                request_id: None,
+            },
+        ))
         .unwrap();
     let caller: Arc<str> = Arc::from("bench");
     let req = |view: View| ValidateRequest {

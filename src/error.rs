@@ -58,6 +58,10 @@ pub enum ErrorReason {
     NotASessionJwt,
     /// INVALID_ARGUMENT: a legacy token no configured provider could have issued.
     NotAProviderToken,
+    /// INVALID_ARGUMENT: a CreateSession `request_id` that is not a UUID.
+    InvalidRequestId,
+    /// INVALID_ARGUMENT: a CreateSession `request_id` already used for a different request.
+    RequestIdReused,
     /// UNAUTHENTICATED: no valid API key.
     CallerUnauthenticated,
     /// UNAUTHENTICATED: the legacy provider (or its deny-list) refuses the token being migrated.
@@ -72,6 +76,8 @@ pub enum ErrorReason {
     LegacyRetired,
     /// UNAVAILABLE: another call is migrating this token; retry.
     MigrationInProgress,
+    /// UNAVAILABLE: another CreateSession with this request id is running; retry.
+    RequestInProgress,
     /// FAILED_PRECONDITION: the flow is written as Unleash strategies, which the admin API does not edit.
     FlowHasStrategies,
     /// NOT_FOUND: no such user.
@@ -128,6 +134,8 @@ impl ErrorReason {
         ErrorReason::NotASessionToken,
         ErrorReason::NotASessionJwt,
         ErrorReason::NotAProviderToken,
+        ErrorReason::InvalidRequestId,
+        ErrorReason::RequestIdReused,
         ErrorReason::CallerUnauthenticated,
         ErrorReason::LegacyTokenRejected,
         ErrorReason::ScopeMissing,
@@ -135,6 +143,7 @@ impl ErrorReason {
         ErrorReason::IdentityConflict,
         ErrorReason::LegacyRetired,
         ErrorReason::MigrationInProgress,
+        ErrorReason::RequestInProgress,
         ErrorReason::FlowHasStrategies,
         ErrorReason::UserNotFound,
         ErrorReason::SessionNotFound,
@@ -173,6 +182,8 @@ impl ErrorReason {
             ErrorReason::NotASessionToken => "NOT_A_SESSION_TOKEN",
             ErrorReason::NotASessionJwt => "NOT_A_SESSION_JWT",
             ErrorReason::NotAProviderToken => "NOT_A_PROVIDER_TOKEN",
+            ErrorReason::InvalidRequestId => "INVALID_REQUEST_ID",
+            ErrorReason::RequestIdReused => "REQUEST_ID_REUSED",
             ErrorReason::CallerUnauthenticated => "CALLER_UNAUTHENTICATED",
             ErrorReason::LegacyTokenRejected => "LEGACY_TOKEN_REJECTED",
             ErrorReason::ScopeMissing => "SCOPE_MISSING",
@@ -180,6 +191,7 @@ impl ErrorReason {
             ErrorReason::IdentityConflict => "IDENTITY_CONFLICT",
             ErrorReason::LegacyRetired => "LEGACY_RETIRED",
             ErrorReason::MigrationInProgress => "MIGRATION_IN_PROGRESS",
+            ErrorReason::RequestInProgress => "REQUEST_IN_PROGRESS",
             ErrorReason::FlowHasStrategies => "FLOW_HAS_STRATEGIES",
             ErrorReason::UserNotFound => "USER_NOT_FOUND",
             ErrorReason::SessionNotFound => "SESSION_NOT_FOUND",

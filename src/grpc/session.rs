@@ -94,6 +94,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let who = r.who.map(|w| match w {
             pb::create_session_request::Who::UserId(id) => Who::UserId(id),
@@ -104,19 +105,23 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             },
         });
         let custom_claims = custom_claims_in(r.session_custom_claims)?;
-        let created = self
+        let (created, replayed) = self
             .sessions
-            .create(CreateRequest {
-                who,
-                factors: r
-                    .authentication_factors
-                    .into_iter()
-                    .map(factor_in)
-                    .collect(),
-                duration_minutes: r.session_duration_minutes,
-                custom_claims,
-                client: client_in(r.client),
-            })
+            .create(
+                &caller,
+                CreateRequest {
+                    who,
+                    factors: r
+                        .authentication_factors
+                        .into_iter()
+                        .map(factor_in)
+                        .collect(),
+                    duration_minutes: r.session_duration_minutes,
+                    custom_claims,
+                    client: client_in(r.client),
+                    request_id: (!r.request_id.is_empty()).then_some(r.request_id),
+                },
+            )
             .await?;
         Ok(Response::new(pb::CreateSessionResponse {
             user_id: created.user.user_id.clone(),
@@ -125,6 +130,7 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             session_token: created.session_token,
             session_jwt: created.session_jwt,
             user_created: created.user_created,
+            replayed,
         }))
     }
 

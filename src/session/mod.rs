@@ -4,7 +4,9 @@
 //!   judge).
 //! - `providers/` — the LEGACY and EXTERNAL side: the configured providers' JWTs and opaque
 //!   tokens (verify, UserInfo, deny-list).
-//! - `migrate/` — a legacy token becomes a native session (replay window, identity links).
+//! - `migrate/` — a legacy token becomes a native session (identity links).
+//! - `replay` — the calls that mint a session made safe to repeat: MigrateSession, and
+//!   CreateSession with a request id.
 //! - `validate` — `ValidateSession`: one match on the token's shape, each arm one side's.
 //! - `service` — the session RPCs' service: assembles the sides, and revokes across them.
 //!
@@ -21,6 +23,7 @@ pub mod model;
 pub mod native;
 pub mod providers;
 mod record;
+mod replay;
 pub mod revocation;
 mod service;
 pub mod token;

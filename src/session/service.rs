@@ -178,9 +178,14 @@ impl SessionService {
         }
     }
 
-    /// `CreateSession`.
-    pub async fn create(&self, req: CreateRequest) -> Result<Created, Error> {
-        self.native.create(req).await
+    /// `CreateSession` for `caller`: the session, and whether it is a replay of an earlier
+    /// call's with the same request id.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        req: CreateRequest,
+    ) -> Result<(Created, bool), Error> {
+        self.native.create_once(&caller.name, req).await
     }
 
     /// `MigrateSession`: the session, and whether it is a replay of an earlier call's.

@@ -164,6 +164,17 @@ impl Keys {
         self.key(format_args!("{{m:{}}}:lock", token.to_hex()))
     }
 
+    /// A `CreateSession`'s sealed outcome, replayed within the window, by the digest of the
+    /// client and its request id.
+    pub fn creation(&self, client_request: &Digest) -> Key {
+        self.key(format_args!("{{c:{}}}:replay", client_request.to_hex()))
+    }
+
+    /// The single-flight lock of a `CreateSession` with a request id.
+    pub fn creation_lock(&self, client_request: &Digest) -> Key {
+        self.key(format_args!("{{c:{}}}:lock", client_request.to_hex()))
+    }
+
     /// An issuer's JWKS document as last fetched, shared by replicas; `source` names the
     /// issuer and where its keys come from.
     pub fn jwks(&self, source: &str) -> Key {

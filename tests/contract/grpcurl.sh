@@ -134,6 +134,14 @@ check "CreateSession makes a user and a session" '"userCreated": true' "$out"
 field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1" <<<"$out" 2>/dev/null || true; }
 token=$(field sessionToken) jwt=$(field sessionJwt) user=$(field userId)
 [[ $token == sgs_* ]] && ok "session_token is sgs_…" || bad "no session_token in: $out"
+# With a request_id, as the README shows it: the repeat is the first call's session.
+rid=$(cat /proc/sys/kernel/random/uuid)
+create='{"new_user":{"email":"grace@example.com"},"authentication_factors":[{"type":"passkey"}],"request_id":"'"$rid"'"}'
+first=$(g "${auth[@]}" -d "$create" "$addr" sessiongate.v1.SessionGateService/CreateSession)
+again=$(g "${auth[@]}" -d "$create" "$addr" sessiongate.v1.SessionGateService/CreateSession)
+check "CreateSession repeated with its request_id is replayed" '"replayed": true' "$again"
+[[ $(grep -o '"sessionToken": "[^"]*"' <<<"$first") == $(grep -o '"sessionToken": "[^"]*"' <<<"$again") ]] \
+  && ok "… with the first call's session" || bad "a second session for one request_id: $first / $again"
 out=$(g "${auth[@]}" -d "{\"token\":\"$token\"}" "$addr" sessiongate.v1.SessionGateService/ValidateSession)
 check "ValidateSession(session_token) VALID" '"verdict": "VERDICT_VALID"' "$out"
 check "… from the store, with a fresh JWT" '"source": "DECISION_SOURCE_STORE"' "$out"

@@ -83,6 +83,7 @@ async fn create(app: &TestApp, minutes: u32) -> pb::CreateSessionResponse {
                 ip_address: "192.0.2.1".into(),
                 user_agent: "test".into(),
             }),
+            ..Default::default()
         }))
         .await
         .expect("CreateSession")
@@ -312,6 +313,29 @@ async fn create_session_refuses_bad_requests() {
             "FIELD_TOO_LARGE",
         ),
     ];
+    // A request id is a UUID in its usual form, nothing else: not a name a client might
+    // reuse, not a UUID with something after it, not a huge string.
+    let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let mut cases = cases;
+    for id in [
+        "login-42".to_string(),
+        "0f8fad5bd9cb469fa16570867728950e".to_string(),
+        format!("{{{uuid}}}"),
+        format!("urn:uuid:{uuid}"),
+        format!("{uuid}\n"),
+        format!("{uuid} "),
+        "0f8fad5b-d9cb-469f-a165-70867728950é".to_string(),
+        "x".repeat(10_000),
+    ] {
+        cases.push((
+            pb::CreateSessionRequest {
+                request_id: id,
+                ..base()
+            },
+            tonic::Code::InvalidArgument,
+            "INVALID_REQUEST_ID",
+        ));
+    }
     for (req, code, why) in cases {
         let e = c.create_session(authed(req)).await.unwrap_err();
         assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{e:?}");
@@ -325,6 +349,203 @@ async fn create_session_refuses_bad_requests() {
         .await
         .unwrap();
     }
+}
+
+/// AIP-155: a CreateSession with a request id mints one session however often, and on
+/// however many replicas, it is sent. The id never reaches another client's session nor
+/// stands for another request, and the store keeps neither the id nor the session's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_makes_create_session_mint_once_across_retries_and_replicas() {
+    const OTHER_KEY: &str = "signup-test-key";
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KeyKind::Es256);
+    let toml = format!(
+        "{}[[clients]]\nname = \"signup\"\nkey_sha256 = \"{}\"\nscopes = [\"issue\"]\n",
+        setup(&key).toml,
+        sessiongate::store::keys::Digest::of(OTHER_KEY.as_bytes()).to_hex()
+    );
+    let a = setup(&key).toml(&toml).redis(&redis).spawn().await;
+    let b = setup(&key).toml(&toml).redis(&redis).spawn().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let req = |email: &str, id: &str| pb::CreateSessionRequest {
+        who: Some(pb::create_session_request::Who::NewUser(pb::NewUser {
+            email: email.into(),
+            email_verified: true,
+            name: "Grace".into(),
+        })),
+        authentication_factors: vec![pb::AuthenticationFactor {
+            r#type: "passkey".into(),
+            ..Default::default()
+        }],
+        request_id: id.into(),
+        ..Default::default()
+    };
+
+    // Eight attempts at once, on two replicas: one session, seven replays of it.
+    let attempts = (0..8).map(|i| {
+        let mut c = if i % 2 == 0 { a.session() } else { b.session() };
+        let r = req("grace@example.com", &id);
+        async move { c.create_session(authed(r)).await.map(|r| r.into_inner()) }
+    });
+    let answers: Vec<_> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("CreateSession with a request id"))
+        .collect();
+    let first = answers
+        .iter()
+        .find(|r| !r.replayed)
+        .expect("one attempt ran");
+    assert_eq!(answers.iter().filter(|r| !r.replayed).count(), 1);
+    for r in &answers {
+        assert_eq!(
+            (&r.session_token, &r.session_jwt, &r.user_id),
+            (&first.session_token, &first.session_jwt, &first.user_id)
+        );
+        assert!(r.user_created, "the replay says what the first call did");
+    }
+    // A retry later — the id upper-cased, as some clients print UUIDs — is the same request.
+    let later = b
+        .session()
+        .create_session(authed(req("grace@example.com", &id.to_uppercase())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(later.replayed);
+    assert_eq!(later.session_token, first.session_token);
+    let listed = a
+        .session()
+        .list_sessions(authed(pb::ListSessionsRequest {
+            user_id: first.user_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(
+        listed.len(),
+        1,
+        "one session for eight attempts and a retry"
+    );
+
+    // The same id for another request: refused, nothing minted.
+    let e = a
+        .session()
+        .create_session(authed(req("mallory@example.com", &id)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (tonic::Code::InvalidArgument, "REQUEST_ID_REUSED")
+    );
+    // The same request with the same id from another client: that client's own session,
+    // never this one's.
+    let theirs = req("grace@example.com", &id);
+    let other = a
+        .session()
+        .create_session(crate::support::bearer(theirs, OTHER_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other.replayed);
+    assert_ne!(other.session_token, first.session_token);
+    // Without an id, every call mints.
+    let mut no_id = req("ada@example.com", "");
+    no_id.request_id.clear();
+    let one = a
+        .session()
+        .create_session(authed(no_id.clone()))
+        .await
+        .unwrap();
+    let two = a.session().create_session(authed(no_id)).await.unwrap();
+    assert_ne!(one.get_ref().session_token, two.get_ref().session_token);
+    assert!(!one.get_ref().replayed && !two.get_ref().replayed);
+
+    // What the store holds: neither the id (in a key's name or a value) nor the token.
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let names: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let replays: Vec<&String> = names.iter().filter(|k| k.contains("{c:")).collect();
+    assert_eq!(
+        replays.len(),
+        2,
+        "one record per client and id: {replays:?}"
+    );
+    for name in &names {
+        assert!(!name.contains(&id) && !name.contains(&first.session_token));
+        let kind: String = ::redis::cmd("TYPE")
+            .arg(name)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if kind == "string" {
+            let value: Vec<u8> = ::redis::cmd("GET")
+                .arg(name)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            let value = String::from_utf8_lossy(&value);
+            assert!(!value.contains(&id), "{name} holds the request id");
+            assert!(
+                !value.contains(&first.session_token),
+                "{name} holds the token"
+            );
+        }
+    }
+}
+
+/// A store outage fails a CreateSession with a request id as UNAVAILABLE and remembers
+/// nothing: the retry after it mints the session, once.
+#[tokio::test]
+async fn a_request_id_survives_a_store_outage_without_a_second_session() {
+    let mut redis = RedisServer::start().await;
+    let key = KeyFile::new(KeyKind::Es256);
+    let app = setup(&key)
+        .toml(&format!(
+            "{}[redis]\ncommand_timeout_ms = 300\n",
+            setup(&key).toml
+        ))
+        .redis(&redis)
+        .spawn()
+        .await;
+    let req = pb::CreateSessionRequest {
+        who: Some(pb::create_session_request::Who::NewUser(
+            pb::NewUser::default(),
+        )),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    redis.kill().await;
+    let e = app
+        .session()
+        .create_session(authed(req.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    redis.restart().await;
+    let first = eventually(Duration::from_secs(3), || {
+        let mut c = app.session();
+        let req = req.clone();
+        async move { c.create_session(authed(req)).await.ok() }
+    })
+    .await
+    .into_inner();
+    assert!(!first.replayed, "the failed attempt recorded nothing");
+    let again = app
+        .session()
+        .create_session(authed(req))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.session_token, first.session_token);
 }
 
 #[tokio::test]

@@ -4,12 +4,11 @@
 //! Provider choice, local verification of JWT legacy tokens first (signature, issuer,
 //! audience, allowed client ids — so tokens issued to other clients never reach the
 //! provider), the UserInfo call with its status mapping, `sub` agreement, identity linking
-//! (`link`), the new session (minted as `CreateSession` mints), the replay window (`replay`)
-//! and rate limits per caller and per legacy identity.
+//! (`link`), the new session (minted as `CreateSession` mints), the replay window
+//! (`session::replay`) and rate limits per caller and per legacy identity.
 
 mod link;
 mod proof;
-mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +16,11 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub(crate) use link::Links;
-use replay::{REPLAY_LOCK_MARGIN, REPLAY_WAIT, Replay};
 
 use super::model::{AuthFactor, ClientInfo, MIGRATION_FACTOR, Redacted};
 use super::native::{Created, NativeSessions, check_client, check_custom_claims, session_minutes};
 use super::providers::{LegacyIds, Provider, ProviderTokens, RevokedToken};
+use super::replay::Replay;
 use super::token::{self, Shape};
 use crate::config::{Config, LogoutRevokes, MigrationConfig, Policy};
 use crate::error::{Error, ErrorCode, ErrorReason};
@@ -183,64 +182,13 @@ impl Migrator {
             Ok(Shape::Other) if provider.opaque_token_plausible(&req.legacy_token) => {}
             _ => return Err(rejected("not a token of this legacy provider")),
         }
-        let replay = Replay::new(&self.keys, &req.legacy_token);
-        if let Some(done) = replay.read(&*self.store).await? {
-            return done.map(|c| (c, true));
-        }
-        let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
-        let mut pause = std::time::Duration::from_millis(5);
-        loop {
-            if self
-                .store
-                .put_if_absent(
-                    &replay.lock,
-                    &replay.owner,
-                    Some(provider.config.userinfo_timeout + REPLAY_LOCK_MARGIN),
-                )
-                .await?
-            {
-                // The migration we waited for may have finished between our last look and
-                // taking the lock: its outcome stands, not a second migration.
-                match replay.read(&*self.store).await {
-                    Ok(Some(done)) => {
-                        replay.release(&*self.store).await?;
-                        return done.map(|c| (c, true));
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = replay.release(&*self.store).await;
-                        return Err(e);
-                    }
-                }
-            }
-            // Another call (on any replica) is migrating this token: wait for its result.
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(100));
-            if let Some(done) = replay.read(&*self.store).await? {
-                return done.map(|c| (c, true));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::unavailable(
-                    ErrorReason::MigrationInProgress,
-                    "a migration of this legacy token is still running elsewhere; retry shortly",
-                ));
-            }
-        }
+        let work_limit = provider.config.userinfo_timeout;
         let this = self.clone();
-        let task = tokio::spawn(async move {
-            let result = this.migrate_once(req, provider, ids).await;
-            // Remember the outcome for the replay window (errors that a retry could change —
-            // an unavailable dependency — are not remembered), then release the lock.
-            if let Err(e) = replay.finish(&*this.store, &result).await {
-                tracing::warn!(error = %e, "could not record the migration for replays");
-                // Still release the lock, so that a retry need not wait for its TTL.
-                let _ = replay.release(&*this.store).await;
-            }
-            result
-        });
-        task.await
-            .map_err(|e| Error::internal(format!("migration task: {e}")))?
-            .map(|c| (c, false))
+        Replay::migration(&self.keys, &req.legacy_token)
+            .run(self.store.clone(), work_limit, async move {
+                this.migrate_once(req, provider, ids).await
+            })
+            .await
     }
 
     /// The migration itself; `migrate` has checked the token's presence, size and shape, the

@@ -1,6 +1,10 @@
 //! `CreateSession`: a session for an existing user or a new one, and the writes that make a
 //! session — shared with migration, which mints its sessions the same way.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::NativeSessions;
@@ -12,15 +16,28 @@ use crate::session::events::event;
 use crate::session::model::{
     AuthFactor, ClientInfo, MIGRATION_FACTOR, Redacted, Session, User, decode, encode,
 };
+use crate::session::replay::Replay;
 use crate::session::{record, token};
 use crate::store::Write;
 use crate::store::keys::Digest;
+
+/// A request id, as AIP-155 asks for one: a UUID, compared in its lower-case form (a
+/// client that upper-cases it on a retry means the same request).
+fn request_id(id: &str) -> Result<String, Error> {
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) if id.len() == 36 => Ok(u.hyphenated().to_string()),
+        _ => Err(Error::invalid_argument(
+            ErrorReason::InvalidRequestId,
+            "request_id must be a UUID (8-4-4-4-12 hex digits), generated at random once per login",
+        )),
+    }
+}
 
 /// Custom claims, serialised, at most.
 const MAX_CUSTOM_CLAIMS_BYTES: usize = 4096;
 
 /// Whose session to create.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub enum Who {
     UserId(String),
     NewUser {
@@ -31,17 +48,24 @@ pub enum Who {
 }
 
 /// A `CreateSession` call, decoded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CreateRequest {
     pub who: Option<Who>,
     pub factors: Vec<AuthFactor>,
     pub duration_minutes: u32,
     pub custom_claims: Map<String, Value>,
     pub client: ClientInfo,
+    /// The caller's idempotency key (AIP-155), when it sent one; not part of what it asks.
+    #[serde(skip)]
+    pub request_id: Option<String>,
 }
 
-/// A minted session and everything the caller gets once.
-#[derive(Clone)]
+/// How long a `CreateSession`'s work may take (its writes, each bounded by the store's own
+/// timeout): its single-flight lock outlives this.
+const CREATE_WORK_LIMIT: Duration = Duration::from_secs(5);
+
+/// A minted session and everything the caller gets once (stored only sealed, for replays).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Created {
     pub user: User,
     pub session: Session,
@@ -63,6 +87,29 @@ impl std::fmt::Debug for Created {
 }
 
 impl NativeSessions {
+    /// `CreateSession`: with a request id, at most one session per client and id within the
+    /// replay window (`true` when this is a repeat's answer); without, a session every call.
+    pub async fn create_once(
+        self: &Arc<Self>,
+        caller: &str,
+        req: CreateRequest,
+    ) -> Result<(Created, bool), Error> {
+        let Some(id) = &req.request_id else {
+            return Ok((self.create(req).await?, false));
+        };
+        let id = request_id(id)?;
+        // What was asked, so that the id cannot stand for another request. JSON maps are
+        // ordered by key here, so the same request always has the same fingerprint.
+        let asked = serde_json::to_vec(&req).map_err(Error::internal)?;
+        let replay = Replay::creation(&self.keys, caller, &id, Digest::of(&asked));
+        let this = self.clone();
+        replay
+            .run(self.store.clone(), CREATE_WORK_LIMIT, async move {
+                this.create(req).await
+            })
+            .await
+    }
+
     /// Mints a session for an existing user or a new one.
     pub async fn create(&self, req: CreateRequest) -> Result<Created, Error> {
         let minutes = session_minutes(req.duration_minutes, self.default_minutes)?;

@@ -1,10 +1,11 @@
 """The published client service config (clients/service-config.json, gRFC A6) as grpcio
 applies it to the real binary: a call that meets UNAVAILABLE (the store is down) is retried —
-the server sees it three times — while CreateSession, which a repeat would duplicate, is sent
-once; without the config, once each."""
+the server sees it three times, a CreateSession with a request_id too — and without the
+config, once each. A CreateSession repeated with its request_id gets the same session."""
 import pathlib
 import tempfile
 import urllib.request
+import uuid
 
 import grpc
 import pytest
@@ -46,7 +47,7 @@ def stub(addr, with_config):
 
 
 @pytest.mark.parametrize("with_config, attempts", [(True, 3), (False, 1)])
-def test_unavailable_is_retried_by_the_config_and_create_session_never(store_down, with_config, attempts):
+def test_unavailable_is_retried_by_the_config(store_down, with_config, attempts):
     ch, api = stub(store_down["grpc"], with_config)
     validate = "SessionGateService/ValidateSession"
     create = "SessionGateService/CreateSession"
@@ -54,10 +55,42 @@ def test_unavailable_is_retried_by_the_config_and_create_session_never(store_dow
     with pytest.raises(grpc.RpcError) as e:
         api.ValidateSession(pb.ValidateSessionRequest(token=OPAQUE), metadata=AUTH, timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    ch.close()
+    # A channel of its own: retry throttling (per channel) would stop a third attempt after
+    # the three failures above.
+    ch, api = stub(store_down["grpc"], with_config)
     with pytest.raises(grpc.RpcError) as e:
-        api.CreateSession(pb.CreateSessionRequest(new_user=pb.NewUser()), metadata=AUTH, timeout=10)
+        api.CreateSession(pb.CreateSessionRequest(new_user=pb.NewUser(), request_id=str(uuid.uuid4())),
+                          metadata=AUTH, timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     after = calls(store_down["http"], validate, "UNAVAILABLE"), calls(store_down["http"], create, "UNAVAILABLE")
     assert after[0] - before[0] == attempts, "ValidateSession attempts seen by the server"
-    assert after[1] - before[1] == 1, "CreateSession is never retried"
+    assert after[1] - before[1] == attempts, "CreateSession attempts seen by the server"
+    ch.close()
+
+
+def test_a_repeated_create_session_gets_the_same_session(server):
+    """What makes CreateSession safe to retry: the request_id. A repeat (as grpcio's retry or
+    an application's sends it) is answered with the first call's session; the id reused for
+    another request is refused."""
+    ch, api = stub(server["grpc"], True)
+    request = pb.CreateSessionRequest(
+        new_user=pb.NewUser(email="retry@example.com", email_verified=True),
+        authentication_factors=[pb.AuthenticationFactor(type="password")],
+        request_id=str(uuid.uuid4()),
+    )
+    first = api.CreateSession(request, metadata=AUTH, timeout=10)
+    again = api.CreateSession(request, metadata=AUTH, timeout=10)
+    assert not first.replayed and again.replayed
+    assert (again.session_token, again.session.session_id) == (first.session_token, first.session.session_id)
+    listed = api.ListSessions(pb.ListSessionsRequest(user_id=first.user_id), metadata=AUTH, timeout=10)
+    assert [s.session_id for s in listed.sessions] == [first.session.session_id]
+
+    other = pb.CreateSessionRequest()
+    other.CopyFrom(request)
+    other.new_user.email = "someone-else@example.com"
+    with pytest.raises(grpc.RpcError) as e:
+        api.CreateSession(other, metadata=AUTH, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_id" in e.value.details()
     ch.close()
