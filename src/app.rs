@@ -238,12 +238,14 @@ impl App {
                 },
                 started,
             };
+            let discovery = crate::http::Discovery::new(&cfg.native.issuer, &self.signing);
             let router = crate::http::router(
                 metrics,
                 self.signing.clone(),
                 forward_auth,
                 sessions,
                 status,
+                discovery,
             );
             tokio::spawn(async move {
                 connections

@@ -69,6 +69,20 @@ pub(super) fn build(c: &mut Check, env: Env, vars: &dyn Vars, raw: RawNative) ->
     if issuer.trim().is_empty() {
         c.fail("native.issuer", "must not be empty");
     }
+    // A URL issuer publishes OpenID discovery at `<issuer>/.well-known/openid-configuration`,
+    // which needs an issuer without query or fragment (OpenID Connect Discovery, section 3).
+    if issuer.starts_with("https://") || issuer.starts_with("http://") {
+        match url::Url::parse(&issuer) {
+            Ok(u) if u.query().is_none() && u.fragment().is_none() && u.has_host() => {}
+            _ => c.fail(
+                "native.issuer",
+                format!(
+                    "`{issuer}` is not usable as an issuer URL (a host, no query, no fragment): \
+                     use the URL callers reach sessiongate's HTTP port at, or a URN"
+                ),
+            ),
+        }
+    }
     let audiences = raw.audiences.unwrap_or_else(|| vec!["sessiongate".into()]);
     if audiences.is_empty() || audiences.iter().any(|a| a.is_empty()) {
         c.fail("native.audiences", "needs at least one non-empty audience");

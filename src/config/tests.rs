@@ -136,6 +136,30 @@ fn wrong_type_names_the_key() {
     assert!(p[0].message.contains("invalid type"), "{p:?}");
 }
 
+/// A URL issuer is where discovery is published: it must be one that a verifier can build
+/// `<issuer>/.well-known/openid-configuration` from.
+#[test]
+fn an_issuer_url_has_a_host_and_no_query_or_fragment() {
+    for bad in [
+        "https://sessions.example.com/?tenant=a",
+        "https://sessions.example.com/#x",
+        "http://",
+        "https://exa mple.com",
+    ] {
+        let p = problem(&format!("[native]\nissuer = \"{bad}\"\n"), &[]);
+        assert_eq!(p[0].key, "native.issuer", "{bad}: {p:?}");
+    }
+    for good in [
+        "https://sessions.example.com",
+        "https://sessions.example.com/test/",
+        "http://sessiongate.sessiongate.svc:8080",
+        "urn:sessiongate:live-eu",
+    ] {
+        let cfg = from_toml(&format!("[native]\nissuer = \"{good}\"\n"), &[]).unwrap();
+        assert_eq!(cfg.native.issuer, good);
+    }
+}
+
 #[test]
 fn fractional_percentage_is_refused() {
     let p = problem("[[flows]]\nname = \"login\"\npercentage = 10.5\n", &[]);

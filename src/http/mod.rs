@@ -1,12 +1,15 @@
 //! The plain-HTTP port: `/metrics` for Prometheus, `/.well-known/jwks.json` for anyone who
-//! prefers to verify `session_jwt`s offline with their own JWT library, `/auth` for
+//! prefers to verify `session_jwt`s offline with their own JWT library (and
+//! `/.well-known/openid-configuration`, to find it by discovery), `/auth` for
 //! proxies that speak HTTP forward-auth, `/backchannel-logout/<provider>` for providers'
 //! OpenID Connect back-channel logouts, and `/status`, a page for people.
 
 mod backchannel;
+mod discovery;
 mod forward_auth;
 mod status;
 
+pub use discovery::Discovery;
 pub use forward_auth::{CALLER_HEADER, ForwardAuth};
 pub use status::StatusPage;
 
@@ -28,8 +31,13 @@ pub fn router(
     forward_auth: ForwardAuth,
     sessions: Arc<SessionService>,
     status: StatusPage,
+    discovery: Discovery,
 ) -> Router {
     Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::document).with_state(discovery),
+        )
         .route("/status", get(status::page).with_state(status))
         .route("/auth", any(forward_auth::check).with_state(forward_auth))
         .route(

@@ -285,15 +285,19 @@ impl SigningKeys {
         self.by_kid.get(kid).map(|k| &**k)
     }
 
-    /// The algorithms of the published keys: the native issuer's allowlist.
     /// Whether some key signs with `alg` (what a token's header may name).
     pub fn supports(&self, alg: Algorithm) -> bool {
         self.keys.iter().any(|k| k.alg == alg)
     }
 
+    /// The algorithms of the published keys: the native issuer's allowlist.
     pub fn algorithms(&self) -> Vec<Algorithm> {
-        let mut algs: Vec<_> = self.keys.iter().map(|k| k.alg).collect();
-        algs.dedup();
+        let mut algs = Vec::new();
+        for k in &self.keys {
+            if !algs.contains(&k.alg) {
+                algs.push(k.alg);
+            }
+        }
         algs
     }
 

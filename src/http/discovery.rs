@@ -1,0 +1,116 @@
+//! `/.well-known/openid-configuration`: the metadata an OpenID Connect library reads to verify
+//! `session_jwt`s by discovery — the issuer, where its keys are, which algorithms sign —
+//! when the native issuer is a URL (OpenID Connect Discovery 1.0, section 4: the document of
+//! issuer `I` is at `I/.well-known/openid-configuration`).
+//!
+//! sessiongate issues session JWTs; it is not an OpenID Provider (no authorization or token
+//! endpoint, no ID tokens). The document says so by what it leaves out, and lists no
+//! response types: a client library that would start a login against it fails at once
+//! instead of at the first redirect.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::keys::SigningKeys;
+
+/// The document, rendered once at start; `Err` says why there is none.
+#[derive(Clone)]
+pub struct Discovery(Result<String, String>);
+
+impl Discovery {
+    pub fn new(issuer: &str, signing: &SigningKeys) -> Self {
+        Self(match issuer_url(issuer) {
+            Some(base) => Ok(json!({
+                "issuer": issuer,
+                "jwks_uri": format!("{base}/.well-known/jwks.json"),
+                "id_token_signing_alg_values_supported": signing
+                    .algorithms()
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>(),
+                "subject_types_supported": ["public"],
+                "response_types_supported": [],
+                "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "session"],
+            })
+            .to_string()),
+            None => Err(format!(
+                "no OpenID discovery: the native issuer `{issuer}` is not an http(s) URL. Set \
+                 [native] issuer to the URL callers reach this port at (for example \
+                 https://sessiongate.example.com) to publish it; /.well-known/jwks.json is \
+                 served either way.\n"
+            )),
+        })
+    }
+}
+
+/// The issuer as the base of its well-known URLs (no trailing slash), when it is a URL.
+/// Configuration refuses an http(s) issuer with a query or a fragment.
+fn issuer_url(issuer: &str) -> Option<&str> {
+    (issuer.starts_with("https://") || issuer.starts_with("http://"))
+        .then(|| issuer.trim_end_matches('/'))
+}
+
+pub(super) async fn document(State(d): State<Discovery>) -> Response {
+    match d.0 {
+        Ok(doc) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                // As long as the JWKS: a verifier re-reads both on the same schedule.
+                (header::CACHE_CONTROL, "public, max-age=300"),
+            ],
+            doc,
+        )
+            .into_response(),
+        Err(why) => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            why,
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyKind, SigningKey};
+
+    fn keys() -> SigningKeys {
+        SigningKeys::from_keys(vec![SigningKey::generate(KeyKind::Es256).unwrap()], true).unwrap()
+    }
+
+    #[test]
+    fn a_url_issuer_publishes_where_its_keys_are() {
+        for issuer in [
+            "https://sessiongate.example.com",
+            "https://sessiongate.example.com/",
+        ] {
+            let doc: serde_json::Value =
+                serde_json::from_str(&Discovery::new(issuer, &keys()).0.unwrap()).unwrap();
+            assert_eq!(
+                doc["issuer"], issuer,
+                "the issuer exactly as the JWTs' `iss`"
+            );
+            assert_eq!(
+                doc["jwks_uri"],
+                "https://sessiongate.example.com/.well-known/jwks.json"
+            );
+            assert_eq!(
+                doc["id_token_signing_alg_values_supported"],
+                json!(["ES256"])
+            );
+            assert!(doc.get("authorization_endpoint").is_none());
+        }
+    }
+
+    #[test]
+    fn a_urn_issuer_publishes_nothing_and_says_why() {
+        let why = Discovery::new("urn:sessiongate:test", &keys())
+            .0
+            .unwrap_err();
+        assert!(why.contains("[native] issuer"), "{why}");
+    }
+}
