@@ -71,12 +71,17 @@ fn envoy_types_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
     let cargo = std::env::var("CARGO")?;
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
     println!("cargo:rerun-if-changed=Cargo.lock");
+    // Only this target's dependencies: cargo downloads no others (a macOS-only dependency of
+    // a dependency is never fetched on Linux), and offline metadata would fail on them.
+    let target = std::env::var("TARGET")?;
     let out = std::process::Command::new(cargo)
         .args([
             "metadata",
             "--format-version",
             "1",
             "--offline",
+            "--filter-platform",
+            &target,
             "--manifest-path",
         ])
         .arg(&manifest)

@@ -7,13 +7,18 @@
 //! rendered at `/metrics`. Nothing secret is ever a field: spans carry method names, codes,
 //! provider names and key *kinds*, never tokens, keys or key names.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanId, TraceContextExt as _, TraceId, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Dispatch, Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
@@ -57,11 +62,16 @@ pub fn init(
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let dispatch = Arc::new(OnceLock::new());
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .map_event_format(|json| WithTraceIds {
+                inner: json,
+                dispatch: dispatch.clone(),
+            })
             .with_filter(filter)
             .boxed(),
         LogFormat::Human => fmt.with_filter(filter).boxed(),
@@ -116,8 +126,74 @@ pub fn init(
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(spans)
+        .with(DispatchOf(dispatch))
         .try_init();
     Ok(Telemetry { provider })
+}
+
+/// JSON log lines written inside a traced span carry its `trace_id` and `span_id` (W3C hex, as
+/// OpenTelemetry's log data model names them) at the top level, where log stores (Loki,
+/// Elasticsearch, Cloud Logging) look to link a line to its trace. Without span export there
+/// are no ids, and lines are as tracing-subscriber writes them.
+struct WithTraceIds<F> {
+    inner: F,
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = self.ids(ctx) else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+impl<F> WithTraceIds<F> {
+    /// The ids of the innermost span around the event that is exported (spans the exporter's
+    /// filter leaves out have none).
+    fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>) -> Option<(TraceId, SpanId)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        // The dispatch is asked through its weak handle: inside an event, the thread's
+        // default dispatcher is not reachable (tracing does not re-enter it).
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        ctx.event_scope()?.find_map(|span| {
+            let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+            let sc = cx.span().span_context().clone();
+            sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+        })
+    }
+}
+
+/// Hands the subscriber's dispatch, once it is built, to [`WithTraceIds`].
+struct DispatchOf(Arc<OnceLock<WeakDispatch>>);
+
+impl<S: Subscriber> Layer<S> for DispatchOf {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.0.set(subscriber.downgrade());
+    }
 }
 
 /// Reads a W3C `traceparent` (and `tracestate`) from request headers.
@@ -330,7 +406,21 @@ enum Kind {
 }
 
 /// `# HELP` for every metric, and the build's identity.
+/// The process' own metrics — `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// open and maximum descriptors, threads, start time — under the names every stock dashboard
+/// and alert rule expects, read from `/proc` at each scrape (the `metrics-process` crate).
+fn process() -> &'static metrics_process::Collector {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
+
+/// Brings the process metrics up to date: call before rendering `/metrics`.
+pub fn collect_process() {
+    process().collect();
+}
+
 fn describe() {
+    process().describe();
     for (name, kind, help) in METRICS {
         match kind {
             Kind::Counter => metrics::describe_counter!(*name, *help),
@@ -505,6 +595,28 @@ mod metric_tests {
                 assert!(
                     METRICS.iter().any(|(n, _, _)| *n == family),
                     "{file} names {name}, which sessiongate does not record"
+                );
+            }
+            // The process' own (metrics-process; `server::metrics_…` sees them served).
+            for (at, _) in text.match_indices("process_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.len() <= "process_".len() {
+                    continue;
+                }
+                assert!(
+                    [
+                        "process_cpu_seconds_total",
+                        "process_resident_memory_bytes",
+                        "process_open_fds",
+                        "process_max_fds",
+                        "process_threads",
+                        "process_start_time_seconds",
+                    ]
+                    .contains(&name.as_str()),
+                    "{file} names {name}, which the process collector does not record"
                 );
             }
         }

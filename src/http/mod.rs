@@ -69,6 +69,7 @@ pub fn router(
             get(move || {
                 let metrics = metrics.clone();
                 async move {
+                    crate::telemetry::collect_process();
                     (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

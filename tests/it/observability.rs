@@ -337,6 +337,40 @@ async fn spans_continue_the_callers_trace_and_no_secret_reaches_logs_spans_or_er
     );
     assert!(raw_spans.contains("sessiongate-under-test"), "service.name");
 
+    // Log lines written during a traced call name its trace and span at the top level, as
+    // log stores expect, so that a line leads to its trace.
+    let span_ids: Vec<String> = in_trace.iter().map(|s| hex::encode(&s.span_id)).collect();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let traced: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["trace_id"] == *trace_id)
+        .collect();
+    assert!(
+        !traced.is_empty(),
+        "no log line names the caller's trace {trace_id}"
+    );
+    for l in &traced {
+        let span_id = l["span_id"]
+            .as_str()
+            .expect("a span_id beside the trace_id");
+        assert!(
+            span_ids.iter().any(|s| s == span_id),
+            "{span_id} is none of the trace's exported spans: {l}"
+        );
+    }
+    for l in &lines {
+        if let Some(t) = l.get("trace_id") {
+            let t = t.as_str().unwrap();
+            assert!(
+                t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{l}"
+            );
+        }
+    }
+
     // No secret anywhere.
     assert!(!logs.is_empty() && !raw_spans.is_empty() && errors.len() >= 3);
     for secret in &secrets {

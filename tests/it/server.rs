@@ -198,7 +198,7 @@ async fn metrics_count_rpcs_by_method_and_code() {
     // Stock tools read every family's help and type, and the build's identity.
     let families: std::collections::BTreeSet<&str> = body
         .lines()
-        .filter(|l| l.starts_with("sessiongate_"))
+        .filter(|l| l.starts_with("sessiongate_") || l.starts_with("process_"))
         .filter_map(|l| l.split(['{', ' ']).next())
         .map(|n| {
             ["_bucket", "_sum", "_count"]
@@ -212,6 +212,29 @@ async fn metrics_count_rpcs_by_method_and_code() {
         assert!(body.contains(&format!("# HELP {f} ")), "no HELP for {f}");
         assert!(body.contains(&format!("# TYPE {f} ")), "no TYPE for {f}");
     }
+    // The process' own, as stock dashboards name them, with live values.
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_threads") >= 1.0);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // The test process' start (the app runs inside it): before now, within the day.
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now && started > now - 86_400.0,
+        "{started} vs {now}"
+    );
     assert!(
         body.contains(&format!(
             "sessiongate_build_info{{version=\"{}\"}} 1",
