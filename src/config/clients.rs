@@ -117,6 +117,58 @@ pub(super) struct RawClient {
     edge: Option<super::edge::ClientRoute>,
 }
 
+/// A file of `[[clients]]` only (`clients_file`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientsFile {
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+/// The config file's callers and those of `clients_file`, checked as one list (a name, key or
+/// SPIFFE ID used in both is refused), each problem reported against the file it is in.
+pub(super) fn build_with_file(
+    c: &mut Check,
+    mut raw: Vec<RawClient>,
+    file: Option<&std::path::Path>,
+) -> Vec<ClientConfig> {
+    let Some(path) = file else {
+        return build(c, raw);
+    };
+    let origin = path.display().to_string();
+    let more: RawClientsFile = match std::fs::read_to_string(path) {
+        Ok(text) => match super::parse_toml(&origin, &text) {
+            Ok(more) => more,
+            Err(e) => {
+                c.problems.extend(e.problems);
+                return build(c, raw);
+            }
+        },
+        Err(e) => {
+            c.fail("clients_file", format!("cannot read `{origin}`: {e}"));
+            return build(c, raw);
+        }
+    };
+    let in_config = raw.len();
+    raw.extend(more.clients);
+    let before = c.problems.len();
+    let clients = build(c, raw);
+    for p in &mut c.problems[before..] {
+        let index = p
+            .key
+            .strip_prefix("clients[")
+            .and_then(|rest| rest.split_once(']'))
+            .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest.to_owned())));
+        if let Some((i, rest)) = index
+            && i >= in_config
+        {
+            p.origin.clone_from(&origin);
+            p.key = format!("clients[{}]{rest}", i - in_config);
+        }
+    }
+    clients
+}
+
 pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
     let mut clients = Vec::new();
     let mut client_names = BTreeSet::new();

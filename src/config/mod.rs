@@ -241,6 +241,8 @@ pub struct Config {
     /// Surprises found in the flows (an Unleash export's edge rules), logged at start.
     pub flow_warnings: Vec<String>,
     pub clients: Vec<ClientConfig>,
+    /// Where more `[[clients]]` came from, besides the config file.
+    pub clients_file: Option<PathBuf>,
     pub migration: MigrationConfig,
     pub edge: EdgeConfig,
     pub webhooks: Vec<WebhookConfig>,
@@ -268,6 +270,7 @@ struct RawFile {
     flow_cookie: RawFlowCookie,
     #[serde(default)]
     clients: Vec<RawClient>,
+    clients_file: Option<PathBuf>,
     #[serde(default)]
     migration: RawMigration,
     #[serde(default)]
@@ -363,7 +366,7 @@ fn read_file(path: &Path) -> Result<RawFile, ConfigError> {
 }
 
 /// Parses the TOML text of a config file, naming the offending key on error.
-fn parse_toml(origin: &str, text: &str) -> Result<RawFile, ConfigError> {
+fn parse_toml<T: serde::de::DeserializeOwned>(origin: &str, text: &str) -> Result<T, ConfigError> {
     let de = toml::de::Deserializer::parse(text)
         .map_err(|e| ConfigError::one(origin, "(syntax)", one_line(&e.to_string())))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -473,12 +476,7 @@ fn build(
     let mut flow_warnings = Vec::new();
     if let Some(p) = &raw.unleash_features_file {
         if flows.is_empty() {
-            // A relative path is relative to the config file.
-            let base = file
-                .as_deref()
-                .and_then(Path::parent)
-                .unwrap_or(Path::new("."));
-            let (exported, warnings) = export::unleash_export(&mut c, base, p);
+            let (exported, warnings) = export::unleash_export(&mut c, config_dir(&file), p);
             flows = exported;
             flow_warnings = warnings;
         } else {
@@ -492,7 +490,11 @@ fn build(
         }
     }
     let flow_cookie = flows::flow_cookie(&mut c, raw.flow_cookie, vars);
-    let clients = clients::build(&mut c, raw.clients);
+    let clients_file = raw
+        .clients_file
+        .as_deref()
+        .map(|p| config_dir(&file).join(p));
+    let clients = clients::build_with_file(&mut c, raw.clients, clients_file.as_deref());
     let (log_format, telemetry) = telemetry::build(&mut c, vars, raw.log_format);
     let migration = migration::build(&mut c, raw.migration);
     let edge = edge::build(&mut c, raw.edge);
@@ -534,10 +536,18 @@ fn build(
         flow_cookie,
         flow_warnings,
         clients,
+        clients_file,
         migration,
         edge,
         webhooks,
     })
+}
+
+/// What a relative path in the config file is relative to: the file's folder.
+fn config_dir(file: &Option<PathBuf>) -> &Path {
+    file.as_deref()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."))
 }
 
 impl Config {

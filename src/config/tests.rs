@@ -12,7 +12,7 @@ fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 }
 
 fn from_toml(text: &str, v: &[(&str, &str)]) -> Result<Config, ConfigError> {
-    let raw = parse_toml("sessiongate.toml", text)?;
+    let raw: RawFile = parse_toml("sessiongate.toml", text)?;
     let env = match v.iter().find(|(k, _)| *k == ENV_ENV) {
         Some((_, e)) => Env::parse(e).unwrap(),
         None => raw.env.unwrap_or(Env::Test),
@@ -282,6 +282,71 @@ fn live_with_everything_starts() {
     let cfg = from_toml(&text, &[(ENV_REDIS_URL, "redis://r:6379")]).unwrap();
     assert_eq!(cfg.env, Env::Live);
     assert!(cfg.warnings().is_empty());
+}
+
+/// Callers can live in a file of their own (`clients_file`, relative to the config file): in
+/// Kubernetes, each overlay mounts its callers and the shared config names the file.
+#[test]
+fn callers_come_from_a_clients_file_too_and_its_problems_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("callers")).unwrap();
+    let config = dir.path().join("sessiongate.toml");
+    let callers = dir.path().join("callers/clients.toml");
+    let other = "a".repeat(64);
+    std::fs::write(
+        &config,
+        format!(
+            "env = \"live\"\nclients_file = \"callers/clients.toml\"\n[native]\nsigning_keys = [\"k.pem\"]\n\
+             [[clients]]\nname = \"gateway\"\nkey_sha256 = \"{HASH}\"\nscopes = [\"validate\"]\n"
+        ),
+    )
+    .unwrap();
+    let load = |text: &str| {
+        std::fs::write(&callers, text).unwrap();
+        load(
+            &vars(&[(ENV_REDIS_URL, "redis://r:6379")]),
+            dir.path(),
+            Some(&config),
+        )
+    };
+    let cfg = load(&format!(
+        "[[clients]]\nname = \"orders\"\nkey_sha256 = \"{other}\"\nscopes = [\"validate\", \"migrate\"]\n"
+    ))
+    .unwrap();
+    let names: Vec<&str> = cfg.clients.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["gateway", "orders"]);
+    assert_eq!(cfg.clients_file.as_deref(), Some(callers.as_path()));
+
+    // Checked as one list, each problem against its own file and index.
+    let p = load(&format!(
+        "[[clients]]\nname = \"ok\"\nkey_sha256 = \"{other}\"\nscopes = [\"validate\"]\n\
+         [[clients]]\nname = \"gateway\"\nkey_sha256 = \"{HASH}\"\nscopes = [\"validate\"]\n"
+    ))
+    .unwrap_err()
+    .problems;
+    assert_eq!(p.len(), 2, "{p:?}");
+    for p in &p {
+        assert_eq!(p.origin, callers.display().to_string());
+        assert!(p.key.starts_with("clients[1]."), "{p:?}");
+    }
+    // Nothing but callers in it, and it must be there.
+    let p = load("[server]\ngrpc_addr = \"0.0.0.0:1\"\n")
+        .unwrap_err()
+        .problems;
+    assert_eq!(p[0].origin, callers.display().to_string(), "{p:?}");
+    std::fs::remove_file(&callers).unwrap();
+    let p = load_err(&config, dir.path());
+    assert_eq!(p[0].key, "clients_file", "{p:?}");
+}
+
+fn load_err(config: &std::path::Path, dir: &std::path::Path) -> Vec<Problem> {
+    load(
+        &vars(&[(ENV_REDIS_URL, "redis://r:6379")]),
+        dir,
+        Some(config),
+    )
+    .unwrap_err()
+    .problems
 }
 
 #[test]

@@ -3,7 +3,7 @@
 # `kubectl kustomize`, checks it against the Kubernetes API schemas of the oldest and newest
 # supported versions with `kubernetes-validate --strict` (PyPI; schemas bundled), checks what
 # a schema cannot (probes, securityContext, selectors), proves the validator bites on a
-# deliberate typo, and runs `sessiongate check-config` on the shipped sessiongate.toml.
+# deliberate typo, and runs `sessiongate check-config` on each overlay's rendered configuration.
 # Usage: tests/k8s/validate.sh [path/to/sessiongate]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -108,13 +108,40 @@ else
   echo "  ok   an Istio example without STRICT mTLS is refused by the checks"
 fi
 
-# The shipped configuration is valid for live (with the Secret's values present).
+# Each overlay's configuration, as its pods read it: the rendered ConfigMaps written where the
+# Deployment mounts them (config/ and clients/ side by side, so that clients_file resolves), then
+# `sessiongate check-config` in the overlay's env (with the Secret's values present).
+for overlay in test live; do
+  etc="$work/etc-$overlay"
+  python3 - "$work/$overlay.yaml" "$etc" <<'EOF_PY'
+import pathlib, sys, yaml
+rendered, etc = sys.argv[1], pathlib.Path(sys.argv[2])
+mounts = {"sessiongate-config": "config", "sessiongate-clients": "clients"}
+for doc in yaml.safe_load_all(open(rendered)):
+    if doc and doc["kind"] == "ConfigMap":
+        for prefix, folder in mounts.items():
+            if doc["metadata"]["name"].startswith(prefix + "-"):
+                for name, text in doc["data"].items():
+                    (etc / folder).mkdir(parents=True, exist_ok=True)
+                    (etc / folder / name).write_text(text)
+EOF_PY
+  if SESSIONGATE_ENV=$overlay REDIS_URL=redis://sessiongate-redis:6379 \
+    SESSIONGATE_FLOW_COOKIE_KEY=check-config-only-0123456789abcdef0123 \
+    "$bin" check-config "$etc/config/sessiongate.toml" >"$work/check.json" 2>"$work/check.log" \
+    && [ "$(grep -c '"name": "login-service"' "$work/check.json")" = 1 ]; then
+    echo "  ok   $overlay overlay: its sessiongate.toml and clients.toml pass check-config in $overlay"
+  else
+    echo "  FAIL $overlay overlay's configuration:"; cat "$work/check.log"; fail=1
+  fi
+done
+# Without the overlay's callers, live refuses to start.
+rm "$work/etc-live/clients/clients.toml"
 if SESSIONGATE_ENV=live REDIS_URL=redis://sessiongate-redis:6379 \
   SESSIONGATE_FLOW_COOKIE_KEY=check-config-only-0123456789abcdef0123 \
-  "$bin" check-config k8s/base/sessiongate.toml >/dev/null 2>"$work/check.log"; then
-  echo "  ok   k8s/base/sessiongate.toml passes check-config in live"
+  "$bin" check-config "$work/etc-live/config/sessiongate.toml" >/dev/null 2>&1; then
+  echo "  FAIL live started without its clients.toml"; fail=1
 else
-  echo "  FAIL k8s/base/sessiongate.toml:"; cat "$work/check.log"; fail=1
+  echo "  ok   live without the overlay's clients.toml is refused"
 fi
 
 exit $fail
