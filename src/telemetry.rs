@@ -572,6 +572,19 @@ mod metric_tests {
         assert!(found > 20, "found only {found} metric names");
     }
 
+    /// The metric names in `text` that start with `prefix` (and are more than the prefix).
+    fn metric_names(text: &str, prefix: &str) -> Vec<String> {
+        text.match_indices(prefix)
+            .map(|(at, _)| {
+                text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|name| name.len() > prefix.len())
+            .collect()
+    }
+
     /// The shipped dashboard and alerts plot and alert on metrics that exist.
     #[test]
     fn the_dashboard_and_alerts_name_only_real_metrics() {
@@ -579,14 +592,7 @@ mod metric_tests {
         let mut named = 0;
         for file in ["alerts.yaml", "alerts.test.yaml", "dashboard.json"] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
-            for (at, _) in text.match_indices("sessiongate_") {
-                let name: String = text[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                    .collect();
-                if name.len() <= "sessiongate_".len() {
-                    continue;
-                }
+            for name in metric_names(&text, "sessiongate_") {
                 let family = ["_bucket", "_sum", "_count"]
                     .iter()
                     .find_map(|s| name.strip_suffix(s))
@@ -598,14 +604,7 @@ mod metric_tests {
                 );
             }
             // The process' own (metrics-process; `server::metrics_…` sees them served).
-            for (at, _) in text.match_indices("process_") {
-                let name: String = text[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                    .collect();
-                if name.len() <= "process_".len() {
-                    continue;
-                }
+            for name in metric_names(&text, "process_") {
                 assert!(
                     [
                         "process_cpu_seconds_total",

@@ -48,6 +48,14 @@ fn setup(key: &KeyFile) -> Setup {
     ))
 }
 
+/// `setup`, with store calls failing after 300 ms: for outages.
+fn quick_to_fail(key: &KeyFile) -> Setup {
+    setup(key).toml(&format!(
+        "{}[redis]\ncommand_timeout_ms = 300\n",
+        setup(key).toml
+    ))
+}
+
 fn authed<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert(
@@ -507,14 +515,7 @@ async fn a_request_id_makes_create_session_mint_once_across_retries_and_replicas
 async fn a_request_id_survives_a_store_outage_without_a_second_session() {
     let mut redis = RedisServer::start().await;
     let key = KeyFile::new(KeyKind::Es256);
-    let app = setup(&key)
-        .toml(&format!(
-            "{}[redis]\ncommand_timeout_ms = 300\n",
-            setup(&key).toml
-        ))
-        .redis(&redis)
-        .spawn()
-        .await;
+    let app = quick_to_fail(&key).redis(&redis).spawn().await;
     let req = pb::CreateSessionRequest {
         who: Some(pb::create_session_request::Who::NewUser(
             pb::NewUser::default(),
@@ -1025,14 +1026,7 @@ async fn redis_outage_keeps_jwts_working_and_opaque_tokens_unavailable_never_inv
     // `everysec` the last second of writes may be lost — seen on a slow disk).
     let mut redis = RedisServer::start_with_aof_always().await;
     let key = KeyFile::new(KeyKind::Rs256);
-    let app = setup(&key)
-        .toml(&format!(
-            "{}[redis]\ncommand_timeout_ms = 300\n",
-            setup(&key).toml
-        ))
-        .redis(&redis)
-        .spawn()
-        .await;
+    let app = quick_to_fail(&key).redis(&redis).spawn().await;
     let created = create(&app, 60).await;
     let fresh_jwt = create(&app, 60).await.session_jwt; // never validated before the outage
 
