@@ -531,18 +531,17 @@ impl FlowService {
                 paused_is.map_or(json!(false), Value::String),
             );
         }
-        let event = json!({
-            "type": "rollout.updated",
-            "id": uuid::Uuid::new_v4().to_string(),
-            "at": humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + Duration::from_millis(self.clock.now_ms().max(0) as u64)
-            ).to_string(),
-            "env": self.env.as_str(),
-            "flow": flow,
-            "by": by,
-            "changes": Value::Object(changes),
-            "config_version": after.config_version,
-        });
+        let event = crate::store::event(
+            self.env,
+            self.clock.now_ms(),
+            "rollout.updated",
+            json!({
+                "flow": flow,
+                "by": by,
+                "changes": Value::Object(changes),
+                "config_version": after.config_version,
+            }),
+        );
         let value = serde_json::to_vec(&ov).map_err(Error::internal)?;
         self.store
             .write(vec![
@@ -551,7 +550,7 @@ impl FlowService {
                     value,
                     ttl: None,
                 },
-                Write::Event(event),
+                event,
             ])
             .await?;
         Ok(Some(ov))

@@ -11,12 +11,12 @@
 //! - `service` — the session RPCs' service: assembles the sides, and revokes across them.
 //!
 //! Below them all: `verdict` (the question and the answer), `token` (what a credential looks
-//! like), `claims` (a verified native JWT's compact form), `model` (stored records) and `record` (a session's compact stored form),
-//! `revocation` (the revoked set every replica keeps), `events`; and `inspect` (the CLI's
-//! offline look at a token).
+//! like), `claims` (a verified native JWT's compact form), `model` (stored records), `record`
+//! (a session's compact stored form) and `revocation` (the revoked set every replica keeps);
+//! and `inspect` (the CLI's offline look at a token). Events go out through the store's one
+//! envelope (`store::event`).
 
 pub mod claims;
-mod events;
 pub mod inspect;
 mod migrate;
 pub mod model;

@@ -14,6 +14,7 @@
 //! configured command timeout. Callers decide what that means (the JWT verdict cache fails
 //! open; opaque lookups and revocations answer `UNAVAILABLE`).
 
+mod events;
 pub mod keys;
 pub mod memory;
 pub mod redis;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub(crate) use events::event;
 pub use keys::Key;
 
 /// Why a store call failed.

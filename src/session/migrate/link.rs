@@ -10,9 +10,9 @@ use serde_json::{Map, Value, json};
 use crate::config::Env;
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::ids::{self, IdKind};
-use crate::session::events::event;
 use crate::session::model::{LegacyIdentity, User, decode, encode};
 use crate::session::providers::Provider;
+use crate::store::event;
 use crate::store::keys::{Digest, Key, Keys};
 use crate::store::{Store, Write};
 

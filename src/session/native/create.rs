@@ -12,13 +12,13 @@ use crate::config::{SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::ids::{self, IdKind};
 use crate::session::claims::RESERVED_CLAIMS;
-use crate::session::events::event;
 use crate::session::model::{
     AuthFactor, ClientInfo, MIGRATION_FACTOR, Redacted, Session, User, decode, encode,
 };
 use crate::session::replay::Replay;
 use crate::session::{record, token};
 use crate::store::Write;
+use crate::store::event;
 use crate::store::keys::Digest;
 
 /// A request id, as AIP-155 asks for one: a UUID, compared in its lower-case form (a

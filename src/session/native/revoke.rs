@@ -8,11 +8,11 @@ use serde_json::json;
 use super::{Lookup, NativeSessions};
 use crate::error::{Error, ErrorCode, ErrorReason};
 use crate::session::claims::VerifiedJwt;
-use crate::session::events::event;
 use crate::session::model::{Tombstone, decode, encode};
 use crate::session::revocation::RevokedSids;
 use crate::session::token::{self, Shape};
 use crate::session::verdict::Reason;
+use crate::store::event;
 use crate::store::keys::Digest;
 use crate::store::{Key, Write};
 

@@ -6,11 +6,11 @@ use serde_json::{Value, json};
 
 use super::ProviderTokens;
 use crate::error::{Error, ErrorReason};
-use crate::session::events::event;
 use crate::session::revocation::RevokedSids;
 use crate::session::token::{self, Jws, Shape};
 use crate::session::verdict::Reason;
 use crate::store::Write;
+use crate::store::event;
 use crate::store::keys::Digest;
 
 /// A provider token revoked by [`ProviderTokens::revoke`].

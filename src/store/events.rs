@@ -1,12 +1,13 @@
 //! The change events sessiongate appends to the store's event stream with the write they
-//! describe (`session.created`, `user.created`, `session.revoked`, `legacy_token.revoked`).
+//! describe (`session.created`, `user.created`, `session.revoked`, `legacy_token.revoked`,
+//! `user.migrated`, `rollout.updated`): one envelope for every domain that writes them.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::Write;
 use crate::config::Env;
-use crate::store::Write;
 
 /// The write that appends event `kind` with `fields`, stamped with a fresh id, the time and
 /// the env.
