@@ -15,13 +15,25 @@ use serde_json::json;
 
 use crate::keys::SigningKeys;
 
-/// The document, rendered once at start; `Err` says why there is none.
+/// The document, rendered once at start (`Err` says why there is none), and the issuer URL's
+/// path, under which both well-known documents are served too.
 #[derive(Clone)]
-pub struct Discovery(Result<String, String>);
+pub struct Discovery(Result<String, String>, Option<String>);
 
 impl Discovery {
     pub fn new(issuer: &str, signing: &SigningKeys) -> Self {
-        Self(match issuer_url(issuer) {
+        let path = issuer_url(issuer)
+            .and_then(|base| url::Url::parse(base).ok())
+            .map(|u| u.path().trim_end_matches('/').to_owned())
+            // Plain segments only: the path becomes a route, where `{`, `}`, `*` or an empty
+            // segment would mean something else (url has percent-encoded the rest).
+            .filter(|p| {
+                !p.is_empty()
+                    && !p.contains("//")
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~/%".contains(&b))
+            });
+        let doc = match issuer_url(issuer) {
             Some(base) => Ok(json!({
                 "issuer": issuer,
                 "jwks_uri": format!("{base}/.well-known/jwks.json"),
@@ -41,7 +53,15 @@ impl Discovery {
                  https://sessiongate.example.com) to publish it; /.well-known/jwks.json is \
                  served either way.\n"
             )),
-        })
+        };
+        Self(doc, path)
+    }
+
+    /// The issuer URL's path (`/sessiongate` of `https://auth.example.com/sessiongate`), when
+    /// it has one: a verifier asks for `<issuer>/.well-known/…`, and a proxy that forwards that
+    /// path unchanged must find the documents there as well as at the root.
+    pub fn issuer_path(&self) -> Option<&str> {
+        self.1.as_deref()
     }
 }
 
@@ -88,8 +108,9 @@ mod tests {
             "https://sessiongate.example.com",
             "https://sessiongate.example.com/",
         ] {
-            let doc: serde_json::Value =
-                serde_json::from_str(&Discovery::new(issuer, &keys()).0.unwrap()).unwrap();
+            let d = Discovery::new(issuer, &keys());
+            assert_eq!(d.issuer_path(), None);
+            let doc: serde_json::Value = serde_json::from_str(&d.0.unwrap()).unwrap();
             assert_eq!(
                 doc["issuer"], issuer,
                 "the issuer exactly as the JWTs' `iss`"
@@ -104,6 +125,24 @@ mod tests {
             );
             assert!(doc.get("authorization_endpoint").is_none());
         }
+    }
+
+    #[test]
+    fn an_issuer_with_a_path_publishes_under_it() {
+        let d = Discovery::new("https://auth.example.com/sessiongate/", &keys());
+        assert_eq!(d.issuer_path(), Some("/sessiongate"));
+        let doc: serde_json::Value = serde_json::from_str(d.0.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            doc["jwks_uri"],
+            "https://auth.example.com/sessiongate/.well-known/jwks.json"
+        );
+        // A path that would not be a plain route is served at the root only.
+        for odd in ["https://a.example/x//y", "https://a.example/x*y"] {
+            assert_eq!(Discovery::new(odd, &keys()).issuer_path(), None, "{odd}");
+        }
+        // Braces arrive percent-encoded: a literal route, not a parameter.
+        let braces = Discovery::new("https://a.example/{x}", &keys());
+        assert_eq!(braces.issuer_path(), Some("/%7Bx%7D"));
     }
 
     #[test]

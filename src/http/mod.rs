@@ -33,11 +33,36 @@ pub fn router(
     status: StatusPage,
     discovery: Discovery,
 ) -> Router {
-    Router::new()
+    let jwks = get(move || {
+        let signing = signing.clone();
+        async move {
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/jwk-set+json"),
+                    // Verifiers may cache it; a rotation publishes the new key well before
+                    // it signs (see keys::signing).
+                    (header::CACHE_CONTROL, "public, max-age=300"),
+                ],
+                signing.jwks_json().to_owned(),
+            )
+        }
+    });
+    let mut well_known = Router::new()
         .route(
             "/.well-known/openid-configuration",
-            get(discovery::document).with_state(discovery),
+            get(discovery::document).with_state(discovery.clone()),
         )
+        .route("/.well-known/jwks.json", jwks.clone());
+    if let Some(path) = discovery.issuer_path() {
+        well_known = well_known
+            .route(
+                &format!("{path}/.well-known/openid-configuration"),
+                get(discovery::document).with_state(discovery.clone()),
+            )
+            .route(&format!("{path}/.well-known/jwks.json"), jwks);
+    }
+    well_known
         .route("/status", get(status::page).with_state(status))
         .route("/auth", any(forward_auth::check).with_state(forward_auth))
         .route(
@@ -45,24 +70,6 @@ pub fn router(
             post(backchannel::logout)
                 .with_state(sessions)
                 .layer(DefaultBodyLimit::max(backchannel::MAX_BODY_BYTES)),
-        )
-        .route(
-            "/.well-known/jwks.json",
-            get(move || {
-                let signing = signing.clone();
-                async move {
-                    (
-                        StatusCode::OK,
-                        [
-                            (header::CONTENT_TYPE, "application/jwk-set+json"),
-                            // Verifiers may cache it; a rotation publishes the new key well
-                            // before it signs (see keys::signing).
-                            (header::CACHE_CONTROL, "public, max-age=300"),
-                        ],
-                        signing.jwks_json().to_owned(),
-                    )
-                }
-            }),
         )
         .route(
             "/metrics",

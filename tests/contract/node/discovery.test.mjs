@@ -1,21 +1,22 @@
 // OpenID discovery of the native issuer, as an OIDC library does it: openid-client finds the
 // issuer's metadata (and checks that it names the issuer it was asked for), jose fetches the
 // keys from its `jwks_uri` and verifies a session_jwt minted by the real binary. The issuer is
-// a hostname, as behind an ingress; `customFetch` stands in for DNS, so that the server keeps
-// its free loopback port.
+// a hostname and a path, as behind an ingress that forwards the path unchanged; `customFetch`
+// stands in for DNS, so that the server keeps its free loopback port.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as oidc from 'openid-client';
 import { createRemoteJWKSet, customFetch, generateKeyPair, jwtVerify, SignJWT } from 'jose';
 import { startSessiongate, client, sha256 } from './harness.mjs';
 
-const ISSUER = 'https://sessiongate.example.test';
+const HOST = 'https://sessiongate.example.test';
+const ISSUER = `${HOST}/sessions`;
 const key = 'node-discovery-key';
 let sg, urn, api;
 
 /** `fetch`, with the issuer's host resolved to the server's loopback address. */
 const via = (server) => (url, options) =>
-  fetch(String(url).replace(ISSUER, `http://${server.http}`), options);
+  fetch(String(url).replace(HOST, `http://${server.http}`), options);
 
 before(async () => {
   const clients = `
@@ -43,6 +44,9 @@ test('an OIDC library finds the keys by discovery and verifies a session_jwt wit
   assert.equal(meta.issuer, ISSUER);
   assert.equal(meta.jwks_uri, `${ISSUER}/.well-known/jwks.json`);
   assert.ok(meta.authorization_endpoint === undefined, 'not an OpenID Provider: no login endpoints');
+  // And at the root, for a proxy that strips the issuer's path.
+  const root = await (await fetch(`http://${sg.http}/.well-known/openid-configuration`)).json();
+  assert.deepEqual(root, meta);
 
   const created = await api.CreateSession({ new_user: {}, authentication_factors: [{ type: 'passkey' }] });
   const keys = createRemoteJWKSet(new URL(meta.jwks_uri), { [customFetch]: via(sg) });
@@ -70,7 +74,7 @@ test('an OIDC library finds the keys by discovery and verifies a session_jwt wit
 test('a discovery document for another issuer is refused by the library', async () => {
   // Asked for a look-alike issuer, the server's document names its own: openid-client refuses
   // it, as it must (the issuer is what every token's `iss` is checked against).
-  const other = 'https://sessiongate.example.test/tenant-b';
+  const other = `${HOST}/tenant-b`;
   await assert.rejects(
     oidc.discovery(new URL(other), 'any-verifier', undefined, undefined, {
       [oidc.customFetch]: (url, options) =>
