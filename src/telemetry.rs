@@ -58,6 +58,32 @@ pub fn init(
     env: &'static str,
 ) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (subscriber, provider, dispatch) = subscriber(format, cfg, env, filter)?;
+    // try_init: a second call (tests that build several apps) is a no-op, not a panic.
+    let _ = subscriber.try_init();
+    // The formatter's handle on the dispatch, taken here, outside any event. (A layer that
+    // received it would have to be one more layer of the subscriber, and a layer without a
+    // filter enables every callsite — h2's trace spans included, which cost a third of a
+    // call's CPU when one was tried.)
+    let _ = dispatch.set(tracing::dispatcher::get_default(Dispatch::downgrade));
+    Ok(Telemetry { provider })
+}
+
+/// The subscriber [`init`] installs: logs through `filter`, spans exported when configured.
+#[allow(clippy::type_complexity)]
+fn subscriber(
+    format: LogFormat,
+    cfg: &TelemetryConfig,
+    env: &'static str,
+    filter: EnvFilter,
+) -> Result<
+    (
+        impl Subscriber + Send + Sync + 'static,
+        Option<SdkTracerProvider>,
+        Arc<OnceLock<WeakDispatch>>,
+    ),
+    TelemetryError,
+> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -122,13 +148,8 @@ pub fn init(
             (Some(layer), Some(provider))
         }
     };
-    // try_init: a second call (tests that build several apps) is a no-op, not a panic.
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .with(DispatchOf(dispatch))
-        .try_init();
-    Ok(Telemetry { provider })
+    let subscriber = tracing_subscriber::registry().with(logs).with(spans);
+    Ok((subscriber, provider, dispatch))
 }
 
 /// JSON log lines written inside a traced span carry its `trace_id` and `span_id` (W3C hex, as
@@ -184,15 +205,6 @@ impl<F> WithTraceIds<F> {
             let sc = cx.span().span_context().clone();
             sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
         })
-    }
-}
-
-/// Hands the subscriber's dispatch, once it is built, to [`WithTraceIds`].
-struct DispatchOf(Arc<OnceLock<WeakDispatch>>);
-
-impl<S: Subscriber> Layer<S> for DispatchOf {
-    fn on_register_dispatch(&self, subscriber: &Dispatch) {
-        let _ = self.0.set(subscriber.downgrade());
     }
 }
 
@@ -526,6 +538,32 @@ impl ValidationCounters {
                     "source" => source,
                 )
             });
+    }
+}
+
+#[cfg(test)]
+mod subscriber_tests {
+    use super::*;
+
+    /// What the log filter leaves out is never built: not sessiongate's DEBUG spans (the
+    /// RPC's, which only span export wants), not h2's or hyper's TRACE spans. Enabling them
+    /// by mistake — any layer without a filter does — costs every call, the baseline too.
+    #[test]
+    fn only_what_is_logged_is_enabled_without_span_export() {
+        let cfg = TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "sessiongate".into(),
+        };
+        for format in [LogFormat::Json, LogFormat::Human] {
+            let (sub, _, _) = subscriber(format, &cfg, "test", EnvFilter::new("info")).unwrap();
+            tracing::subscriber::with_default(sub, || {
+                assert!(tracing::enabled!(tracing::Level::INFO));
+                assert!(!tracing::enabled!(tracing::Level::DEBUG));
+                assert!(!tracing::span_enabled!(tracing::Level::DEBUG));
+                assert!(!tracing::span_enabled!(target: "h2::proto", tracing::Level::TRACE));
+                assert!(!tracing::enabled!(target: "hyper", tracing::Level::TRACE));
+            });
+        }
     }
 }
 
