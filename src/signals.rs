@@ -36,16 +36,11 @@ impl Signal {
         Signal::ValidLegacy,
     ];
 
-    /// What the rollout's guards judge: shared with the fleet each second. The rest only
-    /// counts since start (the status page).
-    pub const GUARDED: [Signal; 6] = [
-        Signal::Migrations,
-        Signal::MigrationFailures,
-        Signal::NewValidations,
-        Signal::NewInvalid,
-        Signal::UserinfoCalls,
-        Signal::UserinfoErrors,
-    ];
+    /// Whether the rollout's guards judge it: then it is shared with the fleet each second.
+    /// The rest only counts since start (the status page).
+    pub const fn guarded(self) -> bool {
+        !matches!(self, Signal::ValidNew | Signal::ValidLegacy)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,7 +68,7 @@ pub struct Signals {
 
 impl Signals {
     pub fn count(&self, s: Signal) {
-        if Signal::GUARDED.contains(&s) {
+        if s.guarded() {
             self.counts[s as usize].fetch_add(1, Ordering::Relaxed);
         }
         self.since_start[s as usize].fetch_add(1, Ordering::Relaxed);

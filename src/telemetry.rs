@@ -61,11 +61,14 @@ pub fn init(
     let (subscriber, provider, dispatch) = subscriber(format, cfg, env, filter)?;
     // try_init: a second call (tests that build several apps) is a no-op, not a panic.
     let _ = subscriber.try_init();
-    // The formatter's handle on the dispatch, taken here, outside any event. (A layer that
-    // received it would have to be one more layer of the subscriber, and a layer without a
-    // filter enables every callsite — h2's trace spans included, which cost a third of a
-    // call's CPU when one was tried.)
-    let _ = dispatch.set(tracing::dispatcher::get_default(Dispatch::downgrade));
+    // The formatter's handle on the dispatch, taken here, outside any event, and only when
+    // spans are exported (without, no span has ids to look up). A layer that received it
+    // would have to be one more layer of the subscriber, and a layer without a filter
+    // enables every callsite — h2's trace spans included, a quarter of the server's CPU when
+    // one was tried.
+    if provider.is_some() {
+        let _ = dispatch.set(tracing::dispatcher::get_default(Dispatch::downgrade));
+    }
     Ok(Telemetry { provider })
 }
 
@@ -417,7 +420,6 @@ enum Kind {
     Histogram,
 }
 
-/// `# HELP` for every metric, and the build's identity.
 /// The process' own metrics — `process_cpu_seconds_total`, `process_resident_memory_bytes`,
 /// open and maximum descriptors, threads, start time — under the names every stock dashboard
 /// and alert rule expects, read from `/proc` at each scrape (the `metrics-process` crate).
@@ -431,6 +433,7 @@ pub fn collect_process() {
     process().collect();
 }
 
+/// `# HELP` for every metric, and the build's identity.
 fn describe() {
     process().describe();
     for (name, kind, help) in METRICS {

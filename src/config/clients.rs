@@ -127,58 +127,54 @@ struct RawClientsFile {
 
 /// The config file's callers and those of `clients_file`, checked as one list (a name, key or
 /// SPIFFE ID used in both is refused), each problem reported against the file it is in.
-pub(super) fn build_with_file(
+pub(super) fn build(
     c: &mut Check,
-    mut raw: Vec<RawClient>,
+    raw: Vec<RawClient>,
     file: Option<&std::path::Path>,
 ) -> Vec<ClientConfig> {
+    let mut seen = Seen::default();
+    let mut clients = add(c, &mut seen, raw);
     let Some(path) = file else {
-        return build(c, raw);
+        return clients;
     };
     let origin = path.display().to_string();
-    let more: RawClientsFile = match std::fs::read_to_string(path) {
-        Ok(text) => match super::parse_toml(&origin, &text) {
-            Ok(more) => more,
-            Err(e) => {
-                c.problems.extend(e.problems);
-                return build(c, raw);
-            }
-        },
-        Err(e) => {
-            c.fail("clients_file", format!("cannot read `{origin}`: {e}"));
-            return build(c, raw);
+    let more = std::fs::read_to_string(path)
+        .map_err(|e| {
+            super::ConfigError::one(
+                &c.origin,
+                "clients_file",
+                format!("cannot read `{origin}`: {e}"),
+            )
+        })
+        .and_then(|text| super::parse_toml::<RawClientsFile>(&origin, &text));
+    match more {
+        Ok(more) => {
+            // The file's own entries are reported against it, by their place in it.
+            let config = std::mem::replace(&mut c.origin, origin);
+            clients.extend(add(c, &mut seen, more.clients));
+            c.origin = config;
         }
-    };
-    let in_config = raw.len();
-    raw.extend(more.clients);
-    let before = c.problems.len();
-    let clients = build(c, raw);
-    for p in &mut c.problems[before..] {
-        let index = p
-            .key
-            .strip_prefix("clients[")
-            .and_then(|rest| rest.split_once(']'))
-            .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest.to_owned())));
-        if let Some((i, rest)) = index
-            && i >= in_config
-        {
-            p.origin.clone_from(&origin);
-            p.key = format!("clients[{}]{rest}", i - in_config);
-        }
+        Err(e) => c.problems.extend(e.problems),
     }
     clients
 }
 
-pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
+/// What the callers checked so far use, which no other may.
+#[derive(Default)]
+struct Seen {
+    names: BTreeSet<String>,
+    hashes: BTreeSet<[u8; 32]>,
+    spiffe_ids: BTreeSet<String>,
+}
+
+/// Checks one file's `[[clients]]` against each other and those `seen` before.
+fn add(c: &mut Check, seen: &mut Seen, raw: Vec<RawClient>) -> Vec<ClientConfig> {
     let mut clients = Vec::new();
-    let mut client_names = BTreeSet::new();
-    let mut hashes = BTreeSet::new();
-    let mut spiffe_ids = BTreeSet::new();
     for (i, cl) in raw.into_iter().enumerate() {
         let k = |f: &str| format!("clients[{i}].{f}");
         if cl.name.is_empty() {
             c.fail(k("name"), "must not be empty");
-        } else if !client_names.insert(cl.name.clone()) {
+        } else if !seen.names.insert(cl.name.clone()) {
             c.fail(k("name"), format!("`{}` is used twice", cl.name));
         }
         let mut key = None;
@@ -187,7 +183,7 @@ pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
                 let mut h = [0u8; 32];
                 if hex::decode_to_slice(hash.trim(), &mut h).is_err() {
                     c.fail(k("key_sha256"), "must be 64 hex characters: the SHA-256 of the API key (`sessiongate apikey` makes one)");
-                } else if !hashes.insert(h) {
+                } else if !seen.hashes.insert(h) {
                     c.fail(k("key_sha256"), "the same key is configured twice");
                 }
                 key = Some(h);
@@ -201,7 +197,7 @@ pub(super) fn build(c: &mut Check, raw: Vec<RawClient>) -> Vec<ClientConfig> {
                         .any(|b| !b.is_ascii_graphic() || b",;\"\\".contains(&b))
                 {
                     c.fail(k("spiffe_id"), "must be a SPIFFE ID: spiffe://<trust domain>/ns/<namespace>/sa/<service account>");
-                } else if !spiffe_ids.insert(id.clone()) {
+                } else if !seen.spiffe_ids.insert(id.clone()) {
                     c.fail(k("spiffe_id"), "the same SPIFFE ID is configured twice");
                 }
             }

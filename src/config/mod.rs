@@ -49,7 +49,9 @@ use flows::{RawFlow, RawFlowCookie};
 pub use migration::MigrationConfig;
 use migration::RawMigration;
 use native::RawNative;
-pub use native::{KeySource, NativeConfig, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN};
+pub use native::{
+    KeySource, NativeConfig, SESSION_MINUTES_MAX, SESSION_MINUTES_MIN, is_url_issuer,
+};
 use providers::RawProvider;
 pub use providers::{
     ASYMMETRIC_ALGORITHMS, BackchannelLogout, LogoutRevokes, OpaqueAlphabet, OpaqueShape, Policy,
@@ -494,7 +496,7 @@ fn build(
         .clients_file
         .as_deref()
         .map(|p| config_dir(&file).join(p));
-    let clients = clients::build_with_file(&mut c, raw.clients, clients_file.as_deref());
+    let clients = clients::build(&mut c, raw.clients, clients_file.as_deref());
     let (log_format, telemetry) = telemetry::build(&mut c, vars, raw.log_format);
     let migration = migration::build(&mut c, raw.migration);
     let edge = edge::build(&mut c, raw.edge);

@@ -62,6 +62,12 @@ pub(super) struct RawNative {
     pub(super) signing_keys: Vec<String>,
 }
 
+/// Whether the native issuer is an http(s) URL — then it publishes OpenID discovery under it
+/// (checked at start: a host, no query, no fragment) — rather than a URN.
+pub fn is_url_issuer(issuer: &str) -> bool {
+    issuer.starts_with("https://") || issuer.starts_with("http://")
+}
+
 pub(super) fn build(c: &mut Check, env: Env, vars: &dyn Vars, raw: RawNative) -> NativeConfig {
     let issuer = raw
         .issuer
@@ -71,7 +77,7 @@ pub(super) fn build(c: &mut Check, env: Env, vars: &dyn Vars, raw: RawNative) ->
     }
     // A URL issuer publishes OpenID discovery at `<issuer>/.well-known/openid-configuration`,
     // which needs an issuer without query or fragment (OpenID Connect Discovery, section 3).
-    if issuer.starts_with("https://") || issuer.starts_with("http://") {
+    if is_url_issuer(&issuer) {
         match url::Url::parse(&issuer) {
             Ok(u) if u.query().is_none() && u.fragment().is_none() && u.has_host() => {}
             _ => c.fail(

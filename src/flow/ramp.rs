@@ -222,7 +222,7 @@ pub(super) async fn window(
     if first > last {
         return Ok(counts);
     }
-    for s in Signal::GUARDED {
+    for s in Signal::ALL.into_iter().filter(|s| s.guarded()) {
         let keys: Vec<_> = (first..=last)
             .map(|m| keys.guard_count(s.as_str(), m))
             .collect();

@@ -11,69 +11,74 @@
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::json;
 
+use crate::config::is_url_issuer;
 use crate::keys::SigningKeys;
 
-/// The document, rendered once at start (`Err` says why there is none), and the issuer URL's
+/// The document, rendered once at start (`Err`: why there is none), and the issuer URL's
 /// path, under which both well-known documents are served too.
 #[derive(Clone)]
-pub struct Discovery(Result<String, String>, Option<String>);
+pub struct Discovery {
+    doc: Result<Bytes, Bytes>,
+    path: Option<String>,
+}
 
 impl Discovery {
     pub fn new(issuer: &str, signing: &SigningKeys) -> Self {
-        let path = issuer_url(issuer)
-            .and_then(|base| url::Url::parse(base).ok())
-            .map(|u| u.path().trim_end_matches('/').to_owned())
-            // Plain segments only: the path becomes a route, where `{`, `}`, `*` or an empty
-            // segment would mean something else (url has percent-encoded the rest).
-            .filter(|p| {
-                !p.is_empty()
-                    && !p.contains("//")
-                    && p.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._~/%".contains(&b))
-            });
-        let doc = match issuer_url(issuer) {
-            Some(base) => Ok(json!({
-                "issuer": issuer,
-                "jwks_uri": format!("{base}/.well-known/jwks.json"),
-                "id_token_signing_alg_values_supported": signing
-                    .algorithms()
-                    .iter()
-                    .map(|a| format!("{a:?}"))
-                    .collect::<Vec<_>>(),
-                "subject_types_supported": ["public"],
-                "response_types_supported": [],
-                "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "session"],
-            })
-            .to_string()),
-            None => Err(format!(
-                "no OpenID discovery: the native issuer `{issuer}` is not an http(s) URL. Set \
-                 [native] issuer to the URL callers reach this port at (for example \
-                 https://sessiongate.example.com) to publish it; /.well-known/jwks.json is \
-                 served either way.\n"
-            )),
+        // Configuration has checked a URL issuer: a host, no query, no fragment.
+        let Some(url) = is_url_issuer(issuer)
+            .then(|| url::Url::parse(issuer).ok())
+            .flatten()
+        else {
+            return Self {
+                doc: Err(Bytes::from(format!(
+                    "no OpenID discovery: the native issuer `{issuer}` is not an http(s) URL. Set \
+                     [native] issuer to the URL callers reach this port at (for example \
+                     https://sessiongate.example.com) to publish it; /.well-known/jwks.json is \
+                     served either way.\n"
+                ))),
+                path: None,
+            };
         };
-        Self(doc, path)
+        let base = issuer.trim_end_matches('/');
+        let doc = json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{base}/.well-known/jwks.json"),
+            "id_token_signing_alg_values_supported": signing
+                .algorithms()
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>(),
+            "subject_types_supported": ["public"],
+            "response_types_supported": [],
+            "claims_supported": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "sid", "session"],
+        });
+        let path = url.path().trim_end_matches('/');
+        // Plain segments only: the path becomes a route, where `{`, `}`, `*` or an empty
+        // segment would mean something else (url has percent-encoded the rest).
+        let plain = !path.is_empty()
+            && !path.contains("//")
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~/%".contains(&b));
+        Self {
+            doc: Ok(Bytes::from(doc.to_string())),
+            path: plain.then(|| path.to_owned()),
+        }
     }
 
     /// The issuer URL's path (`/sessiongate` of `https://auth.example.com/sessiongate`), when
     /// it has one: a verifier asks for `<issuer>/.well-known/…`, and a proxy that forwards that
     /// path unchanged must find the documents there as well as at the root.
     pub fn issuer_path(&self) -> Option<&str> {
-        self.1.as_deref()
+        self.path.as_deref()
     }
 }
 
-/// The issuer as the base of its well-known URLs (no trailing slash), when it is a URL.
-/// Configuration refuses an http(s) issuer with a query or a fragment.
-fn issuer_url(issuer: &str) -> Option<&str> {
-    (issuer.starts_with("https://") || issuer.starts_with("http://"))
-        .then(|| issuer.trim_end_matches('/'))
-}
-
 pub(super) async fn document(State(d): State<Discovery>) -> Response {
-    match d.0 {
+    match d.doc {
         Ok(doc) => (
             StatusCode::OK,
             [
@@ -110,7 +115,7 @@ mod tests {
         ] {
             let d = Discovery::new(issuer, &keys());
             assert_eq!(d.issuer_path(), None);
-            let doc: serde_json::Value = serde_json::from_str(&d.0.unwrap()).unwrap();
+            let doc: serde_json::Value = serde_json::from_slice(&d.doc.unwrap()).unwrap();
             assert_eq!(
                 doc["issuer"], issuer,
                 "the issuer exactly as the JWTs' `iss`"
@@ -131,7 +136,7 @@ mod tests {
     fn an_issuer_with_a_path_publishes_under_it() {
         let d = Discovery::new("https://auth.example.com/sessiongate/", &keys());
         assert_eq!(d.issuer_path(), Some("/sessiongate"));
-        let doc: serde_json::Value = serde_json::from_str(d.0.as_ref().unwrap()).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(d.doc.as_ref().unwrap()).unwrap();
         assert_eq!(
             doc["jwks_uri"],
             "https://auth.example.com/sessiongate/.well-known/jwks.json"
@@ -148,8 +153,9 @@ mod tests {
     #[test]
     fn a_urn_issuer_publishes_nothing_and_says_why() {
         let why = Discovery::new("urn:sessiongate:test", &keys())
-            .0
+            .doc
             .unwrap_err();
+        let why = String::from_utf8_lossy(&why);
         assert!(why.contains("[native] issuer"), "{why}");
     }
 }

@@ -17,6 +17,7 @@ use super::{
     GroupRead, Key, MEMORY_EVENTS_MAX_LEN, Notice, Store, StoreError, StoreKind, StoreResult,
     StreamEntry, Write,
 };
+use crate::clock::{Clock as _, SystemClock};
 use crate::config::Env;
 
 /// Sweep expired entries after this many writes.
@@ -85,7 +86,7 @@ impl State {
             self.events.pop_front();
         }
         self.last_event += 1;
-        let at = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let at = SystemClock.now_ms();
         self.events.push_back((self.last_event, event, at));
     }
 

@@ -66,10 +66,10 @@ mkdir -p "$gopath/src/sessiongate.dev/clients"
 cp clients/service-config.json "$gopath/src/sessiongate.dev/clients/"
 (
   cd "$gopath/src/sessiongate.dev/examples/go/sessiongate"
-  GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" GOFLAGS= GOCACHE="$work/gocache" \
-    SESSIONGATE_BIN="$bin" go vet . && \
-  GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" GOFLAGS= GOCACHE="$work/gocache" \
-    SESSIONGATE_BIN="$bin" go test -count=1 -v . 2>&1 | sed 's/^/    /'
+  export GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" GOFLAGS= GOCACHE="$work/gocache" \
+    SESSIONGATE_BIN="$bin"
+  go vet .
+  go test -count=1 -v . 2>&1 | sed 's/^/    /'
   exit "${PIPESTATUS[0]}"
 )
 echo "generated clients: ok"
