@@ -474,4 +474,55 @@ mod tests {
             flipped[i] ^= 0x5a;
         }
     }
+
+    /// The `.proto` files the build compiles Envoy's descriptors from are a copy of the
+    /// ones the `envoy-types` crate ships (the structs these tests decode with): after an
+    /// update of that crate, this test names any file that changed and how to copy it.
+    #[test]
+    fn the_vendored_envoy_protos_are_those_of_the_envoy_types_crate() {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1", "--offline"])
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let manifest = meta["packages"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "envoy-types"))
+            .and_then(|p| p["manifest_path"].as_str())
+            .expect("envoy-types is a dependency");
+        let theirs = std::path::Path::new(manifest)
+            .parent()
+            .unwrap()
+            .join("proto");
+        let ours = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("third_party/envoy-api");
+        let mut files = Vec::new();
+        let mut dirs = vec![ours.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "proto") {
+                    files.push(p.strip_prefix(&ours).unwrap().to_owned());
+                }
+            }
+        }
+        assert!(files.len() >= 19, "{files:?}");
+        let stale: Vec<_> = files
+            .iter()
+            .filter(|f| std::fs::read(ours.join(f)).ok() != std::fs::read(theirs.join(f)).ok())
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "third_party/envoy-api differs from {}: {stale:?}; copy each file from there",
+            theirs.display()
+        );
+    }
 }
