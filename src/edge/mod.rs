@@ -319,7 +319,9 @@ impl Gate {
             ip_address: req.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             user_agent: user_agent.chars().take(256).collect(),
         };
-        self.sessions.validate_and_migrate(v, "edge").await
+        // Boxed, so that a route that never migrates does not carry (and copy) the state
+        // of one in every check's future.
+        Box::pin(self.sessions.validate_and_migrate(v, "edge")).await
     }
 
     async fn resolve_flow(

@@ -152,15 +152,16 @@ impl SessionService {
         if !(verdict.is_valid() && verdict.action == Action::Migrate) {
             return Ok((verdict, None));
         }
-        let result = self
-            .migrate(MigrateRequest {
-                caller: caller.to_string(),
-                legacy_token: token,
-                provider: verdict.provider.clone(),
-                client,
-                ..Default::default()
-            })
-            .await;
+        // Boxed: a migration's future (UserInfo, the replay record, the session's writes) is
+        // ~7 KB, and inline it would be part of — and copied with — every validation's.
+        let result = Box::pin(self.migrate(MigrateRequest {
+            caller: caller.to_string(),
+            legacy_token: token,
+            provider: verdict.provider.clone(),
+            client,
+            ..Default::default()
+        }))
+        .await;
         let outcome = if result.is_ok() { "migrated" } else { "failed" };
         metrics::counter!("sessiongate_auto_migrations_total", "via" => via, "result" => outcome)
             .increment(1);

@@ -50,7 +50,7 @@ impl NativeSessions {
     pub(crate) async fn validate_jwt(
         &self,
         jwt: Arc<VerifiedJwt>,
-        mut source: Source,
+        source: Source,
         req: &ValidateRequest,
     ) -> Result<Verdict, Error> {
         let now_ms = self.clock.now_ms();
@@ -81,29 +81,9 @@ impl NativeSessions {
         let too_old = req.max_token_age_seconds > 0
             && now - jwt.issued_at > i64::from(req.max_token_age_seconds);
         if expired || too_old || req.session_duration_minutes > 0 {
-            // The store decides: the session must still be active.
-            source = Source::Store;
-            return match self.lookup_by_id(jwt.session_id(), now_ms).await? {
-                Lookup::Active(session, d) => {
-                    let fresh = expired || req.session_duration_minutes > 0;
-                    let mut v = self.active(*session, &d, req, now_ms).await?;
-                    if !fresh {
-                        // Not expired, only re-checked: the caller's JWT stays good.
-                        v.session_jwt = None;
-                    }
-                    if req.view == View::Full {
-                        v.claims = Some(self.issuer.claims(&jwt));
-                    }
-                    Ok(v)
-                }
-                Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
-                Lookup::Revoked => Ok(Verdict::invalid(Reason::Revoked, Origin::New, source)),
-                // Past its retention the record is gone: for an expired JWT that is EXPIRED.
-                Lookup::NotFound if expired => {
-                    Ok(Verdict::invalid(Reason::Expired, Origin::New, source))
-                }
-                Lookup::NotFound => Ok(Verdict::invalid(Reason::NotFound, Origin::New, source)),
-            };
+            // Boxed: the store's round trip is rare on this path, and inline its state would
+            // be part of — and copied with — every cached JWT's validation future.
+            return Box::pin(self.by_store(&jwt, expired, req, now_ms)).await;
         }
 
         // The JWT's own expiry, not its session's. The BASIC view builds no session (a cache
@@ -120,6 +100,40 @@ impl NativeSessions {
                 v
             }
         })
+    }
+
+    /// The verdict on a verified native JWT that the store decides (expired and within its
+    /// refresh window, too old for the caller, or to be extended): its session must still be
+    /// active.
+    async fn by_store(
+        &self,
+        jwt: &Arc<VerifiedJwt>,
+        expired: bool,
+        req: &ValidateRequest,
+        now_ms: i64,
+    ) -> Result<Verdict, Error> {
+        let source = Source::Store;
+        match self.lookup_by_id(jwt.session_id(), now_ms).await? {
+            Lookup::Active(session, d) => {
+                let fresh = expired || req.session_duration_minutes > 0;
+                let mut v = self.active(*session, &d, req, now_ms).await?;
+                if !fresh {
+                    // Not expired, only re-checked: the caller's JWT stays good.
+                    v.session_jwt = None;
+                }
+                if req.view == View::Full {
+                    v.claims = Some(self.issuer.claims(jwt));
+                }
+                Ok(v)
+            }
+            Lookup::Expired(_) => Ok(Verdict::invalid(Reason::Expired, Origin::New, source)),
+            Lookup::Revoked => Ok(Verdict::invalid(Reason::Revoked, Origin::New, source)),
+            // Past its retention the record is gone: for an expired JWT that is EXPIRED.
+            Lookup::NotFound if expired => {
+                Ok(Verdict::invalid(Reason::Expired, Origin::New, source))
+            }
+            Lookup::NotFound => Ok(Verdict::invalid(Reason::NotFound, Origin::New, source)),
+        }
     }
 
     /// The verdict on an opaque `session_token`: the store decides.
