@@ -9,6 +9,7 @@ WORKDIR /src
 # CI, which has no Docker engine: a build that needs a file not copied fails there.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
+COPY third_party ./third_party
 RUN mkdir -p src benches/loadgen tests/it \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && for b in loadgen/main memory micro; do echo 'fn main() {}' > benches/$b.rs; done \
