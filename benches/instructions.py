@@ -10,7 +10,10 @@ one, runs SHA-256 without the CPU's SHA extensions: ~38 000 instructions for a 1
 digest that take ~2 000 cycles on the hardware), so it complements the timed ratios and does
 not replace them.
 
-    python3 benches/instructions.py target/release/sessiongate [calls]
+    python3 benches/instructions.py target/release/sessiongate [calls] [--keep DIR]
+
+`--keep DIR` keeps each path's callgrind profile there (`callgrind_annotate DIR/check.out`
+shows where its instructions go).
 
 Needs valgrind, h2load (nghttp2-client), redis-server, curl and openssl. The server runs
 under callgrind with one worker thread; each path gets a warm-up, then `calls` calls from
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,8 +95,15 @@ def envoy_check(token):
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/release/sessiongate")
-    calls = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    args = sys.argv[1:]
+    keep = None
+    if "--keep" in args:
+        i = args.index("--keep")
+        keep = os.path.abspath(args[i + 1])
+        del args[i : i + 2]
+        os.makedirs(keep, exist_ok=True)
+    binary = os.path.abspath(args[0] if args else "target/release/sessiongate")
+    calls = int(args[1]) if len(args) > 1 else 2000
     work = tempfile.TemporaryDirectory()
     d = work.name
     redis = subprocess.Popen(
@@ -160,35 +171,39 @@ def main():
             grpc_frame(field(2, field(1, b"instructions@example.com"))),
         )
         jwt = created[5]  # session_jwt
+        # name: (file name with --keep, RPC, request)
         paths = {
-            "Health/Check (baseline)": ("/grpc.health.v1.Health/Check", grpc_frame(b"")),
+            "Health/Check (baseline)": ("health", "/grpc.health.v1.Health/Check", grpc_frame(b"")),
             "ValidateSession, malformed JWT-sized token (floor)": (
+                "floor",
                 "/sessiongate.v1.SessionGateService/ValidateSession",
                 grpc_frame(field(1, b"a" * len(jwt)) + field(5, 1)),
             ),
             "ValidateSession, cached JWT, BASIC": (
+                "basic",
                 "/sessiongate.v1.SessionGateService/ValidateSession",
                 grpc_frame(field(1, jwt) + field(5, 1)),
             ),
             "Envoy Authorization/Check, cached JWT": (
+                "check",
                 "/envoy.service.auth.v3.Authorization/Check",
                 envoy_check(jwt),
             ),
         }
         # Each path answers as it should before it is counted: a path that fails cheaply
         # would read as a fast one.
-        v = call(*paths["ValidateSession, cached JWT, BASIC"])
+        v = call(*paths["ValidateSession, cached JWT, BASIC"][1:])
         assert v.get(1) == 1, f"the JWT is not VALID: {v}"
-        v = call(*paths["ValidateSession, malformed JWT-sized token (floor)"])
+        v = call(*paths["ValidateSession, malformed JWT-sized token (floor)"][1:])
         assert v.get(1) == 2, f"the malformed token is not INVALID: {v}"
-        c = call(*paths["Envoy Authorization/Check, cached JWT"])
+        c = call(*paths["Envoy Authorization/Check, cached JWT"][1:])
         assert 3 in c and fields(c.get(1, b"")).get(1, 0) == 0, f"Check did not allow: {c}"
 
         def ctl(*args):
             subprocess.run(["callgrind_control", *args, str(server.pid)], check=True, capture_output=True)
 
         results = {}
-        for name, (rpc, body) in paths.items():
+        for name, (short, rpc, body) in paths.items():
             req = f"{d}/h2load.bin"
             with open(req, "wb") as f:
                 f.write(body)
@@ -201,7 +216,10 @@ def main():
             before = set(os.listdir(d))
             ctl("-d")
             dumps = [f for f in os.listdir(d) if f not in before and f.startswith("callgrind.out")]
-            with open(os.path.join(d, max(dumps))) as f:
+            dump = os.path.join(d, max(dumps))
+            if keep:
+                shutil.copy(dump, os.path.join(keep, f"{short}.out"))
+            with open(dump) as f:
                 total = int(re.search(r"^(?:summary|totals):\s+(\d+)", f.read(), re.M).group(1))
             results[name] = round(total / calls)
             print(f"{results[name]:>9,} instructions a call  {name}", flush=True)
