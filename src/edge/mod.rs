@@ -23,7 +23,8 @@ use crate::error::{Error, ErrorReason};
 use crate::flow::{self, FlowService};
 use crate::session::model::ClientInfo;
 use crate::session::{
-    Created, NATIVE_PROVIDER, Origin, SessionService, ValidateRequest, Verdict, View, token,
+    Created, MigratedInPassing, NATIVE_PROVIDER, Origin, SessionService, ValidateRequest, Verdict,
+    View, token,
 };
 
 /// Every header sessiongate sets upstream by default starts with this; a client's copies of
@@ -293,7 +294,7 @@ impl Gate {
         req: &EdgeRequest<'_>,
         caller: &Caller,
         migrate: bool,
-    ) -> Result<(Verdict, Option<(Created, bool)>), Error> {
+    ) -> Result<MigratedInPassing, Error> {
         // An opaque session token is answered from the store, which mints its JWT anyway:
         // pass that on. A JWT needs no more than the BASIC view.
         let view = if token.starts_with(token::NATIVE_TOKEN_PREFIX) {
@@ -319,9 +320,7 @@ impl Gate {
             ip_address: req.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             user_agent: user_agent.chars().take(256).collect(),
         };
-        // Boxed, so that a route that never migrates does not carry (and copy) the state
-        // of one in every check's future.
-        Box::pin(self.sessions.validate_and_migrate(v, "edge")).await
+        self.sessions.validate_and_migrate(v, "edge").await
     }
 
     async fn resolve_flow(

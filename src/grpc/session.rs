@@ -51,9 +51,10 @@ impl pb::session_gate_service_server::SessionGateService for SessionGateApi {
             return Ok(Response::new(verdict_out(verdict, view)));
         }
         caller.require(Scope::Migrate, "auto_migrate")?;
-        // Boxed: a plain validation's future need not hold (and copy) this one's state.
-        let (verdict, migrated) =
-            Box::pin(self.sessions.validate_and_migrate(req, "validate_session")).await?;
+        let (verdict, migrated) = self
+            .sessions
+            .validate_and_migrate(req, "validate_session")
+            .await?;
         let mut out = verdict_out(verdict, view);
         out.migration = migrated.map(|(created, replayed)| migrated_out(created, replayed));
         Ok(Response::new(out))

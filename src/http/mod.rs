@@ -48,18 +48,13 @@ pub fn router(
             )
         }
     });
+    let openid = get(discovery::document).with_state(discovery.clone());
     let mut well_known = Router::new()
-        .route(
-            "/.well-known/openid-configuration",
-            get(discovery::document).with_state(discovery.clone()),
-        )
+        .route("/.well-known/openid-configuration", openid.clone())
         .route("/.well-known/jwks.json", jwks.clone());
     if let Some(path) = discovery.issuer_path() {
         well_known = well_known
-            .route(
-                &format!("{path}/.well-known/openid-configuration"),
-                get(discovery::document).with_state(discovery.clone()),
-            )
+            .route(&format!("{path}/.well-known/openid-configuration"), openid)
             .route(&format!("{path}/.well-known/jwks.json"), jwks);
     }
     well_known

@@ -32,7 +32,7 @@ pub mod verdict;
 
 pub use migrate::MigrateRequest;
 pub use native::{CreateRequest, Created, Who};
-pub use service::{RevokeTarget, SessionService};
+pub use service::{MigratedInPassing, RevokeTarget, SessionService};
 pub use verdict::{
     Action, NATIVE_PROVIDER, Origin, Reason, Source, ValidateRequest, Verdict, View,
 };

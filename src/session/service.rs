@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use super::migrate::{MigrateRequest, Migrator};
 use super::model::{Redacted, Session};
 use super::native::{CreateRequest, Created, NativeIssuer, NativeSessions};
@@ -54,6 +56,10 @@ impl std::fmt::Debug for RevokeTarget {
         }
     }
 }
+
+/// A verdict, and the session a migration in passing made of its token, if it made one
+/// (with whether that was a replay of an earlier call's).
+pub type MigratedInPassing = (Verdict, Option<(Created, bool)>);
 
 /// The session RPCs' service.
 pub struct SessionService {
@@ -142,11 +148,23 @@ impl SessionService {
     /// flight per token, replay window, limits). A migration that fails leaves the verdict as
     /// it is: the token is still valid, the caller proceeds as LEGACY, and the next call tries
     /// again; the failure is logged and counted (`via` names the door).
-    pub async fn validate_and_migrate(
+    ///
+    /// Boxed here, for every caller: a future holds the state of every path it may take and
+    /// is copied whole each time it moves, so a caller's future holding this one inline would
+    /// carry (and copy, on every call) a migration's state even where it never migrates.
+    pub fn validate_and_migrate(
         &self,
         req: ValidateRequest,
         via: &'static str,
-    ) -> Result<(Verdict, Option<(Created, bool)>), Error> {
+    ) -> BoxFuture<'_, Result<MigratedInPassing, Error>> {
+        Box::pin(self.validate_then_migrate(req, via))
+    }
+
+    async fn validate_then_migrate(
+        &self,
+        req: ValidateRequest,
+        via: &'static str,
+    ) -> Result<MigratedInPassing, Error> {
         let (token, caller, client) = (req.token.clone(), req.caller.clone(), req.client.clone());
         let verdict = self.validate(req).await?;
         if !(verdict.is_valid() && verdict.action == Action::Migrate) {
