@@ -59,7 +59,12 @@ impl Activity {
         Some(self.started + Duration::from_millis(ms))
     }
 
-    fn call_started(self: &Arc<Self>) -> CallGuard {
+    /// Whether any call is in flight: one whose answer has not all been handed to HTTP yet.
+    pub(super) fn busy(&self) -> bool {
+        self.calls.load(Ordering::Acquire) > 0
+    }
+
+    pub(super) fn call_started(self: &Arc<Self>) -> CallGuard {
         self.calls.fetch_add(1, Ordering::AcqRel);
         CallGuard(self.clone())
     }
