@@ -72,9 +72,12 @@ pub fn classify(token: &str) -> Result<Shape<'_>, Reason> {
             Err(Reason::Malformed)
         };
     }
-    let mut parts = token.splitn(4, '.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(h), Some(p), Some(s), None) => {
+    // The dots by `memchr` (SIMD): `str::split`'s searcher reads a JWT a word at a time, and
+    // every validation of a JWT looks for its dots (~0.2 µs of a cached validation, in perf).
+    let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
+    match (dots.next(), dots.next(), dots.next()) {
+        (Some(d1), Some(d2), None) => {
+            let (h, p, s) = (&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]);
             if h.is_empty() || p.is_empty() || !is_b64url(h) || !is_b64url(p) || !is_b64url(s) {
                 return Err(Reason::Malformed);
             }
@@ -82,12 +85,12 @@ pub fn classify(token: &str) -> Result<Shape<'_>, Reason> {
                 header: h,
                 payload: p,
                 signature: s,
-                signing_input: &token[..h.len() + 1 + p.len()],
+                signing_input: &token[..d2],
             }))
         }
-        // One dot, or four and more (a JWE has five parts): not ours to decode.
-        (Some(_), Some(_), _, _) => Err(Reason::Malformed),
-        _ => Ok(Shape::Other),
+        // One dot, or three and more (a JWE has four): not ours to decode.
+        (Some(_), _, _) => Err(Reason::Malformed),
+        (None, _, _) => Ok(Shape::Other),
     }
 }
 
@@ -334,12 +337,17 @@ mod tests {
         let Ok(Shape::Jws(j)) = classify("aGVhZA.cGF5.c2ln") else {
             panic!()
         };
+        assert_eq!((j.header, j.payload), ("aGVhZA", "cGF5"));
         assert_eq!(j.signing_input, "aGVhZA.cGF5");
         assert_eq!(j.signature, "c2ln");
         // alg=none tokens have an empty signature: still a JWS shape, refused later by alg.
         assert!(matches!(classify("aGVhZA.cGF5."), Ok(Shape::Jws(_))));
         for bad in [
+            ".",
+            "..",
+            "...",
             "a.b",
+            "a.b.c.",
             "a.b.c.d.e",
             "a.b.c.d",
             ".b.c",
