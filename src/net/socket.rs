@@ -20,11 +20,12 @@
 //! its connection still in flight is put off once: the connection's task wakes itself and
 //! goes to the back of the run queue, the calls that were ready run and add their answers to
 //! h2's buffer, and one write sends them all. With no other call in flight (one call at a
-//! time) the write goes at once, as before, so a lone call's latency does not change. (HTTP/1.1
-//! has one call at a time on a connection: nothing to batch, and forward-auth's cost did not
-//! move, measured.) Measured server-bound
-//! (docs/performance.md, session 13): 0.06 `sendto` a call instead of 0.67, a Health/Check's
-//! server CPU 18–24 → 10–13 µs, a cached Check's 43 → 19 µs.
+//! time) the write goes at once, as before, so a lone call's latency does not change; under
+//! a partial load the first answer of a burst waits for the others (the price of the shared
+//! write). HTTP/1.1 has one call at a time on a connection: nothing to batch, and
+//! forward-auth's cost did not move, measured. Measured server-bound (docs/performance.md,
+//! session 13): 0.06 `sendto` a call instead of 0.67, a Health/Check's server CPU 18–24 →
+//! 10–13 µs, a cached Check's 43 → 19 µs.
 
 use std::io;
 use std::pin::Pin;
