@@ -153,6 +153,16 @@ pub(crate) fn bearer(header: &[u8]) -> Option<&[u8]> {
     (!key.is_empty()).then_some(key)
 }
 
+/// [`bearer`] of a header already known to be text, without checking its UTF-8 again (at
+/// the edge the header is the size of the token, and it was checked as it was decoded).
+pub(crate) fn bearer_str(header: &str) -> Option<&str> {
+    let key = bearer(header.as_bytes())?;
+    // `key` lies inside `header`, cut only next to ASCII bytes (the scheme, spaces): the same
+    // range of the `str` is on character boundaries, which `get` checks anyway.
+    let start = key.as_ptr() as usize - header.as_ptr() as usize;
+    header.get(start..start + key.len())
+}
+
 /// A new random API key (256 bits, URL-safe) and the SHA-256 hex to configure for it.
 pub fn new_api_key() -> (String, String) {
     use base64::Engine as _;
@@ -184,6 +194,26 @@ mod tests {
             edge: None,
         }]);
         (keys, key)
+    }
+
+    #[test]
+    fn bearer_str_cuts_what_bearer_cuts() {
+        for h in [
+            "Bearer abc",
+            "bearer  abc ",
+            "BEARER\tx",
+            "Bearer ",
+            "Bearer",
+            "Basic dTpw",
+            "Bearer \u{fc}n\u{ef} ",
+            "B\u{eb}arer x",
+            "\u{1F600}\u{1F600}",
+            "",
+        ] {
+            let bytes = bearer(h.as_bytes()).map(|k| std::str::from_utf8(k).unwrap());
+            assert_eq!(bearer_str(h), bytes, "{h:?}");
+        }
+        assert_eq!(bearer_str("Bearer \u{fc}n\u{ef} "), Some("\u{fc}n\u{ef}"));
     }
 
     #[test]

@@ -19,10 +19,7 @@ pub(super) fn credential<'a>(
     headers: &[(&'a str, &'a str)],
     cookies: &[String],
 ) -> Option<&'a str> {
-    // (A sub-slice of a `&str` cut at ASCII bytes: always UTF-8.)
-    if let Some(t) = named(headers, "authorization")
-        .find_map(|v| crate::auth::bearer(v.as_bytes()).and_then(|t| std::str::from_utf8(t).ok()))
-    {
+    if let Some(t) = named(headers, "authorization").find_map(crate::auth::bearer_str) {
         return Some(t);
     }
     cookies.iter().find_map(|name| cookie(headers, name))
