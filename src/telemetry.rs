@@ -446,13 +446,15 @@ fn describe() {
     metrics::gauge!("sessiongate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
+/// A map of the counter caches. foldhash, not std's SipHash: the keys are names from the
+/// configuration and label values of our own (no attacker picks them), and SipHash over them
+/// (three look-ups for each of two counters) cost every validation 1 100–1 600 more
+/// instructions (benches/instructions.py).
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Counter handles by label set, resolved once: resolving labels on every call (owned label
 /// strings, a hash of the whole key in the recorder) cost more than a cached verdict itself.
 /// Keyed by up to two configured names (client, provider: small sets) and `&'static` labels.
-// foldhash, not std's SipHash: the keys are names from the configuration and label values
-// of our own (no attacker picks them), and SipHash over them (three look-ups for each of two
-// counters) cost every validation 1 100–1 600 more instructions (benches/instructions.py).
-type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type Handles<K> = Map<String, Map<String, Map<K, metrics::Counter>>>;
 
 struct CounterCache<K> {
