@@ -184,6 +184,11 @@ def main():
                 "/sessiongate.v1.SessionGateService/ValidateSession",
                 grpc_frame(field(1, jwt) + field(5, 1)),
             ),
+            "Envoy Authorization/Check, malformed JWT-sized token (floor)": (
+                "check_floor",
+                "/envoy.service.auth.v3.Authorization/Check",
+                envoy_check(b"!" * len(jwt)),
+            ),
             "Envoy Authorization/Check, cached JWT": (
                 "check",
                 "/envoy.service.auth.v3.Authorization/Check",
@@ -198,6 +203,8 @@ def main():
         assert v.get(1) == 2, f"the malformed token is not INVALID: {v}"
         c = call(*paths["Envoy Authorization/Check, cached JWT"][1:])
         assert 3 in c and fields(c.get(1, b"")).get(1, 0) == 0, f"Check did not allow: {c}"
+        c = call(*paths["Envoy Authorization/Check, malformed JWT-sized token (floor)"][1:])
+        assert 2 in c and fields(c[1]).get(1) == 16, f"Check did not deny: {c}"
 
         def ctl(*args):
             subprocess.run(["callgrind_control", *args, str(server.pid)], check=True, capture_output=True)

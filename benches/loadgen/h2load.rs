@@ -194,6 +194,12 @@ pub(crate) fn fixed_request(path: Path, fx: &Fixtures) -> Option<Fixed> {
             "/envoy.service.auth.v3.Authorization/Check",
             grpc_frame(&crate::paths::envoy_check(&fx.cached_jwt)),
         ),
+        Path::EnvoyCheckFloor => grpc(
+            "/envoy.service.auth.v3.Authorization/Check",
+            grpc_frame(&crate::paths::envoy_check(
+                &path.malformed_token(&fx.cached_jwt),
+            )),
+        ),
         // What nginx's auth subrequest carries: the user's headers and the proxy's key.
         Path::ForwardAuth => Some(Fixed::Http {
             target: "/auth",

@@ -247,6 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Path::Malformed,
         Path::MalformedJwtSized,
         Path::EnvoyCheck,
+        Path::EnvoyCheckFloor,
         Path::ForwardAuth,
         Path::LegacyRs256,
         Path::LegacyEs256,

@@ -34,6 +34,10 @@ pub(crate) enum Path {
     MalformedJwtSized,
     /// Envoy's `Authorization/Check` of a request carrying the cached JWT: the edge's path.
     EnvoyCheck,
+    /// The same Check with a malformed bearer token as long as the JWT, denied without any
+    /// verification: what reading Envoy's request and writing an answer costs, the floor of
+    /// [`Path::EnvoyCheck`] as [`Path::MalformedJwtSized`] is of a BASIC validation.
+    EnvoyCheckFloor,
     /// HTTP forward-auth (`GET /auth`, as nginx `auth_request` asks it) of a request carrying
     /// the cached JWT, over HTTP/1.1 keep-alive connections on the HTTP port.
     ForwardAuth,
@@ -50,13 +54,16 @@ impl Path {
 
     /// Paths whose verdict is INVALID.
     pub(crate) fn malformed(self) -> bool {
-        matches!(self, Path::Malformed | Path::MalformedJwtSized)
+        matches!(
+            self,
+            Path::Malformed | Path::MalformedJwtSized | Path::EnvoyCheckFloor
+        )
     }
 
     /// The token of a malformed path (`jwt`: the cached JWT, whose length it takes).
     pub(crate) fn malformed_token(self, jwt: &str) -> String {
         match self {
-            Path::MalformedJwtSized => "!".repeat(jwt.len()),
+            Path::MalformedJwtSized | Path::EnvoyCheckFloor => "!".repeat(jwt.len()),
             _ => std::env::var("MALFORMED").unwrap_or("not-a-token".to_owned()),
         }
     }
@@ -76,6 +83,7 @@ impl Path {
             Path::Malformed => "ValidateSession, malformed token (fixed cost)",
             Path::MalformedJwtSized => "ValidateSession, malformed JWT-sized token, BASIC (floor)",
             Path::EnvoyCheck => "Envoy Authorization/Check, native JWT, cache hit",
+            Path::EnvoyCheckFloor => "Envoy Authorization/Check, malformed JWT-sized token (floor)",
             Path::ForwardAuth => "HTTP/1.1 forward-auth /auth, native JWT, cache hit",
         }
     }
@@ -104,6 +112,7 @@ impl Path {
             Path::Malformed => "malformed",
             Path::MalformedJwtSized => "malformed_jwt_sized",
             Path::EnvoyCheck => "envoy_check",
+            Path::EnvoyCheckFloor => "envoy_check_floor",
             Path::ForwardAuth => "forward_auth",
         }
     }
@@ -119,6 +128,7 @@ impl Path {
             | Path::LegacyEdDsa
             | Path::Malformed
             | Path::MalformedJwtSized
+            | Path::EnvoyCheckFloor
             | Path::ForwardAuth => None,
             Path::Opaque | Path::OpaqueBasic => Some((0.6, 50.0)),
             Path::ResolveFlow => Some((0.85, 20.0)),
@@ -157,7 +167,6 @@ pub(crate) async fn measure(
             tokio::spawn(async move {
                 let mut run = Run::new();
                 let mut health = HealthClient::new(channel.clone());
-                let mut envoy = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel.clone());
                 let mut session = tonic::client::Grpc::new(channel);
                 let http = reqwest::Client::new();
                 let mut i = w;
@@ -166,14 +175,19 @@ pub(crate) async fn measure(
                     if limit.map_or(Instant::now() >= deadline, |l| n >= l) {
                         break;
                     }
-                    if path == Path::EnvoyCheck {
-                        let mut req = tonic::Request::new(envoy_check(&fx.cached_jwt));
+                    if matches!(path, Path::EnvoyCheck | Path::EnvoyCheckFloor) {
+                        let (token, want) = if path.malformed() {
+                            (path.malformed_token(&fx.cached_jwt), tonic::Code::Unauthenticated)
+                        } else {
+                            (fx.cached_jwt.clone(), tonic::Code::Ok)
+                        };
+                        let mut req = tonic::Request::new(envoy_check(&token));
                         req.metadata_mut()
                             .insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer loadgen-key"));
                         let t0 = Instant::now();
                         let good = matches!(
-                            envoy.check(req).await,
-                            Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0)
+                            check_lean(&mut session, req).await,
+                            Ok(CheckStatusOnly { status: Some(s) }) if s.code == want as i32
                         );
                         run.record(good, t0.elapsed());
                         continue;
@@ -205,7 +219,7 @@ pub(crate) async fn measure(
                         continue;
                     }
                     let token = match path {
-                        Path::Baseline | Path::ResolveFlow | Path::EnvoyCheck => None,
+                        Path::Baseline | Path::ResolveFlow | Path::EnvoyCheck | Path::EnvoyCheckFloor => None,
                         Path::JwtCached | Path::JwtCachedBasic => Some(fx.cached_jwt.clone()),
                         Path::Malformed | Path::MalformedJwtSized => Some(path.malformed_token(&fx.cached_jwt)),
                         Path::Opaque | Path::OpaqueBasic => Some(fx.opaque[i % fx.opaque.len()].clone()),
@@ -290,11 +304,41 @@ pub(crate) async fn resolve_lean(
     grpc.unary(req, path, codec).await.map(|r| r.into_inner())
 }
 
+/// The status of a `CheckResponse` (`google.rpc.Status`'s code), decoded lean for the same
+/// reason as [`VerdictOnly`]: Envoy's own types would also build the answer's headers and
+/// dynamic metadata (a map of `Value`s) on the load generator's core.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct CheckStatusOnly {
+    #[prost(message, optional, tag = "1")]
+    pub(crate) status: Option<StatusCodeOnly>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StatusCodeOnly {
+    #[prost(int32, tag = "1")]
+    pub(crate) code: i32,
+}
+
+pub(crate) async fn check_lean(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    req: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
+) -> Result<CheckStatusOnly, tonic::Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<
+        envoy_types::ext_authz::v3::pb::CheckRequest,
+        CheckStatusOnly,
+    >::default();
+    let path = http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
+    grpc.unary(req, path, codec).await.map(|r| r.into_inner())
+}
+
 /// The header a forward-auth proxy sends its caller key in.
 pub(crate) const FORWARD_AUTH_CALLER: &str = "x-sessiongate-caller";
 
-/// What Envoy asks about a `GET /orders` that carries `jwt` as its bearer token.
-pub(crate) fn envoy_check(jwt: &str) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+/// What Envoy asks about a `GET /orders` that carries `token` as its bearer token.
+pub(crate) fn envoy_check(token: &str) -> envoy_types::ext_authz::v3::pb::CheckRequest {
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
     envoy_types::ext_authz::v3::pb::CheckRequest {
         attributes: Some(AttributeContext {
@@ -304,7 +348,7 @@ pub(crate) fn envoy_check(jwt: &str) -> envoy_types::ext_authz::v3::pb::CheckReq
                     path: "/orders".into(),
                     host: "shop.example.com".into(),
                     headers: [
-                        ("authorization".to_owned(), format!("Bearer {jwt}")),
+                        ("authorization".to_owned(), format!("Bearer {token}")),
                         (":authority".to_owned(), "shop.example.com".to_owned()),
                         ("user-agent".to_owned(), "Mozilla/5.0".to_owned()),
                     ]
