@@ -149,15 +149,40 @@ pub struct ClientRoute {
     pub migrate: Option<String>,
 }
 
+/// The most cookies a route may read the credential from. A route has one or two (the new
+/// session's, a legacy provider's); the bound keeps what one check costs small whatever a
+/// proxy sends: each name is looked for in every `Cookie` header.
+pub const MAX_ROUTE_COOKIES: usize = 8;
+
+/// The longest cookie name a route may name (browsers keep name and value within 4 KiB).
+pub const MAX_COOKIE_NAME_BYTES: usize = 256;
+
+/// Why `names` (a route's cookies, in order, once each) cannot be a route's, if it cannot.
+pub fn route_cookies_error(names: &[String]) -> Option<String> {
+    if names.len() > MAX_ROUTE_COOKIES {
+        return Some(format!(
+            "{} cookie names: a route reads at most {MAX_ROUTE_COOKIES}",
+            names.len()
+        ));
+    }
+    names.iter().find_map(|name| {
+        if name.len() > MAX_COOKIE_NAME_BYTES {
+            Some(format!(
+                "a cookie name of {} bytes: at most {MAX_COOKIE_NAME_BYTES}",
+                name.len()
+            ))
+        } else if !super::is_cookie_name(name) {
+            Some(format!("`{name}` is not a cookie name"))
+        } else {
+            None
+        }
+    })
+}
+
 /// Checks a client's route (`clients[i].edge`) against what the client may do.
 pub(super) fn client_route(c: &mut Check, key: &str, r: &ClientRoute, can_migrate: bool) {
-    for name in &r.cookie {
-        if !super::is_cookie_name(name) {
-            c.fail(
-                format!("{key}.cookie"),
-                format!("`{name}` is not a cookie name"),
-            );
-        }
+    if let Some(why) = route_cookies_error(&r.cookie) {
+        c.fail(format!("{key}.cookie"), why);
     }
     match r.migrate.as_deref() {
         None => {}

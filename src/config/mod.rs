@@ -40,7 +40,10 @@ mod webhooks;
 use clients::RawClient;
 pub use clients::{ClientConfig, Scope, Scopes};
 use edge::RawEdge;
-pub use edge::{ClientRoute, EdgeConfig, EdgeHeaders};
+pub use edge::{
+    ClientRoute, EdgeConfig, EdgeHeaders, MAX_COOKIE_NAME_BYTES, MAX_ROUTE_COOKIES,
+    route_cookies_error,
+};
 pub use flows::{
     DEFAULT_COOKIE_NAME, FlowConfig, FlowCookieConfig, FlowRules, Guards, RampConfig, RampStep,
     Stickiness,

@@ -745,6 +745,27 @@ fn a_clients_own_edge_route_is_checked_against_its_scopes() {
         assert_eq!(p[0].key, key, "{edge}: {p:?}");
     }
     assert!(!problem(&client("flow = \"login\"", "\"validate\""), &[]).is_empty());
+    // A route reads a few cookies of sane names; more is a mistake, refused at start.
+    let names = |n: usize| {
+        (0..n)
+            .map(|i| format!("\"c{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let eight = format!("cookie = [{}]", names(MAX_ROUTE_COOKIES));
+    let c = from_toml(&client(&eight, "\"validate\""), &[]).unwrap();
+    assert_eq!(
+        c.clients[0].edge.as_ref().unwrap().cookie.len(),
+        MAX_ROUTE_COOKIES
+    );
+    for edge in [
+        format!("cookie = [{}]", names(MAX_ROUTE_COOKIES + 1)),
+        format!("cookie = [\"{}\"]", "a".repeat(MAX_COOKIE_NAME_BYTES + 1)),
+    ] {
+        let p = problem(&client(&edge, "\"validate\""), &[]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "clients[0].edge.cookie", "{p:?}");
+    }
 }
 
 #[test]

@@ -165,11 +165,14 @@ impl Route {
     /// Adds cookie names from a setting's value (`sg_session,legacy_at`), in order.
     fn add_cookies(&mut self, list: &str) -> Result<(), String> {
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if !crate::config::is_cookie_name(name) {
-                return Err(format!("cookie: `{name}` is not a cookie name"));
+            if self.cookies.iter().any(|c| c == name) {
+                continue;
             }
-            if !self.cookies.iter().any(|c| c == name) {
-                self.cookies.push(name.to_owned());
+            self.cookies.push(name.to_owned());
+            // Checked as each name comes: a list of thousands is refused at the ninth
+            // distinct name, before its duplicates are looked for (a quadratic search).
+            if let Some(why) = crate::config::route_cookies_error(&self.cookies) {
+                return Err(format!("cookie: {why}"));
             }
         }
         Ok(())
@@ -470,6 +473,40 @@ mod tests {
             let e = Route::default().set(k, v).unwrap_err();
             assert_eq!(e.reason, ErrorReason::InvalidRouteSetting, "{k}={v}");
         }
+    }
+
+    #[test]
+    fn a_route_reads_a_few_cookies_of_bounded_names() {
+        use crate::config::{MAX_COOKIE_NAME_BYTES, MAX_ROUTE_COOKIES};
+        let names = |n: usize| {
+            (0..n)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut r = Route::default();
+        r.set("cookie", &names(MAX_ROUTE_COOKIES)).unwrap();
+        assert_eq!(r.cookies.len(), MAX_ROUTE_COOKIES);
+        // One more, in the same setting or in another (a query repeats `cookie=`).
+        r.set("cookie", "c0,c1").unwrap();
+        let e = r.set("cookie", "one_more").unwrap_err();
+        assert_eq!(e.reason, ErrorReason::InvalidRouteSetting);
+        assert!(e.message.contains("at most 8"), "{}", e.message);
+        for bad in [
+            names(MAX_ROUTE_COOKIES + 1),
+            // What a proxy could send within the message limit: refused at the ninth name.
+            names(9_000),
+            "a".repeat(MAX_COOKIE_NAME_BYTES + 1),
+        ] {
+            let e = Route::default().set("cookie", &bad).unwrap_err();
+            assert_eq!(e.reason, ErrorReason::InvalidRouteSetting);
+        }
+        // Repeats are one name, however many.
+        let mut r = Route::default();
+        r.set("cookie", &vec!["sg"; 10_000].join(",")).unwrap();
+        assert_eq!(r.cookies, ["sg"]);
+        let longest = "a".repeat(MAX_COOKIE_NAME_BYTES);
+        Route::default().set("cookie", &longest).unwrap();
     }
 
     #[test]

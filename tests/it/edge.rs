@@ -779,6 +779,25 @@ async fn route_settings_are_checked_and_need_the_callers_scopes() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{ext:?}: {e:?}");
         assert_eq!(crate::support::reason(&e), "INVALID_ROUTE_SETTING");
     }
+    // A cookie list beyond any real route's, as long as the message limit allows, is
+    // refused at its ninth name: a proxy's settings never buy a quadratic search. The same
+    // through forward-auth's query.
+    let many: String = (0..9_000).map(|i| format!("c{i},")).collect();
+    let e = c
+        .clone()
+        .check(bearer(
+            check(&[], false, &[("sessiongate.cookie", &many)]),
+            "validate-only",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert_eq!(crate::support::reason(&e), "INVALID_ROUTE_SETTING");
+    assert!(e.message().contains("at most 8"), "{e:?}");
+    let query: String = (0..9).map(|i| format!("cookie=c{i}&")).collect();
+    let f = forward(&app, &query, &[], Some("validate-only")).await;
+    assert_eq!(f.status(), 500);
+    assert!(f.text().await.unwrap().contains("INVALID_ROUTE_SETTING"));
     // Other filters' context extensions are not ours to judge.
     let r = ask_as(&[("other.setting", "x"), ("sessiongate.anonymous", "true")])
         .await
