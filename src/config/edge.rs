@@ -161,8 +161,7 @@ pub const MAX_COOKIE_NAME_BYTES: usize = 256;
 pub fn route_cookies_error(names: &[String]) -> Option<String> {
     if names.len() > MAX_ROUTE_COOKIES {
         return Some(format!(
-            "{} cookie names: a route reads at most {MAX_ROUTE_COOKIES}",
-            names.len()
+            "more than {MAX_ROUTE_COOKIES} cookie names: a route reads at most {MAX_ROUTE_COOKIES}"
         ));
     }
     names.iter().find_map(|name| {

@@ -37,24 +37,25 @@ pub(super) fn cookie<'a>(headers: &[(&'a str, &'a str)], name: &str) -> Option<&
         })
 }
 
-/// The client's own copies of headers sessiongate sets (lower-cased): every
-/// `x-sessiongate-*` header and every configured name. They are removed before the request
-/// goes on. Those sessiongate sets replace any copy anyway; removing only what was sent keeps
-/// the answer small on the common path (none).
+/// The client's own copies of headers sessiongate sets (lower-cased, sorted, once each):
+/// every `x-sessiongate-*` header and every configured name. They are removed before the
+/// request goes on. Those sessiongate sets replace any copy anyway; removing only what was
+/// sent keeps the answer small on the common path (none).
 pub(super) fn spoofed(headers: &[(&str, &str)], names: &EdgeHeaders) -> Vec<String> {
-    let mut remove: Vec<String> = Vec::new();
-    for (k, _) in headers {
-        let ours = (k.len() >= IDENTITY_PREFIX.len()
-            && k.as_bytes()[..IDENTITY_PREFIX.len()]
-                .eq_ignore_ascii_case(IDENTITY_PREFIX.as_bytes()))
-            || names.all().iter().any(|(_, n)| k.eq_ignore_ascii_case(n));
-        if ours {
-            let lower = k.to_ascii_lowercase();
-            if !remove.contains(&lower) {
-                remove.push(lower);
-            }
-        }
-    }
+    let mut remove: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| {
+            (k.len() >= IDENTITY_PREFIX.len()
+                && k.as_bytes()[..IDENTITY_PREFIX.len()]
+                    .eq_ignore_ascii_case(IDENTITY_PREFIX.as_bytes()))
+                || names.all().iter().any(|(_, n)| k.eq_ignore_ascii_case(n))
+        })
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
+    // Sorted, not searched as they come: the client picks how many there are, and a search
+    // per header would make thousands of them cost a quadratic time.
+    remove.sort_unstable();
+    remove.dedup();
     remove
 }
 
@@ -124,7 +125,16 @@ mod tests {
             ],
             &d,
         );
-        assert_eq!(r, ["x-sessiongate-user-id", "x-sessiongate-role"]);
+        assert_eq!(r, ["x-sessiongate-role", "x-sessiongate-user-id"]);
+        // Thousands, repeated: each once (the client picks how many).
+        let many: Vec<String> = (0..5_000)
+            .map(|i| format!("X-SessionGate-H{}", i % 2_500))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|k| (k.as_str(), "")).collect();
+        let r = spoofed(&many, &d);
+        assert_eq!(r.len(), 2_500);
+        assert!(r.windows(2).all(|w| w[0] < w[1]));
+        assert!(r.iter().all(|k| k.starts_with("x-sessiongate-h")));
         assert!(spoofed(&[("authorization", "Bearer x")], &d).is_empty());
         // A configured name outside the prefix is removed as well.
         let custom = EdgeHeaders {
