@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use super::method;
 use crate::auth::CallerKeys;
+use crate::telemetry::RpcMetrics;
 
 // === Auth ===
 
@@ -89,18 +90,24 @@ where
 /// Counts every RPC by method and status code, records its latency, and runs it inside a
 /// `grpc` span that carries the method name.
 #[derive(Clone, Default)]
-pub struct ObserveLayer;
+pub struct ObserveLayer {
+    metrics: Arc<RpcMetrics>,
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
+    metrics: Arc<RpcMetrics>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Observe<S>
@@ -144,6 +151,7 @@ where
             let _ = span.set_parent(parent);
         }
         let start = Instant::now();
+        let rpc_metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(
             async move {
@@ -175,10 +183,7 @@ where
                     span.record("otel.status_code", "ERROR");
                 }
                 let elapsed = start.elapsed();
-                metrics::counter!("sessiongate_grpc_requests_total", "method" => name, "code" => code)
-                    .increment(1);
-                metrics::histogram!("sessiongate_grpc_request_duration_seconds", "method" => name)
-                    .record(elapsed.as_secs_f64());
+                rpc_metrics.record(name, code, elapsed);
                 tracing::debug!(code, micros = elapsed.as_micros() as u64, "rpc done");
                 res
             }

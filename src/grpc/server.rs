@@ -127,7 +127,7 @@ pub async fn service(
         .prepare();
     // Observe outermost, so that rejected and timed-out calls are counted too.
     let service = ServiceBuilder::new()
-        .layer(ObserveLayer)
+        .layer(ObserveLayer::default())
         .layer(DeadlineLayer::new(MAX_CALL))
         .layer(AuthLayer::new(services.callers))
         .service(routes);

@@ -195,6 +195,32 @@ async fn metrics_count_rpcs_by_method_and_code() {
         body.contains("sessiongate_grpc_request_duration_seconds_bucket"),
         "{body}"
     );
+    // Every call counts, not only the first of its method and code (the handles are cached).
+    // Other tests share the process' recorder and may add calls of their own: at least.
+    let series = [
+        r#"sessiongate_grpc_requests_total{method="RolloutAdminService/GetRollout",code="UNAUTHENTICATED"}"#,
+        r#"sessiongate_grpc_request_duration_seconds_count{method="RolloutAdminService/GetRollout"}"#,
+    ];
+    let value = |body: &str, series: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {body}"))
+    };
+    let before = series.map(|s| value(&body, s));
+    for _ in 0..3 {
+        let _ = app
+            .admin()
+            .get_rollout(pb::GetRolloutRequest::default())
+            .await;
+    }
+    let (_, after) = app.http_get("/metrics").await;
+    for (s, b) in series.iter().zip(before) {
+        assert!(
+            value(&after, s) >= b + 3.0,
+            "{s}: {b} -> {}",
+            value(&after, s)
+        );
+    }
     // Stock tools read every family's help and type, and the build's identity.
     let families: std::collections::BTreeSet<&str> = body
         .lines()
