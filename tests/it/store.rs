@@ -349,6 +349,45 @@ async fn redis_store_passes_the_suite() {
     suite(redis_store(&redis)).await;
 }
 
+/// A group created from a millisecond reads the events of that millisecond on, and none of
+/// the one before, however many that one holds. Ids written by hand, so that several events
+/// share a millisecond every time (appended for real, they only sometimes do).
+#[tokio::test]
+async fn a_group_starts_at_its_millisecond_and_not_within_the_one_before() {
+    let redis = RedisServer::start().await;
+    let s = redis_store(&redis);
+    let mut con = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (id, n) in [
+        ("1000-0", 0),
+        ("1000-5", 1),
+        ("1000-18446744073709551614", 2),
+        ("1001-0", 3),
+        ("1001-3", 4),
+        ("1002-0", 5),
+    ] {
+        let _: String = ::redis::cmd("XADD")
+            .arg(sessiongate::store::EVENTS_STREAM)
+            .arg(id)
+            .arg("event")
+            .arg(serde_json::json!({ "n": n }).to_string())
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    s.group_create("g", 1001).await.unwrap();
+    let read = s.group_read("g", GroupRead::New, 10).await.unwrap();
+    assert_eq!(
+        read.iter()
+            .map(|e| e.event.as_ref().unwrap()["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+}
+
 /// An event trimmed from the bounded stream before a webhook acknowledged it comes back from
 /// the group's pending list without its body: the reader learns it is gone, nothing breaks.
 #[tokio::test]

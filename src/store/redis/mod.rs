@@ -581,12 +581,14 @@ impl Store for RedisStore {
 
     async fn group_create(&self, group: &str, from_ms: i64) -> StoreResult<()> {
         // Stream ids begin with the Redis server's time in ms: the group starts just before
-        // the first id at or after `from_ms`.
+        // the first id at or after `from_ms`, i.e. after the last id the millisecond before
+        // can hold. (`<ms-1>-0` would hand the group every event but the first of that
+        // millisecond: events appended before `from_ms`.)
         let mut cmd = redis::cmd("XGROUP");
         cmd.arg("CREATE")
             .arg(EVENTS_STREAM)
             .arg(group)
-            .arg(format!("{}-0", from_ms.max(1) - 1))
+            .arg(format!("{}-{}", from_ms.max(1) - 1, u64::MAX))
             .arg("MKSTREAM");
         self.run("XGROUP", Some(EVENTS_STREAM), |mut c| async move {
             match cmd.query_async::<()>(&mut c).await {
