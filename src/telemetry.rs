@@ -387,6 +387,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Connections cut: handshake timeout, over the cap, or past their grace.",
     ),
     (
+        "sessiongate_connections_failed_total",
+        Kind::Counter,
+        "Connections whose HTTP ended in an error (a protocol error, a reset): any calls in flight on them failed.",
+    ),
+    (
         "sessiongate_accept_errors_total",
         Kind::Counter,
         "Failed accepts (descriptors exhausted, …).",

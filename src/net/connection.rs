@@ -96,7 +96,10 @@ pub(super) async fn drive<S: DoorService<B>, B: AnswerBody>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
+                    // Counted: an HTTP/2 protocol error ends every call of the connection,
+                    // which its clients see as failures the server never answered.
                     tracing::debug!(door = door.as_str(), error = %e, "connection ended with an error");
+                    metrics::counter!("sessiongate_connections_failed_total", "door" => door.as_str()).increment(1);
                 }
                 if let Some((why, _)) = retiring {
                     count_retired(door, why);

@@ -198,6 +198,7 @@ async fn r8_tonic_calls_through_three_recyclings_and_none_fails() {
         .filter(|l| {
             l.starts_with("sessiongate_connections_retired_total")
                 || l.starts_with("sessiongate_connections_cut_total")
+                || l.starts_with("sessiongate_connections_failed_total")
         })
         .map(str::to_owned)
         .collect();
@@ -211,6 +212,13 @@ async fn r8_tonic_calls_through_three_recyclings_and_none_fails() {
     );
     assert_eq!(
         metric(&after, "sessiongate_connections_cut_total", &[]),
+        0.0,
+        "{ended:?}"
+    );
+    // Nor may a retried call hide a connection the server ended in an error (an HTTP/2
+    // protocol error ends every call in flight on it, which tonic reports as a broken pipe).
+    assert_eq!(
+        metric(&after, "sessiongate_connections_failed_total", &[]),
         0.0,
         "{ended:?}"
     );
