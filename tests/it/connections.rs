@@ -500,3 +500,97 @@ async fn r9_a_flood_of_idle_connections_under_a_low_descriptor_limit_costs_no_cp
     let warned = log.matches("out of file descriptors").count();
     assert!((1..=5).contains(&warned), "warned {warned} times");
 }
+
+/// A client may send a WINDOW_UPDATE for a stream it opened as the server's final GOAWAY was on
+/// its way (grpcio raises a new stream's window at once). The server ignores such a stream; it
+/// must ignore the WINDOW_UPDATE with it, not take it for a frame on an idle stream — h2 0.4.20
+/// did, a PROTOCOL_ERROR that ended the connection and every call in flight on it (patched in
+/// `third_party/h2`). Raw frames, so that the race happens on every run.
+#[tokio::test]
+async fn a_window_update_for_a_stream_ignored_after_goaway_ends_nothing() {
+    let app = Setup::new()
+        .toml("[server]\nmax_connection_age_seconds = 2\nmax_connection_age_grace_seconds = 1\n")
+        .spawn()
+        .await;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+    // A Health/Check whose message never comes: the call stays in flight through the GOAWAY.
+    fn headers(stream: u32) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/grpc.health.v1.Health/Check"),
+            (":authority", "sessiongate"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            // HPACK: a literal without indexing, new name, no Huffman coding.
+            block.extend([0, n.len() as u8]);
+            block.extend(n.as_bytes());
+            block.push(v.len() as u8);
+            block.extend(v.as_bytes());
+        }
+        frame(1, 0x4, stream, &block)
+    }
+    let mut tcp = TcpStream::connect(app.grpc_addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(4, 0, 0, &[]));
+    hello.extend(headers(1));
+    tcp.write_all(&hello).await.unwrap();
+
+    let mut goaways = Vec::new();
+    let (mut buf, mut sent) = (Vec::new(), false);
+    let read_all = async {
+        loop {
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tcp.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                match kind {
+                    // SETTINGS and PING are acknowledged: the second GOAWAY waits for the ping.
+                    4 if flags & 1 == 0 => tcp.write_all(&frame(4, 1, 0, &[])).await.unwrap(),
+                    6 if flags & 1 == 0 => tcp.write_all(&frame(6, 1, 0, &payload)).await.unwrap(),
+                    7 => {
+                        let last =
+                            u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+                        let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                        goaways.push((last, code));
+                        if last != 0x7fff_ffff && !sent {
+                            // Stream 3, after the last one served: ignored — and its window.
+                            sent = true;
+                            let mut late = headers(3);
+                            late.extend(frame(8, 0, 3, &1000u32.to_be_bytes()));
+                            tcp.write_all(&late).await.unwrap();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the server closed the connection after its grace");
+    assert!(sent, "no final GOAWAY: {goaways:?}");
+    assert!(
+        goaways.iter().all(|&(_, code)| code == 0),
+        "an error GOAWAY (1 is PROTOCOL_ERROR): {goaways:?}"
+    );
+    assert_eq!(goaways.last().copied(), Some((1, 0)), "{goaways:?}");
+}
