@@ -60,23 +60,18 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 /// GOAWAY), or hyper cancels a call still queued when the connection closes (CANCELLED). grpcio
 /// and grpc-js move such calls to the new connection themselves.
 fn raced_goaway(s: &tonic::Status) -> bool {
-    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-    while let Some(x) = e {
-        if let Some(h) = x.downcast_ref::<hyper::Error>()
-            && h.is_canceled()
-        {
-            return true;
-        }
-        if let Some(h) = x.downcast_ref::<h2::Error>()
-            && h.is_go_away()
-            && h.is_remote()
-            && h.reason() == Some(h2::Reason::NO_ERROR)
-        {
-            return true;
-        }
-        e = x.source();
-    }
-    false
+    sources(s).any(|x| {
+        x.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_canceled())
+            || x.downcast_ref::<h2::Error>().is_some_and(|h| {
+                h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR)
+            })
+    })
+}
+
+/// A failed call's error and what caused it, outermost first (what its `Status` hides).
+fn sources(s: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(s), |e| e.source())
 }
 
 /// Whether tonic failed a call because its connection ended while the call's stream was still
@@ -85,27 +80,18 @@ fn raced_goaway(s: &tonic::Status) -> bool {
 /// stream on a connection the server retires; the server never answered it, which the test
 /// proves from the server's own counts, not from this error.
 fn died_with_its_connection(s: &tonic::Status) -> bool {
-    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-    while let Some(x) = e {
-        if let Some(io) = x.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::BrokenPipe
-        {
-            return true;
-        }
-        e = x.source();
-    }
-    false
+    sources(s).any(|x| {
+        x.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
-/// An error's sources, outermost first (what a failed call's `Status` hides).
+/// A failed call's causes as text, for its failure message.
 fn chain(s: &tonic::Status) -> String {
-    let mut out = Vec::new();
-    let mut e: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-    while let Some(x) = e {
-        out.push(format!("{x:?}"));
-        e = x.source();
-    }
-    out.join(" <- ")
+    sources(s)
+        .map(|x| format!("{x:?}"))
+        .collect::<Vec<_>>()
+        .join(" <- ")
 }
 
 /// R8 with tonic: 4 workers call ValidateSession through at least three recyclings of their
